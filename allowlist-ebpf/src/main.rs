@@ -1,0 +1,280 @@
+//! The allowlist XDP program.
+//!
+//! TCP segments to a protected port pass only when their source address is in the
+//! allowlist; everything that cannot reach a protected port passes untouched. A frame
+//! that might be TCP to a protected port but cannot be parsed is dropped unless its
+//! source is allowlisted: the parser fails closed.
+//!
+//! Every decision is a [`Reason`]; [`finish`] is the only exit, so the counters can't
+//! drift from the verdicts.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use allowlist_common::{
+    FragKeyV4, FragKeyV6, FragVerdict, MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_RULES,
+    MAX_TRACKED_FRAGMENTS, PORT_SLOTS, PortFlag, Reason, Rule, Settings, counter,
+};
+use aya_ebpf::{
+    Global,
+    bindings::xdp_action,
+    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+
+use crate::parse::{Cursor, Ipv4Fragment, L4, Source};
+
+#[btf_map]
+static ALLOW_V4: LpmTrie<[u8; 4], Rule, MAX_PREFIXES_V4> = LpmTrie::new();
+#[btf_map]
+static ALLOW_V6: LpmTrie<[u8; 16], Rule, MAX_PREFIXES_V6> = LpmTrie::new();
+#[btf_map]
+static PORTS: Array<PortFlag, PORT_SLOTS> = Array::new();
+#[btf_map]
+static SETTINGS: Array<Settings, 1> = Array::new();
+#[btf_map]
+static COUNTERS: PerCpuArray<u64, { counter::SLOTS as usize }> = PerCpuArray::new();
+#[btf_map]
+static HITS: PerCpuArray<u64, MAX_RULES> = PerCpuArray::new();
+#[btf_map]
+static FRAGS_V4: LruHashMap<FragKeyV4, FragVerdict, MAX_TRACKED_FRAGMENTS> = LruHashMap::new();
+#[btf_map]
+static FRAGS_V6: LruHashMap<FragKeyV6, FragVerdict, MAX_TRACKED_FRAGMENTS> = LruHashMap::new();
+
+/// Set to 1 by the agent at load time to emit an aya-log event for every drop. The
+/// verifier sees a constant and removes the logging code when it is 0.
+#[unsafe(no_mangle)]
+static DEBUG_EVENTS: Global<u32> = Global::new(0);
+
+const IPPROTO_TCP: u8 = 6;
+/// Protocols whose payload is another packet (IP-in-IP, IPv6-in-IPv4, GRE) or is
+/// encrypted (ESP), or is wrapped in an IPv4 AH header: the kernel may deliver what is
+/// inside to a protected port, and the program cannot see its port.
+#[inline(always)]
+fn is_opaque(proto: u8) -> bool {
+    matches!(proto, 4 | 41 | 47 | 50 | 51)
+}
+
+#[xdp]
+pub fn allowlist(ctx: XdpContext) -> u32 {
+    let reason = classify(&ctx);
+    finish(&ctx, reason)
+}
+
+/// The only exit: counts `reason` once and turns it into an XDP action.
+#[inline(always)]
+fn finish(ctx: &XdpContext, reason: Reason) -> u32 {
+    if !reason.drops() {
+        bump(&COUNTERS, counter::exit(reason));
+        return xdp_action::XDP_PASS;
+    }
+    if DEBUG_EVENTS.load() != 0 {
+        aya_log_ebpf::debug!(ctx, "allowlist: drop, reason {}", reason as u32);
+    }
+    let monitor = SETTINGS.get(0).is_some_and(|s| s.monitor != 0);
+    if monitor {
+        bump(&COUNTERS, counter::would_drop(reason));
+        xdp_action::XDP_PASS
+    } else {
+        bump(&COUNTERS, counter::exit(reason));
+        xdp_action::XDP_DROP
+    }
+}
+
+#[inline(always)]
+fn bump<const N: usize>(map: &PerCpuArray<u64, N>, slot: u32) {
+    if let Some(p) = map.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot is only written by this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+fn classify(ctx: &XdpContext) -> Reason {
+    let mut cur = Cursor::new(ctx);
+    let parsed = parse::packet(&mut cur);
+    for (seen, slot) in [
+        (cur.vlan_tagged, counter::VLAN_TAGGED),
+        (cur.ipv4_options, counter::IPV4_OPTIONS),
+        (cur.ipv6_ext_headers, counter::IPV6_EXT_HEADERS),
+    ] {
+        if seen {
+            bump(&COUNTERS, slot);
+        }
+    }
+    match parsed {
+        Ok(l4) => judge(l4),
+        // No source address could be read: nothing can vouch for the frame.
+        Err(None) => Reason::Malformed,
+        // Unparseable after the source address: only an allowlisted source passes.
+        Err(Some(source)) => {
+            if allowed(source) {
+                Reason::Allowlisted
+            } else {
+                Reason::Malformed
+            }
+        }
+    }
+}
+
+fn judge(l4: L4) -> Reason {
+    match l4 {
+        L4::NotIp => Reason::NotIp,
+        L4::TooManyExtHeaders(src) => {
+            if allowed(src) {
+                Reason::Allowlisted
+            } else {
+                Reason::ExtHeaderLimit
+            }
+        }
+        L4::Ipv4 {
+            src,
+            dst,
+            proto,
+            fragment,
+            dst_port,
+        } => {
+            let src_v = Source::V4(src);
+            match fragment {
+                Ipv4Fragment::None => judge_l4(src_v, proto, dst_port),
+                Ipv4Fragment::First { id } => {
+                    bump(&COUNTERS, counter::FRAGMENT);
+                    let reason = judge_l4(src_v, proto, dst_port);
+                    // Non-TCP later fragments pass on their own protocol number (the kernel
+                    // reassembles by it); a TCP datagram let through for its port is
+                    // remembered so that its later fragments can follow it.
+                    if reason == Reason::UnprotectedPort {
+                        let key = FragKeyV4 {
+                            src,
+                            dst,
+                            id,
+                            proto,
+                            _pad: 0,
+                        };
+                        let _ = FRAGS_V4.insert(
+                            key,
+                            FragVerdict {
+                                dst_port: dst_port as u32,
+                            },
+                            0,
+                        );
+                    }
+                    reason
+                }
+                Ipv4Fragment::Later { id } => {
+                    bump(&COUNTERS, counter::FRAGMENT);
+                    if proto != IPPROTO_TCP && !is_opaque(proto) {
+                        Reason::NotTcp
+                    } else if allowed(src_v) {
+                        Reason::Allowlisted
+                    } else {
+                        let key = FragKeyV4 {
+                            src,
+                            dst,
+                            id,
+                            proto,
+                            _pad: 0,
+                        };
+                        if FRAGS_V4.get_ptr(key).is_some() {
+                            Reason::FragmentOfPassed
+                        } else {
+                            Reason::FragmentUnknown
+                        }
+                    }
+                }
+            }
+        }
+        L4::Ipv6 {
+            src,
+            dst,
+            proto,
+            fragment_id,
+            later_fragment,
+            dst_port,
+        } => {
+            let src_v = Source::V6(src);
+            let Some(id) = fragment_id else {
+                return judge_l4(src_v, proto, dst_port);
+            };
+            bump(&COUNTERS, counter::FRAGMENT);
+            let key = FragKeyV6 { src, dst, id };
+            if later_fragment {
+                // IPv6 reassembles by addresses and id only, and a later fragment's next
+                // header is not the datagram's: every later fragment needs its first.
+                if allowed(src_v) {
+                    Reason::Allowlisted
+                } else if FRAGS_V6.get_ptr(key).is_some() {
+                    Reason::FragmentOfPassed
+                } else {
+                    Reason::FragmentUnknown
+                }
+            } else {
+                let reason = judge_l4(src_v, proto, dst_port);
+                if matches!(reason, Reason::UnprotectedPort | Reason::NotTcp) {
+                    let _ = FRAGS_V6.insert(
+                        key,
+                        FragVerdict {
+                            dst_port: dst_port as u32,
+                        },
+                        0,
+                    );
+                }
+                reason
+            }
+        }
+    }
+}
+
+/// Judges an unfragmented packet or a first fragment by its upper-layer header.
+#[inline(always)]
+fn judge_l4(src: Source, proto: u8, dst_port: u16) -> Reason {
+    if proto == IPPROTO_TCP {
+        if !protected(dst_port) {
+            Reason::UnprotectedPort
+        } else if allowed(src) {
+            Reason::Allowlisted
+        } else {
+            Reason::NotAllowlisted
+        }
+    } else if is_opaque(proto) {
+        if allowed(src) {
+            Reason::Allowlisted
+        } else {
+            Reason::Tunnel
+        }
+    } else {
+        Reason::NotTcp
+    }
+}
+
+#[inline(always)]
+fn protected(port: u16) -> bool {
+    PORTS.get(port as u32).is_some_and(|flag| *flag != 0)
+}
+
+/// Whether `src` is in the allowlist; counts a hit for the matching rule.
+#[inline(always)]
+fn allowed(src: Source) -> bool {
+    let rule = match src {
+        Source::V4(addr) => ALLOW_V4.get(&Key::new(32, addr)),
+        Source::V6(addr) => ALLOW_V6.get(&Key::new(128, addr)),
+    };
+    match rule {
+        Some(rule) => {
+            bump(&HITS, rule.rule);
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

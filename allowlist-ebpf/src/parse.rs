@@ -1,0 +1,315 @@
+//! Header-by-header parsing with one bounds-checked accessor, in the manner of
+//! xdp-tutorial's `hdr_cursor`. Parsing only extracts facts; `main.rs` judges them.
+//!
+//! Errors carry the source address when it was read before the failure, so that the
+//! caller can let an allowlisted source through and drop everyone else.
+
+use core::mem::size_of;
+
+use allowlist_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
+use aya_ebpf::programs::XdpContext;
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    vlan::VlanHdr,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+/// Pre-standard QinQ outer tag, still emitted by some switches.
+const ETH_P_QINQ_9100: u16 = 0x9100;
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_MH: u8 = 135;
+const IPPROTO_HIP: u8 = 139;
+const IPPROTO_SHIM6: u8 = 140;
+const IPPROTO_EXP1: u8 = 253;
+const IPPROTO_EXP2: u8 = 254;
+
+/// A source address, read before a failure or a decision.
+#[derive(Clone, Copy)]
+pub enum Source {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+/// `Err(None)`: no source address could be read. `Err(Some(src))`: the frame is
+/// broken after its source address.
+pub type ParseResult<T> = Result<T, Option<Source>>;
+
+#[derive(Clone, Copy)]
+pub enum Ipv4Fragment {
+    None,
+    First { id: u16 },
+    Later { id: u16 },
+}
+
+/// What the parser learned about a frame.
+pub enum L4 {
+    NotIp,
+    /// The IPv6 extension-header chain is longer than the parser walks.
+    TooManyExtHeaders(Source),
+    Ipv4 {
+        src: [u8; 4],
+        dst: [u8; 4],
+        proto: u8,
+        fragment: Ipv4Fragment,
+        /// The TCP destination port; 0 when not TCP or a later fragment.
+        dst_port: u16,
+    },
+    Ipv6 {
+        src: [u8; 16],
+        dst: [u8; 16],
+        /// The upper-layer protocol after the extension headers.
+        proto: u8,
+        /// The identification of the Fragment header, when there is one.
+        fragment_id: Option<u32>,
+        /// A fragment with a non-zero offset: its upper-layer header is elsewhere.
+        later_fragment: bool,
+        dst_port: u16,
+    },
+}
+
+/// Where the parser is in the frame, and what it has seen on the way (observations
+/// that the program counts beside the verdict).
+pub struct Cursor {
+    start: usize,
+    end: usize,
+    off: usize,
+    pub vlan_tagged: bool,
+    pub ipv4_options: bool,
+    pub ipv6_ext_headers: bool,
+}
+
+impl Cursor {
+    pub fn new(ctx: &XdpContext) -> Self {
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+            off: 0,
+            vlan_tagged: false,
+            ipv4_options: false,
+            ipv6_ext_headers: false,
+        }
+    }
+
+    /// The one bounds-checked accessor: a `T` at `off` bytes into the frame.
+    #[inline(always)]
+    fn ptr_at<T>(&self, off: usize) -> Option<*const T> {
+        let ptr = self.start + off;
+        if ptr + size_of::<T>() > self.end {
+            return None;
+        }
+        Some(ptr as *const T)
+    }
+
+    /// Bytes in the frame from `off` to its end.
+    #[inline(always)]
+    fn remaining_from(&self, off: usize) -> usize {
+        (self.end - self.start).saturating_sub(off)
+    }
+}
+
+pub fn packet(cur: &mut Cursor) -> ParseResult<L4> {
+    let ether_type = ethernet(cur).ok_or(None)?;
+    match ether_type {
+        ETH_P_IP => ipv4(cur),
+        ETH_P_IPV6 => ipv6(cur),
+        _ => Ok(L4::NotIp),
+    }
+}
+
+/// Ethernet and up to `MAX_VLAN_TAGS` VLAN tags; returns the inner EtherType. A frame
+/// with more tags than that is malformed (it may still carry IP).
+#[inline(always)]
+fn ethernet(cur: &mut Cursor) -> Option<u16> {
+    let eth: *const EthHdr = cur.ptr_at(0)?;
+    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    cur.off = EthHdr::LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan(ether_type) {
+            break;
+        }
+        let vlan: *const VlanHdr = cur.ptr_at(cur.off)?;
+        ether_type = u16::from_be(unsafe { (*vlan).ether_type });
+        cur.off += VlanHdr::LEN;
+        cur.vlan_tagged = true;
+    }
+    if is_vlan(ether_type) {
+        return None;
+    }
+    Some(ether_type)
+}
+
+#[inline(always)]
+fn is_vlan(ether_type: u16) -> bool {
+    matches!(ether_type, ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ_9100)
+}
+
+#[inline(always)]
+fn ipv4(cur: &mut Cursor) -> ParseResult<L4> {
+    let ip: *const Ipv4Hdr = cur.ptr_at(cur.off).ok_or(None)?;
+    let (vihl, tot_len, id, frags, proto, src, dst) = unsafe {
+        (
+            (*ip).vihl,
+            u16::from_be_bytes((*ip).tot_len) as usize,
+            u16::from_be_bytes((*ip).id),
+            u16::from_be_bytes((*ip).frags),
+            (*ip).proto,
+            (*ip).src_addr,
+            (*ip).dst_addr,
+        )
+    };
+    let broken = Some(Source::V4(src));
+    let ihl = ((vihl & 0x0F) as usize) * 4;
+    if vihl >> 4 != 4
+        || ihl < Ipv4Hdr::LEN
+        || tot_len < ihl
+        || tot_len > cur.remaining_from(cur.off)
+    {
+        return Err(broken);
+    }
+    cur.ipv4_options = ihl > Ipv4Hdr::LEN;
+    let more_fragments = frags & 0x2000 != 0;
+    let offset = frags & 0x1FFF;
+    let fragment = if offset != 0 {
+        Ipv4Fragment::Later { id }
+    } else if more_fragments {
+        Ipv4Fragment::First { id }
+    } else {
+        Ipv4Fragment::None
+    };
+    let mut dst_port = 0;
+    if proto == IPPROTO_TCP && offset == 0 {
+        // The whole fixed TCP header must be inside this datagram (or first fragment):
+        // a port split across fragments is the classic tiny-fragment evasion.
+        if tot_len < ihl + TcpHdr::LEN {
+            return Err(broken);
+        }
+        dst_port = tcp_dst_port(cur, cur.off + ihl).ok_or(broken)?;
+    }
+    Ok(L4::Ipv4 {
+        src,
+        dst,
+        proto,
+        fragment,
+        dst_port,
+    })
+}
+
+#[inline(always)]
+fn tcp_dst_port(cur: &Cursor, off: usize) -> Option<u16> {
+    let tcp: *const TcpHdr = cur.ptr_at(off)?;
+    let (doff, dest) = unsafe { ((*tcp).doff(), (*tcp).dest) };
+    if doff < 5 {
+        return None;
+    }
+    Some(u16::from_be_bytes(dest))
+}
+
+#[inline(always)]
+fn ipv6(cur: &mut Cursor) -> ParseResult<L4> {
+    let ip: *const Ipv6Hdr = cur.ptr_at(cur.off).ok_or(None)?;
+    let (vcf0, payload_len, mut next, src, dst) = unsafe {
+        (
+            (*ip).vcf[0],
+            u16::from_be_bytes((*ip).payload_len) as usize,
+            (*ip).next_hdr,
+            (*ip).src_addr,
+            (*ip).dst_addr,
+        )
+    };
+    let broken = Some(Source::V6(src));
+    if vcf0 >> 4 != 6 || Ipv6Hdr::LEN + payload_len > cur.remaining_from(cur.off) {
+        return Err(broken);
+    }
+    // Offsets below are relative to the IPv6 header and must stay inside its payload.
+    let ip_off = cur.off;
+    let ip_end = Ipv6Hdr::LEN + payload_len;
+    let mut off = Ipv6Hdr::LEN;
+    let mut fragment_id = None;
+    let mut later_fragment = false;
+    let mut walked = 0;
+    while walked < MAX_IPV6_EXT_HEADERS {
+        let len = match next {
+            IPPROTO_FRAGMENT => {
+                let frag: *const [u8; 8] = cur.ptr_at(ip_off + off).ok_or(broken)?;
+                let frag = unsafe { *frag };
+                let offset_flags = u16::from_be_bytes([frag[2], frag[3]]);
+                fragment_id = Some(u32::from_be_bytes([frag[4], frag[5], frag[6], frag[7]]));
+                if offset_flags >> 3 != 0 {
+                    later_fragment = true;
+                }
+                next = frag[0];
+                8
+            }
+            IPPROTO_AH => {
+                let hdr: *const [u8; 2] = cur.ptr_at(ip_off + off).ok_or(broken)?;
+                let hdr = unsafe { *hdr };
+                next = hdr[0];
+                (hdr[1] as usize + 2) * 4
+            }
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_HIP
+            | IPPROTO_SHIM6 | IPPROTO_EXP1 | IPPROTO_EXP2 => {
+                let hdr: *const [u8; 2] = cur.ptr_at(ip_off + off).ok_or(broken)?;
+                let hdr = unsafe { *hdr };
+                next = hdr[0];
+                (hdr[1] as usize + 1) * 8
+            }
+            _ => break,
+        };
+        cur.ipv6_ext_headers = true;
+        off += len;
+        if off > ip_end {
+            return Err(broken);
+        }
+        walked += 1;
+        if later_fragment {
+            // What follows a later fragment's header is payload, not headers.
+            break;
+        }
+    }
+    if !later_fragment && is_ext_header(next) {
+        return Ok(L4::TooManyExtHeaders(Source::V6(src)));
+    }
+    let mut dst_port = 0;
+    if next == IPPROTO_TCP && !later_fragment {
+        if off + TcpHdr::LEN > ip_end {
+            return Err(broken);
+        }
+        dst_port = tcp_dst_port(cur, ip_off + off).ok_or(broken)?;
+    }
+    Ok(L4::Ipv6 {
+        src,
+        dst,
+        proto: next,
+        fragment_id,
+        later_fragment,
+        dst_port,
+    })
+}
+
+#[inline(always)]
+fn is_ext_header(next: u8) -> bool {
+    matches!(
+        next,
+        IPPROTO_HOPOPTS
+            | IPPROTO_ROUTING
+            | IPPROTO_FRAGMENT
+            | IPPROTO_AH
+            | IPPROTO_DSTOPTS
+            | IPPROTO_MH
+            | IPPROTO_HIP
+            | IPPROTO_SHIM6
+            | IPPROTO_EXP1
+            | IPPROTO_EXP2
+    )
+}

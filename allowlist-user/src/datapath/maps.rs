@@ -1,0 +1,245 @@
+//! Typed handles on the XDP program's maps, and the operations the agent performs on
+//! them. Works the same on maps just created by a load and on maps opened from pins.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use allowlist_common::{PORT_SLOTS, Reason, Rule, Settings, counter, maps as names};
+use aya::{
+    Ebpf,
+    maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::DatapathError;
+
+pub struct Maps {
+    allow_v4: LpmTrie<MapData, [u8; 4], Rule>,
+    allow_v6: LpmTrie<MapData, [u8; 16], Rule>,
+    ports: Array<MapData, u32>,
+    settings: Array<MapData, Settings>,
+    counters: PerCpuArray<MapData, u64>,
+    hits: PerCpuArray<MapData, u64>,
+}
+
+/// Packet counters summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    /// Packets per exit reason (index: `Reason as usize`).
+    pub exits: Vec<u64>,
+    /// Packets monitor mode let through that `Reason` would have dropped.
+    pub would_drop: Vec<u64>,
+    /// Observation counters, by name.
+    pub observed: BTreeMap<&'static str, u64>,
+}
+
+impl Counters {
+    pub fn exit(&self, reason: Reason) -> u64 {
+        self.exits[reason as usize]
+    }
+    pub fn would_drop(&self, reason: Reason) -> u64 {
+        self.would_drop[reason as usize]
+    }
+    pub fn dropped(&self) -> u64 {
+        Reason::ALL
+            .iter()
+            .filter(|r| r.drops())
+            .map(|r| self.exit(*r))
+            .sum()
+    }
+    pub fn passed(&self) -> u64 {
+        let passed: u64 = Reason::ALL
+            .iter()
+            .filter(|r| !r.drops())
+            .map(|r| self.exit(*r))
+            .sum();
+        passed + self.would_drop.iter().sum::<u64>()
+    }
+}
+
+fn typed<T>(map: Map, name: &str) -> Result<T, DatapathError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(|source| DatapathError::Map {
+        name: name.to_owned(),
+        source,
+    })
+}
+
+impl Maps {
+    /// Takes the maps out of a freshly loaded object.
+    pub fn take_from(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| DatapathError::MissingMap(name.to_owned()))
+        };
+        Ok(Self {
+            allow_v4: typed(take(names::ALLOW_V4)?, names::ALLOW_V4)?,
+            allow_v6: typed(take(names::ALLOW_V6)?, names::ALLOW_V6)?,
+            ports: typed(take(names::PORTS)?, names::PORTS)?,
+            settings: typed(take(names::SETTINGS)?, names::SETTINGS)?,
+            counters: typed(take(names::COUNTERS)?, names::COUNTERS)?,
+            hits: typed(take(names::HITS)?, names::HITS)?,
+        })
+    }
+
+    /// Opens the maps pinned under `dir` by a running (or exited) agent.
+    pub fn open_pinned(dir: &Path) -> Result<Self, DatapathError> {
+        let open = |name: &str| -> Result<Map, DatapathError> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).map_err(|source| DatapathError::OpenPin {
+                path: path.clone(),
+                source,
+            })?;
+            Map::from_map_data(data).map_err(|source| DatapathError::Map {
+                name: name.to_owned(),
+                source,
+            })
+        };
+        Ok(Self {
+            allow_v4: typed(open(names::ALLOW_V4)?, names::ALLOW_V4)?,
+            allow_v6: typed(open(names::ALLOW_V6)?, names::ALLOW_V6)?,
+            ports: typed(open(names::PORTS)?, names::PORTS)?,
+            settings: typed(open(names::SETTINGS)?, names::SETTINGS)?,
+            counters: typed(open(names::COUNTERS)?, names::COUNTERS)?,
+            hits: typed(open(names::HITS)?, names::HITS)?,
+        })
+    }
+
+    /// Makes exactly `ports` protected: new ports are added before old ones are
+    /// cleared, so a port protected before and after is never unprotected in between.
+    pub fn set_ports(&mut self, ports: &BTreeSet<u16>) -> Result<(), DatapathError> {
+        for &port in ports {
+            self.ports
+                .set(u32::from(port), 1, 0)
+                .map_err(map_err(names::PORTS))?;
+        }
+        for port in self.protected_ports()? {
+            if !ports.contains(&port) {
+                self.ports
+                    .set(u32::from(port), 0, 0)
+                    .map_err(map_err(names::PORTS))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn protected_ports(&self) -> Result<BTreeSet<u16>, DatapathError> {
+        let mut set = BTreeSet::new();
+        for (port, flag) in self.ports.iter().enumerate().take(PORT_SLOTS) {
+            if flag.map_err(map_err(names::PORTS))? != 0 {
+                set.insert(port as u16);
+            }
+        }
+        Ok(set)
+    }
+
+    pub fn settings(&self) -> Result<Settings, DatapathError> {
+        self.settings.get(&0, 0).map_err(map_err(names::SETTINGS))
+    }
+
+    pub fn set_monitor(&mut self, monitor: bool) -> Result<(), DatapathError> {
+        let current = self.settings()?;
+        let next = Settings {
+            monitor: u32::from(monitor),
+            generation: current.generation.wrapping_add(1),
+        };
+        self.settings
+            .set(0, next, 0)
+            .map_err(map_err(names::SETTINGS))
+    }
+
+    /// Inserts or overwrites one prefix.
+    pub fn upsert(&mut self, net: IpNet, rule: u32) -> Result<(), DatapathError> {
+        let value = Rule { rule };
+        match net {
+            IpNet::V4(n) => {
+                let key = Key::new(u32::from(n.prefix_len()), n.network().octets());
+                self.allow_v4
+                    .insert(&key, value, 0)
+                    .map_err(map_err(names::ALLOW_V4))
+            }
+            IpNet::V6(n) => {
+                let key = Key::new(u32::from(n.prefix_len()), n.network().octets());
+                self.allow_v6
+                    .insert(&key, value, 0)
+                    .map_err(map_err(names::ALLOW_V6))
+            }
+        }
+    }
+
+    /// Removes one prefix; removing an absent prefix is not an error.
+    pub fn remove(&mut self, net: IpNet) -> Result<(), DatapathError> {
+        let result = match net {
+            IpNet::V4(n) => self
+                .allow_v4
+                .remove(&Key::new(u32::from(n.prefix_len()), n.network().octets())),
+            IpNet::V6(n) => self
+                .allow_v6
+                .remove(&Key::new(u32::from(n.prefix_len()), n.network().octets())),
+        };
+        match result {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(if net.addr().is_ipv4() {
+                names::ALLOW_V4
+            } else {
+                names::ALLOW_V6
+            })(e)),
+        }
+    }
+
+    /// Every prefix in the tries, with its rule.
+    pub fn live_entries(&self) -> Result<BTreeMap<IpNet, u32>, DatapathError> {
+        let mut out = BTreeMap::new();
+        for item in self.allow_v4.iter() {
+            let (key, rule) = item.map_err(map_err(names::ALLOW_V4))?;
+            let net = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
+                .map_err(|_| DatapathError::CorruptKey(names::ALLOW_V4))?;
+            out.insert(IpNet::V4(net), rule.rule);
+        }
+        for item in self.allow_v6.iter() {
+            let (key, rule) = item.map_err(map_err(names::ALLOW_V6))?;
+            let net = Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8)
+                .map_err(|_| DatapathError::CorruptKey(names::ALLOW_V6))?;
+            out.insert(IpNet::V6(net), rule.rule);
+        }
+        Ok(out)
+    }
+
+    pub fn counters(&self) -> Result<Counters, DatapathError> {
+        let mut slots = Vec::with_capacity(counter::SLOTS as usize);
+        for values in self.counters.iter() {
+            let values = values.map_err(map_err(names::COUNTERS))?;
+            slots.push(values.iter().sum::<u64>());
+        }
+        let n = Reason::COUNT as usize;
+        Ok(Counters {
+            exits: slots[..n].to_vec(),
+            would_drop: slots[n..2 * n].to_vec(),
+            observed: counter::OBSERVATIONS
+                .iter()
+                .map(|(slot, name)| (*name, slots[*slot as usize]))
+                .collect(),
+        })
+    }
+
+    /// Hits per rule id, for the first `rules` rules.
+    pub fn hits(&self, rules: usize) -> Result<Vec<u64>, DatapathError> {
+        self.hits
+            .iter()
+            .take(rules)
+            .map(|v| v.map(|v| v.iter().sum()).map_err(map_err(names::HITS)))
+            .collect()
+    }
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map {
+        name: name.to_owned(),
+        source,
+    }
+}

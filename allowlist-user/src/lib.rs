@@ -1,0 +1,3 @@
+//! The allowlist agent.
+
+pub mod datapath;

@@ -1,0 +1,822 @@
+//! Verdict tests: the real compiled XDP program, loaded into the kernel, judges crafted
+//! frames through BPF_PROG_TEST_RUN. Each case asserts the action and the one exit
+//! counter that moved. Needs root (CAP_BPF, CAP_NET_ADMIN).
+
+mod frames;
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
+
+use allowlist_common::{Reason, counter};
+use allowlist_user::datapath::{self, Counters, LoadOptions, Maps};
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use frames::*;
+
+const PASS: u32 = 2; // XDP_PASS
+const DROP: u32 = 1; // XDP_DROP
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+// The allowlist every case runs against; rule ids are arbitrary but distinct.
+const RULE_DOC_NET: u32 = 1; // 192.0.2.0/24
+const RULE_HALF: u32 = 2; // 198.51.100.128/25
+const RULE_HOST: u32 = 3; // 203.0.113.7/32
+const RULE_V6: u32 = 4; // 2001:db8:1::/48
+
+fn a4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+fn a6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+fn ok4() -> Ipv4Addr {
+    a4("192.0.2.10")
+}
+fn bad4() -> Ipv4Addr {
+    a4("198.51.100.1")
+}
+fn ok6() -> Ipv6Addr {
+    a6("2001:db8:1::5")
+}
+fn bad6() -> Ipv6Addr {
+    a6("2001:db8:2::1")
+}
+
+fn syn4(src: Ipv4Addr, port: u16) -> Vec<u8> {
+    v4(&[], ipv4(src, TCP, &tcp_syn(port), |_| {}))
+}
+fn syn6(src: Ipv6Addr, port: u16) -> Vec<u8> {
+    v6(&[], ipv6(src, &[], TCP, &tcp_syn(port)))
+}
+
+/// What a case expects to see move.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Moved {
+    Exit(Reason),
+    WouldDrop(Reason),
+}
+
+type Setup = fn(&mut Maps);
+
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    action: u32,
+    moved: Moved,
+    /// Observation counters that must move too.
+    observed: &'static [&'static str],
+    /// Hit counter (rule id) that must move.
+    hit: Option<u32>,
+    /// Changes to the maps before the frame, undone by `after`.
+    before: Option<Setup>,
+    after: Option<Setup>,
+}
+
+fn case(name: &'static str, frame: Vec<u8>, action: u32, moved: Moved) -> Case {
+    Case {
+        name,
+        frame,
+        action,
+        moved,
+        observed: &[],
+        hit: None,
+        before: None,
+        after: None,
+    }
+}
+
+impl Case {
+    fn observing(mut self, observed: &'static [&'static str]) -> Self {
+        self.observed = observed;
+        self
+    }
+    fn hit(mut self, rule: u32) -> Self {
+        self.hit = Some(rule);
+        self
+    }
+    fn with(mut self, before: Setup, after: Setup) -> Self {
+        self.before = Some(before);
+        self.after = Some(after);
+        self
+    }
+}
+
+use Moved::{Exit, WouldDrop};
+use Reason::*;
+
+fn pass(name: &'static str, frame: Vec<u8>, reason: Reason) -> Case {
+    case(name, frame, PASS, Exit(reason))
+}
+fn drop(name: &'static str, frame: Vec<u8>, reason: Reason) -> Case {
+    case(name, frame, DROP, Exit(reason))
+}
+
+fn cases() -> Vec<Case> {
+    let mut c = Vec::new();
+
+    // Allowed and denied SYNs.
+    c.push(
+        pass(
+            "v4 SYN to 443 from an allowlisted /24",
+            syn4(ok4(), 443),
+            Allowlisted,
+        )
+        .hit(RULE_DOC_NET),
+    );
+    c.push(drop(
+        "v4 SYN to 443 from a source not listed",
+        syn4(bad4(), 443),
+        NotAllowlisted,
+    ));
+    c.push(
+        pass(
+            "v6 SYN to 443 from an allowlisted /48",
+            syn6(ok6(), 443),
+            Allowlisted,
+        )
+        .hit(RULE_V6),
+    );
+    c.push(drop(
+        "v6 SYN to 443 from a source not listed",
+        syn6(bad6(), 443),
+        NotAllowlisted,
+    ));
+
+    // Prefix boundaries.
+    c.push(
+        pass(
+            "first address of 198.51.100.128/25",
+            syn4(a4("198.51.100.128"), 443),
+            Allowlisted,
+        )
+        .hit(RULE_HALF),
+    );
+    c.push(
+        pass(
+            "last address of 198.51.100.128/25",
+            syn4(a4("198.51.100.255"), 443),
+            Allowlisted,
+        )
+        .hit(RULE_HALF),
+    );
+    c.push(drop(
+        "address just below 198.51.100.128/25",
+        syn4(a4("198.51.100.127"), 443),
+        NotAllowlisted,
+    ));
+    c.push(pass("exact /32 host", syn4(a4("203.0.113.7"), 443), Allowlisted).hit(RULE_HOST));
+    c.push(drop(
+        "address just after the /32 host",
+        syn4(a4("203.0.113.8"), 443),
+        NotAllowlisted,
+    ));
+    c.push(pass(
+        "last address of 2001:db8:1::/48",
+        syn6(a6("2001:db8:1:ffff:ffff:ffff:ffff:ffff"), 443),
+        Allowlisted,
+    ));
+    c.push(drop(
+        "first address after 2001:db8:1::/48",
+        syn6(a6("2001:db8:2::"), 443),
+        NotAllowlisted,
+    ));
+
+    // Traffic that cannot reach a protected port.
+    c.push(pass(
+        "v4 TCP to port 80 from anyone",
+        syn4(bad4(), 80),
+        UnprotectedPort,
+    ));
+    c.push(pass(
+        "v6 TCP to port 80 from anyone",
+        syn6(bad6(), 80),
+        UnprotectedPort,
+    ));
+    c.push(pass(
+        "UDP to 443 (QUIC) from anyone",
+        v4(&[], ipv4(bad4(), UDP, &udp(443), |_| {})),
+        NotTcp,
+    ));
+    c.push(pass(
+        "v6 UDP to 443 from anyone",
+        v6(&[], ipv6(bad6(), &[], UDP, &udp(443))),
+        NotTcp,
+    ));
+    c.push(pass(
+        "ICMP echo",
+        v4(&[], ipv4(bad4(), 1, &icmp_echo(), |_| {})),
+        NotTcp,
+    ));
+    c.push(pass("ARP", arp(), NotIp));
+    let mut padded = syn4(ok4(), 443);
+    padded.resize(60, 0);
+    c.push(pass(
+        "allowlisted SYN with Ethernet padding",
+        padded,
+        Allowlisted,
+    ));
+    let mut padded = syn4(bad4(), 443);
+    padded.resize(60, 0);
+    c.push(drop(
+        "denied SYN with Ethernet padding",
+        padded,
+        NotAllowlisted,
+    ));
+
+    // VLAN tags.
+    for (name, tags, ok) in [
+        ("802.1Q, allowlisted", &[TPID_8021Q][..], true),
+        ("802.1Q, not listed", &[TPID_8021Q][..], false),
+        (
+            "QinQ 802.1ad+802.1Q, allowlisted",
+            &[TPID_8021AD, TPID_8021Q][..],
+            true,
+        ),
+        (
+            "QinQ 802.1ad+802.1Q, not listed",
+            &[TPID_8021AD, TPID_8021Q][..],
+            false,
+        ),
+        (
+            "QinQ 0x9100+802.1Q, not listed",
+            &[TPID_QINQ_9100, TPID_8021Q][..],
+            false,
+        ),
+    ] {
+        let src = if ok { ok4() } else { bad4() };
+        let frame = v4(tags, ipv4(src, TCP, &tcp_syn(443), |_| {}));
+        let reason = if ok { Allowlisted } else { NotAllowlisted };
+        c.push(
+            case(name, frame, if ok { PASS } else { DROP }, Exit(reason))
+                .observing(&["vlan_tagged"]),
+        );
+    }
+    c.push(
+        case(
+            "v6 in 802.1Q, not listed",
+            v6(&[TPID_8021Q], ipv6(bad6(), &[], TCP, &tcp_syn(443))),
+            DROP,
+            Exit(NotAllowlisted),
+        )
+        .observing(&["vlan_tagged"]),
+    );
+    c.push(
+        case(
+            "v6 in QinQ, allowlisted",
+            v6(
+                &[TPID_8021AD, TPID_8021Q],
+                ipv6(ok6(), &[], TCP, &tcp_syn(443)),
+            ),
+            PASS,
+            Exit(Allowlisted),
+        )
+        .observing(&["vlan_tagged"]),
+    );
+    c.push(
+        case(
+            "three stacked VLAN tags (more than the parser walks)",
+            v4(
+                &[TPID_8021AD, TPID_8021Q, TPID_8021Q],
+                ipv4(ok4(), TCP, &tcp_syn(443), |_| {}),
+            ),
+            DROP,
+            Exit(Malformed),
+        )
+        .observing(&["vlan_tagged"]),
+    );
+    c.push(drop(
+        "frame ends inside the VLAN tag",
+        ethernet(&[TPID_8021Q], 0x0800, &[])[..16].to_vec(),
+        Malformed,
+    ));
+
+    // IPv4 header shapes.
+    let options =
+        |ip: &mut etherparse::Ipv4Header| ip.options = (&[1u8, 1, 1, 0][..]).try_into().unwrap(); // NOP NOP NOP EOL
+    c.push(
+        drop(
+            "v4 with options, not listed",
+            v4(&[], ipv4(bad4(), TCP, &tcp_syn(443), options)),
+            NotAllowlisted,
+        )
+        .observing(&["ipv4_options"]),
+    );
+    c.push(
+        pass(
+            "v4 with options, allowlisted",
+            v4(&[], ipv4(ok4(), TCP, &tcp_syn(443), options)),
+            Allowlisted,
+        )
+        .observing(&["ipv4_options"]),
+    );
+    let max_options =
+        |ip: &mut etherparse::Ipv4Header| ip.options = (&[1u8; 40][..]).try_into().unwrap();
+    c.push(drop(
+        "v4 with 40 bytes of options (IHL 15), not listed",
+        v4(&[], ipv4(bad4(), TCP, &tcp_syn(443), max_options)),
+        NotAllowlisted,
+    ));
+    c.push(pass(
+        "v4 with IHL 15 to port 80",
+        v4(&[], ipv4(bad4(), TCP, &tcp_syn(80), max_options)),
+        UnprotectedPort,
+    ));
+    for ihl in [0u8, 4] {
+        let mut frame = syn4(bad4(), 443);
+        frame[14] = 0x40 | ihl;
+        c.push(drop(
+            if ihl == 0 { "v4 IHL 0" } else { "v4 IHL 4" },
+            frame,
+            Malformed,
+        ));
+    }
+    let mut frame = syn4(ok4(), 443);
+    frame[14] = 0x44;
+    c.push(pass(
+        "v4 IHL 4 from an allowlisted source",
+        frame,
+        Allowlisted,
+    ));
+    let mut frame = syn4(bad4(), 443);
+    frame[16..18].copy_from_slice(&200u16.to_be_bytes());
+    c.push(drop("v4 total length beyond the frame", frame, Malformed));
+    let mut frame = syn4(bad4(), 443);
+    frame[16..18].copy_from_slice(&16u16.to_be_bytes());
+    c.push(drop(
+        "v4 total length shorter than the header",
+        frame,
+        Malformed,
+    ));
+    let mut frame = syn4(bad4(), 443);
+    frame[14] = 0x65; // version 6 in an IPv4 EtherType
+    c.push(drop("v4 EtherType with IP version 6", frame, Malformed));
+    let mut frame = syn4(bad4(), 443);
+    frame[14 + 20 + 12] = 0x40; // TCP data offset 4
+    c.push(drop("TCP data offset below 5", frame, Malformed));
+
+    // Truncation at each header.
+    c.push(drop(
+        "frame ends inside the IPv4 header (before the source)",
+        syn4(bad4(), 443)[..14 + 10].to_vec(),
+        Malformed,
+    ));
+    c.push(drop(
+        "frame ends inside the IPv4 header (after the source)",
+        syn4(bad4(), 443)[..14 + 16].to_vec(),
+        Malformed,
+    ));
+    c.push(drop(
+        "frame ends inside the TCP header",
+        syn4(bad4(), 443)[..14 + 20 + 10].to_vec(),
+        Malformed,
+    ));
+    c.push(pass(
+        "allowlisted frame ending inside the TCP header",
+        syn4(ok4(), 443)[..14 + 20 + 10].to_vec(),
+        Allowlisted,
+    ));
+    c.push(drop(
+        "IPv4 length ends inside the TCP header",
+        v4(&[], ipv4(bad4(), TCP, &tcp_syn(443)[..10], |_| {})),
+        Malformed,
+    ));
+    c.push(drop(
+        "frame ends inside the IPv6 header",
+        syn6(bad6(), 443)[..14 + 30].to_vec(),
+        Malformed,
+    ));
+    c.push(drop(
+        "frame ends inside the TCP header after IPv6",
+        syn6(bad6(), 443)[..14 + 40 + 6].to_vec(),
+        Malformed,
+    ));
+    let frame = v6(
+        &[],
+        ipv6(bad6(), &[Ext::HopByHop, Ext::DestOpts], TCP, &tcp_syn(443)),
+    );
+    c.push(drop(
+        "frame ends inside an IPv6 extension header",
+        frame[..14 + 40 + 8 + 1].to_vec(),
+        Malformed,
+    ));
+    let mut frame = syn6(bad6(), 443);
+    frame[14] = 0x40;
+    c.push(drop("v6 EtherType with IP version 4", frame, Malformed));
+    let mut frame = syn6(bad6(), 443);
+    frame[14 + 4..14 + 6].copy_from_slice(&400u16.to_be_bytes());
+    c.push(drop("v6 payload length beyond the frame", frame, Malformed));
+
+    // IPv4 fragments.
+    let first_to = |src, port, id| {
+        v4(
+            &[],
+            ipv4(src, TCP, &tcp_syn(port), |ip| fragment(ip, id, 0, true)),
+        )
+    };
+    let later = |src, proto, id| {
+        v4(
+            &[],
+            ipv4(src, proto, &[0u8; 16], |ip| fragment(ip, id, 3, false)),
+        )
+    };
+    c.push(
+        drop(
+            "v4 first fragment to 443, not listed",
+            first_to(bad4(), 443, 7),
+            NotAllowlisted,
+        )
+        .observing(&["fragment"]),
+    );
+    c.push(
+        drop(
+            "v4 later fragment of that datagram",
+            later(bad4(), TCP, 7),
+            FragmentUnknown,
+        )
+        .observing(&["fragment"]),
+    );
+    c.push(
+        pass(
+            "v4 first fragment to 80",
+            first_to(bad4(), 80, 8),
+            UnprotectedPort,
+        )
+        .observing(&["fragment"]),
+    );
+    c.push(pass(
+        "v4 later fragment of the port-80 datagram",
+        later(bad4(), TCP, 8),
+        FragmentOfPassed,
+    ));
+    c.push(drop(
+        "v4 later TCP fragment with no first fragment",
+        later(bad4(), TCP, 9),
+        FragmentUnknown,
+    ));
+    c.push(pass(
+        "v4 later fragment from an allowlisted source",
+        later(ok4(), TCP, 10),
+        Allowlisted,
+    ));
+    c.push(pass(
+        "v4 later UDP fragment",
+        later(bad4(), UDP, 11),
+        NotTcp,
+    ));
+    c.push(drop(
+        "v4 later GRE fragment, not listed",
+        later(bad4(), 47, 12),
+        FragmentUnknown,
+    ));
+    c.push(drop(
+        "v4 tiny first fragment splitting the TCP header",
+        v4(
+            &[],
+            ipv4(bad4(), TCP, &tcp_syn(443)[..8], |ip| {
+                fragment(ip, 13, 0, true)
+            }),
+        ),
+        Malformed,
+    ));
+
+    // IPv6 extension headers, each in front of a SYN to 443.
+    for (name, ext) in [
+        ("hop-by-hop", Ext::HopByHop),
+        ("routing", Ext::Routing),
+        ("destination options", Ext::DestOpts),
+        ("authentication header", Ext::Auth),
+        (
+            "atomic fragment header",
+            Ext::Fragment {
+                offset_units: 0,
+                more: false,
+                id: 99,
+            },
+        ),
+    ] {
+        let denied = v6(&[], ipv6(bad6(), &[ext.clone()], TCP, &tcp_syn(443)));
+        let allowed = v6(&[], ipv6(ok6(), &[ext.clone()], TCP, &tcp_syn(443)));
+        let leak = Box::leak(format!("v6 {name}, then SYN to 443, not listed").into_boxed_str());
+        c.push(drop(leak, denied, NotAllowlisted).observing(&["ipv6_ext_headers"]));
+        let leak = Box::leak(format!("v6 {name}, then SYN to 443, allowlisted").into_boxed_str());
+        c.push(pass(leak, allowed, Allowlisted).observing(&["ipv6_ext_headers"]));
+    }
+    let chain = |n: usize| vec![Ext::DestOpts; n];
+    let limit = allowlist_common::MAX_IPV6_EXT_HEADERS;
+    c.push(drop(
+        "v6 chain at the bound, not listed",
+        v6(&[], ipv6(bad6(), &chain(limit), TCP, &tcp_syn(443))),
+        NotAllowlisted,
+    ));
+    c.push(pass(
+        "v6 chain at the bound to port 80",
+        v6(&[], ipv6(bad6(), &chain(limit), TCP, &tcp_syn(80))),
+        UnprotectedPort,
+    ));
+    c.push(drop(
+        "v6 chain longer than the bound",
+        v6(&[], ipv6(bad6(), &chain(limit + 1), TCP, &tcp_syn(80))),
+        ExtHeaderLimit,
+    ));
+    c.push(pass(
+        "v6 chain longer than the bound, allowlisted",
+        v6(&[], ipv6(ok6(), &chain(limit + 1), TCP, &tcp_syn(443))),
+        Allowlisted,
+    ));
+    c.push(pass(
+        "v6 no next header",
+        v6(&[], ipv6(bad6(), &[Ext::DestOpts], 59, &[])),
+        NotTcp,
+    ));
+
+    // IPv6 fragments.
+    let frag = |offset_units, more, id| Ext::Fragment {
+        offset_units,
+        more,
+        id,
+    };
+    c.push(
+        drop(
+            "v6 first fragment to 443, not listed",
+            v6(&[], ipv6(bad6(), &[frag(0, true, 21)], TCP, &tcp_syn(443))),
+            NotAllowlisted,
+        )
+        .observing(&["fragment"]),
+    );
+    c.push(
+        drop(
+            "v6 later fragment of that datagram",
+            v6(&[], ipv6(bad6(), &[frag(2, false, 21)], TCP, &[0; 16])),
+            FragmentUnknown,
+        )
+        .observing(&["fragment"]),
+    );
+    c.push(pass(
+        "v6 first fragment to 80",
+        v6(&[], ipv6(bad6(), &[frag(0, true, 22)], TCP, &tcp_syn(80))),
+        UnprotectedPort,
+    ));
+    c.push(pass(
+        "v6 later fragment of the port-80 datagram",
+        v6(&[], ipv6(bad6(), &[frag(2, false, 22)], TCP, &[0; 16])),
+        FragmentOfPassed,
+    ));
+    c.push(pass(
+        "v6 first fragment of a UDP datagram",
+        v6(&[], ipv6(bad6(), &[frag(0, true, 23)], UDP, &udp(53))),
+        NotTcp,
+    ));
+    c.push(pass(
+        "v6 later fragment of the UDP datagram",
+        v6(&[], ipv6(bad6(), &[frag(2, false, 23)], UDP, &[0; 16])),
+        FragmentOfPassed,
+    ));
+    c.push(drop(
+        "v6 later fragment claiming UDP, no first fragment (the next header of a later fragment is not trusted)",
+        v6(&[], ipv6(bad6(), &[frag(2, false, 24)], UDP, &[0; 16])),
+        FragmentUnknown,
+    ));
+    c.push(pass(
+        "v6 later fragment from an allowlisted source",
+        v6(&[], ipv6(ok6(), &[frag(2, false, 25)], TCP, &[0; 16])),
+        Allowlisted,
+    ));
+    c.push(drop(
+        "v6 first fragment with the TCP header cut off",
+        v6(
+            &[],
+            ipv6(bad6(), &[frag(0, true, 26)], TCP, &tcp_syn(443)[..8]),
+        ),
+        Malformed,
+    ));
+
+    // Tunnels and encrypted payloads.
+    for (name, proto) in [
+        ("IP-in-IP", 4u8),
+        ("IPv6-in-IPv4", 41),
+        ("GRE", 47),
+        ("ESP", 50),
+        ("IPv4 AH", 51),
+    ] {
+        let leak = Box::leak(format!("{name}, not listed").into_boxed_str());
+        c.push(drop(
+            leak,
+            v4(&[], ipv4(bad4(), proto, &[0u8; 40], |_| {})),
+            Tunnel,
+        ));
+    }
+    c.push(pass(
+        "GRE from an allowlisted source",
+        v4(&[], ipv4(ok4(), 47, &[0u8; 40], |_| {})),
+        Allowlisted,
+    ));
+    c.push(drop(
+        "v6 ESP, not listed",
+        v6(&[], ipv6(bad6(), &[], 50, &[0u8; 40])),
+        Tunnel,
+    ));
+    c.push(drop(
+        "IPv4-in-IPv6, not listed",
+        v6(&[], ipv6(bad6(), &[], 4, &[0u8; 40])),
+        Tunnel,
+    ));
+
+    // Run-time settings.
+    c.push(
+        case(
+            "monitor mode: denied SYN passes and counts a would-drop",
+            syn4(bad4(), 443),
+            PASS,
+            WouldDrop(NotAllowlisted),
+        )
+        .with(
+            |m| m.set_monitor(true).unwrap(),
+            |m| m.set_monitor(false).unwrap(),
+        ),
+    );
+    c.push(
+        case(
+            "monitor mode: malformed frame passes and counts a would-drop",
+            syn4(bad4(), 443)[..14 + 20 + 10].to_vec(),
+            PASS,
+            WouldDrop(Malformed),
+        )
+        .with(
+            |m| m.set_monitor(true).unwrap(),
+            |m| m.set_monitor(false).unwrap(),
+        ),
+    );
+    c.push(
+        case(
+            "monitor mode: allowlisted SYN still counts as allowlisted",
+            syn4(ok4(), 443),
+            PASS,
+            Exit(Allowlisted),
+        )
+        .with(
+            |m| m.set_monitor(true).unwrap(),
+            |m| m.set_monitor(false).unwrap(),
+        ),
+    );
+    c.push(drop(
+        "back in enforce mode, denied SYN drops",
+        syn4(bad4(), 443),
+        NotAllowlisted,
+    ));
+    let ports_8443 = |m: &mut Maps| m.set_ports(&BTreeSet::from([8443])).unwrap();
+    let ports_443 = |m: &mut Maps| m.set_ports(&BTreeSet::from([443])).unwrap();
+    c.push(
+        pass(
+            "protected ports changed to {8443}: 443 no longer protected",
+            syn4(bad4(), 443),
+            UnprotectedPort,
+        )
+        .with(ports_8443, ports_443),
+    );
+    c.push(
+        drop(
+            "protected ports changed to {8443}: 8443 protected",
+            syn4(bad4(), 8443),
+            NotAllowlisted,
+        )
+        .with(ports_8443, ports_443),
+    );
+    c.push(drop(
+        "protected ports back to {443}",
+        syn4(bad4(), 443),
+        NotAllowlisted,
+    ));
+    c
+}
+
+struct Harness {
+    ebpf: Ebpf,
+    maps: Maps,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let (ebpf, mut maps) =
+            datapath::load_unpinned(&LoadOptions::default()).expect("load the XDP program");
+        maps.set_ports(&BTreeSet::from([443])).unwrap();
+        maps.upsert("192.0.2.0/24".parse().unwrap(), RULE_DOC_NET)
+            .unwrap();
+        maps.upsert("198.51.100.128/25".parse().unwrap(), RULE_HALF)
+            .unwrap();
+        maps.upsert("203.0.113.7/32".parse().unwrap(), RULE_HOST)
+            .unwrap();
+        maps.upsert("2001:db8:1::/48".parse().unwrap(), RULE_V6)
+            .unwrap();
+        Self { ebpf, maps }
+    }
+
+    fn run(&mut self, frame: &[u8]) -> u32 {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(allowlist_common::PROGRAM_NAME)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+    }
+}
+
+/// Every slot that moved between two snapshots, with its delta.
+fn moved(before: &Counters, after: &Counters) -> Vec<(Moved, u64)> {
+    let mut out = Vec::new();
+    for r in Reason::ALL {
+        let d = after.exit(r) - before.exit(r);
+        if d != 0 {
+            out.push((Exit(r), d));
+        }
+        let d = after.would_drop(r) - before.would_drop(r);
+        if d != 0 {
+            out.push((WouldDrop(r), d));
+        }
+    }
+    out
+}
+
+fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "verdict tests need root (CAP_BPF); CI must run them as root"
+    );
+    eprintln!(
+        "SKIPPED: verdict tests need root (CAP_BPF, CAP_NET_ADMIN); run `cargo xtask test` as root"
+    );
+    false
+}
+
+#[test]
+fn verdict_table() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    let mut failures = Vec::new();
+    let cases = cases();
+    for case in &cases {
+        if let Some(before) = case.before {
+            before(&mut h.maps);
+        }
+        let counters_before = h.maps.counters().unwrap();
+        let hits_before = h.maps.hits(8).unwrap();
+        let action = h.run(&case.frame);
+        let counters_after = h.maps.counters().unwrap();
+        let hits_after = h.maps.hits(8).unwrap();
+        if let Some(after) = case.after {
+            after(&mut h.maps);
+        }
+
+        let mut problems = Vec::new();
+        if action != case.action {
+            problems.push(format!("action {action}, expected {}", case.action));
+        }
+        let moved = moved(&counters_before, &counters_after);
+        if moved != [(case.moved, 1)] {
+            problems.push(format!(
+                "counters moved {moved:?}, expected exactly {:?} by 1",
+                case.moved
+            ));
+        }
+        for name in case.observed {
+            if counters_after.observed[name] == counters_before.observed[name] {
+                problems.push(format!("observation counter {name} did not move"));
+            }
+        }
+        if let Some(rule) = case.hit {
+            let rule = rule as usize;
+            if hits_after[rule] != hits_before[rule] + 1 {
+                problems.push(format!("hit counter of rule {rule} did not move by 1"));
+            }
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{}: {}", case.name, problems.join("; ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n  {}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n  ")
+    );
+    eprintln!("{} verdict cases passed", cases.len());
+}
+
+#[test]
+fn observation_slots_do_not_overlap_exits() {
+    assert!(counter::VLAN_TAGGED >= counter::would_drop(Reason::Tunnel) + 1);
+}

@@ -1,0 +1,149 @@
+//! Project tasks that a build script can't do: toolchain set-up, tests that need root
+//! and network namespaces, the demo, benchmarks and packaging.
+//!
+//! Every command runs `setup` first, so a fresh machine of this kind needs nothing but
+//! `cargo xtask <command>`.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "allowlist project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the XDP program needs (idempotent).
+    Setup,
+    /// Build the agent with its embedded XDP program.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Clippy on the host crates and on the eBPF crate, warnings denied.
+    Clippy,
+    /// Every test: host unit tests, clippy, verdict tests, end-to-end tests (needs root).
+    Test {
+        /// Skip the end-to-end network-namespace tests.
+        #[arg(long)]
+        no_e2e: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(err) = run(cli.command) {
+        eprintln!("xtask: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    setup::ensure()?;
+    match task {
+        Task::Setup => Ok(()),
+        Task::Build { release } => {
+            let mut args = vec!["build", "--package", "allowlist-user"];
+            if release {
+                args.push("--release");
+            }
+            cargo(&args)
+        }
+        Task::Clippy => clippy(),
+        Task::Test { no_e2e } => test(no_e2e),
+    }
+}
+
+fn test(no_e2e: bool) -> Result<()> {
+    step("host unit tests");
+    cargo(&["test", "--package", "allowlist-common"])?;
+    cargo(&["test", "--package", "allowlist-user", "--lib", "--bins"])?;
+    cargo(&["test", "--package", "allowlist-user", "--test", "fetch"])?;
+    step("clippy");
+    clippy()?;
+    require_root("the verdict and end-to-end tests load XDP programs")?;
+    step("verdict tests (BPF_PROG_TEST_RUN)");
+    cargo(&[
+        "test",
+        "--package",
+        "allowlist-user",
+        "--test",
+        "verdict",
+        "--",
+        "--nocapture",
+    ])?;
+    if !no_e2e {
+        step("end-to-end tests (network namespaces, real traffic)");
+        cargo(&["test", "--package", "allowlist-tests"])?;
+    }
+    step("all tests passed");
+    Ok(())
+}
+
+fn clippy() -> Result<()> {
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // The eBPF crate separately, for the BPF target with Debian's toolchain: feature
+    // unification with the host crates would otherwise drag std into it.
+    let status = Command::new("rustup")
+        .args([
+            "run",
+            setup::BPF_TOOLCHAIN,
+            "cargo",
+            "clippy",
+            "--package",
+            "allowlist-ebpf",
+        ])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+        ])
+        .args(["--target-dir", "target/bpf-clippy", "--", "-D", "warnings"])
+        .env("RUSTC_BOOTSTRAP", "1")
+        .status()
+        .context("running clippy on the eBPF crate")?;
+    if !status.success() {
+        bail!("clippy on allowlist-ebpf failed");
+    }
+    Ok(())
+}
+
+fn step(name: &str) {
+    eprintln!("\n==> {name}");
+}
+
+/// Runs the cargo that runs xtask, so that the same toolchain builds everything.
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(&cargo)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn require_root(why: &str) -> Result<()> {
+    if !setup::is_root() {
+        bail!("{why}: run as root (for example `sudo -E cargo xtask test`)");
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! Installs what building and testing the XDP program needs, following
+//! ../shared/TOOLCHAIN.md: Debian's rustc 1.96 with its matching core sources (the
+//! machine's rustup toolchains carry no rust-src and can't download one), bpf-linker
+//! built against the same LLVM 22, and a rustup link to Debian's compiler. Each step
+//! checks before it installs, so a second run takes a moment.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+pub const BPF_TOOLCHAIN: &str = "bpf-debian";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+/// Debian packages: the BPF compiler pair and LLVM for bpf-linker, clippy for the
+/// eBPF crate, bpftool for inspection, iproute2 for the namespace tests.
+const APT_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "rust-web-clippy",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "bpftool",
+    "iproute2",
+];
+
+pub fn ensure() -> Result<()> {
+    put_cargo_bin_on_path();
+    apt_packages()?;
+    bpf_linker()?;
+    toolchain_link()?;
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        })
+}
+
+/// `cargo install` puts bpf-linker in $CARGO_HOME/bin; the eBPF build finds it on PATH.
+fn put_cargo_bin_on_path() {
+    let bin = cargo_home().join("bin");
+    let path = env::var_os("PATH").unwrap_or_default();
+    if env::split_paths(&path).any(|p| p == bin) {
+        return;
+    }
+    let joined =
+        env::join_paths(std::iter::once(bin).chain(env::split_paths(&path))).expect("PATH entries");
+    // SAFETY: xtask is single-threaded at this point.
+    unsafe { env::set_var("PATH", joined) };
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    if !is_root() {
+        bail!(
+            "these packages are missing and installing them needs root: apt-get install -y {}",
+            missing.join(" ")
+        );
+    }
+    run(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get update",
+    )?;
+    run(
+        Command::new("apt-get")
+            .args(["install", "-y"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install",
+    )?;
+    let still: Vec<&str> = missing.into_iter().filter(|p| !dpkg_installed(p)).collect();
+    if !still.is_empty() {
+        bail!("apt-get did not install {}", still.join(" "));
+    }
+    Ok(())
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+        })
+}
+
+fn bpf_linker() -> Result<()> {
+    let installed = cargo_home().join("bin").join("bpf-linker");
+    if on_path("bpf-linker") || installed.is_file() {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+    let path = env::join_paths(
+        std::iter::once(PathBuf::from(LLVM_BIN))
+            .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())),
+    )?;
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    run(
+        Command::new(cargo)
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("PATH", path),
+        "cargo install bpf-linker",
+    )
+}
+
+fn toolchain_link() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .context("running rustup")?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with(BPF_TOOLCHAIN))
+    {
+        return Ok(());
+    }
+    eprintln!("setup: linking Debian's rustc as the rustup toolchain {BPF_TOOLCHAIN}");
+    run(
+        Command::new("rustup").args(["toolchain", "link", BPF_TOOLCHAIN, "/usr"]),
+        "rustup toolchain link",
+    )
+}
+
+fn on_path(name: &str) -> bool {
+    env::var_os("PATH")
+        .is_some_and(|p| env::split_paths(&p).any(|d| Path::new(&d).join(name).is_file()))
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
