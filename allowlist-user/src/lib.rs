@@ -1,3 +1,27 @@
-//! The allowlist agent.
+//! The allowlist agent: keeps an XDP source-IP allowlist in sync with the IP ranges
+//! that webhook providers publish, and reports what it does.
+//!
+//! - `config`: the TOML file, parsed and validated.
+//! - `presets`: built-in providers (Intercom, Freshworks, Stripe, GitHub, ...).
+//! - `source`: one module per document format (JSON, text, static lists).
+//! - `fetch`: HTTPS retrieval with conditional GET, retries and limits.
+//! - `prefixes`: validation of entries, the merged set, and diffs.
+//! - `state`: the last good set of every source, kept on disk.
+//! - `refresh`: one refresh cycle, with the fail-safe guards.
+//! - `datapath`: loading, attaching, pinning and syncing the XDP program's maps.
+//! - `metrics`, `cli`, `agent`: what the operator sees and runs.
 
+pub mod agent;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod control;
 pub mod datapath;
+pub mod fetch;
+pub mod metrics;
+pub mod prefixes;
+pub mod presets;
+pub mod refresh;
+pub mod source;
+pub mod state;
+pub mod status;

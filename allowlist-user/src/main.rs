@@ -1,1 +1,60 @@
-fn main() {}
+use std::process::ExitCode;
+
+use allowlist_user::{
+    agent,
+    cli::{Cli, Command, LogFormat},
+    commands,
+};
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("allowlist: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Presets = cli.command {
+        commands::presets();
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    if let Command::Run(args) = &cli.command {
+        return runtime.block_on(agent::run(&cli.config, args));
+    }
+    let config = commands::load_config(&cli.config)?;
+    match cli.command {
+        Command::Status { json } => commands::status(&config, json),
+        Command::List { provider, json } => commands::list(&config, provider.as_deref(), json),
+        Command::Check {
+            address,
+            port,
+            json,
+        } => commands::check(&config, address, port, json),
+        Command::Fetch { force, json } => runtime.block_on(commands::fetch(&config, force, json)),
+        Command::Reload => commands::reload(&config),
+        Command::Detach => commands::detach(&config),
+        Command::Run(_) | Command::Presets => unreachable!("handled above"),
+    }
+}

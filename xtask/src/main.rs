@@ -4,6 +4,7 @@
 //! Every command runs `setup` first, so a fresh machine of this kind needs nothing but
 //! `cargo xtask <command>`.
 
+mod package;
 mod setup;
 
 use std::process::Command;
@@ -35,6 +36,8 @@ enum Task {
         #[arg(long)]
         no_e2e: bool,
     },
+    /// Build the Debian package (target/debian/allowlist_<version>_<arch>.deb).
+    Package,
 }
 
 fn main() {
@@ -58,6 +61,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Clippy => clippy(),
         Task::Test { no_e2e } => test(no_e2e),
+        Task::Package => package::run().map(|_| ()),
     }
 }
 

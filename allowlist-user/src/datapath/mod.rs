@@ -1,6 +1,8 @@
 //! The XDP program and its maps: loading, attaching, pinning and syncing.
 
+mod filter;
 mod maps;
+mod pins;
 
 use std::path::PathBuf;
 
@@ -11,7 +13,9 @@ use aya::{
 };
 use thiserror::Error;
 
+pub use filter::{AttachMode, AttachSpec, Attached, Filter, SyncReport, check_interfaces};
 pub use maps::{Counters, Maps};
+pub use pins::{link_pin, map_pin, pinned_links, prepare_pin_dir, remove_all as remove_pins};
 
 /// The compiled XDP program, built by build.rs from the `allowlist-ebpf` crate.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/allowlist"));
@@ -42,6 +46,51 @@ pub enum DatapathError {
     },
     #[error("map {0} holds a key that is not a valid prefix")]
     CorruptKey(&'static str),
+    #[error("cannot parse the embedded XDP object: {0}")]
+    Parse(String),
+    #[error("interface {name:?} does not exist (interfaces here: {available})")]
+    MissingInterface { name: String, available: String },
+    #[error("cannot attach XDP to {interface} in {mode} mode")]
+    Attach {
+        interface: String,
+        mode: AttachMode,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(
+        "the kernel gave no BPF link for {0}; this kernel is too old to keep XDP attached across agent restarts (5.9 or later is needed)"
+    )]
+    NoLinkSupport(String),
+    #[error("cannot pin the XDP link at {}", path.display())]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("cannot open the pinned link {}: {reason}", path.display())]
+    OpenLink { path: PathBuf, reason: String },
+    #[error("{}", path.display())]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pin_dir {} is not on a bpffs mount (mount one with `mount -t bpf bpf /sys/fs/bpf`)", .0.display())]
+    NotBpffs(PathBuf),
+    #[error("cannot mount bpffs at /sys/fs/bpf")]
+    MountBpffs(#[source] std::io::Error),
+    #[error("the pinned map {} was left by another build of allowlist ({found}; this build expects {wanted}); remove the old filter with `allowlist detach` (same --config) and start again", path.display())]
+    IncompatiblePin {
+        path: PathBuf,
+        found: String,
+        wanted: String,
+    },
+    #[error("map {map} would need {needed} entries during the update but holds at most {capacity}")]
+    Capacity {
+        map: &'static str,
+        needed: usize,
+        capacity: usize,
+    },
 }
 
 /// The embedded object file.
@@ -70,7 +119,7 @@ pub fn load_unpinned(options: &LoadOptions) -> Result<(Ebpf, Maps), DatapathErro
     Ok((ebpf, maps))
 }
 
-fn loader(options: &LoadOptions) -> EbpfLoader<'static> {
+pub(crate) fn loader(options: &LoadOptions) -> EbpfLoader<'static> {
     // The loader borrows the values of the globals it patches.
     static DEBUG: [u32; 2] = [0, 1];
     // aya-log's level filter: 0 keeps every log statement off.
@@ -83,7 +132,7 @@ fn loader(options: &LoadOptions) -> EbpfLoader<'static> {
     loader
 }
 
-fn load_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
+pub(crate) fn load_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
     let program: &mut Xdp = ebpf
         .program_mut(allowlist_common::PROGRAM_NAME)
         .ok_or(DatapathError::MissingProgram(

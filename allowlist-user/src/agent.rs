@@ -1,0 +1,341 @@
+//! `allowlist run`: the long-running agent.
+//!
+//! Start-up order matters for failing safe: everything that can be refused (config,
+//! privileges, interfaces, another agent) is checked before anything is attached; the
+//! maps are filled from the last good lists on disk (or the presets' snapshots)
+//! before the program is attached, so the filter never starts empty; a previous
+//! agent's link is taken over atomically.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+    time::{Instant, sleep_until},
+};
+use tracing::{error, info, info_span, warn};
+
+use crate::{
+    cli::RunArgs,
+    config::{self, Config, Mode},
+    control,
+    datapath::{self, AttachSpec, Filter, LoadOptions},
+    fetch::Fetcher,
+    metrics::{self, SharedStatus},
+    refresh::{Outcome, RefreshOptions, RefreshReport, Refresher},
+    status::{AgentStatus, InterfaceStatus, ProviderStatus, SyncStatus},
+};
+
+/// How soon a failed map sync is retried.
+const SYNC_RETRY: Duration = Duration::from_secs(2);
+
+pub fn attach_specs(config: &Config) -> Vec<AttachSpec> {
+    config
+        .interfaces
+        .iter()
+        .map(|i| AttachSpec {
+            name: i.name.clone(),
+            mode: i.mode,
+        })
+        .collect()
+}
+
+struct Agent {
+    config: Config,
+    filter: Filter,
+    refresher: Refresher,
+    shared: SharedStatus,
+    started_at: SystemTime,
+    refresh_results: BTreeMap<String, BTreeMap<String, u64>>,
+    last_sync: Option<SyncStatus>,
+    sync_pending: bool,
+}
+
+pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
+    let config = config::load(config_path)?;
+    control::check_privileges().map_err(|e| anyhow!(e))?;
+    let specs = attach_specs(&config);
+    datapath::check_interfaces(&specs)?;
+    datapath::prepare_pin_dir(&config.pin_dir)?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
+    let _lock = control::acquire(&config.state_dir, &config.pin_dir)?;
+
+    let mut refresher = Refresher::new(&config, Fetcher::default())?;
+    refresher.bootstrap();
+    let mut filter = Filter::load(
+        &config.pin_dir,
+        &LoadOptions {
+            debug_events: args.debug_events,
+        },
+    )?;
+    if filter.adopted_maps() {
+        info!(pin_dir = %config.pin_dir.display(), "found a previous agent's maps; taking them over");
+    }
+    apply_settings(&mut filter, &config)?;
+    let desired = refresher.allowlist().entries();
+    let report = filter
+        .sync(&desired)
+        .context("filling the allowlist maps")?;
+    info!(
+        prefixes = desired.len(),
+        added = report.added,
+        removed = report.removed,
+        "allowlist loaded from the last good lists"
+    );
+    filter.attach(&specs)?;
+
+    let shared: SharedStatus = Arc::new(RwLock::new(None));
+    let mut agent = Agent {
+        config,
+        filter,
+        refresher,
+        shared: shared.clone(),
+        started_at: SystemTime::now(),
+        refresh_results: BTreeMap::new(),
+        last_sync: Some(SyncStatus::ok(&report)),
+        sync_pending: false,
+    };
+    agent.publish();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics_task = agent.config.metrics.map(|addr| {
+        let pin_dir = agent.config.pin_dir.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = metrics::serve(addr, shared, pin_dir, stopped).await {
+                error!(%addr, error = %e, "the metrics endpoint failed");
+            }
+        })
+    });
+
+    let result = agent.main_loop(args.force).await;
+    let _ = stop_tx.send(true);
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    if args.detach_on_exit {
+        let removed = agent.filter.remove_pins()?;
+        info!(pins = removed.len(), "detached on exit (--detach-on-exit)");
+    } else {
+        info!(
+            "exiting; the filter stays attached and enforcing (pinned under {})",
+            agent.config.pin_dir.display()
+        );
+    }
+    result
+}
+
+fn apply_settings(filter: &mut Filter, config: &Config) -> Result<()> {
+    let maps = filter.maps_mut();
+    maps.set_ports(&config.ports.iter().copied().collect())?;
+    maps.set_monitor(config.mode == Mode::Monitor)?;
+    Ok(())
+}
+
+fn result_label(outcome: &Outcome) -> Option<&'static str> {
+    match outcome {
+        Outcome::Static => None,
+        Outcome::Updated { .. } | Outcome::Unchanged => Some("success"),
+        Outcome::NotModified => Some("not_modified"),
+        Outcome::Failed { .. } => Some("failure"),
+        Outcome::Refused { .. } => Some("refused"),
+    }
+}
+
+impl Agent {
+    async fn main_loop(&mut self, force_first: bool) -> Result<()> {
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        // The first refresh runs at once: the lists on disk may be old.
+        let mut next_refresh = Instant::now();
+        let mut force = force_first;
+        loop {
+            let next_sync = if self.sync_pending {
+                Instant::now() + SYNC_RETRY
+            } else {
+                next_refresh
+            };
+            tokio::select! {
+                () = sleep_until(next_refresh.min(next_sync)) => {
+                    if Instant::now() >= next_refresh {
+                        self.refresh(RefreshOptions { force, ..Default::default() }).await;
+                        force = false;
+                        next_refresh = Instant::now() + self.config.refresh;
+                    } else {
+                        self.sync();
+                    }
+                }
+                _ = hup.recv() => {
+                    self.reload();
+                    next_refresh = Instant::now();
+                }
+                _ = term.recv() => { info!("SIGTERM"); return Ok(()); }
+                _ = int.recv() => { info!("SIGINT"); return Ok(()); }
+            }
+        }
+    }
+
+    async fn refresh(&mut self, options: RefreshOptions) {
+        let report = self.refresher.refresh_with(options).await;
+        self.record(&report);
+        self.sync();
+    }
+
+    fn record(&mut self, report: &RefreshReport) {
+        for source in &report.sources {
+            if let Some(label) = result_label(&source.outcome) {
+                *self
+                    .refresh_results
+                    .entry(source.id.clone())
+                    .or_default()
+                    .entry(label.to_owned())
+                    .or_default() += 1;
+            }
+            match &source.outcome {
+                Outcome::Failed { error } => {
+                    warn!(source = %source.id, %error, "refresh failed; keeping the last good list")
+                }
+                Outcome::Refused { reason } => {
+                    warn!(source = %source.id, %reason, "update refused; keeping the last good list")
+                }
+                Outcome::Updated { added, removed } => {
+                    info!(source = %source.id, added, removed, "list updated")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Writes the allowlist in force into the maps; on failure, retried shortly.
+    fn sync(&mut self) {
+        let desired = self.refresher.allowlist().entries();
+        let span = info_span!("sync", prefixes = desired.len());
+        let _enter = span.enter();
+        match self.filter.sync(&desired) {
+            Ok(report) => {
+                if report.map_operations() > 0 {
+                    info!(
+                        added = report.added,
+                        changed = report.changed,
+                        removed = report.removed,
+                        "maps updated"
+                    );
+                }
+                self.last_sync = Some(SyncStatus::ok(&report));
+                self.sync_pending = false;
+            }
+            Err(e) => {
+                error!(error = %format!("{:#}", anyhow::Error::from(e)), "map sync failed; the maps hold a superset; retrying");
+                self.last_sync = Some(SyncStatus::failed("map sync failed".to_owned()));
+                self.sync_pending = true;
+            }
+        }
+        self.publish();
+    }
+
+    /// SIGHUP: re-reads the configuration. A file that no longer validates is
+    /// reported and ignored: the running configuration stays in force.
+    fn reload(&mut self) {
+        let path = self.config.path.clone();
+        let new = match config::load(&path) {
+            Ok(new) => new,
+            Err(e) => {
+                error!(error = %e, "reload: the configuration is invalid; keeping the running one");
+                return;
+            }
+        };
+        if new.pin_dir != self.config.pin_dir
+            || new.state_dir != self.config.state_dir
+            || new.metrics != self.config.metrics
+        {
+            warn!("reload: pin_dir, state_dir and metrics take effect only after a restart");
+        }
+        let mut new = new;
+        new.pin_dir = self.config.pin_dir.clone();
+        new.state_dir = self.config.state_dir.clone();
+        new.metrics = self.config.metrics;
+        if let Err(e) = apply_settings(&mut self.filter, &new) {
+            error!(error = %format!("{e:#}"), "reload: could not apply ports and mode");
+        }
+        if let Err(e) = self.filter.attach(&attach_specs(&new)) {
+            error!(error = %format!("{:#}", anyhow::Error::from(e)), "reload: could not attach to the configured interfaces");
+        }
+        match Refresher::new(&new, Fetcher::default()) {
+            Ok(mut refresher) => {
+                // The lists fetched so far were saved: the new refresher starts from them.
+                refresher.bootstrap();
+                self.refresher = refresher;
+            }
+            Err(e) => {
+                error!(error = %e, "reload: cannot open the state directory; keeping the sources")
+            }
+        }
+        info!(mode = ?new.mode, ports = ?new.ports, providers = new.providers.len(), "configuration reloaded");
+        self.config = new;
+        self.sync();
+    }
+
+    /// Shares the agent's status with the metrics endpoint and the CLI.
+    fn publish(&mut self) {
+        let allowlist = self.refresher.allowlist();
+        let entries = allowlist.entries();
+        let v4 = entries.keys().filter(|n| n.addr().is_ipv4()).count();
+        let status = AgentStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            config: self.config.path.clone(),
+            started_at: self.started_at,
+            written_at: SystemTime::now(),
+            mode: match self.config.mode {
+                Mode::Enforce => "enforce",
+                Mode::Monitor => "monitor",
+            }
+            .to_owned(),
+            ports: self.config.ports.clone(),
+            interfaces: self
+                .filter
+                .attached()
+                .iter()
+                .map(|a| InterfaceStatus {
+                    name: a.interface.clone(),
+                    mode: a.mode.to_string(),
+                    adopted: a.adopted,
+                })
+                .collect(),
+            refresh_interval_secs: self.config.refresh.as_secs(),
+            providers: allowlist
+                .providers
+                .iter()
+                .map(|p| {
+                    let v4 = p.prefixes.iter().filter(|n| n.addr().is_ipv4()).count();
+                    ProviderStatus {
+                        name: p.name.clone(),
+                        rule_id: p.rule_id,
+                        prefixes_v4: v4,
+                        prefixes_v6: p.prefixes.len() - v4,
+                    }
+                })
+                .collect(),
+            map_entries_v4: v4,
+            map_entries_v6: entries.len() - v4,
+            last_sync: self.last_sync.clone(),
+            refresh_results: self.refresh_results.clone(),
+            sources: self.refresher.status(),
+        };
+        if let Err(e) = status.write(&self.config.state_dir) {
+            warn!(error = %e, "cannot write the status file");
+        }
+        *self.shared.write().expect("status lock") = Some(status);
+    }
+}

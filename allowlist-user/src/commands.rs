@@ -1,0 +1,540 @@
+//! The CLI subcommands other than `run`: they read the agent's pins and status file,
+//! or signal the agent.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::IpAddr,
+    path::Path,
+    time::{Duration, SystemTime},
+};
+
+use allowlist_common::Reason;
+use anyhow::{Context as _, Result, anyhow, bail};
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::{
+    config::{self, Config},
+    control,
+    datapath::{self, Counters, Maps},
+    fetch::Fetcher,
+    prefixes, presets,
+    refresh::{RefreshOptions, Refresher, SourceStatus},
+    status::AgentStatus,
+};
+
+fn open_maps(config: &Config) -> Result<Maps> {
+    if !datapath::map_pin(&config.pin_dir, allowlist_common::maps::ALLOW_V4).exists() {
+        bail!(
+            "no filter is pinned under {} (is the agent running with this --config?)",
+            config.pin_dir.display()
+        );
+    }
+    control::check_privileges().map_err(|e| anyhow!(e))?;
+    Ok(Maps::open_pinned(&config.pin_dir)?)
+}
+
+fn age(t: Option<SystemTime>) -> String {
+    match t.and_then(|t| SystemTime::now().duration_since(t).ok()) {
+        Some(d) => format!(
+            "{} ago",
+            humantime::format_duration(Duration::from_secs(d.as_secs()))
+        ),
+        None => "never".to_owned(),
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct StatusOutput {
+    agent_pid: Option<i32>,
+    attached: Vec<String>,
+    counters: Option<CountersOutput>,
+    providers: Vec<ProviderOutput>,
+    agent: Option<AgentStatus>,
+}
+
+#[derive(Serialize)]
+struct CountersOutput {
+    /// reason → {pass|drop|would_drop → packets}
+    packets: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    observed: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Serialize)]
+struct ProviderOutput {
+    name: String,
+    rule_id: u32,
+    prefixes_v4: usize,
+    prefixes_v6: usize,
+    hits: u64,
+}
+
+fn counters_output(c: &Counters) -> CountersOutput {
+    let mut packets = BTreeMap::new();
+    for r in Reason::ALL {
+        let mut row = BTreeMap::new();
+        row.insert(if r.drops() { "drop" } else { "pass" }, c.exit(r));
+        if r.drops() {
+            row.insert("would_drop", c.would_drop(r));
+        }
+        packets.insert(r.name(), row);
+    }
+    CountersOutput {
+        packets,
+        observed: c.observed.clone(),
+    }
+}
+
+pub fn status(config: &Config, json: bool) -> Result<()> {
+    let agent = AgentStatus::read(&config.state_dir)?;
+    let pid = control::running_agent(&config.state_dir);
+    let attached = datapath::pinned_links(&config.pin_dir).unwrap_or_default();
+    let maps = if attached.is_empty() && !datapath::map_pin(&config.pin_dir, "ALLOW_V4").exists() {
+        None
+    } else {
+        Some(open_maps(config)?)
+    };
+    let counters = maps.as_ref().map(Maps::counters).transpose()?;
+    let providers: Vec<ProviderOutput> = match (&agent, &maps) {
+        (Some(agent), Some(maps)) => {
+            let hits = maps.hits(
+                agent
+                    .providers
+                    .iter()
+                    .map(|p| p.rule_id as usize + 1)
+                    .max()
+                    .unwrap_or(1),
+            )?;
+            agent
+                .providers
+                .iter()
+                .map(|p| ProviderOutput {
+                    name: p.name.clone(),
+                    rule_id: p.rule_id,
+                    prefixes_v4: p.prefixes_v4,
+                    prefixes_v6: p.prefixes_v6,
+                    hits: hits.get(p.rule_id as usize).copied().unwrap_or(0),
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    let out = StatusOutput {
+        agent_pid: pid,
+        attached,
+        counters: counters.as_ref().map(counters_output),
+        providers,
+        agent,
+    };
+    if json {
+        return print_json(&out);
+    }
+    print!("{}", render_status(&out));
+    Ok(())
+}
+
+fn render_status(out: &StatusOutput) -> String {
+    let mut s = String::new();
+    match (out.agent_pid, &out.agent) {
+        (Some(pid), Some(a)) => {
+            let _ = writeln!(
+                s,
+                "agent:      running (pid {pid}), version {}, up since {}",
+                a.version,
+                age(Some(a.started_at))
+            );
+        }
+        (Some(pid), None) => {
+            let _ = writeln!(s, "agent:      running (pid {pid}), no status written yet");
+        }
+        (None, _) => {
+            let _ = writeln!(s, "agent:      not running");
+        }
+    }
+    if out.attached.is_empty() {
+        let _ = writeln!(s, "filter:     not attached");
+    } else {
+        let _ = writeln!(
+            s,
+            "filter:     attached to {} (pinned links)",
+            out.attached.join(", ")
+        );
+    }
+    if let Some(a) = &out.agent {
+        let ports: Vec<String> = a.ports.iter().map(ToString::to_string).collect();
+        let ifaces: Vec<String> = a
+            .interfaces
+            .iter()
+            .map(|i| {
+                format!(
+                    "{} ({}{})",
+                    i.name,
+                    i.mode,
+                    if i.adopted { ", adopted" } else { "" }
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "mode:       {}; protected ports {}",
+            a.mode,
+            ports.join(", ")
+        );
+        let _ = writeln!(s, "interfaces: {}", ifaces.join(", "));
+        if let Some(sync) = &a.last_sync {
+            let _ = writeln!(
+                s,
+                "last sync:  {} ({}), +{} ~{} -{} ={}",
+                age(Some(sync.at)),
+                sync.error.as_deref().unwrap_or("ok"),
+                sync.added,
+                sync.changed,
+                sync.removed,
+                sync.unchanged
+            );
+        }
+        let _ = writeln!(
+            s,
+            "map:        {} IPv4 and {} IPv6 prefixes",
+            a.map_entries_v4, a.map_entries_v6
+        );
+    }
+    if let Some(c) = &out.counters {
+        let _ = writeln!(
+            s,
+            "\npackets              {:>12} {:>12} {:>12}",
+            "pass", "drop", "would-drop"
+        );
+        for r in Reason::ALL {
+            let row = &c.packets[r.name()];
+            let cell = |k: &str| row.get(k).map_or_else(String::new, ToString::to_string);
+            let _ = writeln!(
+                s,
+                "  {:<18} {:>12} {:>12} {:>12}",
+                r.name(),
+                cell("pass"),
+                cell("drop"),
+                cell("would_drop")
+            );
+        }
+        let observed: Vec<String> = c.observed.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(s, "  observed: {}", observed.join(", "));
+    }
+    if !out.providers.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nproviders            {:>6} {:>8} {:>8} {:>12}",
+            "rule", "ipv4", "ipv6", "hits"
+        );
+        for p in &out.providers {
+            let _ = writeln!(
+                s,
+                "  {:<18} {:>6} {:>8} {:>8} {:>12}",
+                p.name, p.rule_id, p.prefixes_v4, p.prefixes_v6, p.hits
+            );
+        }
+    }
+    if let Some(a) = &out.agent {
+        let _ = writeln!(s, "\nsources");
+        for src in &a.sources {
+            render_source(&mut s, src);
+        }
+    }
+    s
+}
+
+fn render_source(s: &mut String, src: &SourceStatus) {
+    let _ = writeln!(
+        s,
+        "  {:<24} {:<8} in force: {:?}{} ({} v4, {} v6)",
+        src.id,
+        src.kind,
+        src.in_force,
+        src.as_of
+            .as_deref()
+            .map(|d| format!(" as of {d}"))
+            .unwrap_or_default(),
+        src.prefixes_v4,
+        src.prefixes_v6
+    );
+    if src.kind != "static" {
+        let _ = writeln!(
+            s,
+            "  {:<24} last success {}, last attempt {}, failures in a row {}, refusals {}",
+            "",
+            age(src.last_success),
+            age(src.last_attempt),
+            src.consecutive_failures,
+            src.refusals
+        );
+    }
+    if let Some(err) = &src.last_error {
+        let _ = writeln!(s, "  {:<24} error: {err}", "");
+    }
+}
+
+/// Prefix → provider name, from the live maps and the agent's rule table.
+fn live_table(config: &Config, maps: &Maps) -> Result<Vec<(IpNet, u32, String)>> {
+    let agent = AgentStatus::read(&config.state_dir)?;
+    let name = |rule: u32| {
+        agent
+            .as_ref()
+            .and_then(|a| a.provider_name(rule).map(str::to_owned))
+            .or_else(|| {
+                config
+                    .providers
+                    .iter()
+                    .find(|p| p.rule_id == rule)
+                    .map(|p| p.name.clone())
+            })
+            .unwrap_or_else(|| format!("rule-{rule}"))
+    };
+    Ok(maps
+        .live_entries()?
+        .into_iter()
+        .map(|(net, rule)| (net, rule, name(rule)))
+        .collect())
+}
+
+#[derive(Serialize)]
+struct ListEntry {
+    prefix: IpNet,
+    provider: String,
+    rule_id: u32,
+}
+
+pub fn list(config: &Config, provider: Option<&str>, json: bool) -> Result<()> {
+    if let Some(p) = provider
+        && config.provider(p).is_none()
+    {
+        let known: Vec<&str> = config.providers.iter().map(|p| p.name.as_str()).collect();
+        bail!(
+            "no provider {p:?} in {} (providers: {})",
+            config.path.display(),
+            known.join(", ")
+        );
+    }
+    let maps = open_maps(config)?;
+    let entries: Vec<ListEntry> = live_table(config, &maps)?
+        .into_iter()
+        .filter(|(_, _, name)| provider.is_none_or(|p| p == name))
+        .map(|(prefix, rule_id, provider)| ListEntry {
+            prefix,
+            provider,
+            rule_id,
+        })
+        .collect();
+    if json {
+        return print_json(&entries);
+    }
+    for e in &entries {
+        println!("{:<44} {}", e.prefix, e.provider);
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct CheckOutput {
+    address: IpAddr,
+    port: u16,
+    /// `pass` or `drop`.
+    verdict: &'static str,
+    /// The packet passes only because monitor mode is on.
+    monitor_would_drop: bool,
+    port_protected: bool,
+    matched_prefix: Option<IpNet>,
+    provider: Option<String>,
+    reason: String,
+}
+
+pub fn check(config: &Config, address: IpAddr, port: u16, json: bool) -> Result<()> {
+    let maps = open_maps(config)?;
+    let protected = maps.protected_ports()?.contains(&port);
+    let monitor = maps.settings()?.monitor != 0;
+    let matched = live_table(config, &maps)?
+        .into_iter()
+        .filter(|(net, _, _)| net.contains(&address))
+        .max_by_key(|(net, _, _)| net.prefix_len());
+    let (verdict, would_drop, reason) = match (&matched, protected) {
+        (_, false) => ("pass", false, format!("TCP port {port} is not protected")),
+        (Some((net, _, name)), true) => (
+            "pass",
+            false,
+            format!("{address} is in {net}, listed by provider {name}"),
+        ),
+        (None, true) if monitor => (
+            "pass",
+            true,
+            format!(
+                "{address} is in no allowlisted prefix; monitor mode lets it through and counts a would-drop"
+            ),
+        ),
+        (None, true) => (
+            "drop",
+            false,
+            format!("{address} is in no allowlisted prefix"),
+        ),
+    };
+    let out = CheckOutput {
+        address,
+        port,
+        verdict,
+        monitor_would_drop: would_drop,
+        port_protected: protected,
+        matched_prefix: matched.as_ref().map(|m| m.0),
+        provider: matched.map(|m| m.2),
+        reason,
+    };
+    if json {
+        return print_json(&out);
+    }
+    println!(
+        "{} {address} -> TCP/{port}: {}",
+        out.verdict.to_uppercase(),
+        out.reason
+    );
+    Ok(())
+}
+
+pub async fn fetch(config: &Config, force: bool, json: bool) -> Result<()> {
+    // The refresher saves what it accepts; a scratch copy of the state directory keeps
+    // this a dry run while still starting from the last good lists and validators.
+    let scratch = tempfile::tempdir().context("creating a scratch state directory")?;
+    if let Ok(entries) = std::fs::read_dir(&config.state_dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json") && path.is_file() {
+                let _ = std::fs::copy(&path, scratch.path().join(entry.file_name()));
+            }
+        }
+    }
+    let mut scratch_config = config.clone();
+    scratch_config.state_dir = scratch.path().to_owned();
+    let mut refresher = Refresher::new(&scratch_config, Fetcher::default())?;
+    refresher.bootstrap();
+    let report = refresher
+        .refresh_with(RefreshOptions {
+            force,
+            ..Default::default()
+        })
+        .await;
+    let allowlist = refresher.allowlist();
+    let desired = allowlist.entries();
+    let live = if datapath::map_pin(&config.pin_dir, allowlist_common::maps::ALLOW_V4).exists() {
+        Some(open_maps(config)?.live_entries()?)
+    } else {
+        None
+    };
+    let diff = live.as_ref().map(|live| prefixes::diff(live, &desired));
+    if json {
+        #[derive(Serialize)]
+        struct FetchOutput<'a> {
+            report: &'a crate::refresh::RefreshReport,
+            allowlist: &'a prefixes::Allowlist,
+            diff_against_live: Option<DiffOutput>,
+        }
+        #[derive(Serialize)]
+        struct DiffOutput {
+            add: Vec<String>,
+            remove: Vec<String>,
+        }
+        return print_json(&FetchOutput {
+            report: &report,
+            allowlist: &allowlist,
+            diff_against_live: diff.map(|d| DiffOutput {
+                add: d.upserts.iter().map(|(n, _)| n.to_string()).collect(),
+                remove: d.removals.iter().map(ToString::to_string).collect(),
+            }),
+        });
+    }
+    println!("sources:");
+    for s in &report.sources {
+        println!("  {:<28} {}", s.id, serde_json::to_string(&s.outcome)?);
+        for w in &s.warnings {
+            println!("  {:<28} warning: {w}", "");
+        }
+    }
+    println!("allowlist:");
+    for p in &allowlist.providers {
+        println!("  {} ({} prefixes)", p.name, p.prefixes.len());
+        for net in &p.prefixes {
+            println!("    {net}");
+        }
+    }
+    match diff {
+        Some(d) if d.is_empty() => println!("no change against the live filter"),
+        Some(d) => {
+            println!("against the live filter:");
+            for (net, _) in &d.upserts {
+                println!("  + {net}");
+            }
+            for net in &d.removals {
+                println!("  - {net}");
+            }
+        }
+        None => println!(
+            "no live filter under {} to compare with",
+            config.pin_dir.display()
+        ),
+    }
+    println!("(dry run: nothing was changed)");
+    Ok(())
+}
+
+pub fn reload(config: &Config) -> Result<()> {
+    let pid = control::signal_agent(&config.state_dir, libc::SIGHUP)?;
+    println!(
+        "asked the agent (pid {pid}) to reload {}",
+        config.path.display()
+    );
+    Ok(())
+}
+
+pub fn detach(config: &Config) -> Result<()> {
+    control::check_privileges().map_err(|e| anyhow!(e))?;
+    let removed = datapath::remove_pins(&config.pin_dir)?;
+    // The agent's own descriptors keep the links alive: it must go too.
+    if let Some(pid) = control::running_agent(&config.state_dir) {
+        control::signal(pid, libc::SIGTERM)?;
+        if !control::wait_for_exit(&config.state_dir, Duration::from_secs(10)) {
+            bail!("the agent (pid {pid}) did not exit within 10 s after SIGTERM");
+        }
+        println!("stopped the agent (pid {pid})");
+    }
+    if removed.is_empty() {
+        println!("nothing was pinned under {}", config.pin_dir.display());
+    } else {
+        for path in &removed {
+            println!("removed {}", path.display());
+        }
+        println!("the filter is detached");
+    }
+    Ok(())
+}
+
+pub fn presets() {
+    for p in presets::all() {
+        println!("{:<20} {}", p.name, p.description);
+        for url in p.urls() {
+            println!("{:<20}   {url}", "");
+        }
+        if let Some(s) = &p.snapshot {
+            println!(
+                "{:<20}   embedded snapshot as of {} ({} addresses)",
+                "",
+                s.as_of,
+                s.entries.len()
+            );
+        }
+    }
+}
+
+pub fn load_config(path: &Path) -> Result<Config> {
+    Ok(config::load(path)?)
+}

@@ -1,0 +1,394 @@
+//! HTTPS retrieval of published lists: conditional GET, a per-source timeout, a body
+//! size cap enforced while streaming, retries with exponential backoff and jitter.
+
+use std::{
+    error::Error as StdError,
+    fmt, io,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use reqwest::{
+    StatusCode, Url,
+    header::{self, HeaderMap},
+};
+use thiserror::Error;
+use tokio::io::AsyncReadExt;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::config::FetchSettings;
+
+/// The User-Agent of every request.
+pub const USER_AGENT: &str = concat!("allowlist/", env!("CARGO_PKG_VERSION"), " (+https://github.com/allowlist/allowlist)");
+
+/// What a successful fetch returned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FetchOutcome {
+    /// The server answered 304 to a conditional request: the last document stands.
+    NotModified,
+    Body {
+        bytes: Vec<u8>,
+        etag: Option<String>,
+        last_modified: Option<String>,
+    },
+}
+
+/// Validators of the last document, sent as If-None-Match / If-Modified-Since.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Conditional {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+impl Conditional {
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+}
+
+/// A failed fetch: what was fetched, how many attempts were made, what went wrong.
+#[derive(Debug, Error)]
+pub struct FetchError {
+    /// The URL (or file path).
+    pub target: String,
+    pub attempts: u32,
+    pub kind: FetchErrorKind,
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.target, self.kind)?;
+        if self.attempts > 1 {
+            write!(f, " (after {} attempts)", self.attempts)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum FetchErrorKind {
+    #[error("plain http is refused: set insecure_http = true for this source to allow it")]
+    InsecureScheme,
+    #[error("cannot use ca_file {}: {detail}", path.display())]
+    CaFile { path: PathBuf, detail: String },
+    #[error("cannot set up the HTTP client: {0}")]
+    Client(String),
+    #[error("HTTP {status}{}", reason(*status))]
+    Status { status: u16 },
+    #[error("timed out after {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("the response is larger than max_bytes ({limit} bytes)")]
+    TooLarge { limit: u64 },
+    #[error("TLS error: {0} (is the server's CA trusted? add it with ca_file)")]
+    Tls(String),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Transport(String),
+    #[error("cannot read the file: {0}")]
+    File(#[source] io::Error),
+}
+
+fn reason(status: u16) -> String {
+    StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .map(|r| format!(" {r}"))
+        .unwrap_or_default()
+}
+
+impl FetchErrorKind {
+    /// Whether another attempt may succeed: timeouts, connection failures, 5xx, 408
+    /// and 429. Not TLS failures, other 4xx, or limits.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            FetchErrorKind::Status { status } => *status >= 500 || *status == 408 || *status == 429,
+            FetchErrorKind::Timeout(_) | FetchErrorKind::Connect(_) | FetchErrorKind::Transport(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Retry pacing shared by all fetches.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Delay before the first retry; doubled for each further one, with jitter.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Fetches documents. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Fetcher {
+    options: Arc<FetchOptions>,
+}
+
+impl Fetcher {
+    pub fn new(options: FetchOptions) -> Self {
+        Fetcher {
+            options: Arc::new(options),
+        }
+    }
+
+    /// The delay before retry number `retry` (0-based): base·2^retry, capped, times a
+    /// random factor in [0.5, 1).
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let exp = self.options.backoff_base.saturating_mul(1u32.checked_shl(retry.min(20)).unwrap_or(u32::MAX));
+        let capped = exp.min(self.options.backoff_max);
+        capped.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+    }
+
+    /// Fetches `url`, retrying transient failures up to `settings.retries` times.
+    pub async fn fetch(&self, url: &Url, settings: &FetchSettings, conditional: &Conditional) -> Result<FetchOutcome, FetchError> {
+        let span = info_span!("fetch", %url, conditional = !conditional.is_empty());
+        self.fetch_inner(url, settings, conditional).instrument(span).await
+    }
+
+    async fn fetch_inner(&self, url: &Url, settings: &FetchSettings, conditional: &Conditional) -> Result<FetchOutcome, FetchError> {
+        let fail = |attempts, kind| FetchError {
+            target: url.to_string(),
+            attempts,
+            kind,
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" if settings.insecure_http => {}
+            _ => return Err(fail(0, FetchErrorKind::InsecureScheme)),
+        }
+        let client = client(settings).map_err(|kind| fail(0, kind))?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.attempt(&client, url, settings, conditional).await {
+                Ok(outcome) => {
+                    debug!(attempt, "fetched");
+                    return Ok(outcome);
+                }
+                Err(kind) if kind.is_retryable() && attempt <= settings.retries => {
+                    let delay = self.backoff(attempt - 1);
+                    warn!(attempt, error = %kind, retry_in = ?delay, "fetch failed, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(kind) => return Err(fail(attempt, kind)),
+            }
+        }
+    }
+
+    async fn attempt(&self, client: &reqwest::Client, url: &Url, settings: &FetchSettings, conditional: &Conditional) -> Result<FetchOutcome, FetchErrorKind> {
+        let work = async {
+            let mut request = client.get(url.clone()).timeout(settings.timeout);
+            if let Some(etag) = &conditional.etag {
+                request = request.header(header::IF_NONE_MATCH, etag);
+            }
+            if let Some(date) = &conditional.last_modified {
+                request = request.header(header::IF_MODIFIED_SINCE, date);
+            }
+            let mut response = request.send().await.map_err(|e| classify(&e, settings.timeout))?;
+            let status = response.status();
+            if status == StatusCode::NOT_MODIFIED && !conditional.is_empty() {
+                return Ok(FetchOutcome::NotModified);
+            }
+            if !status.is_success() {
+                return Err(FetchErrorKind::Status { status: status.as_u16() });
+            }
+            let limit = settings.max_bytes;
+            if response.content_length().is_some_and(|len| len > limit) {
+                return Err(FetchErrorKind::TooLarge { limit });
+            }
+            let (etag, last_modified) = validators(response.headers());
+            let mut bytes = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e, settings.timeout))? {
+                if (bytes.len() + chunk.len()) as u64 > limit {
+                    return Err(FetchErrorKind::TooLarge { limit });
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(FetchOutcome::Body {
+                bytes,
+                etag,
+                last_modified,
+            })
+        };
+        // reqwest's timeout covers the whole exchange too; this one is the backstop.
+        tokio::time::timeout(settings.timeout, work)
+            .await
+            .unwrap_or(Err(FetchErrorKind::Timeout(settings.timeout)))
+    }
+}
+
+fn validators(headers: &HeaderMap) -> (Option<String>, Option<String>) {
+    let get = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (get(header::ETAG), get(header::LAST_MODIFIED))
+}
+
+fn client(settings: &FetchSettings) -> Result<reqwest::Client, FetchErrorKind> {
+    let insecure = settings.insecure_http;
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            attempt.error("too many redirects")
+        } else if attempt.url().scheme() != "https" && !insecure {
+            attempt.error("redirect to plain http refused")
+        } else {
+            attempt.follow()
+        }
+    });
+    let mut builder = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .timeout(settings.timeout)
+        .connect_timeout(settings.timeout)
+        .redirect(redirects);
+    if let Some(path) = &settings.ca_file {
+        let ca_error = |detail: String| FetchErrorKind::CaFile {
+            path: path.clone(),
+            detail,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(error_chain(&e)))?;
+        if certs.is_empty() {
+            return Err(ca_error("no PEM certificate in the file".to_owned()));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| FetchErrorKind::Client(error_chain(&e)))
+}
+
+/// The error and its causes, joined by ": ", without repeats.
+fn error_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+/// Finds a rustls error anywhere in the chain (io::Error hides its inner error from
+/// `source()`, so look through `get_ref` too).
+fn tls_error(err: &(dyn StdError + 'static)) -> Option<String> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref())
+            && let Some(tls) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(tls.to_string());
+        }
+        next = e.source();
+    }
+    None
+}
+
+fn classify(err: &reqwest::Error, timeout: Duration) -> FetchErrorKind {
+    if err.is_timeout() {
+        return FetchErrorKind::Timeout(timeout);
+    }
+    if let Some(tls) = tls_error(err) {
+        return FetchErrorKind::Tls(tls);
+    }
+    let chain = error_chain(err);
+    if err.is_connect() {
+        FetchErrorKind::Connect(chain)
+    } else {
+        FetchErrorKind::Transport(chain)
+    }
+}
+
+/// Reads a local list, refusing files larger than `max_bytes`.
+pub async fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+    let fail = |kind| FetchError {
+        target: path.display().to_string(),
+        attempts: 1,
+        kind,
+    };
+    let file = tokio::fs::File::open(path).await.map_err(|e| fail(FetchErrorKind::File(e)))?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| fail(FetchErrorKind::File(e)))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(fail(FetchErrorKind::TooLarge { limit: max_bytes }));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let f = Fetcher::new(FetchOptions {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(350),
+        });
+        for _ in 0..50 {
+            let d0 = f.backoff(0);
+            assert!(d0 >= Duration::from_millis(50) && d0 < Duration::from_millis(100), "{d0:?}");
+            let d1 = f.backoff(1);
+            assert!(d1 >= Duration::from_millis(100) && d1 < Duration::from_millis(200), "{d1:?}");
+            let d9 = f.backoff(40);
+            assert!(d9 >= Duration::from_millis(175) && d9 < Duration::from_millis(350), "{d9:?}");
+        }
+    }
+
+    #[test]
+    fn retryable_errors() {
+        for status in [500, 502, 503, 408, 429] {
+            assert!(FetchErrorKind::Status { status }.is_retryable(), "{status}");
+        }
+        for status in [400, 401, 403, 404, 410] {
+            assert!(!FetchErrorKind::Status { status }.is_retryable(), "{status}");
+        }
+        assert!(FetchErrorKind::Timeout(Duration::from_secs(1)).is_retryable());
+        assert!(!FetchErrorKind::TooLarge { limit: 1 }.is_retryable());
+        assert!(!FetchErrorKind::Tls("UnknownIssuer".into()).is_retryable());
+    }
+
+    #[test]
+    fn user_agent_names_the_version() {
+        assert!(USER_AGENT.starts_with("allowlist/0."));
+        assert!(USER_AGENT.ends_with("(+https://github.com/allowlist/allowlist)"));
+    }
+
+    #[tokio::test]
+    async fn plain_http_is_refused_without_opt_in() {
+        let url = Url::parse("http://127.0.0.1:9/ips.json").unwrap();
+        let err = Fetcher::default()
+            .fetch(&url, &FetchSettings::default(), &Conditional::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err.kind, FetchErrorKind::InsecureScheme));
+        assert!(err.to_string().contains("insecure_http"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn files_are_capped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ips.txt");
+        std::fs::write(&path, b"192.0.2.1\n").unwrap();
+        assert_eq!(read_file(&path, 10).await.unwrap(), b"192.0.2.1\n");
+        let err = read_file(&path, 9).await.unwrap_err();
+        assert!(matches!(err.kind, FetchErrorKind::TooLarge { limit: 9 }));
+        let err = read_file(&tmp.path().join("missing"), 9).await.unwrap_err();
+        assert!(err.to_string().contains("cannot read the file"), "{err}");
+    }
+}

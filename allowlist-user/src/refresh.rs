@@ -1,0 +1,892 @@
+//! One refresh cycle with the fail-safe guards.
+//!
+//! Every source always has a set in force: its last good set (from disk or the last
+//! accepted fetch), else the preset's embedded snapshot, else its static list. A
+//! refresh only replaces that set with a fetched one that parses, validates and
+//! passes the guards; anything else keeps the set in force and is reported.
+
+use std::{
+    path::Path,
+    time::SystemTime,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::{
+    config::{Config, Guards, Location, Source},
+    fetch::{self, Conditional, FetchOutcome, Fetcher},
+    prefixes::{self, Allowlist},
+    source,
+    state::{self, SourceState, StateError, StateStore, rfc3339},
+};
+
+/// Per-call overrides.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RefreshOptions {
+    /// Bypass the empty and shrink guards for every source (`--force`).
+    pub force: bool,
+}
+
+/// Where the set in force of a source came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SetOrigin {
+    /// Nothing yet (a URL source without snapshot, before its first fetch).
+    None,
+    /// The static list of the configuration or of a static preset.
+    Static,
+    /// A preset's embedded, dated snapshot.
+    Snapshot,
+    /// The last good set saved by an earlier run.
+    State,
+    /// A fetch accepted during this run.
+    Fetched,
+}
+
+/// What the operator sees for one source; serialisable for the CLI and status file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub id: String,
+    pub provider: String,
+    /// `url`, `file` or `static`.
+    pub kind: String,
+    /// The URL or path (`static` for inline lists).
+    pub location: String,
+    pub in_force: SetOrigin,
+    /// The date of the snapshot or static list in force, if that is what is in force.
+    pub as_of: Option<String>,
+    /// When the set in force was fetched (state or fetch).
+    #[serde(with = "rfc3339::option")]
+    pub fetched_at: Option<SystemTime>,
+    #[serde(with = "rfc3339::option")]
+    pub last_attempt: Option<SystemTime>,
+    #[serde(with = "rfc3339::option")]
+    pub last_success: Option<SystemTime>,
+    /// When a fetch last changed the set in force.
+    #[serde(with = "rfc3339::option")]
+    pub last_change: Option<SystemTime>,
+    /// The error of the last attempt (fetch, parse, validation or guard), if it failed.
+    pub last_error: Option<String>,
+    /// Attempts in a row that did not succeed (failures and refusals).
+    pub consecutive_failures: u32,
+    /// Whether the last attempt was refused by a guard.
+    pub refused: bool,
+    /// Updates refused by a guard since start-up.
+    pub refusals: u64,
+    /// Attempts that failed (fetch, parse, validation) since start-up.
+    pub failures: u64,
+    pub prefixes_v4: usize,
+    pub prefixes_v6: usize,
+    pub serial: Option<String>,
+}
+
+/// The result of one source in one refresh.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    /// A static list: nothing to fetch.
+    Static,
+    /// The set in force changed (counts of prefixes added and removed).
+    Updated { added: usize, removed: usize },
+    /// Fetched, and the selected set is the one in force.
+    Unchanged,
+    /// 304 Not Modified.
+    NotModified,
+    /// Fetch, parse or validation failed; the set in force is kept.
+    Failed { error: String },
+    /// A guard refused the update; the set in force is kept.
+    Refused { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SourceReport {
+    pub id: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// Entries normalised or dropped, state files that could not be written.
+    pub warnings: Vec<String>,
+}
+
+/// The result of a refresh.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct RefreshReport {
+    pub sources: Vec<SourceReport>,
+}
+
+impl RefreshReport {
+    /// Whether any source's set in force changed.
+    pub fn changed(&self) -> bool {
+        self.sources.iter().any(|s| matches!(s.outcome, Outcome::Updated { .. }))
+    }
+
+    pub fn failed(&self) -> impl Iterator<Item = &SourceReport> {
+        self.sources.iter().filter(|s| matches!(s.outcome, Outcome::Failed { .. }))
+    }
+
+    pub fn refused(&self) -> impl Iterator<Item = &SourceReport> {
+        self.sources.iter().filter(|s| matches!(s.outcome, Outcome::Refused { .. }))
+    }
+
+    /// No source failed or was refused.
+    pub fn is_ok(&self) -> bool {
+        self.failed().next().is_none() && self.refused().next().is_none()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&SourceReport> {
+        self.sources.iter().find(|s| s.id == id)
+    }
+}
+
+/// The status file: every source's status at a point in time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusFile {
+    #[serde(with = "rfc3339")]
+    pub written_at: SystemTime,
+    pub sources: Vec<SourceStatus>,
+}
+
+struct Slot {
+    source: Source,
+    /// Digest of the source's definition, stored with its state.
+    definition: String,
+    /// The set in force, aggregated.
+    current: Vec<IpNet>,
+    /// The last good fetched state, when the set in force came from a fetch.
+    state: Option<SourceState>,
+    status: SourceStatus,
+}
+
+impl Slot {
+    fn set(&mut self, prefixes: Vec<IpNet>, origin: SetOrigin, as_of: Option<String>) {
+        let v4 = prefixes.iter().filter(|n| matches!(n, IpNet::V4(_))).count();
+        self.status.prefixes_v4 = v4;
+        self.status.prefixes_v6 = prefixes.len() - v4;
+        self.status.in_force = origin;
+        self.status.as_of = as_of;
+        self.current = prefixes;
+    }
+
+    fn conditional(&self) -> Conditional {
+        match (&self.state, self.status.in_force) {
+            (Some(state), SetOrigin::State | SetOrigin::Fetched) => Conditional {
+                etag: state.etag.clone(),
+                last_modified: state.last_modified.clone(),
+            },
+            _ => Conditional::default(),
+        }
+    }
+}
+
+/// Owns every source's set in force and refreshes them.
+pub struct Refresher {
+    guards: Guards,
+    providers: Vec<(String, u32)>,
+    store: StateStore,
+    fetcher: Fetcher,
+    slots: Vec<Slot>,
+}
+
+/// The digest of what defines a source's list (location, format, selection).
+fn definition(source: &Source) -> String {
+    let text = serde_json::to_vec(&source.location).expect("locations serialise");
+    state::content_hash(&text)
+}
+
+impl Refresher {
+    /// Opens (creating) the state directory. Nothing is in force until `bootstrap`.
+    pub fn new(config: &Config, fetcher: Fetcher) -> Result<Self, StateError> {
+        let store = StateStore::open(&config.state_dir)?;
+        let slots = config
+            .sources()
+            .map(|source| Slot {
+                definition: definition(source),
+                current: Vec::new(),
+                state: None,
+                status: SourceStatus {
+                    id: source.id.clone(),
+                    provider: source.provider.clone(),
+                    kind: source.kind().to_owned(),
+                    location: source.origin(),
+                    in_force: SetOrigin::None,
+                    as_of: None,
+                    fetched_at: None,
+                    last_attempt: None,
+                    last_success: None,
+                    last_change: None,
+                    last_error: None,
+                    consecutive_failures: 0,
+                    refused: false,
+                    refusals: 0,
+                    failures: 0,
+                    prefixes_v4: 0,
+                    prefixes_v6: 0,
+                    serial: None,
+                },
+                source: source.clone(),
+            })
+            .collect();
+        Ok(Refresher {
+            guards: config.guards.clone(),
+            providers: config.providers.iter().map(|p| (p.name.clone(), p.rule_id)).collect(),
+            store,
+            fetcher,
+            slots,
+        })
+    }
+
+    /// Puts every source's starting set in force, without any network: its last good
+    /// set from disk, else the preset's snapshot, else its static list. Returns
+    /// warnings (state files that were corrupt, written for another definition, or
+    /// refused by the current guards); none of them is fatal.
+    pub fn bootstrap(&mut self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for slot in &mut self.slots {
+            if let Location::Static(list) = &slot.source.location {
+                let (prefixes, as_of) = (list.prefixes.clone(), list.as_of.clone());
+                slot.set(prefixes, SetOrigin::Static, as_of);
+                continue;
+            }
+            let id = slot.source.id.clone();
+            let loaded = match self.store.load(&id) {
+                Ok(Some(state)) if state.definition != slot.definition => {
+                    warnings.push(format!(
+                        "source {id}: the saved list was fetched for a different definition of the source; ignoring it"
+                    ));
+                    None
+                }
+                Ok(Some(state)) => {
+                    let entries: Vec<String> = state.prefixes.iter().map(ToString::to_string).collect();
+                    match prefixes::validate(&entries, &id, slot.source.trust(), &self.guards) {
+                        Ok(valid) => Some((state, valid.prefixes)),
+                        Err(err) => {
+                            warnings.push(format!("source {id}: the saved list is refused by the current guards: {err}"));
+                            None
+                        }
+                    }
+                }
+                Ok(None) => None,
+                Err(err) => {
+                    warnings.push(format!("source {id}: {err}"));
+                    None
+                }
+            };
+            match loaded {
+                Some((state, prefixes)) => {
+                    slot.status.fetched_at = Some(state.fetched_at);
+                    slot.status.serial = state.serial.clone();
+                    slot.set(prefixes, SetOrigin::State, None);
+                    slot.state = Some(state);
+                }
+                None => match &slot.source.snapshot {
+                    Some(snapshot) => {
+                        let (prefixes, as_of) = (snapshot.prefixes.clone(), snapshot.as_of.clone());
+                        slot.set(prefixes, SetOrigin::Snapshot, as_of);
+                    }
+                    None => slot.set(Vec::new(), SetOrigin::None, None),
+                },
+            }
+        }
+        for warning in &warnings {
+            warn!("{warning}");
+        }
+        warnings
+    }
+
+    /// Fetches every url and file source (concurrently) and applies what passes the
+    /// guards.
+    pub async fn refresh_all(&mut self) -> RefreshReport {
+        self.refresh_with(RefreshOptions::default()).await
+    }
+
+    /// `refresh_all` with per-call overrides.
+    pub async fn refresh_with(&mut self, options: RefreshOptions) -> RefreshReport {
+        let span = info_span!("refresh", sources = self.slots.len(), force = options.force);
+        async {
+            let mut tasks = JoinSet::new();
+            for (index, slot) in self.slots.iter().enumerate() {
+                if !slot.source.is_fetched() {
+                    continue;
+                }
+                let fetcher = self.fetcher.clone();
+                let source = slot.source.clone();
+                let conditional = slot.conditional();
+                tasks.spawn(async move { (index, retrieve(&fetcher, &source, &conditional).await) });
+            }
+            let mut results: Vec<Option<Result<FetchOutcome, String>>> = vec![None; self.slots.len()];
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok((index, result)) => results[index] = Some(result),
+                    Err(err) => warn!(error = %err, "a fetch task failed"),
+                }
+            }
+            let now = SystemTime::now();
+            let mut report = RefreshReport::default();
+            for (index, result) in results.into_iter().enumerate() {
+                let slot = &mut self.slots[index];
+                let source_report = if !slot.source.is_fetched() {
+                    SourceReport {
+                        id: slot.source.id.clone(),
+                        outcome: Outcome::Static,
+                        warnings: Vec::new(),
+                    }
+                } else {
+                    let result = result.unwrap_or_else(|| Err("the fetch task did not complete".to_owned()));
+                    apply(slot, result, &self.guards, &self.store, options, now)
+                };
+                report.sources.push(source_report);
+            }
+            report
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The merged allowlist in force.
+    pub fn allowlist(&self) -> Allowlist {
+        let mut allowlist = Allowlist::default();
+        for (name, rule_id) in &self.providers {
+            let prefixes: Vec<IpNet> = self
+                .slots
+                .iter()
+                .filter(|s| s.source.rule_id == *rule_id)
+                .flat_map(|s| s.current.iter().copied())
+                .collect();
+            allowlist.push(name.clone(), *rule_id, &prefixes);
+        }
+        allowlist
+    }
+
+    /// Every source's status, in configuration order.
+    pub fn status(&self) -> Vec<SourceStatus> {
+        self.slots.iter().map(|s| s.status.clone()).collect()
+    }
+
+    pub fn source_status(&self, id: &str) -> Option<&SourceStatus> {
+        self.slots.iter().find(|s| s.source.id == id).map(|s| &s.status)
+    }
+
+    /// The set in force of one source.
+    pub fn source_prefixes(&self, id: &str) -> Option<&[IpNet]> {
+        self.slots.iter().find(|s| s.source.id == id).map(|s| s.current.as_slice())
+    }
+
+    pub fn guards(&self) -> &Guards {
+        &self.guards
+    }
+
+    /// Writes every source's status to `path` atomically.
+    pub fn write_status(&self, path: &Path) -> Result<(), StateError> {
+        state::write_json_atomic(
+            path,
+            &StatusFile {
+                written_at: SystemTime::now(),
+                sources: self.status(),
+            },
+        )
+    }
+}
+
+/// Fetches a url source or reads a file source.
+async fn retrieve(fetcher: &Fetcher, source: &Source, conditional: &Conditional) -> Result<FetchOutcome, String> {
+    match &source.location {
+        Location::Url { url, .. } => fetcher.fetch(url, &source.fetch, conditional).await.map_err(|e| e.to_string()),
+        Location::File { path, .. } => fetch::read_file(path, source.fetch.max_bytes)
+            .await
+            .map(|bytes| FetchOutcome::Body {
+                bytes,
+                etag: None,
+                last_modified: None,
+            })
+            .map_err(|e| e.to_string()),
+        Location::Static(_) => unreachable!("static sources are not fetched"),
+    }
+}
+
+/// Whether serial `new` is older than `old`: numerically when both are numbers, else
+/// as strings of equal length (ISO dates); other pairs are not comparable.
+pub fn serial_is_older(new: &str, old: &str) -> bool {
+    match (new.parse::<u128>(), old.parse::<u128>()) {
+        (Ok(n), Ok(o)) => n < o,
+        _ => new.len() == old.len() && new < old,
+    }
+}
+
+fn apply(slot: &mut Slot, result: Result<FetchOutcome, String>, guards: &Guards, store: &StateStore, options: RefreshOptions, now: SystemTime) -> SourceReport {
+    let id = slot.source.id.clone();
+    let mut warnings = Vec::new();
+    slot.status.last_attempt = Some(now);
+    let outcome = match evaluate(slot, result, guards, options, now, &mut warnings) {
+        Ok(Accepted::NotModified) => {
+            if let Some(state) = &mut slot.state {
+                state.fetched_at = now;
+            }
+            slot.status.fetched_at = Some(now);
+            Outcome::NotModified
+        }
+        Ok(Accepted::Set(new_state)) => {
+            let changed = new_state.prefixes != slot.current;
+            let persisted = slot.status.in_force == SetOrigin::State || slot.status.in_force == SetOrigin::Fetched;
+            let same_on_disk = persisted
+                && slot.state.as_ref().is_some_and(|old| {
+                    old.prefixes == new_state.prefixes
+                        && old.etag == new_state.etag
+                        && old.last_modified == new_state.last_modified
+                        && old.serial == new_state.serial
+                });
+            if !same_on_disk && let Err(err) = store.save(&new_state) {
+                warnings.push(format!("the list is in force but could not be saved: {err}"));
+            }
+            let old: std::collections::HashSet<&IpNet> = slot.current.iter().collect();
+            let added = new_state.prefixes.iter().filter(|n| !old.contains(n)).count();
+            let new: std::collections::HashSet<&IpNet> = new_state.prefixes.iter().collect();
+            let removed = slot.current.iter().filter(|n| !new.contains(n)).count();
+            slot.status.fetched_at = Some(now);
+            slot.status.serial = new_state.serial.clone();
+            slot.set(new_state.prefixes.clone(), SetOrigin::Fetched, None);
+            slot.state = Some(new_state);
+            if changed {
+                slot.status.last_change = Some(now);
+                info!(source = %id, added, removed, "list updated");
+                Outcome::Updated { added, removed }
+            } else {
+                Outcome::Unchanged
+            }
+        }
+        Err(Rejected::Failed(error)) => {
+            warn!(source = %id, %error, "refresh failed; keeping the list in force");
+            Outcome::Failed { error }
+        }
+        Err(Rejected::Refused(reason)) => {
+            warn!(source = %id, %reason, "update refused; keeping the list in force");
+            Outcome::Refused { reason }
+        }
+    };
+    let status = &mut slot.status;
+    match &outcome {
+        Outcome::Failed { error } => {
+            status.last_error = Some(error.clone());
+            status.consecutive_failures += 1;
+            status.failures += 1;
+            status.refused = false;
+        }
+        Outcome::Refused { reason } => {
+            status.last_error = Some(reason.clone());
+            status.consecutive_failures += 1;
+            status.refusals += 1;
+            status.refused = true;
+        }
+        _ => {
+            status.last_error = warnings.iter().find(|w| w.contains("could not be saved")).cloned();
+            status.last_success = Some(now);
+            status.consecutive_failures = 0;
+            status.refused = false;
+        }
+    }
+    for warning in &warnings {
+        warn!(source = %id, "{warning}");
+    }
+    SourceReport { id, outcome, warnings }
+}
+
+enum Accepted {
+    NotModified,
+    Set(SourceState),
+}
+
+enum Rejected {
+    Failed(String),
+    Refused(String),
+}
+
+fn evaluate(slot: &Slot, result: Result<FetchOutcome, String>, guards: &Guards, options: RefreshOptions, now: SystemTime, warnings: &mut Vec<String>) -> Result<Accepted, Rejected> {
+    let source = &slot.source;
+    let (bytes, etag, last_modified) = match result.map_err(Rejected::Failed)? {
+        FetchOutcome::NotModified if slot.state.is_some() => return Ok(Accepted::NotModified),
+        FetchOutcome::NotModified => return Err(Rejected::Failed("304 Not Modified, but no document is stored".to_owned())),
+        FetchOutcome::Body {
+            bytes,
+            etag,
+            last_modified,
+        } => (bytes, etag, last_modified),
+    };
+    let format = match &source.location {
+        Location::Url { format, .. } | Location::File { format, .. } => format,
+        Location::Static(_) => unreachable!("static sources are not fetched"),
+    };
+    let parsed = source::parse_document(format, &bytes, &source.id).map_err(|e| Rejected::Failed(e.to_string()))?;
+    let validated = prefixes::validate(&parsed.entries, &source.id, source.trust(), guards).map_err(|e| Rejected::Failed(e.to_string()))?;
+    warnings.extend(validated.warnings);
+    let new = validated.prefixes;
+
+    if let (Some(new_serial), Some(old_serial)) = (&parsed.serial, slot.state.as_ref().and_then(|s| s.serial.as_ref()))
+        && serial_is_older(new_serial, old_serial)
+    {
+        return Err(Rejected::Refused(format!(
+            "the document's serial {new_serial} is older than the serial {old_serial} of the list in force"
+        )));
+    }
+    let forced = options.force || source.force;
+    if new.is_empty() && !guards.allow_empty && !forced {
+        return Err(Rejected::Refused(format!(
+            "the update selects no prefixes ({} entries read); refused: set guards.allow_empty, force = true on the source, or use --force",
+            parsed.entries.len()
+        )));
+    }
+    let last_good = matches!(slot.status.in_force, SetOrigin::State | SetOrigin::Fetched);
+    let allowed_empty = new.is_empty() && guards.allow_empty;
+    if last_good && !forced && !allowed_empty {
+        let fraction = prefixes::shrink_fraction(&slot.current, &new);
+        if fraction > guards.max_shrink {
+            return Err(Rejected::Refused(format!(
+                "the update would remove {:.1}% of the addresses in force (more than guards.max_shrink = {}%); refused: use force = true on the source or --force to accept it",
+                fraction * 100.0,
+                guards.max_shrink * 100.0
+            )));
+        }
+    }
+    Ok(Accepted::Set(SourceState {
+        version: state::STATE_VERSION,
+        source_id: source.id.clone(),
+        definition: slot.definition.clone(),
+        prefixes: new,
+        fetched_at: now,
+        etag,
+        last_modified,
+        content_hash: state::content_hash(&bytes),
+        serial: parsed.serial,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, path::PathBuf};
+
+    use super::*;
+    use crate::config;
+
+    struct Env {
+        dir: tempfile::TempDir,
+    }
+
+    impl Env {
+        fn new() -> Self {
+            Env { dir: tempfile::tempdir().unwrap() }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        fn write(&self, name: &str, text: &str) {
+            fs::write(self.path(name), text).unwrap();
+        }
+
+        /// A config with a file source `list.txt` (provider "p"), a JSON file source
+        /// with a serial (provider "j"), an Intercom preset and a static office list.
+        fn config(&self, extra: &str) -> Config {
+            self.config_with(extra, "")
+        }
+
+        /// The same with the Intercom EU preset (never refreshed in tests: no network).
+        fn config_with_preset(&self) -> Config {
+            self.config_with("", "[[provider]]\nname = \"intercom\"\npreset = \"intercom-eu\"\n")
+        }
+
+        fn config_with(&self, extra: &str, preset: &str) -> Config {
+            let text = format!(
+                r#"
+interfaces = ["eth0"]
+state_dir = "{state}"
+{extra}
+[[provider]]
+name = "p"
+[[provider.source]]
+file = "{list}"
+[[provider]]
+name = "j"
+[[provider.source]]
+file = "{json}"
+items = "items"
+cidr = "cidr"
+serial = "version"
+{preset}
+[[provider]]
+name = "office"
+[[provider.source]]
+static = ["10.20.0.0/16", "192.0.2.0/24"]
+as_of = "2026-11-02"
+"#,
+                state = self.path("state").display(),
+                list = self.path("list.txt").display(),
+                json = self.path("list.json").display(),
+            );
+            config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"))
+        }
+
+        fn refresher(&self, config: &Config) -> Refresher {
+            let mut r = Refresher::new(config, Fetcher::default()).unwrap();
+            r.bootstrap();
+            r
+        }
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn json(version: u32, cidrs: &[&str]) -> String {
+        let items: Vec<_> = cidrs.iter().map(|c| serde_json::json!({ "cidr": c })).collect();
+        serde_json::json!({ "version": version, "items": items }).to_string()
+    }
+
+    #[tokio::test]
+    async fn bootstrap_uses_static_lists_snapshots_and_nothing_else() {
+        let env = Env::new();
+        let config = env.config_with_preset();
+        let mut r = Refresher::new(&config, Fetcher::default()).unwrap();
+        assert!(r.bootstrap().is_empty());
+        let office = r.source_status("office/0").unwrap();
+        assert_eq!((office.in_force, office.as_of.as_deref()), (SetOrigin::Static, Some("2026-11-02")));
+        let intercom = r.source_status("intercom/intercom-eu").unwrap();
+        assert_eq!((intercom.in_force, intercom.as_of.as_deref(), intercom.prefixes_v4), (SetOrigin::Snapshot, Some("2025-07-25"), 3));
+        assert_eq!(r.source_status("p/0").unwrap().in_force, SetOrigin::None);
+        let allowlist = r.allowlist();
+        assert_eq!(allowlist.providers.iter().map(|p| (p.name.as_str(), p.rule_id)).collect::<Vec<_>>(), [("p", 0), ("j", 1), ("intercom", 2), ("office", 3)]);
+        let entries = allowlist.entries();
+        assert_eq!(entries.len(), 5);
+        assert_eq!(entries[&"54.216.9.3/32".parse().unwrap()], 2);
+        assert_eq!(entries[&"10.20.0.0/16".parse().unwrap()], 3);
+    }
+
+    #[tokio::test]
+    async fn accepted_lists_are_persisted_and_restored_after_a_restart() {
+        let env = Env::new();
+        let config = env.config("");
+        env.write("list.txt", "# partner\n192.0.2.0/25\n198.51.100.7\n");
+        env.write("list.json", &json(3, &["203.0.113.0/24", "2001:db8::/48"]));
+        let mut r = env.refresher(&config);
+        let report = r.refresh_all().await;
+        assert!(report.is_ok(), "{report:?}");
+        assert!(report.changed());
+        assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Updated { added: 2, removed: 0 });
+        assert_eq!(report.get("office/0").unwrap().outcome, Outcome::Static);
+        let status = r.source_status("j/0").unwrap();
+        assert_eq!((status.in_force, status.prefixes_v4, status.prefixes_v6, status.serial.as_deref()), (SetOrigin::Fetched, 1, 1, Some("3")));
+        assert!(status.last_success.is_some() && status.last_error.is_none());
+
+        // A restart without any fetch has the same lists in force.
+        let before = r.allowlist();
+        let mut again = Refresher::new(&config, Fetcher::default()).unwrap();
+        assert!(again.bootstrap().is_empty());
+        assert_eq!(again.allowlist(), before);
+        assert_eq!(again.source_status("p/0").unwrap().in_force, SetOrigin::State);
+        assert_eq!(again.source_prefixes("p/0").unwrap(), nets(&["192.0.2.0/25", "198.51.100.7/32"]));
+    }
+
+    #[tokio::test]
+    async fn identical_lists_do_not_rewrite_the_state_file() {
+        let env = Env::new();
+        let config = env.config("");
+        env.write("list.txt", "192.0.2.0/24\n");
+        env.write("list.json", &json(1, &["198.51.100.0/24"]));
+        let mut r = env.refresher(&config);
+        r.refresh_all().await;
+        let state_file = StateStore::open(&env.path("state")).unwrap().path_for("p/0");
+        assert!(state_file.exists());
+        fs::remove_file(&state_file).unwrap();
+        // Same set, different document: unchanged, and not rewritten.
+        env.write("list.txt", "# same list, new comment\n192.0.2.0/25\n192.0.2.128/25\n");
+        let report = r.refresh_all().await;
+        assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Unchanged);
+        assert!(!report.changed());
+        assert!(!state_file.exists());
+        assert!(r.source_status("p/0").unwrap().last_success.is_some());
+    }
+
+    #[tokio::test]
+    async fn failures_keep_the_last_good_list_and_are_reported() {
+        let env = Env::new();
+        let config = env.config("");
+        env.write("list.txt", "192.0.2.0/24\n");
+        env.write("list.json", &json(1, &["198.51.100.0/24"]));
+        let mut r = env.refresher(&config);
+        r.refresh_all().await;
+        let good = r.allowlist();
+
+        env.write("list.txt", "192.0.2.0/24\nnot-an-address\n");
+        fs::remove_file(env.path("list.json")).unwrap();
+        for round in 1..=2 {
+            let report = r.refresh_all().await;
+            assert!(!report.is_ok());
+            let Outcome::Failed { error } = &report.get("p/0").unwrap().outcome else { panic!("{report:?}") };
+            assert!(error.contains("\"not-an-address\" is not an IP address"), "{error}");
+            let Outcome::Failed { error } = &report.get("j/0").unwrap().outcome else { panic!("{report:?}") };
+            assert!(error.contains("cannot read the file"), "{error}");
+            let status = r.source_status("p/0").unwrap();
+            assert_eq!(status.consecutive_failures, round);
+            assert!(status.last_error.as_ref().unwrap().contains("not-an-address"));
+            assert!(!status.refused);
+            assert_eq!(r.allowlist(), good);
+        }
+        // Malformed JSON too.
+        env.write("list.json", "{\"items\": [");
+        let report = r.refresh_all().await;
+        assert!(matches!(&report.get("j/0").unwrap().outcome, Outcome::Failed { error } if error.contains("not valid JSON")));
+        // Recovery resets the failure count.
+        env.write("list.txt", "192.0.2.0/24\n");
+        r.refresh_all().await;
+        let status = r.source_status("p/0").unwrap();
+        assert_eq!((status.consecutive_failures, status.failures, status.last_error.as_ref()), (0, 3, None));
+    }
+
+    #[tokio::test]
+    async fn empty_lists_are_refused_unless_allowed_or_forced() {
+        let env = Env::new();
+        env.write("list.txt", "192.0.2.0/24\n");
+        env.write("list.json", &json(1, &["198.51.100.0/24"]));
+        let config = env.config("");
+        let mut r = env.refresher(&config);
+        r.refresh_all().await;
+        env.write("list.txt", "# nothing today\n");
+        let report = r.refresh_all().await;
+        let Outcome::Refused { reason } = &report.get("p/0").unwrap().outcome else { panic!("{report:?}") };
+        assert!(reason.contains("selects no prefixes"), "{reason}");
+        let status = r.source_status("p/0").unwrap();
+        assert!(status.refused);
+        assert_eq!((status.refusals, status.prefixes_v4), (1, 1));
+        assert_eq!(r.source_prefixes("p/0").unwrap(), nets(&["192.0.2.0/24"]));
+
+        // --force for one call.
+        let report = r.refresh_with(RefreshOptions { force: true }).await;
+        assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Updated { added: 0, removed: 1 });
+        assert!(r.source_prefixes("p/0").unwrap().is_empty());
+        assert!(!r.source_status("p/0").unwrap().refused);
+
+        // guards.allow_empty.
+        let env = Env::new();
+        env.write("list.txt", "192.0.2.0/24\n");
+        env.write("list.json", &json(1, &["198.51.100.0/24"]));
+        let config = env.config("[guards]\nallow_empty = true");
+        let mut r = env.refresher(&config);
+        r.refresh_all().await;
+        env.write("list.txt", "");
+        let report = r.refresh_all().await;
+        assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Updated { added: 0, removed: 1 });
+    }
+
+    #[tokio::test]
+    async fn shrink_beyond_the_threshold_is_refused() {
+        let env = Env::new();
+        env.write("list.txt", "192.0.2.0/24\n198.51.100.0/24\n203.0.113.0/24\n203.0.113.0/24\n");
+        env.write("list.json", &json(1, &["198.51.100.0/24"]));
+        let config = env.config("");
+        let mut r = env.refresher(&config);
+        r.refresh_all().await;
+        // 2 of 3 /24s gone: 66.7% > 50%.
+        env.write("list.txt", "192.0.2.0/24\n");
+        let report = r.refresh_all().await;
+        let Outcome::Refused { reason } = &report.get("p/0").unwrap().outcome else { panic!("{report:?}") };
+        assert!(reason.contains("66.7%") && reason.contains("max_shrink"), "{reason}");
+        assert_eq!(r.source_prefixes("p/0").unwrap().len(), 3);
+        // Exactly half of 2 /24s... here one of 3 gone (33%): within the threshold.
+        env.write("list.txt", "192.0.2.0/24\n198.51.100.0/24\n");
+        let report = r.refresh_all().await;
+        assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Updated { added: 0, removed: 1 });
+        // Growth is never a shrink.
+        env.write("list.txt", "192.0.2.0/23\n198.51.100.0/24\n203.0.113.0/24\n");
+        assert!(matches!(r.refresh_all().await.get("p/0").unwrap().outcome, Outcome::Updated { .. }));
+        // Forced.
+        env.write("list.txt", "203.0.113.9\n");
+        assert!(matches!(r.refresh_all().await.get("p/0").unwrap().outcome, Outcome::Refused { .. }));
+        let report = r.refresh_with(RefreshOptions { force: true }).await;
+        assert!(matches!(report.get("p/0").unwrap().outcome, Outcome::Updated { .. }));
+        assert_eq!(r.source_prefixes("p/0").unwrap(), nets(&["203.0.113.9/32"]));
+    }
+
+    #[tokio::test]
+    async fn the_shrink_guard_survives_a_restart_and_source_force_bypasses_it() {
+        let env = Env::new();
+        env.write("list.txt", "192.0.2.0/24\n198.51.100.0/24\n");
+        env.write("list.json", &json(1, &["198.51.100.0/24"]));
+        let config = env.config("");
+        env.refresher(&config).refresh_all().await;
+        env.write("list.txt", "192.0.2.1\n");
+        let mut r = env.refresher(&config);
+        assert!(matches!(r.refresh_all().await.get("p/0").unwrap().outcome, Outcome::Refused { .. }));
+
+        let text = fs::read_to_string(env.path("list.txt")).unwrap();
+        assert_eq!(text, "192.0.2.1\n");
+        let mut forced = config.clone();
+        forced.providers[0].sources[0].force = true;
+        let mut r = Refresher::new(&forced, Fetcher::default()).unwrap();
+        r.bootstrap();
+        assert!(matches!(r.refresh_all().await.get("p/0").unwrap().outcome, Outcome::Updated { .. }));
+    }
+
+    #[tokio::test]
+    async fn older_serials_are_refused() {
+        let env = Env::new();
+        env.write("list.txt", "192.0.2.0/24\n");
+        env.write("list.json", &json(10, &["198.51.100.0/24"]));
+        let config = env.config("");
+        let mut r = env.refresher(&config);
+        r.refresh_all().await;
+        env.write("list.json", &json(9, &["198.51.100.0/24", "203.0.113.0/24"]));
+        let report = r.refresh_all().await;
+        let Outcome::Refused { reason } = &report.get("j/0").unwrap().outcome else { panic!("{report:?}") };
+        assert!(reason.contains("serial 9 is older than the serial 10"), "{reason}");
+        env.write("list.json", &json(11, &["198.51.100.0/24", "203.0.113.0/24"]));
+        assert!(matches!(r.refresh_all().await.get("j/0").unwrap().outcome, Outcome::Updated { added: 1, removed: 0 }));
+        assert!(serial_is_older("2025-07-24", "2025-07-25"));
+        assert!(!serial_is_older("100", "99"));
+        assert!(!serial_is_older("abc", "abcd"));
+    }
+
+    #[tokio::test]
+    async fn corrupt_or_foreign_state_falls_back_to_the_snapshot() {
+        let env = Env::new();
+        let config = env.config_with_preset();
+        let store = StateStore::open(&config.state_dir).unwrap();
+        fs::write(store.path_for("intercom/intercom-eu"), "not json").unwrap();
+        let mut r = Refresher::new(&config, Fetcher::default()).unwrap();
+        let warnings = r.bootstrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("corrupt") && warnings[0].contains("intercom%2Fintercom-eu.json"), "{warnings:?}");
+        assert_eq!(r.source_status("intercom/intercom-eu").unwrap().in_force, SetOrigin::Snapshot);
+        assert_eq!(r.source_prefixes("intercom/intercom-eu").unwrap().len(), 3);
+
+        // A state file written for another definition (the URL or selection changed).
+        let config = env.config("");
+        env.write("list.txt", "192.0.2.0/24\n");
+        env.write("list.json", &json(1, &["198.51.100.0/24"]));
+        r.refresh_all().await;
+        let mut state = store.load("p/0").unwrap().unwrap();
+        state.definition = "something else".into();
+        store.save(&state).unwrap();
+        let mut r = Refresher::new(&config, Fetcher::default()).unwrap();
+        let warnings = r.bootstrap();
+        assert!(warnings.iter().any(|w| w.contains("different definition")), "{warnings:?}");
+        assert_eq!(r.source_status("p/0").unwrap().in_force, SetOrigin::None);
+    }
+
+    #[tokio::test]
+    async fn status_is_serialisable() {
+        let env = Env::new();
+        env.write("list.txt", "192.0.2.0/24\n");
+        env.write("list.json", &json(1, &["198.51.100.0/24"]));
+        let config = env.config("");
+        let mut r = env.refresher(&config);
+        let report = r.refresh_all().await;
+        let text = serde_json::to_string(&report).unwrap();
+        assert!(text.contains("\"result\":\"updated\""), "{text}");
+        let path = env.path("status.json");
+        r.write_status(&path).unwrap();
+        let file: StatusFile = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        let ids = |list: &[SourceStatus]| list.iter().map(|s| (s.id.clone(), s.in_force, s.prefixes_v4)).collect::<Vec<_>>();
+        assert_eq!(ids(&file.sources), ids(&r.status()));
+        assert_eq!(file.sources[0].in_force, SetOrigin::Fetched);
+    }
+}
