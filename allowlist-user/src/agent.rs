@@ -169,7 +169,7 @@ impl Agent {
             tokio::select! {
                 () = sleep_until(next_refresh.min(next_sync)) => {
                     if Instant::now() >= next_refresh {
-                        self.refresh(RefreshOptions { force, ..Default::default() }).await;
+                        self.refresh(RefreshOptions { force }).await;
                         force = false;
                         next_refresh = Instant::now() + self.config.refresh;
                     } else {

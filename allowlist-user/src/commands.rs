@@ -418,12 +418,7 @@ pub async fn fetch(config: &Config, force: bool, json: bool) -> Result<()> {
     scratch_config.state_dir = scratch.path().to_owned();
     let mut refresher = Refresher::new(&scratch_config, Fetcher::default())?;
     refresher.bootstrap();
-    let report = refresher
-        .refresh_with(RefreshOptions {
-            force,
-            ..Default::default()
-        })
-        .await;
+    let report = refresher.refresh_with(RefreshOptions { force }).await;
     let allowlist = refresher.allowlist();
     let desired = allowlist.entries();
     let live = if datapath::map_pin(&config.pin_dir, allowlist_common::maps::ALLOW_V4).exists() {

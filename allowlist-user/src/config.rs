@@ -28,7 +28,7 @@ pub const DEFAULT_PATH: &str = "/etc/allowlist/allowlist.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/allowlist";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/allowlist";
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
-pub const MIN_REFRESH: Duration = Duration::from_secs(10);
+pub const MIN_REFRESH: Duration = Duration::from_secs(1);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_RETRIES: u32 = 3;
@@ -151,7 +151,10 @@ pub enum Location {
         url: Url,
         format: Format,
     },
-    File { path: PathBuf, format: Format },
+    File {
+        path: PathBuf,
+        format: Format,
+    },
     Static(StaticList),
 }
 
@@ -343,7 +346,12 @@ struct Cx<'a> {
 }
 
 impl Cx<'_> {
-    fn error(&self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let offset = span.start.min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
@@ -359,10 +367,15 @@ impl Cx<'_> {
 
     fn resolve(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let whole = 0..0;
-        let interfaces = match raw.interfaces {
-            Some(list) => self.interfaces(list)?,
-            None => return Err(self.error(whole, "interfaces", "missing: list the interfaces XDP attaches to, e.g. interfaces = [\"eth0\"]")),
-        };
+        let interfaces =
+            match raw.interfaces {
+                Some(list) => self.interfaces(list)?,
+                None => return Err(self.error(
+                    whole,
+                    "interfaces",
+                    "missing: list the interfaces XDP attaches to, e.g. interfaces = [\"eth0\"]",
+                )),
+            };
         let ports = self.ports(raw.ports)?;
         let mode = match raw.mode {
             None => Mode::Enforce,
@@ -370,7 +383,11 @@ impl Cx<'_> {
                 "enforce" => Mode::Enforce,
                 "monitor" => Mode::Monitor,
                 other => {
-                    return Err(self.error(m.span(), "mode", format!("unknown mode {other:?}: expected \"enforce\" or \"monitor\"")));
+                    return Err(self.error(
+                        m.span(),
+                        "mode",
+                        format!("unknown mode {other:?}: expected \"enforce\" or \"monitor\""),
+                    ));
                 }
             },
         };
@@ -379,7 +396,11 @@ impl Cx<'_> {
             Some(r) => {
                 let d = self.duration(&r, "refresh")?;
                 if d < MIN_REFRESH {
-                    return Err(self.error(r.span(), "refresh", format!("{:?} is shorter than the minimum of 10s", r.get_ref())));
+                    return Err(self.error(
+                        r.span(),
+                        "refresh",
+                        format!("{:?} is shorter than the minimum of 1s", r.get_ref()),
+                    ));
                 }
                 d
             }
@@ -387,12 +408,23 @@ impl Cx<'_> {
         let metrics = match raw.metrics {
             None => None,
             Some(m) => Some(m.get_ref().parse::<SocketAddr>().map_err(|_| {
-                self.error(m.span(), "metrics", format!("{:?} is not an address and port such as \"127.0.0.1:9975\"", m.get_ref()))
+                self.error(
+                    m.span(),
+                    "metrics",
+                    format!(
+                        "{:?} is not an address and port such as \"127.0.0.1:9975\"",
+                        m.get_ref()
+                    ),
+                )
             })?),
         };
         let guards = self.guards(raw.guards)?;
         if raw.provider.is_empty() {
-            return Err(self.error(whole, "provider", "no [[provider]] is configured: nothing would be allowed"));
+            return Err(self.error(
+                whole,
+                "provider",
+                "no [[provider]] is configured: nothing would be allowed",
+            ));
         }
         let mut providers: Vec<Provider> = Vec::new();
         for (index, provider) in raw.provider.into_iter().enumerate() {
@@ -401,7 +433,11 @@ impl Cx<'_> {
                 return Err(self.error(
                     name.span(),
                     format!("provider[{index}].name"),
-                    format!("duplicate provider name {:?} (also provider[{}]): names must be unique", name.get_ref(), first.rule_id),
+                    format!(
+                        "duplicate provider name {:?} (also provider[{}]): names must be unique",
+                        name.get_ref(),
+                        first.rule_id
+                    ),
                 ));
             }
             providers.push(self.provider(index, provider, &guards)?);
@@ -420,11 +456,18 @@ impl Cx<'_> {
         })
     }
 
-    fn interfaces(&self, list: Spanned<Vec<Spanned<Value>>>) -> Result<Vec<Interface>, ConfigError> {
+    fn interfaces(
+        &self,
+        list: Spanned<Vec<Spanned<Value>>>,
+    ) -> Result<Vec<Interface>, ConfigError> {
         let span = list.span();
         let list = list.into_inner();
         if list.is_empty() {
-            return Err(self.error(span, "interfaces", "the list is empty: name at least one interface"));
+            return Err(self.error(
+                span,
+                "interfaces",
+                "the list is empty: name at least one interface",
+            ));
         }
         let mut out: Vec<Interface> = Vec::new();
         for (i, item) in list.into_iter().enumerate() {
@@ -440,7 +483,11 @@ impl Cx<'_> {
                     let name = match table.remove("name") {
                         Some(Value::String(name)) => name,
                         Some(_) => return Err(bad("`name` must be a string")),
-                        None => return Err(bad("missing `name`: use { name = \"eth0\", mode = \"native\" }")),
+                        None => {
+                            return Err(bad(
+                                "missing `name`: use { name = \"eth0\", mode = \"native\" }",
+                            ));
+                        }
                     };
                     let mode = match table.remove("mode") {
                         None => AttachMode::Auto,
@@ -448,19 +495,39 @@ impl Cx<'_> {
                             "auto" => AttachMode::Auto,
                             "native" => AttachMode::Native,
                             "skb" => AttachMode::Skb,
-                            other => return Err(bad(&format!("unknown mode {other:?}: expected \"auto\", \"native\" or \"skb\""))),
+                            other => {
+                                return Err(bad(&format!(
+                                    "unknown mode {other:?}: expected \"auto\", \"native\" or \"skb\""
+                                )));
+                            }
                         },
-                        Some(_) => return Err(bad("`mode` must be a string: \"auto\", \"native\" or \"skb\"")),
+                        Some(_) => {
+                            return Err(bad(
+                                "`mode` must be a string: \"auto\", \"native\" or \"skb\"",
+                            ));
+                        }
                     };
                     if let Some(key) = table.keys().next() {
-                        return Err(bad(&format!("unknown key `{key}`: expected `name` and `mode`")));
+                        return Err(bad(&format!(
+                            "unknown key `{key}`: expected `name` and `mode`"
+                        )));
                     }
                     Interface { name, mode }
                 }
-                _ => return Err(bad("expected an interface name or a table { name = \"eth0\", mode = \"auto\" }")),
+                _ => {
+                    return Err(bad(
+                        "expected an interface name or a table { name = \"eth0\", mode = \"auto\" }",
+                    ));
+                }
             };
-            if iface.name.is_empty() || iface.name.len() > 15 || iface.name.contains(['/', ' ', '\0']) {
-                return Err(bad(&format!("{:?} is not a valid interface name", iface.name)));
+            if iface.name.is_empty()
+                || iface.name.len() > 15
+                || iface.name.contains(['/', ' ', '\0'])
+            {
+                return Err(bad(&format!(
+                    "{:?} is not a valid interface name",
+                    iface.name
+                )));
             }
             if out.iter().any(|o| o.name == iface.name) {
                 return Err(bad(&format!("interface {:?} is listed twice", iface.name)));
@@ -471,15 +538,27 @@ impl Cx<'_> {
     }
 
     fn ports(&self, ports: Option<Spanned<Vec<Spanned<i64>>>>) -> Result<Vec<u16>, ConfigError> {
-        let Some(ports) = ports else { return Ok(vec![443]) };
+        let Some(ports) = ports else {
+            return Ok(vec![443]);
+        };
         if ports.get_ref().is_empty() {
-            return Err(self.error(ports.span(), "ports", "the list is empty: name at least one TCP port"));
+            return Err(self.error(
+                ports.span(),
+                "ports",
+                "the list is empty: name at least one TCP port",
+            ));
         }
         let mut out = Vec::new();
         for (i, port) in ports.into_inner().into_iter().enumerate() {
             match u16::try_from(*port.get_ref()) {
                 Ok(p) if p != 0 => out.push(p),
-                _ => return Err(self.error(port.span(), format!("ports[{i}]"), format!("{} is not a TCP port (1..=65535)", port.get_ref()))),
+                _ => {
+                    return Err(self.error(
+                        port.span(),
+                        format!("ports[{i}]"),
+                        format!("{} is not a TCP port (1..=65535)", port.get_ref()),
+                    ));
+                }
             }
         }
         out.sort_unstable();
@@ -489,7 +568,14 @@ impl Cx<'_> {
 
     fn duration(&self, value: &Spanned<String>, field: &str) -> Result<Duration, ConfigError> {
         humantime::parse_duration(value.get_ref()).map_err(|err| {
-            self.error(value.span(), field, format!("{:?} is not a duration such as \"30s\" or \"1h\" ({err})", value.get_ref()))
+            self.error(
+                value.span(),
+                field,
+                format!(
+                    "{:?} is not a duration such as \"30s\" or \"1h\" ({err})",
+                    value.get_ref()
+                ),
+            )
         })
     }
 
@@ -499,18 +585,38 @@ impl Cx<'_> {
         if let Some(s) = raw.max_shrink {
             let v = *s.get_ref();
             if !(0.0..=1.0).contains(&v) {
-                return Err(self.error(s.span(), "guards.max_shrink", format!("{v} is not a fraction between 0 and 1")));
+                return Err(self.error(
+                    s.span(),
+                    "guards.max_shrink",
+                    format!("{v} is not a fraction between 0 and 1"),
+                ));
             }
             guards.max_shrink = v;
         }
         for (value, slot, max, field) in [
-            (raw.min_prefix_v4, &mut guards.min_prefix_v4, 32, "guards.min_prefix_v4"),
-            (raw.min_prefix_v6, &mut guards.min_prefix_v6, 128, "guards.min_prefix_v6"),
+            (
+                raw.min_prefix_v4,
+                &mut guards.min_prefix_v4,
+                32,
+                "guards.min_prefix_v4",
+            ),
+            (
+                raw.min_prefix_v6,
+                &mut guards.min_prefix_v6,
+                128,
+                "guards.min_prefix_v6",
+            ),
         ] {
             if let Some(v) = value {
                 match u8::try_from(*v.get_ref()) {
                     Ok(len) if len <= max => *slot = len,
-                    _ => return Err(self.error(v.span(), field, format!("{} is not a prefix length (0..={max})", v.get_ref()))),
+                    _ => {
+                        return Err(self.error(
+                            v.span(),
+                            field,
+                            format!("{} is not a prefix length (0..={max})", v.get_ref()),
+                        ));
+                    }
                 }
             }
         }
@@ -520,11 +626,19 @@ impl Cx<'_> {
         Ok(guards)
     }
 
-    fn provider(&self, index: usize, raw: Spanned<RawProvider>, guards: &Guards) -> Result<Provider, ConfigError> {
+    fn provider(
+        &self,
+        index: usize,
+        raw: Spanned<RawProvider>,
+        guards: &Guards,
+    ) -> Result<Provider, ConfigError> {
         let span = raw.span();
         let raw = raw.into_inner();
         let name = raw.name.get_ref().clone();
-        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if !valid {
             return Err(self.error(
                 raw.name.span(),
@@ -540,17 +654,39 @@ impl Cx<'_> {
                 return Err(self.error(
                     preset_name.span(),
                     format!("{field}.preset"),
-                    format!("unknown preset {:?}; known presets: {}", preset_name.get_ref(), presets::names().join(", ")),
+                    format!(
+                        "unknown preset {:?}; known presets: {}",
+                        preset_name.get_ref(),
+                        presets::names().join(", ")
+                    ),
                 ));
             };
-            sources.push(self.preset_source(&name, rule_id, preset, guards, preset_name.span(), &field)?);
+            sources.push(self.preset_source(
+                &name,
+                rule_id,
+                preset,
+                guards,
+                preset_name.span(),
+                &field,
+            )?);
         }
         if raw.source.is_empty() && raw.preset.is_none() {
-            return Err(self.error(span, field, "has neither a `preset` nor any [[provider.source]]"));
+            return Err(self.error(
+                span,
+                field,
+                "has neither a `preset` nor any [[provider.source]]",
+            ));
         }
         for (i, source) in raw.source.into_iter().enumerate() {
             let field = format!("{field}.source[{i}]");
-            sources.push(self.source(&name, rule_id, format!("{name}/{i}"), source, guards, &field)?);
+            sources.push(self.source(
+                &name,
+                rule_id,
+                format!("{name}/{i}"),
+                source,
+                guards,
+                &field,
+            )?);
         }
         Ok(Provider {
             name,
@@ -560,13 +696,30 @@ impl Cx<'_> {
         })
     }
 
-    fn preset_source(&self, provider: &str, rule_id: u32, preset: &presets::Preset, guards: &Guards, span: Range<usize>, field: &str) -> Result<Source, ConfigError> {
+    fn preset_source(
+        &self,
+        provider: &str,
+        rule_id: u32,
+        preset: &presets::Preset,
+        guards: &Guards,
+        span: Range<usize>,
+        field: &str,
+    ) -> Result<Source, ConfigError> {
         let snapshot = match &preset.snapshot {
             None => None,
             Some(snap) => {
                 let entries: Vec<String> = snap.entries.iter().map(|e| e.to_string()).collect();
                 let validated = prefixes::validate(&entries, preset.name, Trust::Operator, guards)
-                    .map_err(|err| self.error(span.clone(), format!("{field}.preset"), format!("the built-in list of {} is refused by [guards]: {err}", preset.name)))?;
+                    .map_err(|err| {
+                        self.error(
+                            span.clone(),
+                            format!("{field}.preset"),
+                            format!(
+                                "the built-in list of {} is refused by [guards]: {err}",
+                                preset.name
+                            ),
+                        )
+                    })?;
                 Some(StaticList {
                     prefixes: validated.prefixes,
                     as_of: Some(snap.as_of.to_owned()),
@@ -575,7 +728,13 @@ impl Cx<'_> {
             }
         };
         let location = match preset.source {
-            PresetSource::Json { url, items, cidr, filter, serial } => Location::Url {
+            PresetSource::Json {
+                url,
+                items,
+                cidr,
+                filter,
+                serial,
+            } => Location::Url {
                 url: Url::parse(url).expect("preset URLs are valid"),
                 format: Format::Json(Selector {
                     items: items.iter().map(|s| s.to_string()).collect(),
@@ -590,9 +749,15 @@ impl Cx<'_> {
                     serial: serial.map(str::to_owned),
                 }),
             },
-            PresetSource::Static => Location::Static(snapshot.clone().expect("static presets have a list")),
+            PresetSource::Static => {
+                Location::Static(snapshot.clone().expect("static presets have a list"))
+            }
         };
-        let snapshot = if matches!(location, Location::Static(_)) { None } else { snapshot };
+        let snapshot = if matches!(location, Location::Static(_)) {
+            None
+        } else {
+            snapshot
+        };
         Ok(Source {
             id: format!("{provider}/{}", preset.name),
             provider: provider.to_owned(),
@@ -604,19 +769,36 @@ impl Cx<'_> {
         })
     }
 
-    fn source(&self, provider: &str, rule_id: u32, id: String, raw: Spanned<RawSource>, guards: &Guards, field: &str) -> Result<Source, ConfigError> {
+    fn source(
+        &self,
+        provider: &str,
+        rule_id: u32,
+        id: String,
+        raw: Spanned<RawSource>,
+        guards: &Guards,
+        field: &str,
+    ) -> Result<Source, ConfigError> {
         let span = raw.span();
         let raw = raw.into_inner();
         let f = |key: &str| format!("{field}.{key}");
-        let kinds = usize::from(raw.url.is_some()) + usize::from(raw.file.is_some()) + usize::from(raw.inline.is_some());
+        let kinds = usize::from(raw.url.is_some())
+            + usize::from(raw.file.is_some())
+            + usize::from(raw.inline.is_some());
         if kinds != 1 {
-            return Err(self.error(span, field, "a source needs exactly one of `url`, `file` or `static`"));
+            return Err(self.error(
+                span,
+                field,
+                "a source needs exactly one of `url`, `file` or `static`",
+            ));
         }
         // Keys that only make sense for some kinds.
         let url_only: [(&str, Option<Range<usize>>); 5] = [
             ("timeout", raw.timeout.as_ref().map(|s| s.span())),
             ("max_bytes", raw.max_bytes.as_ref().map(|s| s.span())),
-            ("insecure_http", raw.insecure_http.as_ref().map(|s| s.span())),
+            (
+                "insecure_http",
+                raw.insecure_http.as_ref().map(|s| s.span()),
+            ),
             ("ca_file", raw.ca_file.as_ref().map(|s| s.span())),
             ("retries", raw.retries.as_ref().map(|s| s.span())),
         ];
@@ -640,11 +822,18 @@ impl Cx<'_> {
         if raw.inline.is_some() {
             for (key, span) in &fetched_only {
                 if let Some(span) = span {
-                    return Err(self.error(span.clone(), f(key), "does not apply to a `static` list"));
+                    return Err(self.error(
+                        span.clone(),
+                        f(key),
+                        "does not apply to a `static` list",
+                    ));
                 }
             }
         } else {
-            for (key, span) in [("as_of", raw.as_of.as_ref()), ("reference", raw.reference.as_ref())] {
+            for (key, span) in [
+                ("as_of", raw.as_of.as_ref()),
+                ("reference", raw.reference.as_ref()),
+            ] {
                 if let Some(value) = span {
                     return Err(self.error(value.span(), f(key), "only applies to `static` lists"));
                 }
@@ -662,38 +851,57 @@ impl Cx<'_> {
             fetch.max_bytes = u64::try_from(*m.get_ref())
                 .ok()
                 .filter(|&n| n > 0)
-                .ok_or_else(|| self.error(m.span(), f("max_bytes"), format!("{} is not a positive byte count", m.get_ref())))?;
+                .ok_or_else(|| {
+                    self.error(
+                        m.span(),
+                        f("max_bytes"),
+                        format!("{} is not a positive byte count", m.get_ref()),
+                    )
+                })?;
         }
         if let Some(r) = &raw.retries {
             fetch.retries = u32::try_from(*r.get_ref())
                 .ok()
                 .filter(|&n| n <= 20)
-                .ok_or_else(|| self.error(r.span(), f("retries"), format!("{} is not a retry count (0..=20)", r.get_ref())))?;
+                .ok_or_else(|| {
+                    self.error(
+                        r.span(),
+                        f("retries"),
+                        format!("{} is not a retry count (0..=20)", r.get_ref()),
+                    )
+                })?;
         }
         fetch.insecure_http = raw.insecure_http.as_ref().is_some_and(|b| *b.get_ref());
         fetch.ca_file = raw.ca_file.map(|p| p.into_inner());
 
         let location = if let Some(list) = raw.inline {
             let entries: Vec<String> = list.get_ref().iter().map(|e| e.get_ref().clone()).collect();
-            let validated = prefixes::validate(&entries, &id, Trust::Operator, guards).map_err(|err| {
-                let bad = match &err {
-                    prefixes::PrefixError::Unparseable { entry, .. } | prefixes::PrefixError::TooBroad { entry, .. } => entry,
-                };
-                let at = list
-                    .get_ref()
-                    .iter()
-                    .find(|e| e.get_ref().trim() == bad.trim())
-                    .map_or(list.span(), |e| e.span());
-                self.error(at, f("static"), err.to_string())
-            })?;
+            let validated =
+                prefixes::validate(&entries, &id, Trust::Operator, guards).map_err(|err| {
+                    let bad = match &err {
+                        prefixes::PrefixError::Unparseable { entry, .. }
+                        | prefixes::PrefixError::TooBroad { entry, .. } => entry,
+                    };
+                    let at = list
+                        .get_ref()
+                        .iter()
+                        .find(|e| e.get_ref().trim() == bad.trim())
+                        .map_or(list.span(), |e| e.span());
+                    self.error(at, f("static"), err.to_string())
+                })?;
             Location::Static(StaticList {
                 prefixes: validated.prefixes,
                 as_of: raw.as_of.map(|s| s.into_inner()),
                 reference: raw.reference.map(|s| s.into_inner()),
             })
         } else if let Some(url_text) = raw.url {
-            let url = Url::parse(url_text.get_ref())
-                .map_err(|err| self.error(url_text.span(), f("url"), format!("{:?} is not a URL: {err}", url_text.get_ref())))?;
+            let url = Url::parse(url_text.get_ref()).map_err(|err| {
+                self.error(
+                    url_text.span(),
+                    f("url"),
+                    format!("{:?} is not a URL: {err}", url_text.get_ref()),
+                )
+            })?;
             match url.scheme() {
                 "https" => {}
                 "http" if fetch.insecure_http => {}
@@ -704,16 +912,40 @@ impl Cx<'_> {
                         "plain http is refused: no list is signed, so integrity rests on TLS; use https, or set insecure_http = true to accept the risk",
                     ));
                 }
-                other => return Err(self.error(url_text.span(), f("url"), format!("unsupported scheme {other:?}: use https"))),
+                other => {
+                    return Err(self.error(
+                        url_text.span(),
+                        f("url"),
+                        format!("unsupported scheme {other:?}: use https"),
+                    ));
+                }
             }
             if url.host_str().is_none_or(str::is_empty) {
                 return Err(self.error(url_text.span(), f("url"), "the URL has no host"));
             }
-            let format = self.format(&raw.format, raw.items, raw.cidr, raw.filter, raw.serial, url.path(), span.clone(), field)?;
+            let format = self.format(
+                &raw.format,
+                raw.items,
+                raw.cidr,
+                raw.filter,
+                raw.serial,
+                url.path(),
+                span.clone(),
+                field,
+            )?;
             Location::Url { url, format }
         } else {
             let path = raw.file.expect("one kind is set");
-            let format = self.format(&raw.format, raw.items, raw.cidr, raw.filter, raw.serial, &path.get_ref().to_string_lossy(), span.clone(), field)?;
+            let format = self.format(
+                &raw.format,
+                raw.items,
+                raw.cidr,
+                raw.filter,
+                raw.serial,
+                &path.get_ref().to_string_lossy(),
+                span.clone(),
+                field,
+            )?;
             Location::File {
                 path: path.into_inner(),
                 format,
@@ -746,7 +978,13 @@ impl Cx<'_> {
         let name = match format {
             Some(fmt) => match fmt.get_ref().as_str() {
                 "json" | "text" => fmt.get_ref().clone(),
-                other => return Err(self.error(fmt.span(), f("format"), format!("unknown format {other:?}: expected \"json\" or \"text\""))),
+                other => {
+                    return Err(self.error(
+                        fmt.span(),
+                        f("format"),
+                        format!("unknown format {other:?}: expected \"json\" or \"text\""),
+                    ));
+                }
             },
             None => {
                 let lower = location.to_ascii_lowercase();
@@ -760,7 +998,12 @@ impl Cx<'_> {
             }
         };
         if name == "text" {
-            for (key, value) in [("items", items.map(|v| v.span())), ("cidr", cidr.map(|v| v.span())), ("where", filter.map(|v| v.span())), ("serial", serial.map(|v| v.span()))] {
+            for (key, value) in [
+                ("items", items.map(|v| v.span())),
+                ("cidr", cidr.map(|v| v.span())),
+                ("where", filter.map(|v| v.span())),
+                ("serial", serial.map(|v| v.span())),
+            ] {
                 if let Some(span) = value {
                     return Err(self.error(span, f(key), "only applies to JSON sources"));
                 }
@@ -771,7 +1014,10 @@ impl Cx<'_> {
             None => vec![String::new()],
             Some(v) => self.strings(v, &f("items"), true)?,
         };
-        let items = items.into_iter().map(|p| if p == "." { String::new() } else { p }).collect();
+        let items = items
+            .into_iter()
+            .map(|p| if p == "." { String::new() } else { p })
+            .collect();
         let cidr = match cidr {
             None => Vec::new(),
             Some(v) => self.strings(v, &f("cidr"), false)?,
@@ -794,11 +1040,18 @@ impl Cx<'_> {
                     }
                 };
                 let any_of = match value {
-                    Value::Array(values) => values.into_iter().map(scalar).collect::<Result<Vec<_>, _>>()?,
+                    Value::Array(values) => values
+                        .into_iter()
+                        .map(scalar)
+                        .collect::<Result<Vec<_>, _>>()?,
                     v => vec![scalar(v)?],
                 };
                 if any_of.is_empty() {
-                    return Err(self.error(span.clone(), f(&format!("where.{key}")), "the list of accepted values is empty"));
+                    return Err(self.error(
+                        span.clone(),
+                        f(&format!("where.{key}")),
+                        "the list of accepted values is empty",
+                    ));
                 }
                 filters.push(Filter { field: key, any_of });
             }
@@ -812,7 +1065,12 @@ impl Cx<'_> {
     }
 
     /// A string or a non-empty list of strings.
-    fn strings(&self, value: Spanned<Value>, field: &str, allow_empty_string: bool) -> Result<Vec<String>, ConfigError> {
+    fn strings(
+        &self,
+        value: Spanned<Value>,
+        field: &str,
+        allow_empty_string: bool,
+    ) -> Result<Vec<String>, ConfigError> {
         let span = value.span();
         let list = match value.into_inner() {
             Value::String(s) => vec![s],
@@ -820,10 +1078,23 @@ impl Cx<'_> {
                 .into_iter()
                 .map(|v| match v {
                     Value::String(s) => Ok(s),
-                    other => Err(self.error(span.clone(), field, format!("expected strings, found {}", other.type_str()))),
+                    other => Err(self.error(
+                        span.clone(),
+                        field,
+                        format!("expected strings, found {}", other.type_str()),
+                    )),
                 })
                 .collect::<Result<_, _>>()?,
-            other => return Err(self.error(span, field, format!("expected a string or a list of strings, found {}", other.type_str()))),
+            other => {
+                return Err(self.error(
+                    span,
+                    field,
+                    format!(
+                        "expected a string or a list of strings, found {}",
+                        other.type_str()
+                    ),
+                ));
+            }
         };
         if list.is_empty() {
             return Err(self.error(span, field, "the list is empty"));
@@ -875,7 +1146,12 @@ static = ["203.0.113.0/24", "2001:db8::/48"]
     fn parse_err(text: &str) -> (String, usize, String) {
         match parse(text, Path::new("/etc/allowlist/allowlist.toml")) {
             Err(err @ ConfigError::Invalid { .. }) => {
-                let ConfigError::Invalid { line, ref field, .. } = err else { unreachable!() };
+                let ConfigError::Invalid {
+                    line, ref field, ..
+                } = err
+                else {
+                    unreachable!()
+                };
                 (err.to_string(), line, field.clone())
             }
             Err(other) => panic!("unexpected {other}"),
@@ -888,18 +1164,36 @@ static = ["203.0.113.0/24", "2001:db8::/48"]
     #[test]
     fn the_documented_example_parses() {
         let config = parse_ok(EXAMPLE);
-        assert_eq!(config.interfaces, [Interface { name: "eth0".into(), mode: AttachMode::Auto }]);
+        assert_eq!(
+            config.interfaces,
+            [Interface {
+                name: "eth0".into(),
+                mode: AttachMode::Auto
+            }]
+        );
         assert_eq!(config.ports, [443]);
         assert_eq!(config.mode, Mode::Enforce);
         assert_eq!(config.refresh, Duration::from_secs(3600));
         assert_eq!(config.metrics, Some("127.0.0.1:9975".parse().unwrap()));
         assert_eq!(config.guards, Guards::default());
-        assert_eq!(config.source_ids(), ["intercom/intercom-us", "partner/0", "office/0"]);
+        assert_eq!(
+            config.source_ids(),
+            ["intercom/intercom-us", "partner/0", "office/0"]
+        );
 
         let intercom = config.source("intercom/intercom-us").unwrap();
         assert_eq!(intercom.rule_id, 0);
-        let Location::Url { url, format: Format::Json(sel) } = &intercom.location else { panic!() };
-        assert_eq!(url.as_str(), "https://static.intercomcdn.com/intercom-ips/us/intercom-ip-ranges.json");
+        let Location::Url {
+            url,
+            format: Format::Json(sel),
+        } = &intercom.location
+        else {
+            panic!()
+        };
+        assert_eq!(
+            url.as_str(),
+            "https://static.intercomcdn.com/intercom-ips/us/intercom-ip-ranges.json"
+        );
         assert_eq!(sel.items, ["ip_ranges"]);
         assert_eq!(sel.filters[0].field, "service");
         let snapshot = intercom.snapshot.as_ref().unwrap();
@@ -907,29 +1201,51 @@ static = ["203.0.113.0/24", "2001:db8::/48"]
 
         let partner = config.source("partner/0").unwrap();
         assert_eq!(partner.rule_id, 1);
-        assert_eq!(partner.fetch.ca_file.as_deref(), Some(Path::new("/etc/allowlist/partner-ca.pem")));
+        assert_eq!(
+            partner.fetch.ca_file.as_deref(),
+            Some(Path::new("/etc/allowlist/partner-ca.pem"))
+        );
         assert_eq!(partner.fetch.timeout, DEFAULT_TIMEOUT);
         assert_eq!(partner.fetch.retries, 3);
-        let Location::Url { format: Format::Json(sel), .. } = &partner.location else { panic!() };
+        let Location::Url {
+            format: Format::Json(sel),
+            ..
+        } = &partner.location
+        else {
+            panic!()
+        };
         assert_eq!(
             sel,
             &Selector {
                 items: vec!["ip_ranges".into()],
                 cidr: vec!["range".into()],
-                filters: vec![Filter { field: "service".into(), any_of: vec!["INTERCOM-OUTBOUND".into()] }],
+                filters: vec![Filter {
+                    field: "service".into(),
+                    any_of: vec!["INTERCOM-OUTBOUND".into()]
+                }],
                 serial: None,
             }
         );
 
         let office = config.source("office/0").unwrap();
         assert_eq!(office.rule_id, 2);
-        let Location::Static(list) = &office.location else { panic!() };
-        assert_eq!(list.prefixes, ["203.0.113.0/24".parse::<IpNet>().unwrap(), "2001:db8::/48".parse().unwrap()]);
+        let Location::Static(list) = &office.location else {
+            panic!()
+        };
+        assert_eq!(
+            list.prefixes,
+            [
+                "203.0.113.0/24".parse::<IpNet>().unwrap(),
+                "2001:db8::/48".parse().unwrap()
+            ]
+        );
     }
 
     #[test]
     fn defaults() {
-        let config = parse_ok(&format!("{MINIMAL}[[provider]]\nname = \"s\"\npreset = \"stripe-webhooks\"\n"));
+        let config = parse_ok(&format!(
+            "{MINIMAL}[[provider]]\nname = \"s\"\npreset = \"stripe-webhooks\"\n"
+        ));
         assert_eq!(config.ports, [443]);
         assert_eq!(config.mode, Mode::Enforce);
         assert_eq!(config.refresh, DEFAULT_REFRESH);
@@ -967,14 +1283,33 @@ force = true
 file = "/etc/allowlist/extra.txt"
 "#,
         );
-        assert_eq!(config.interfaces[1], Interface { name: "eth1".into(), mode: AttachMode::Native });
+        assert_eq!(
+            config.interfaces[1],
+            Interface {
+                name: "eth1".into(),
+                mode: AttachMode::Native
+            }
+        );
         assert_eq!(config.interfaces[2].mode, AttachMode::Skb);
         assert_eq!(config.ports, [443, 8443]);
         assert_eq!(config.mode, Mode::Monitor);
         assert_eq!(config.refresh, Duration::from_secs(15));
-        assert_eq!(config.guards, Guards { max_shrink: 0.25, min_prefix_v4: 16, min_prefix_v6: 32, allow_empty: true });
-        assert_eq!(config.source_ids(), ["fresh/freshworks-eu", "fresh/0", "fresh/1"]);
-        let Location::Static(list) = &config.source("fresh/freshworks-eu").unwrap().location else { panic!() };
+        assert_eq!(
+            config.guards,
+            Guards {
+                max_shrink: 0.25,
+                min_prefix_v4: 16,
+                min_prefix_v6: 32,
+                allow_empty: true
+            }
+        );
+        assert_eq!(
+            config.source_ids(),
+            ["fresh/freshworks-eu", "fresh/0", "fresh/1"]
+        );
+        let Location::Static(list) = &config.source("fresh/freshworks-eu").unwrap().location else {
+            panic!()
+        };
         // 3.74.148.8-11 aggregate into one /30.
         assert_eq!(list.prefixes.len(), 7);
         assert_eq!(prefixes::address_counts(&list.prefixes), (10, 0));
@@ -982,10 +1317,22 @@ file = "/etc/allowlist/extra.txt"
         let extra = config.source("fresh/0").unwrap();
         assert_eq!(
             extra.fetch,
-            FetchSettings { timeout: Duration::from_secs(2), max_bytes: 1024, insecure_http: true, ca_file: None, retries: 0 }
+            FetchSettings {
+                timeout: Duration::from_secs(2),
+                max_bytes: 1024,
+                insecure_http: true,
+                ca_file: None,
+                retries: 0
+            }
         );
         assert!(extra.force);
-        assert!(matches!(&config.source("fresh/1").unwrap().location, Location::File { format: Format::Text, .. }));
+        assert!(matches!(
+            &config.source("fresh/1").unwrap().location,
+            Location::File {
+                format: Format::Text,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -1007,38 +1354,107 @@ format = "json"
 items = "."
 "#,
         );
-        let Location::Url { format: Format::Json(sel), .. } = &config.source("aws/0").unwrap().location else { panic!() };
+        let Location::Url {
+            format: Format::Json(sel),
+            ..
+        } = &config.source("aws/0").unwrap().location
+        else {
+            panic!()
+        };
         assert_eq!(sel.items, ["prefixes", "ipv6_prefixes"]);
         assert_eq!(sel.cidr, ["ip_prefix", "ipv6_prefix"]);
         assert_eq!(sel.serial.as_deref(), Some("syncToken"));
         let service = sel.filters.iter().find(|f| f.field == "service").unwrap();
-        assert_eq!(service.any_of, [serde_json::json!("EC2"), serde_json::json!("S3")]);
-        assert!(sel.filters.iter().any(|f| f.field == "active" && f.any_of == [serde_json::json!(true)]));
-        let Location::Url { format: Format::Json(sel), .. } = &config.source("aws/1").unwrap().location else { panic!() };
+        assert_eq!(
+            service.any_of,
+            [serde_json::json!("EC2"), serde_json::json!("S3")]
+        );
+        assert!(
+            sel.filters
+                .iter()
+                .any(|f| f.field == "active" && f.any_of == [serde_json::json!(true)])
+        );
+        let Location::Url {
+            format: Format::Json(sel),
+            ..
+        } = &config.source("aws/1").unwrap().location
+        else {
+            panic!()
+        };
         assert_eq!(sel.items, [""]);
     }
 
     #[test]
     fn unknown_field_names_the_line() {
-        let (msg, line, _) = parse_err("interfaces = [\"eth0\"]\n\n[[provider]]\nname = \"a\"\npreset = \"stripe-webhooks\"\ncolour = \"red\"\n");
+        let (msg, line, _) = parse_err(
+            "interfaces = [\"eth0\"]\n\n[[provider]]\nname = \"a\"\npreset = \"stripe-webhooks\"\ncolour = \"red\"\n",
+        );
         assert_eq!(line, 6, "{msg}");
-        assert!(msg.starts_with("/etc/allowlist/allowlist.toml:6:1: "), "{msg}");
+        assert!(
+            msg.starts_with("/etc/allowlist/allowlist.toml:6:1: "),
+            "{msg}"
+        );
         assert!(msg.contains("unknown field `colour`"), "{msg}");
     }
 
     #[test]
     fn bad_values_name_the_file_line_and_field() {
         let cases: &[(&str, usize, &str, &str)] = &[
-            ("interfaces = [\"eth0\"]\nports = [443, 70000]\n", 2, "ports[1]", "70000 is not a TCP port"),
+            (
+                "interfaces = [\"eth0\"]\nports = [443, 70000]\n",
+                2,
+                "ports[1]",
+                "70000 is not a TCP port",
+            ),
             ("interfaces = [\"eth0\"]\nports = []\n", 2, "ports", "empty"),
-            ("interfaces = [\"eth0\"]\nmode = \"drop\"\n", 2, "mode", "unknown mode \"drop\""),
-            ("interfaces = [\"eth0\"]\nrefresh = \"5s\"\n", 2, "refresh", "shorter than the minimum"),
-            ("interfaces = [\"eth0\"]\nrefresh = \"soon\"\n", 2, "refresh", "not a duration"),
-            ("interfaces = [\"eth0\"]\nmetrics = \"localhost\"\n", 2, "metrics", "not an address"),
-            ("interfaces = [\"eth0\"]\n[guards]\nmax_shrink = 1.5\n", 3, "guards.max_shrink", "not a fraction"),
-            ("interfaces = [\"eth0\"]\n[guards]\nmin_prefix_v6 = 129\n", 3, "guards.min_prefix_v6", "not a prefix length"),
-            ("interfaces = [{ name = \"eth0\", mode = \"fast\" }]\n", 1, "interfaces[0]", "unknown mode \"fast\""),
-            ("interfaces = [\"eth0\", \"eth0\"]\n", 1, "interfaces[1]", "listed twice"),
+            (
+                "interfaces = [\"eth0\"]\nmode = \"drop\"\n",
+                2,
+                "mode",
+                "unknown mode \"drop\"",
+            ),
+            (
+                "interfaces = [\"eth0\"]\nrefresh = \"500ms\"\n",
+                2,
+                "refresh",
+                "shorter than the minimum",
+            ),
+            (
+                "interfaces = [\"eth0\"]\nrefresh = \"soon\"\n",
+                2,
+                "refresh",
+                "not a duration",
+            ),
+            (
+                "interfaces = [\"eth0\"]\nmetrics = \"localhost\"\n",
+                2,
+                "metrics",
+                "not an address",
+            ),
+            (
+                "interfaces = [\"eth0\"]\n[guards]\nmax_shrink = 1.5\n",
+                3,
+                "guards.max_shrink",
+                "not a fraction",
+            ),
+            (
+                "interfaces = [\"eth0\"]\n[guards]\nmin_prefix_v6 = 129\n",
+                3,
+                "guards.min_prefix_v6",
+                "not a prefix length",
+            ),
+            (
+                "interfaces = [{ name = \"eth0\", mode = \"fast\" }]\n",
+                1,
+                "interfaces[0]",
+                "unknown mode \"fast\"",
+            ),
+            (
+                "interfaces = [\"eth0\", \"eth0\"]\n",
+                1,
+                "interfaces[1]",
+                "listed twice",
+            ),
             ("interfaces = []\n", 1, "interfaces", "empty"),
         ];
         for (text, line, field, needle) in cases {
@@ -1046,33 +1462,106 @@ items = "."
             let (msg, got_line, got_field) = parse_err(&text);
             assert_eq!((got_line, got_field.as_str()), (*line, *field), "{msg}");
             assert!(msg.contains(needle), "{msg}");
-            assert!(msg.starts_with(&format!("/etc/allowlist/allowlist.toml:{line}:")), "{msg}");
+            assert!(
+                msg.starts_with(&format!("/etc/allowlist/allowlist.toml:{line}:")),
+                "{msg}"
+            );
         }
     }
 
     #[test]
     fn provider_errors() {
         let cases: &[(&str, usize, &str, &str)] = &[
-            ("[[provider]]\nname = \"Bad Name\"\npreset = \"stripe-webhooks\"\n", 3, "provider[0].name", "not a valid provider name"),
+            (
+                "[[provider]]\nname = \"Bad Name\"\npreset = \"stripe-webhooks\"\n",
+                3,
+                "provider[0].name",
+                "not a valid provider name",
+            ),
             (
                 "[[provider]]\nname = \"a\"\npreset = \"stripe-webhooks\"\n[[provider]]\nname = \"a\"\npreset = \"github-hooks\"\n",
                 6,
                 "provider[1].name",
                 "duplicate provider name \"a\"",
             ),
-            ("[[provider]]\nname = \"a\"\n", 2, "provider.a", "neither a `preset` nor any [[provider.source]]"),
-            ("[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"http://example.com/ips.json\"\n", 5, "provider.a.source[0].url", "plain http is refused"),
-            ("[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"ftp://example.com/ips.json\"\n", 5, "provider.a.source[0].url", "unsupported scheme"),
-            ("[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://example.com/ips\"\n", 4, "provider.a.source[0].format", "cannot infer the format"),
-            ("[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://example.com/ips\"\nformat = \"xml\"\n", 6, "provider.a.source[0].format", "unknown format \"xml\""),
-            ("[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://example.com/ips.txt\"\nitems = \"x\"\n", 6, "provider.a.source[0].items", "only applies to JSON"),
-            ("[[provider]]\nname = \"a\"\n[[provider.source]]\nstatic = [\"192.0.2.0/24\"]\ntimeout = \"1s\"\n", 6, "provider.a.source[0].timeout", "only applies to `url`"),
-            ("[[provider]]\nname = \"a\"\n[[provider.source]]\nstatic = [\"192.0.2.0/24\"]\nurl = \"https://example.com/x.json\"\n", 4, "provider.a.source[0]", "exactly one of"),
-            ("[[provider]]\nname = \"a\"\n[[provider.source]]\nstatic = [\"192.0.2.0/24\",\n  \"not-an-ip\"]\n", 6, "provider.a.source[0].static", "\"not-an-ip\" is not an IP address"),
-            ("[[provider]]\nname = \"a\"\n[[provider.source]]\nstatic = [\"4.0.0.0/6\"]\n", 5, "provider.a.source[0].static", "broader than the /8 floor"),
-            ("[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://e.com/x.json\"\nwhere = { a = [[1]] }\n", 6, "provider.a.source[0].where.a", "expected a string, number or boolean"),
-            ("[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://e.com/x.json\"\ncidr = []\n", 6, "provider.a.source[0].cidr", "empty"),
-            ("[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://e.com/x.json\"\nretries = -1\n", 6, "provider.a.source[0].retries", "not a retry count"),
+            (
+                "[[provider]]\nname = \"a\"\n",
+                2,
+                "provider.a",
+                "neither a `preset` nor any [[provider.source]]",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"http://example.com/ips.json\"\n",
+                5,
+                "provider.a.source[0].url",
+                "plain http is refused",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"ftp://example.com/ips.json\"\n",
+                5,
+                "provider.a.source[0].url",
+                "unsupported scheme",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://example.com/ips\"\n",
+                4,
+                "provider.a.source[0].format",
+                "cannot infer the format",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://example.com/ips\"\nformat = \"xml\"\n",
+                6,
+                "provider.a.source[0].format",
+                "unknown format \"xml\"",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://example.com/ips.txt\"\nitems = \"x\"\n",
+                6,
+                "provider.a.source[0].items",
+                "only applies to JSON",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\nstatic = [\"192.0.2.0/24\"]\ntimeout = \"1s\"\n",
+                6,
+                "provider.a.source[0].timeout",
+                "only applies to `url`",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\nstatic = [\"192.0.2.0/24\"]\nurl = \"https://example.com/x.json\"\n",
+                4,
+                "provider.a.source[0]",
+                "exactly one of",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\nstatic = [\"192.0.2.0/24\",\n  \"not-an-ip\"]\n",
+                6,
+                "provider.a.source[0].static",
+                "\"not-an-ip\" is not an IP address",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\nstatic = [\"4.0.0.0/6\"]\n",
+                5,
+                "provider.a.source[0].static",
+                "broader than the /8 floor",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://e.com/x.json\"\nwhere = { a = [[1]] }\n",
+                6,
+                "provider.a.source[0].where.a",
+                "expected a string, number or boolean",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://e.com/x.json\"\ncidr = []\n",
+                6,
+                "provider.a.source[0].cidr",
+                "empty",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://e.com/x.json\"\nretries = -1\n",
+                6,
+                "provider.a.source[0].retries",
+                "not a retry count",
+            ),
         ];
         for (text, line, field, needle) in cases {
             let (msg, got_line, got_field) = parse_err(&format!("{MINIMAL}{text}"));
@@ -1083,10 +1572,19 @@ items = "."
 
     #[test]
     fn unknown_preset_lists_the_known_ones() {
-        let (msg, line, field) = parse_err(&format!("{MINIMAL}[[provider]]\nname = \"a\"\npreset = \"intercom-mars\"\n"));
+        let (msg, line, field) = parse_err(&format!(
+            "{MINIMAL}[[provider]]\nname = \"a\"\npreset = \"intercom-mars\"\n"
+        ));
         assert_eq!((line, field.as_str()), (4, "provider.a.preset"));
         assert!(msg.contains("unknown preset \"intercom-mars\""), "{msg}");
-        for known in ["intercom-us", "intercom-eu", "intercom-au", "freshworks-in", "stripe-webhooks", "datadog-eu1"] {
+        for known in [
+            "intercom-us",
+            "intercom-eu",
+            "intercom-au",
+            "freshworks-in",
+            "stripe-webhooks",
+            "datadog-eu1",
+        ] {
             assert!(msg.contains(known), "{msg}");
         }
     }
@@ -1101,7 +1599,8 @@ items = "."
 
     #[test]
     fn missing_interfaces_and_providers() {
-        let (msg, _, field) = parse_err("[[provider]]\nname = \"a\"\npreset = \"stripe-webhooks\"\n");
+        let (msg, _, field) =
+            parse_err("[[provider]]\nname = \"a\"\npreset = \"stripe-webhooks\"\n");
         assert_eq!(field, "interfaces", "{msg}");
         let (msg, _, field) = parse_err(MINIMAL);
         assert_eq!(field, "provider", "{msg}");
@@ -1113,6 +1612,10 @@ items = "."
     #[test]
     fn load_names_a_missing_file() {
         let err = load(Path::new("/nonexistent/allowlist.toml")).unwrap_err();
-        assert!(err.to_string().starts_with("cannot read /nonexistent/allowlist.toml"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot read /nonexistent/allowlist.toml"),
+            "{err}"
+        );
     }
 }

@@ -20,7 +20,11 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::config::FetchSettings;
 
 /// The User-Agent of every request.
-pub const USER_AGENT: &str = concat!("allowlist/", env!("CARGO_PKG_VERSION"), " (+https://github.com/allowlist/allowlist)");
+pub const USER_AGENT: &str = concat!(
+    "allowlist/",
+    env!("CARGO_PKG_VERSION"),
+    " (+https://github.com/allowlist/allowlist)"
+);
 
 /// What a successful fetch returned.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,7 +108,9 @@ impl FetchErrorKind {
     pub fn is_retryable(&self) -> bool {
         match self {
             FetchErrorKind::Status { status } => *status >= 500 || *status == 408 || *status == 429,
-            FetchErrorKind::Timeout(_) | FetchErrorKind::Connect(_) | FetchErrorKind::Transport(_) => true,
+            FetchErrorKind::Timeout(_)
+            | FetchErrorKind::Connect(_)
+            | FetchErrorKind::Transport(_) => true,
             _ => false,
         }
     }
@@ -143,18 +149,33 @@ impl Fetcher {
     /// The delay before retry number `retry` (0-based): base·2^retry, capped, times a
     /// random factor in [0.5, 1).
     pub fn backoff(&self, retry: u32) -> Duration {
-        let exp = self.options.backoff_base.saturating_mul(1u32.checked_shl(retry.min(20)).unwrap_or(u32::MAX));
+        let exp = self
+            .options
+            .backoff_base
+            .saturating_mul(1u32.checked_shl(retry.min(20)).unwrap_or(u32::MAX));
         let capped = exp.min(self.options.backoff_max);
         capped.mul_f64(0.5 + rand::random::<f64>() / 2.0)
     }
 
     /// Fetches `url`, retrying transient failures up to `settings.retries` times.
-    pub async fn fetch(&self, url: &Url, settings: &FetchSettings, conditional: &Conditional) -> Result<FetchOutcome, FetchError> {
+    pub async fn fetch(
+        &self,
+        url: &Url,
+        settings: &FetchSettings,
+        conditional: &Conditional,
+    ) -> Result<FetchOutcome, FetchError> {
         let span = info_span!("fetch", %url, conditional = !conditional.is_empty());
-        self.fetch_inner(url, settings, conditional).instrument(span).await
+        self.fetch_inner(url, settings, conditional)
+            .instrument(span)
+            .await
     }
 
-    async fn fetch_inner(&self, url: &Url, settings: &FetchSettings, conditional: &Conditional) -> Result<FetchOutcome, FetchError> {
+    async fn fetch_inner(
+        &self,
+        url: &Url,
+        settings: &FetchSettings,
+        conditional: &Conditional,
+    ) -> Result<FetchOutcome, FetchError> {
         let fail = |attempts, kind| FetchError {
             target: url.to_string(),
             attempts,
@@ -184,7 +205,13 @@ impl Fetcher {
         }
     }
 
-    async fn attempt(&self, client: &reqwest::Client, url: &Url, settings: &FetchSettings, conditional: &Conditional) -> Result<FetchOutcome, FetchErrorKind> {
+    async fn attempt(
+        &self,
+        client: &reqwest::Client,
+        url: &Url,
+        settings: &FetchSettings,
+        conditional: &Conditional,
+    ) -> Result<FetchOutcome, FetchErrorKind> {
         let work = async {
             let mut request = client.get(url.clone()).timeout(settings.timeout);
             if let Some(etag) = &conditional.etag {
@@ -193,13 +220,18 @@ impl Fetcher {
             if let Some(date) = &conditional.last_modified {
                 request = request.header(header::IF_MODIFIED_SINCE, date);
             }
-            let mut response = request.send().await.map_err(|e| classify(&e, settings.timeout))?;
+            let mut response = request
+                .send()
+                .await
+                .map_err(|e| classify(&e, settings.timeout))?;
             let status = response.status();
             if status == StatusCode::NOT_MODIFIED && !conditional.is_empty() {
                 return Ok(FetchOutcome::NotModified);
             }
             if !status.is_success() {
-                return Err(FetchErrorKind::Status { status: status.as_u16() });
+                return Err(FetchErrorKind::Status {
+                    status: status.as_u16(),
+                });
             }
             let limit = settings.max_bytes;
             if response.content_length().is_some_and(|len| len > limit) {
@@ -207,7 +239,11 @@ impl Fetcher {
             }
             let (etag, last_modified) = validators(response.headers());
             let mut bytes = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e, settings.timeout))? {
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| classify(&e, settings.timeout))?
+            {
                 if (bytes.len() + chunk.len()) as u64 > limit {
                     return Err(FetchErrorKind::TooLarge { limit });
                 }
@@ -227,7 +263,12 @@ impl Fetcher {
 }
 
 fn validators(headers: &HeaderMap) -> (Option<String>, Option<String>) {
-    let get = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let get = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     (get(header::ETAG), get(header::LAST_MODIFIED))
 }
 
@@ -253,7 +294,8 @@ fn client(settings: &FetchSettings) -> Result<reqwest::Client, FetchErrorKind> {
             detail,
         };
         let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(error_chain(&e)))?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(error_chain(&e)))?;
         if certs.is_empty() {
             return Err(ca_error("no PEM certificate in the file".to_owned()));
         }
@@ -261,7 +303,9 @@ fn client(settings: &FetchSettings) -> Result<reqwest::Client, FetchErrorKind> {
             builder = builder.add_root_certificate(cert);
         }
     }
-    builder.build().map_err(|e| FetchErrorKind::Client(error_chain(&e)))
+    builder
+        .build()
+        .map_err(|e| FetchErrorKind::Client(error_chain(&e)))
 }
 
 /// The error and its causes, joined by ": ", without repeats.
@@ -304,6 +348,19 @@ fn classify(err: &reqwest::Error, timeout: Duration) -> FetchErrorKind {
         return FetchErrorKind::Tls(tls);
     }
     let chain = error_chain(err);
+    // hyper-util's connector may hide the rustls error behind its own types: fall
+    // back to rustls's wording.
+    const TLS_WORDS: &[&str] = &[
+        "invalid peer certificate",
+        "peer is incompatible",
+        "peer misbehaved",
+        "received fatal alert",
+        "HandshakeFailure",
+    ];
+    if let Some(word) = TLS_WORDS.iter().find(|w| chain.contains(*w)) {
+        let detail = chain.find(word).map_or(chain.as_str(), |at| &chain[at..]);
+        return FetchErrorKind::Tls(detail.to_owned());
+    }
     if err.is_connect() {
         FetchErrorKind::Connect(chain)
     } else {
@@ -318,7 +375,9 @@ pub async fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, FetchErro
         attempts: 1,
         kind,
     };
-    let file = tokio::fs::File::open(path).await.map_err(|e| fail(FetchErrorKind::File(e)))?;
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| fail(FetchErrorKind::File(e)))?;
     let mut bytes = Vec::new();
     file.take(max_bytes + 1)
         .read_to_end(&mut bytes)
@@ -342,11 +401,20 @@ mod tests {
         });
         for _ in 0..50 {
             let d0 = f.backoff(0);
-            assert!(d0 >= Duration::from_millis(50) && d0 < Duration::from_millis(100), "{d0:?}");
+            assert!(
+                d0 >= Duration::from_millis(50) && d0 < Duration::from_millis(100),
+                "{d0:?}"
+            );
             let d1 = f.backoff(1);
-            assert!(d1 >= Duration::from_millis(100) && d1 < Duration::from_millis(200), "{d1:?}");
+            assert!(
+                d1 >= Duration::from_millis(100) && d1 < Duration::from_millis(200),
+                "{d1:?}"
+            );
             let d9 = f.backoff(40);
-            assert!(d9 >= Duration::from_millis(175) && d9 < Duration::from_millis(350), "{d9:?}");
+            assert!(
+                d9 >= Duration::from_millis(175) && d9 < Duration::from_millis(350),
+                "{d9:?}"
+            );
         }
     }
 
@@ -356,7 +424,10 @@ mod tests {
             assert!(FetchErrorKind::Status { status }.is_retryable(), "{status}");
         }
         for status in [400, 401, 403, 404, 410] {
-            assert!(!FetchErrorKind::Status { status }.is_retryable(), "{status}");
+            assert!(
+                !FetchErrorKind::Status { status }.is_retryable(),
+                "{status}"
+            );
         }
         assert!(FetchErrorKind::Timeout(Duration::from_secs(1)).is_retryable());
         assert!(!FetchErrorKind::TooLarge { limit: 1 }.is_retryable());

@@ -307,8 +307,18 @@ mod tests {
 
     #[test]
     fn bare_addresses_become_host_prefixes() {
-        let v = ok(&["3.18.12.63", "2606:50c0::1", " 192.0.2.7 "], Trust::Remote);
-        assert_eq!(v.prefixes, [net("3.18.12.63/32"), net("192.0.2.7/32"), net("2606:50c0::1/128")]);
+        let v = ok(
+            &["3.18.12.63", "2606:50c0::1", " 192.0.2.7 "],
+            Trust::Remote,
+        );
+        assert_eq!(
+            v.prefixes,
+            [
+                net("3.18.12.63/32"),
+                net("192.0.2.7/32"),
+                net("2606:50c0::1/128")
+            ]
+        );
         assert!(v.warnings.is_empty());
     }
 
@@ -316,42 +326,120 @@ mod tests {
     fn host_bits_are_cleared_with_a_warning() {
         let v = ok(&["192.0.2.77/24"], Trust::Remote);
         assert_eq!(v.prefixes, [net("192.0.2.0/24")]);
-        assert_eq!(v.warnings, ["192.0.2.77/24 has host bits set; using 192.0.2.0/24"]);
+        assert_eq!(
+            v.warnings,
+            ["192.0.2.77/24 has host bits set; using 192.0.2.0/24"]
+        );
     }
 
     #[test]
     fn a_bad_entry_fails_the_source_naming_it() {
-        for bad in ["192.0.2.300", "example.com", "192.0.2.0/33", "", "1.2.3.4/24/1", "<html>"] {
-            let err = validate(&entries(&["192.0.2.1", bad]), "partner/0", Trust::Remote, &Guards::default()).unwrap_err();
-            assert_eq!(err, PrefixError::Unparseable { source_id: "partner/0".into(), entry: bad.into() });
+        for bad in [
+            "192.0.2.300",
+            "example.com",
+            "192.0.2.0/33",
+            "",
+            "1.2.3.4/24/1",
+            "<html>",
+        ] {
+            let err = validate(
+                &entries(&["192.0.2.1", bad]),
+                "partner/0",
+                Trust::Remote,
+                &Guards::default(),
+            )
+            .unwrap_err();
+            assert_eq!(
+                err,
+                PrefixError::Unparseable {
+                    source_id: "partner/0".into(),
+                    entry: bad.into()
+                }
+            );
             assert!(err.to_string().contains("partner/0"), "{err}");
         }
     }
 
     #[test]
     fn prefixes_broader_than_the_floor_are_refused() {
-        let err = validate(&entries(&["4.0.0.0/7"]), "p/0", Trust::Remote, &Guards::default()).unwrap_err();
-        assert_eq!(err.to_string(), "source p/0: prefix 4.0.0.0/7 is broader than the /8 floor (guards.min_prefix_v4)");
-        let err = validate(&entries(&["2600::/18"]), "p/0", Trust::Operator, &Guards::default()).unwrap_err();
-        assert!(matches!(err, PrefixError::TooBroad { floor: 19, family: 6, .. }));
-        assert!(validate(&entries(&["0.0.0.0/0"]), "p/0", Trust::Operator, &Guards::default()).is_err());
+        let err = validate(
+            &entries(&["4.0.0.0/7"]),
+            "p/0",
+            Trust::Remote,
+            &Guards::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "source p/0: prefix 4.0.0.0/7 is broader than the /8 floor (guards.min_prefix_v4)"
+        );
+        let err = validate(
+            &entries(&["2600::/18"]),
+            "p/0",
+            Trust::Operator,
+            &Guards::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            PrefixError::TooBroad {
+                floor: 19,
+                family: 6,
+                ..
+            }
+        ));
+        assert!(
+            validate(
+                &entries(&["0.0.0.0/0"]),
+                "p/0",
+                Trust::Operator,
+                &Guards::default()
+            )
+            .is_err()
+        );
         // At the floor is fine.
-        assert_eq!(ok(&["4.0.0.0/8", "2600::/19"], Trust::Remote).prefixes.len(), 2);
-        let strict = Guards { min_prefix_v4: 24, ..Guards::default() };
+        assert_eq!(
+            ok(&["4.0.0.0/8", "2600::/19"], Trust::Remote)
+                .prefixes
+                .len(),
+            2
+        );
+        let strict = Guards {
+            min_prefix_v4: 24,
+            ..Guards::default()
+        };
         assert!(validate(&entries(&["192.0.2.0/23"]), "p/0", Trust::Remote, &strict).is_err());
     }
 
     #[test]
     fn bogons_are_dropped_from_remote_sources_only() {
         let list = [
-            "10.1.2.3", "172.16.0.0/12", "192.168.1.0/24", "127.0.0.1", "0.0.0.0", "169.254.169.254", "100.64.0.1",
-            "224.0.0.1", "240.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "fd00::/48", "ff02::1", "::ffff:10.0.0.1",
+            "10.1.2.3",
+            "172.16.0.0/12",
+            "192.168.1.0/24",
+            "127.0.0.1",
+            "0.0.0.0",
+            "169.254.169.254",
+            "100.64.0.1",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::/48",
+            "ff02::1",
+            "::ffff:10.0.0.1",
             "3.18.12.63",
         ];
         let remote = ok(&list, Trust::Remote);
         assert_eq!(remote.prefixes, [net("3.18.12.63/32")]);
         assert_eq!(remote.warnings.len(), list.len() - 1);
-        assert!(remote.warnings[0].contains("private"), "{:?}", remote.warnings);
+        assert!(
+            remote.warnings[0].contains("private"),
+            "{:?}",
+            remote.warnings
+        );
         // An operator may allowlist an office range.
         let operator = ok(&["10.1.0.0/16", "192.168.0.0/24"], Trust::Operator);
         assert_eq!(operator.prefixes.len(), 2);
@@ -360,7 +448,12 @@ mod tests {
 
     #[test]
     fn documentation_ranges_are_kept_even_from_remote_sources() {
-        let docs = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"];
+        let docs = [
+            "192.0.2.0/24",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "2001:db8::/32",
+        ];
         let v = ok(&docs, Trust::Remote);
         assert_eq!(v.prefixes.len(), 4);
         assert!(v.warnings.is_empty());
@@ -369,15 +462,35 @@ mod tests {
     #[test]
     fn duplicates_and_overlaps_are_merged() {
         let v = ok(
-            &["192.0.2.0/25", "192.0.2.128/25", "192.0.2.5", "192.0.2.0/24", "198.51.100.1", "198.51.100.1/32", "2001:db8::/48", "2001:db8::1"],
+            &[
+                "192.0.2.0/25",
+                "192.0.2.128/25",
+                "192.0.2.5",
+                "192.0.2.0/24",
+                "198.51.100.1",
+                "198.51.100.1/32",
+                "2001:db8::/48",
+                "2001:db8::1",
+            ],
             Trust::Remote,
         );
-        assert_eq!(v.prefixes, [net("192.0.2.0/24"), net("198.51.100.1/32"), net("2001:db8::/48")]);
+        assert_eq!(
+            v.prefixes,
+            [
+                net("192.0.2.0/24"),
+                net("198.51.100.1/32"),
+                net("2001:db8::/48")
+            ]
+        );
     }
 
     #[test]
     fn address_counting_and_shrink() {
-        let old = [net("192.0.2.0/24"), net("198.51.100.0/24"), net("2001:db8::/64")];
+        let old = [
+            net("192.0.2.0/24"),
+            net("198.51.100.0/24"),
+            net("2001:db8::/64"),
+        ];
         assert_eq!(address_counts(&old), (512, 1 << 64));
         assert_eq!(removed_addresses(&old, &old), (0, 0));
         assert_eq!(shrink_fraction(&old, &old), 0.0);
@@ -386,10 +499,18 @@ mod tests {
         assert_eq!(removed_addresses(&old, &new), (256, 0));
         assert_eq!(shrink_fraction(&old, &new), 0.5);
         // A broader new prefix covers the old ones; growth never counts as shrink.
-        let new = [net("192.0.2.0/23"), net("198.51.100.0/24"), net("2001:db8::/48")];
+        let new = [
+            net("192.0.2.0/23"),
+            net("198.51.100.0/24"),
+            net("2001:db8::/48"),
+        ];
         assert_eq!(removed_addresses(&old, &new), (0, 0));
         // Partial overlaps: keep 192.0.2.0/25 and a /26 of 198.51.100.0/24.
-        let new = [net("192.0.2.0/25"), net("198.51.100.64/26"), net("2001:db8::/64")];
+        let new = [
+            net("192.0.2.0/25"),
+            net("198.51.100.64/26"),
+            net("2001:db8::/64"),
+        ];
         assert_eq!(removed_addresses(&old, &new), (128 + 192, 0));
         // Losing all IPv6 can't hide behind a large IPv4 set.
         let new = [net("192.0.2.0/24"), net("198.51.100.0/24")];
@@ -402,15 +523,30 @@ mod tests {
     #[test]
     fn allowlist_entries_lower_rule_id_wins() {
         let mut a = Allowlist::default();
-        a.push("intercom", 0, &[net("192.0.2.1/32"), net("192.0.2.0/32"), net("2001:db8::/48")]);
+        a.push(
+            "intercom",
+            0,
+            &[
+                net("192.0.2.1/32"),
+                net("192.0.2.0/32"),
+                net("2001:db8::/48"),
+            ],
+        );
         a.push("partner", 1, &[net("192.0.2.0/31"), net("198.51.100.0/24")]);
         a.push("office", 2, &[net("198.51.100.0/24")]);
         // intercom's two /32s aggregate into the /31 that partner also lists.
-        assert_eq!(a.providers[0].prefixes, [net("192.0.2.0/31"), net("2001:db8::/48")]);
+        assert_eq!(
+            a.providers[0].prefixes,
+            [net("192.0.2.0/31"), net("2001:db8::/48")]
+        );
         let entries = a.entries();
         assert_eq!(
             entries.into_iter().collect::<Vec<_>>(),
-            [(net("192.0.2.0/31"), 0), (net("198.51.100.0/24"), 1), (net("2001:db8::/48"), 0)]
+            [
+                (net("192.0.2.0/31"), 0),
+                (net("198.51.100.0/24"), 1),
+                (net("2001:db8::/48"), 0)
+            ]
         );
         assert_eq!(a.counts(), (2, 1));
         assert!(!a.is_empty());
@@ -419,10 +555,23 @@ mod tests {
 
     #[test]
     fn diff_lists_only_changes() {
-        let old: BTreeMap<IpNet, u32> = [(net("192.0.2.0/24"), 0), (net("198.51.100.0/24"), 1), (net("2001:db8::/48"), 0)].into();
-        let new: BTreeMap<IpNet, u32> = [(net("192.0.2.0/24"), 0), (net("198.51.100.0/24"), 2), (net("203.0.113.0/24"), 1)].into();
+        let old: BTreeMap<IpNet, u32> = [
+            (net("192.0.2.0/24"), 0),
+            (net("198.51.100.0/24"), 1),
+            (net("2001:db8::/48"), 0),
+        ]
+        .into();
+        let new: BTreeMap<IpNet, u32> = [
+            (net("192.0.2.0/24"), 0),
+            (net("198.51.100.0/24"), 2),
+            (net("203.0.113.0/24"), 1),
+        ]
+        .into();
         let d = diff(&old, &new);
-        assert_eq!(d.upserts, [(net("198.51.100.0/24"), 2), (net("203.0.113.0/24"), 1)]);
+        assert_eq!(
+            d.upserts,
+            [(net("198.51.100.0/24"), 2), (net("203.0.113.0/24"), 1)]
+        );
         assert_eq!(d.removals, [net("2001:db8::/48")]);
         assert!(diff(&new, &new).is_empty());
         let from_empty = diff(&BTreeMap::new(), &new);

@@ -5,10 +5,7 @@
 //! refresh only replaces that set with a fetched one that parses, validates and
 //! passes the guards; anything else keeps the set in force and is reported.
 
-use std::{
-    path::Path,
-    time::SystemTime,
-};
+use std::{path::Path, time::SystemTime};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -119,15 +116,21 @@ pub struct RefreshReport {
 impl RefreshReport {
     /// Whether any source's set in force changed.
     pub fn changed(&self) -> bool {
-        self.sources.iter().any(|s| matches!(s.outcome, Outcome::Updated { .. }))
+        self.sources
+            .iter()
+            .any(|s| matches!(s.outcome, Outcome::Updated { .. }))
     }
 
     pub fn failed(&self) -> impl Iterator<Item = &SourceReport> {
-        self.sources.iter().filter(|s| matches!(s.outcome, Outcome::Failed { .. }))
+        self.sources
+            .iter()
+            .filter(|s| matches!(s.outcome, Outcome::Failed { .. }))
     }
 
     pub fn refused(&self) -> impl Iterator<Item = &SourceReport> {
-        self.sources.iter().filter(|s| matches!(s.outcome, Outcome::Refused { .. }))
+        self.sources
+            .iter()
+            .filter(|s| matches!(s.outcome, Outcome::Refused { .. }))
     }
 
     /// No source failed or was refused.
@@ -161,7 +164,10 @@ struct Slot {
 
 impl Slot {
     fn set(&mut self, prefixes: Vec<IpNet>, origin: SetOrigin, as_of: Option<String>) {
-        let v4 = prefixes.iter().filter(|n| matches!(n, IpNet::V4(_))).count();
+        let v4 = prefixes
+            .iter()
+            .filter(|n| matches!(n, IpNet::V4(_)))
+            .count();
         self.status.prefixes_v4 = v4;
         self.status.prefixes_v6 = prefixes.len() - v4;
         self.status.in_force = origin;
@@ -230,7 +236,11 @@ impl Refresher {
             .collect();
         Ok(Refresher {
             guards: config.guards.clone(),
-            providers: config.providers.iter().map(|p| (p.name.clone(), p.rule_id)).collect(),
+            providers: config
+                .providers
+                .iter()
+                .map(|p| (p.name.clone(), p.rule_id))
+                .collect(),
             store,
             fetcher,
             slots,
@@ -258,7 +268,8 @@ impl Refresher {
                     None
                 }
                 Ok(Some(state)) => {
-                    let entries: Vec<String> = state.prefixes.iter().map(ToString::to_string).collect();
+                    let entries: Vec<String> =
+                        state.prefixes.iter().map(ToString::to_string).collect();
                     match prefixes::validate(&entries, &id, slot.source.trust(), &self.guards) {
                         Ok(valid) => Some((state, valid.prefixes)),
                         Err(err) => {
@@ -313,9 +324,11 @@ impl Refresher {
                 let fetcher = self.fetcher.clone();
                 let source = slot.source.clone();
                 let conditional = slot.conditional();
-                tasks.spawn(async move { (index, retrieve(&fetcher, &source, &conditional).await) });
+                tasks
+                    .spawn(async move { (index, retrieve(&fetcher, &source, &conditional).await) });
             }
-            let mut results: Vec<Option<Result<FetchOutcome, String>>> = vec![None; self.slots.len()];
+            let mut results: Vec<Option<Result<FetchOutcome, String>>> =
+                vec![None; self.slots.len()];
             while let Some(joined) = tasks.join_next().await {
                 match joined {
                     Ok((index, result)) => results[index] = Some(result),
@@ -333,7 +346,8 @@ impl Refresher {
                         warnings: Vec::new(),
                     }
                 } else {
-                    let result = result.unwrap_or_else(|| Err("the fetch task did not complete".to_owned()));
+                    let result =
+                        result.unwrap_or_else(|| Err("the fetch task did not complete".to_owned()));
                     apply(slot, result, &self.guards, &self.store, options, now)
                 };
                 report.sources.push(source_report);
@@ -365,12 +379,18 @@ impl Refresher {
     }
 
     pub fn source_status(&self, id: &str) -> Option<&SourceStatus> {
-        self.slots.iter().find(|s| s.source.id == id).map(|s| &s.status)
+        self.slots
+            .iter()
+            .find(|s| s.source.id == id)
+            .map(|s| &s.status)
     }
 
     /// The set in force of one source.
     pub fn source_prefixes(&self, id: &str) -> Option<&[IpNet]> {
-        self.slots.iter().find(|s| s.source.id == id).map(|s| s.current.as_slice())
+        self.slots
+            .iter()
+            .find(|s| s.source.id == id)
+            .map(|s| s.current.as_slice())
     }
 
     pub fn guards(&self) -> &Guards {
@@ -390,9 +410,16 @@ impl Refresher {
 }
 
 /// Fetches a url source or reads a file source.
-async fn retrieve(fetcher: &Fetcher, source: &Source, conditional: &Conditional) -> Result<FetchOutcome, String> {
+async fn retrieve(
+    fetcher: &Fetcher,
+    source: &Source,
+    conditional: &Conditional,
+) -> Result<FetchOutcome, String> {
     match &source.location {
-        Location::Url { url, .. } => fetcher.fetch(url, &source.fetch, conditional).await.map_err(|e| e.to_string()),
+        Location::Url { url, .. } => fetcher
+            .fetch(url, &source.fetch, conditional)
+            .await
+            .map_err(|e| e.to_string()),
         Location::File { path, .. } => fetch::read_file(path, source.fetch.max_bytes)
             .await
             .map(|bytes| FetchOutcome::Body {
@@ -414,7 +441,14 @@ pub fn serial_is_older(new: &str, old: &str) -> bool {
     }
 }
 
-fn apply(slot: &mut Slot, result: Result<FetchOutcome, String>, guards: &Guards, store: &StateStore, options: RefreshOptions, now: SystemTime) -> SourceReport {
+fn apply(
+    slot: &mut Slot,
+    result: Result<FetchOutcome, String>,
+    guards: &Guards,
+    store: &StateStore,
+    options: RefreshOptions,
+    now: SystemTime,
+) -> SourceReport {
     let id = slot.source.id.clone();
     let mut warnings = Vec::new();
     slot.status.last_attempt = Some(now);
@@ -428,7 +462,8 @@ fn apply(slot: &mut Slot, result: Result<FetchOutcome, String>, guards: &Guards,
         }
         Ok(Accepted::Set(new_state)) => {
             let changed = new_state.prefixes != slot.current;
-            let persisted = slot.status.in_force == SetOrigin::State || slot.status.in_force == SetOrigin::Fetched;
+            let persisted = slot.status.in_force == SetOrigin::State
+                || slot.status.in_force == SetOrigin::Fetched;
             let same_on_disk = persisted
                 && slot.state.as_ref().is_some_and(|old| {
                     old.prefixes == new_state.prefixes
@@ -437,10 +472,16 @@ fn apply(slot: &mut Slot, result: Result<FetchOutcome, String>, guards: &Guards,
                         && old.serial == new_state.serial
                 });
             if !same_on_disk && let Err(err) = store.save(&new_state) {
-                warnings.push(format!("the list is in force but could not be saved: {err}"));
+                warnings.push(format!(
+                    "the list is in force but could not be saved: {err}"
+                ));
             }
             let old: std::collections::HashSet<&IpNet> = slot.current.iter().collect();
-            let added = new_state.prefixes.iter().filter(|n| !old.contains(n)).count();
+            let added = new_state
+                .prefixes
+                .iter()
+                .filter(|n| !old.contains(n))
+                .count();
             let new: std::collections::HashSet<&IpNet> = new_state.prefixes.iter().collect();
             let removed = slot.current.iter().filter(|n| !new.contains(n)).count();
             slot.status.fetched_at = Some(now);
@@ -479,7 +520,10 @@ fn apply(slot: &mut Slot, result: Result<FetchOutcome, String>, guards: &Guards,
             status.refused = true;
         }
         _ => {
-            status.last_error = warnings.iter().find(|w| w.contains("could not be saved")).cloned();
+            status.last_error = warnings
+                .iter()
+                .find(|w| w.contains("could not be saved"))
+                .cloned();
             status.last_success = Some(now);
             status.consecutive_failures = 0;
             status.refused = false;
@@ -488,7 +532,11 @@ fn apply(slot: &mut Slot, result: Result<FetchOutcome, String>, guards: &Guards,
     for warning in &warnings {
         warn!(source = %id, "{warning}");
     }
-    SourceReport { id, outcome, warnings }
+    SourceReport {
+        id,
+        outcome,
+        warnings,
+    }
 }
 
 enum Accepted {
@@ -501,11 +549,22 @@ enum Rejected {
     Refused(String),
 }
 
-fn evaluate(slot: &Slot, result: Result<FetchOutcome, String>, guards: &Guards, options: RefreshOptions, now: SystemTime, warnings: &mut Vec<String>) -> Result<Accepted, Rejected> {
+fn evaluate(
+    slot: &Slot,
+    result: Result<FetchOutcome, String>,
+    guards: &Guards,
+    options: RefreshOptions,
+    now: SystemTime,
+    warnings: &mut Vec<String>,
+) -> Result<Accepted, Rejected> {
     let source = &slot.source;
     let (bytes, etag, last_modified) = match result.map_err(Rejected::Failed)? {
         FetchOutcome::NotModified if slot.state.is_some() => return Ok(Accepted::NotModified),
-        FetchOutcome::NotModified => return Err(Rejected::Failed("304 Not Modified, but no document is stored".to_owned())),
+        FetchOutcome::NotModified => {
+            return Err(Rejected::Failed(
+                "304 Not Modified, but no document is stored".to_owned(),
+            ));
+        }
         FetchOutcome::Body {
             bytes,
             etag,
@@ -516,13 +575,17 @@ fn evaluate(slot: &Slot, result: Result<FetchOutcome, String>, guards: &Guards, 
         Location::Url { format, .. } | Location::File { format, .. } => format,
         Location::Static(_) => unreachable!("static sources are not fetched"),
     };
-    let parsed = source::parse_document(format, &bytes, &source.id).map_err(|e| Rejected::Failed(e.to_string()))?;
-    let validated = prefixes::validate(&parsed.entries, &source.id, source.trust(), guards).map_err(|e| Rejected::Failed(e.to_string()))?;
+    let parsed = source::parse_document(format, &bytes, &source.id)
+        .map_err(|e| Rejected::Failed(e.to_string()))?;
+    let validated = prefixes::validate(&parsed.entries, &source.id, source.trust(), guards)
+        .map_err(|e| Rejected::Failed(e.to_string()))?;
     warnings.extend(validated.warnings);
     let new = validated.prefixes;
 
-    if let (Some(new_serial), Some(old_serial)) = (&parsed.serial, slot.state.as_ref().and_then(|s| s.serial.as_ref()))
-        && serial_is_older(new_serial, old_serial)
+    if let (Some(new_serial), Some(old_serial)) = (
+        &parsed.serial,
+        slot.state.as_ref().and_then(|s| s.serial.as_ref()),
+    ) && serial_is_older(new_serial, old_serial)
     {
         return Err(Rejected::Refused(format!(
             "the document's serial {new_serial} is older than the serial {old_serial} of the list in force"
@@ -573,7 +636,9 @@ mod tests {
 
     impl Env {
         fn new() -> Self {
-            Env { dir: tempfile::tempdir().unwrap() }
+            Env {
+                dir: tempfile::tempdir().unwrap(),
+            }
         }
 
         fn path(&self, name: &str) -> PathBuf {
@@ -592,7 +657,10 @@ mod tests {
 
         /// The same with the Intercom EU preset (never refreshed in tests: no network).
         fn config_with_preset(&self) -> Config {
-            self.config_with("", "[[provider]]\nname = \"intercom\"\npreset = \"intercom-eu\"\n")
+            self.config_with(
+                "",
+                "[[provider]]\nname = \"intercom\"\npreset = \"intercom-eu\"\n",
+            )
         }
 
         fn config_with(&self, extra: &str, preset: &str) -> Config {
@@ -638,7 +706,10 @@ as_of = "2026-11-02"
     }
 
     fn json(version: u32, cidrs: &[&str]) -> String {
-        let items: Vec<_> = cidrs.iter().map(|c| serde_json::json!({ "cidr": c })).collect();
+        let items: Vec<_> = cidrs
+            .iter()
+            .map(|c| serde_json::json!({ "cidr": c }))
+            .collect();
         serde_json::json!({ "version": version, "items": items }).to_string()
     }
 
@@ -649,12 +720,29 @@ as_of = "2026-11-02"
         let mut r = Refresher::new(&config, Fetcher::default()).unwrap();
         assert!(r.bootstrap().is_empty());
         let office = r.source_status("office/0").unwrap();
-        assert_eq!((office.in_force, office.as_of.as_deref()), (SetOrigin::Static, Some("2026-11-02")));
+        assert_eq!(
+            (office.in_force, office.as_of.as_deref()),
+            (SetOrigin::Static, Some("2026-11-02"))
+        );
         let intercom = r.source_status("intercom/intercom-eu").unwrap();
-        assert_eq!((intercom.in_force, intercom.as_of.as_deref(), intercom.prefixes_v4), (SetOrigin::Snapshot, Some("2025-07-25"), 3));
+        assert_eq!(
+            (
+                intercom.in_force,
+                intercom.as_of.as_deref(),
+                intercom.prefixes_v4
+            ),
+            (SetOrigin::Snapshot, Some("2025-07-25"), 3)
+        );
         assert_eq!(r.source_status("p/0").unwrap().in_force, SetOrigin::None);
         let allowlist = r.allowlist();
-        assert_eq!(allowlist.providers.iter().map(|p| (p.name.as_str(), p.rule_id)).collect::<Vec<_>>(), [("p", 0), ("j", 1), ("intercom", 2), ("office", 3)]);
+        assert_eq!(
+            allowlist
+                .providers
+                .iter()
+                .map(|p| (p.name.as_str(), p.rule_id))
+                .collect::<Vec<_>>(),
+            [("p", 0), ("j", 1), ("intercom", 2), ("office", 3)]
+        );
         let entries = allowlist.entries();
         assert_eq!(entries.len(), 5);
         assert_eq!(entries[&"54.216.9.3/32".parse().unwrap()], 2);
@@ -671,10 +759,24 @@ as_of = "2026-11-02"
         let report = r.refresh_all().await;
         assert!(report.is_ok(), "{report:?}");
         assert!(report.changed());
-        assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Updated { added: 2, removed: 0 });
+        assert_eq!(
+            report.get("p/0").unwrap().outcome,
+            Outcome::Updated {
+                added: 2,
+                removed: 0
+            }
+        );
         assert_eq!(report.get("office/0").unwrap().outcome, Outcome::Static);
         let status = r.source_status("j/0").unwrap();
-        assert_eq!((status.in_force, status.prefixes_v4, status.prefixes_v6, status.serial.as_deref()), (SetOrigin::Fetched, 1, 1, Some("3")));
+        assert_eq!(
+            (
+                status.in_force,
+                status.prefixes_v4,
+                status.prefixes_v6,
+                status.serial.as_deref()
+            ),
+            (SetOrigin::Fetched, 1, 1, Some("3"))
+        );
         assert!(status.last_success.is_some() && status.last_error.is_none());
 
         // A restart without any fetch has the same lists in force.
@@ -682,8 +784,14 @@ as_of = "2026-11-02"
         let mut again = Refresher::new(&config, Fetcher::default()).unwrap();
         assert!(again.bootstrap().is_empty());
         assert_eq!(again.allowlist(), before);
-        assert_eq!(again.source_status("p/0").unwrap().in_force, SetOrigin::State);
-        assert_eq!(again.source_prefixes("p/0").unwrap(), nets(&["192.0.2.0/25", "198.51.100.7/32"]));
+        assert_eq!(
+            again.source_status("p/0").unwrap().in_force,
+            SetOrigin::State
+        );
+        assert_eq!(
+            again.source_prefixes("p/0").unwrap(),
+            nets(&["192.0.2.0/25", "198.51.100.7/32"])
+        );
     }
 
     #[tokio::test]
@@ -694,11 +802,16 @@ as_of = "2026-11-02"
         env.write("list.json", &json(1, &["198.51.100.0/24"]));
         let mut r = env.refresher(&config);
         r.refresh_all().await;
-        let state_file = StateStore::open(&env.path("state")).unwrap().path_for("p/0");
+        let state_file = StateStore::open(&env.path("state"))
+            .unwrap()
+            .path_for("p/0");
         assert!(state_file.exists());
         fs::remove_file(&state_file).unwrap();
         // Same set, different document: unchanged, and not rewritten.
-        env.write("list.txt", "# same list, new comment\n192.0.2.0/25\n192.0.2.128/25\n");
+        env.write(
+            "list.txt",
+            "# same list, new comment\n192.0.2.0/25\n192.0.2.128/25\n",
+        );
         let report = r.refresh_all().await;
         assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Unchanged);
         assert!(!report.changed());
@@ -721,25 +834,47 @@ as_of = "2026-11-02"
         for round in 1..=2 {
             let report = r.refresh_all().await;
             assert!(!report.is_ok());
-            let Outcome::Failed { error } = &report.get("p/0").unwrap().outcome else { panic!("{report:?}") };
-            assert!(error.contains("\"not-an-address\" is not an IP address"), "{error}");
-            let Outcome::Failed { error } = &report.get("j/0").unwrap().outcome else { panic!("{report:?}") };
+            let Outcome::Failed { error } = &report.get("p/0").unwrap().outcome else {
+                panic!("{report:?}")
+            };
+            assert!(
+                error.contains("\"not-an-address\" is not an IP address"),
+                "{error}"
+            );
+            let Outcome::Failed { error } = &report.get("j/0").unwrap().outcome else {
+                panic!("{report:?}")
+            };
             assert!(error.contains("cannot read the file"), "{error}");
             let status = r.source_status("p/0").unwrap();
             assert_eq!(status.consecutive_failures, round);
-            assert!(status.last_error.as_ref().unwrap().contains("not-an-address"));
+            assert!(
+                status
+                    .last_error
+                    .as_ref()
+                    .unwrap()
+                    .contains("not-an-address")
+            );
             assert!(!status.refused);
             assert_eq!(r.allowlist(), good);
         }
         // Malformed JSON too.
         env.write("list.json", "{\"items\": [");
         let report = r.refresh_all().await;
-        assert!(matches!(&report.get("j/0").unwrap().outcome, Outcome::Failed { error } if error.contains("not valid JSON")));
+        assert!(
+            matches!(&report.get("j/0").unwrap().outcome, Outcome::Failed { error } if error.contains("not valid JSON"))
+        );
         // Recovery resets the failure count.
         env.write("list.txt", "192.0.2.0/24\n");
         r.refresh_all().await;
         let status = r.source_status("p/0").unwrap();
-        assert_eq!((status.consecutive_failures, status.failures, status.last_error.as_ref()), (0, 3, None));
+        assert_eq!(
+            (
+                status.consecutive_failures,
+                status.failures,
+                status.last_error.as_ref()
+            ),
+            (0, 3, None)
+        );
     }
 
     #[tokio::test]
@@ -752,7 +887,9 @@ as_of = "2026-11-02"
         r.refresh_all().await;
         env.write("list.txt", "# nothing today\n");
         let report = r.refresh_all().await;
-        let Outcome::Refused { reason } = &report.get("p/0").unwrap().outcome else { panic!("{report:?}") };
+        let Outcome::Refused { reason } = &report.get("p/0").unwrap().outcome else {
+            panic!("{report:?}")
+        };
         assert!(reason.contains("selects no prefixes"), "{reason}");
         let status = r.source_status("p/0").unwrap();
         assert!(status.refused);
@@ -761,7 +898,13 @@ as_of = "2026-11-02"
 
         // --force for one call.
         let report = r.refresh_with(RefreshOptions { force: true }).await;
-        assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Updated { added: 0, removed: 1 });
+        assert_eq!(
+            report.get("p/0").unwrap().outcome,
+            Outcome::Updated {
+                added: 0,
+                removed: 1
+            }
+        );
         assert!(r.source_prefixes("p/0").unwrap().is_empty());
         assert!(!r.source_status("p/0").unwrap().refused);
 
@@ -774,13 +917,22 @@ as_of = "2026-11-02"
         r.refresh_all().await;
         env.write("list.txt", "");
         let report = r.refresh_all().await;
-        assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Updated { added: 0, removed: 1 });
+        assert_eq!(
+            report.get("p/0").unwrap().outcome,
+            Outcome::Updated {
+                added: 0,
+                removed: 1
+            }
+        );
     }
 
     #[tokio::test]
     async fn shrink_beyond_the_threshold_is_refused() {
         let env = Env::new();
-        env.write("list.txt", "192.0.2.0/24\n198.51.100.0/24\n203.0.113.0/24\n203.0.113.0/24\n");
+        env.write(
+            "list.txt",
+            "192.0.2.0/24\n198.51.100.0/24\n203.0.113.0/24\n203.0.113.0/24\n",
+        );
         env.write("list.json", &json(1, &["198.51.100.0/24"]));
         let config = env.config("");
         let mut r = env.refresher(&config);
@@ -788,21 +940,44 @@ as_of = "2026-11-02"
         // 2 of 3 /24s gone: 66.7% > 50%.
         env.write("list.txt", "192.0.2.0/24\n");
         let report = r.refresh_all().await;
-        let Outcome::Refused { reason } = &report.get("p/0").unwrap().outcome else { panic!("{report:?}") };
-        assert!(reason.contains("66.7%") && reason.contains("max_shrink"), "{reason}");
+        let Outcome::Refused { reason } = &report.get("p/0").unwrap().outcome else {
+            panic!("{report:?}")
+        };
+        assert!(
+            reason.contains("66.7%") && reason.contains("max_shrink"),
+            "{reason}"
+        );
         assert_eq!(r.source_prefixes("p/0").unwrap().len(), 3);
         // Exactly half of 2 /24s... here one of 3 gone (33%): within the threshold.
         env.write("list.txt", "192.0.2.0/24\n198.51.100.0/24\n");
         let report = r.refresh_all().await;
-        assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Updated { added: 0, removed: 1 });
+        assert_eq!(
+            report.get("p/0").unwrap().outcome,
+            Outcome::Updated {
+                added: 0,
+                removed: 1
+            }
+        );
         // Growth is never a shrink.
-        env.write("list.txt", "192.0.2.0/23\n198.51.100.0/24\n203.0.113.0/24\n");
-        assert!(matches!(r.refresh_all().await.get("p/0").unwrap().outcome, Outcome::Updated { .. }));
+        env.write(
+            "list.txt",
+            "192.0.2.0/23\n198.51.100.0/24\n203.0.113.0/24\n",
+        );
+        assert!(matches!(
+            r.refresh_all().await.get("p/0").unwrap().outcome,
+            Outcome::Updated { .. }
+        ));
         // Forced.
         env.write("list.txt", "203.0.113.9\n");
-        assert!(matches!(r.refresh_all().await.get("p/0").unwrap().outcome, Outcome::Refused { .. }));
+        assert!(matches!(
+            r.refresh_all().await.get("p/0").unwrap().outcome,
+            Outcome::Refused { .. }
+        ));
         let report = r.refresh_with(RefreshOptions { force: true }).await;
-        assert!(matches!(report.get("p/0").unwrap().outcome, Outcome::Updated { .. }));
+        assert!(matches!(
+            report.get("p/0").unwrap().outcome,
+            Outcome::Updated { .. }
+        ));
         assert_eq!(r.source_prefixes("p/0").unwrap(), nets(&["203.0.113.9/32"]));
     }
 
@@ -815,7 +990,10 @@ as_of = "2026-11-02"
         env.refresher(&config).refresh_all().await;
         env.write("list.txt", "192.0.2.1\n");
         let mut r = env.refresher(&config);
-        assert!(matches!(r.refresh_all().await.get("p/0").unwrap().outcome, Outcome::Refused { .. }));
+        assert!(matches!(
+            r.refresh_all().await.get("p/0").unwrap().outcome,
+            Outcome::Refused { .. }
+        ));
 
         let text = fs::read_to_string(env.path("list.txt")).unwrap();
         assert_eq!(text, "192.0.2.1\n");
@@ -823,7 +1001,10 @@ as_of = "2026-11-02"
         forced.providers[0].sources[0].force = true;
         let mut r = Refresher::new(&forced, Fetcher::default()).unwrap();
         r.bootstrap();
-        assert!(matches!(r.refresh_all().await.get("p/0").unwrap().outcome, Outcome::Updated { .. }));
+        assert!(matches!(
+            r.refresh_all().await.get("p/0").unwrap().outcome,
+            Outcome::Updated { .. }
+        ));
     }
 
     #[tokio::test]
@@ -834,12 +1015,29 @@ as_of = "2026-11-02"
         let config = env.config("");
         let mut r = env.refresher(&config);
         r.refresh_all().await;
-        env.write("list.json", &json(9, &["198.51.100.0/24", "203.0.113.0/24"]));
+        env.write(
+            "list.json",
+            &json(9, &["198.51.100.0/24", "203.0.113.0/24"]),
+        );
         let report = r.refresh_all().await;
-        let Outcome::Refused { reason } = &report.get("j/0").unwrap().outcome else { panic!("{report:?}") };
-        assert!(reason.contains("serial 9 is older than the serial 10"), "{reason}");
-        env.write("list.json", &json(11, &["198.51.100.0/24", "203.0.113.0/24"]));
-        assert!(matches!(r.refresh_all().await.get("j/0").unwrap().outcome, Outcome::Updated { added: 1, removed: 0 }));
+        let Outcome::Refused { reason } = &report.get("j/0").unwrap().outcome else {
+            panic!("{report:?}")
+        };
+        assert!(
+            reason.contains("serial 9 is older than the serial 10"),
+            "{reason}"
+        );
+        env.write(
+            "list.json",
+            &json(11, &["198.51.100.0/24", "203.0.113.0/24"]),
+        );
+        assert!(matches!(
+            r.refresh_all().await.get("j/0").unwrap().outcome,
+            Outcome::Updated {
+                added: 1,
+                removed: 0
+            }
+        ));
         assert!(serial_is_older("2025-07-24", "2025-07-25"));
         assert!(!serial_is_older("100", "99"));
         assert!(!serial_is_older("abc", "abcd"));
@@ -854,8 +1052,14 @@ as_of = "2026-11-02"
         let mut r = Refresher::new(&config, Fetcher::default()).unwrap();
         let warnings = r.bootstrap();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("corrupt") && warnings[0].contains("intercom%2Fintercom-eu.json"), "{warnings:?}");
-        assert_eq!(r.source_status("intercom/intercom-eu").unwrap().in_force, SetOrigin::Snapshot);
+        assert!(
+            warnings[0].contains("corrupt") && warnings[0].contains("intercom%2Fintercom-eu.json"),
+            "{warnings:?}"
+        );
+        assert_eq!(
+            r.source_status("intercom/intercom-eu").unwrap().in_force,
+            SetOrigin::Snapshot
+        );
         assert_eq!(r.source_prefixes("intercom/intercom-eu").unwrap().len(), 3);
 
         // A state file written for another definition (the URL or selection changed).
@@ -868,7 +1072,10 @@ as_of = "2026-11-02"
         store.save(&state).unwrap();
         let mut r = Refresher::new(&config, Fetcher::default()).unwrap();
         let warnings = r.bootstrap();
-        assert!(warnings.iter().any(|w| w.contains("different definition")), "{warnings:?}");
+        assert!(
+            warnings.iter().any(|w| w.contains("different definition")),
+            "{warnings:?}"
+        );
         assert_eq!(r.source_status("p/0").unwrap().in_force, SetOrigin::None);
     }
 
@@ -885,7 +1092,11 @@ as_of = "2026-11-02"
         let path = env.path("status.json");
         r.write_status(&path).unwrap();
         let file: StatusFile = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
-        let ids = |list: &[SourceStatus]| list.iter().map(|s| (s.id.clone(), s.in_force, s.prefixes_v4)).collect::<Vec<_>>();
+        let ids = |list: &[SourceStatus]| {
+            list.iter()
+                .map(|s| (s.id.clone(), s.in_force, s.prefixes_v4))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(ids(&file.sources), ids(&r.status()));
         assert_eq!(file.sources[0].in_force, SetOrigin::Fetched);
     }

@@ -84,12 +84,16 @@ impl StateStore {
                     source,
                 })?;
             // `recursive` applies the mode only subject to the umask: make it exact.
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| StateError::CreateDir {
-                path: dir.to_owned(),
-                source,
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
+                StateError::CreateDir {
+                    path: dir.to_owned(),
+                    source,
+                }
             })?;
         }
-        Ok(StateStore { dir: dir.to_owned() })
+        Ok(StateStore {
+            dir: dir.to_owned(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -98,7 +102,8 @@ impl StateStore {
 
     /// The file holding a source's state.
     pub fn path_for(&self, source_id: &str) -> PathBuf {
-        self.dir.join(format!("source-{}.json", sanitize(source_id)))
+        self.dir
+            .join(format!("source-{}.json", sanitize(source_id)))
     }
 
     /// Loads a source's state. `Ok(None)` when there is none; a corrupt file is moved
@@ -109,7 +114,10 @@ impl StateStore {
         let state: Option<SourceState> = read_json(&path)?;
         match state {
             Some(s) if s.version != STATE_VERSION || s.source_id != source_id => {
-                let detail = format!("it is version {} of source {:?}, expected version {STATE_VERSION} of {source_id:?}", s.version, s.source_id);
+                let detail = format!(
+                    "it is version {} of source {:?}, expected version {STATE_VERSION} of {source_id:?}",
+                    s.version, s.source_id
+                );
                 Err(move_aside(&path, detail))
             }
             other => Ok(other),
@@ -161,7 +169,10 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateErr
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) if source.kind() == io::ErrorKind::InvalidData || source.raw_os_error() == Some(libc::EISDIR) => {
+        Err(source)
+            if source.kind() == io::ErrorKind::InvalidData
+                || source.raw_os_error() == Some(libc::EISDIR) =>
+        {
             return Err(move_aside(path, source.to_string()));
         }
         Err(source) => {
@@ -171,7 +182,9 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateErr
             });
         }
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(|err| move_aside(path, err.to_string()))
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|err| move_aside(path, err.to_string()))
 }
 
 /// Writes `value` as JSON to `path` atomically: a temporary file in the same
@@ -190,14 +203,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         path: path.to_owned(),
         source,
     };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| err(io::Error::other("no file name")))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| err(io::Error::other("no file name")))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(format!(".{}.{}.tmp", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    tmp_name.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     let tmp = dir.join(tmp_name);
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
@@ -237,14 +263,19 @@ pub mod rfc3339 {
 
         use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
-        pub fn serialize<S: Serializer>(time: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            time: &Option<SystemTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match time {
                 Some(t) => s.collect_str(&humantime::format_rfc3339_seconds(*t)),
                 None => s.serialize_none(),
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<SystemTime>, D::Error> {
             Option::<String>::deserialize(d)?
                 .map(|text| humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom))
                 .transpose()
@@ -262,7 +293,10 @@ mod tests {
             version: STATE_VERSION,
             source_id: id.to_owned(),
             definition: "d".into(),
-            prefixes: vec!["192.0.2.0/24".parse().unwrap(), "2001:db8::/48".parse().unwrap()],
+            prefixes: vec![
+                "192.0.2.0/24".parse().unwrap(),
+                "2001:db8::/48".parse().unwrap(),
+            ],
             fetched_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_762_000_000),
             etag: Some("\"abc\"".into()),
             last_modified: Some("Sun, 02 Nov 2026 08:00:00 GMT".into()),
@@ -287,9 +321,21 @@ mod tests {
         s2.prefixes.pop();
         store.save(&s2).unwrap();
         assert_eq!(store.load("intercom/intercom-us").unwrap(), Some(s2));
-        let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, [std::ffi::OsString::from("source-intercom%2Fintercom-us.json")]);
-        let file_mode = fs::metadata(store.path_for("intercom/intercom-us")).unwrap().permissions().mode() & 0o777;
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            [std::ffi::OsString::from(
+                "source-intercom%2Fintercom-us.json"
+            )]
+        );
+        let file_mode = fs::metadata(store.path_for("intercom/intercom-us"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(file_mode, 0o600);
     }
 
@@ -298,7 +344,10 @@ mod tests {
         assert_eq!(sanitize("office/0"), "office%2F0");
         assert_ne!(sanitize("a/b"), sanitize("a%2Fb"));
         assert_ne!(sanitize("a-/b"), sanitize("a/-b"));
-        assert_eq!(sanitize("x/../../etc"), "x%2F..%2F..%2Fetc".replace("..", "%2E%2E"));
+        assert_eq!(
+            sanitize("x/../../etc"),
+            "x%2F..%2F..%2Fetc".replace("..", "%2E%2E")
+        );
     }
 
     #[test]

@@ -84,12 +84,22 @@ fn check(deb: &Path) -> Result<()> {
     if !missing.is_empty() {
         bail!("{} lacks {}", deb.display(), missing.join(", "));
     }
-    // `dpkg-deb --info` lists the control files as "<size> bytes, <n> lines <name>".
+    // `dpkg-deb --info` lists the control files as
+    // "<size> bytes, <n> lines [*] <name> [<first line of a script>]".
     let info = dpkg_deb("--info", deb, &[])?;
+    let control_files: Vec<&str> = info
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace().skip(4);
+            words
+                .next()
+                .map(|w| if w == "*" { words.next() } else { Some(w) })?
+        })
+        .collect();
     let missing: Vec<&str> = EXPECTED_CONTROL
         .iter()
         .copied()
-        .filter(|c| !info.lines().any(|l| l.split_whitespace().last() == Some(c)))
+        .filter(|c| !control_files.contains(c))
         .collect();
     if !missing.is_empty() {
         bail!(

@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use allowlist_common::{MAX_PREFIXES_V4, MAX_PREFIXES_V6, PROGRAM_NAME, maps as names};
+use allowlist_common::{PROGRAM_NAME, maps as names};
 use aya::{
     Ebpf,
     programs::{
@@ -25,12 +25,11 @@ use aya::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::prefixes;
-
 use super::{
     DatapathError, LoadOptions, Maps, loader,
     pins::{self, ExpectedMap},
     program_object,
+    sync::{self, SyncReport},
 };
 
 /// How XDP attaches to an interface.
@@ -80,21 +79,6 @@ pub struct Attached {
     pub mode: AttachMode,
     /// The previous agent's link was kept and its program replaced atomically.
     pub adopted: bool,
-}
-
-/// Counts of one map sync.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct SyncReport {
-    pub added: usize,
-    pub changed: usize,
-    pub removed: usize,
-    pub unchanged: usize,
-}
-
-impl SyncReport {
-    pub fn map_operations(&self) -> usize {
-        self.added + self.changed + self.removed
-    }
 }
 
 pub struct Filter {
@@ -331,34 +315,14 @@ impl Filter {
         Ok(())
     }
 
-    /// Makes the tries hold exactly `desired`: additions and changes first, then
-    /// removals, so an address allowed before and after is never dropped in between.
-    /// Unchanged entries are not rewritten. A sync that fails halfway leaves a
-    /// superset of the old and new sets and forgets its mirror, so the retry reads
-    /// the tries afresh.
+    /// Makes the tries hold exactly `desired` (see [`sync::apply`]). A sync that
+    /// fails halfway forgets the mirror, so that the retry reads the tries afresh.
     pub fn sync(&mut self, desired: &BTreeMap<IpNet, u32>) -> Result<SyncReport, DatapathError> {
         let current = match self.applied.take() {
             Some(applied) => applied,
             None => self.maps.live_entries()?,
         };
-        check_capacity(&current, desired)?;
-        let diff = prefixes::diff(&current, desired);
-        let mut report = SyncReport {
-            unchanged: desired.len() - diff.upserts.len(),
-            ..Default::default()
-        };
-        for (net, rule) in &diff.upserts {
-            self.maps.upsert(*net, *rule)?;
-            if current.contains_key(net) {
-                report.changed += 1;
-            } else {
-                report.added += 1;
-            }
-        }
-        for net in &diff.removals {
-            self.maps.remove(*net)?;
-            report.removed += 1;
-        }
+        let report = sync::apply(&mut self.maps, &current, desired)?;
         self.applied = Some(desired.clone());
         Ok(report)
     }
@@ -367,36 +331,6 @@ impl Filter {
     pub fn remove_pins(&self) -> Result<Vec<PathBuf>, DatapathError> {
         pins::remove_all(&self.pin_dir)
     }
-}
-
-/// Refuses a set that can't fit before anything is written: during the sync the
-/// tries hold the union of the old and new sets.
-fn check_capacity(
-    current: &BTreeMap<IpNet, u32>,
-    desired: &BTreeMap<IpNet, u32>,
-) -> Result<(), DatapathError> {
-    let union = |v4: bool| {
-        current
-            .keys()
-            .chain(desired.keys())
-            .filter(|n| n.addr().is_ipv4() == v4)
-            .collect::<BTreeSet<_>>()
-            .len()
-    };
-    for (v4, capacity, map) in [
-        (true, MAX_PREFIXES_V4, names::ALLOW_V4),
-        (false, MAX_PREFIXES_V6, names::ALLOW_V6),
-    ] {
-        let needed = union(v4);
-        if needed > capacity {
-            return Err(DatapathError::Capacity {
-                map,
-                needed,
-                capacity,
-            });
-        }
-    }
-    Ok(())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

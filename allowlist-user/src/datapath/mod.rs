@@ -3,6 +3,7 @@
 mod filter;
 mod maps;
 mod pins;
+pub mod sync;
 
 use std::path::PathBuf;
 
@@ -13,9 +14,10 @@ use aya::{
 };
 use thiserror::Error;
 
-pub use filter::{AttachMode, AttachSpec, Attached, Filter, SyncReport, check_interfaces};
+pub use filter::{AttachMode, AttachSpec, Attached, Filter, check_interfaces};
 pub use maps::{Counters, Maps};
 pub use pins::{link_pin, map_pin, pinned_links, prepare_pin_dir, remove_all as remove_pins};
+pub use sync::SyncReport;
 
 /// The compiled XDP program, built by build.rs from the `allowlist-ebpf` crate.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/allowlist"));

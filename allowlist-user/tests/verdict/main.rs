@@ -499,8 +499,14 @@ fn cases() -> Vec<Case> {
             },
         ),
     ] {
-        let denied = v6(&[], ipv6(bad6(), &[ext.clone()], TCP, &tcp_syn(443)));
-        let allowed = v6(&[], ipv6(ok6(), &[ext.clone()], TCP, &tcp_syn(443)));
+        let denied = v6(
+            &[],
+            ipv6(bad6(), std::slice::from_ref(&ext), TCP, &tcp_syn(443)),
+        );
+        let allowed = v6(
+            &[],
+            ipv6(ok6(), std::slice::from_ref(&ext), TCP, &tcp_syn(443)),
+        );
         let leak = Box::leak(format!("v6 {name}, then SYN to 443, not listed").into_boxed_str());
         c.push(drop(leak, denied, NotAllowlisted).observing(&["ipv6_ext_headers"]));
         let leak = Box::leak(format!("v6 {name}, then SYN to 443, allowlisted").into_boxed_str());
@@ -818,5 +824,81 @@ fn verdict_table() {
 
 #[test]
 fn observation_slots_do_not_overlap_exits() {
-    assert!(counter::VLAN_TAGGED >= counter::would_drop(Reason::Tunnel) + 1);
+    assert!(counter::VLAN_TAGGED > counter::would_drop(Reason::Tunnel));
+}
+
+/// The map sync adds before it removes: a source whose covering prefix is replaced
+/// (a /24 by a /25 inside it, and back) is never judged while neither is in the
+/// trie. One thread judges that source's SYNs without pause while the other flips the
+/// allowlist; not one may be dropped.
+#[test]
+fn sync_never_drops_a_source_allowed_before_and_after() {
+    if !require_root() {
+        return;
+    }
+    use std::{
+        collections::BTreeMap,
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+    };
+    let (mut ebpf, mut maps) = datapath::load_unpinned(&LoadOptions::default()).expect("load");
+    maps.set_ports(&BTreeSet::from([443])).unwrap();
+    let wide: BTreeMap<ipnet::IpNet, u32> = [("192.0.2.0/24".parse().unwrap(), 1)].into();
+    let narrow: BTreeMap<ipnet::IpNet, u32> = [
+        ("192.0.2.0/25".parse().unwrap(), 1),
+        ("198.51.100.7/32".parse().unwrap(), 2),
+    ]
+    .into();
+    datapath::sync::apply(&mut maps, &BTreeMap::new(), &wide).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
+    let judge = {
+        let (stop, started) = (stop.clone(), started.clone());
+        std::thread::spawn(move || {
+            let frame = syn4(a4("192.0.2.10"), 443);
+            let prog: &mut Xdp = ebpf
+                .program_mut(allowlist_common::PROGRAM_NAME)
+                .unwrap()
+                .try_into()
+                .unwrap();
+            let mut runs = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut opts = TestRunOptions::new();
+                opts.data_in = Some(&frame);
+                opts.repeat = 1000;
+                prog.test_run(opts).expect("test run");
+                runs += 1000;
+                started.store(true, Ordering::Relaxed);
+            }
+            runs
+        })
+    };
+    while !started.load(Ordering::Relaxed) {
+        std::thread::yield_now();
+    }
+    let mut current = wide.clone();
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    let mut syncs = 0;
+    while std::time::Instant::now() < until {
+        let next = if syncs % 2 == 0 { &narrow } else { &wide };
+        datapath::sync::apply(&mut maps, &current, next).unwrap();
+        current = next.clone();
+        syncs += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let judged = judge.join().unwrap();
+    let counters = maps.counters().unwrap();
+    eprintln!(
+        "{judged} SYNs judged during {syncs} syncs; {} dropped",
+        counters.exit(NotAllowlisted)
+    );
+    assert_eq!(
+        counters.exit(NotAllowlisted),
+        0,
+        "a source allowed before and after a sync was dropped during it"
+    );
+    assert_eq!(counters.exit(Allowlisted), judged);
 }

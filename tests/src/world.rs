@@ -1,0 +1,613 @@
+//! The end-to-end test world: a server namespace and a client namespace joined by a
+//! veth pair, TCP servers on :443 and :80, clients with several source addresses,
+//! a local HTTPS provider, and the real `allowlist` binary run as a process.
+//!
+//! ```text
+//!  client ns                                   server ns
+//!  <id>c: 192.0.2.10  198.51.100.10 ...  <->   <id>s: 192.0.2.1 ...   XDP filter
+//!         2001:db8:a::10  2001:db8:b::10              2001:db8:a::1  ...
+//!                                               :443 :80 (TCP), provider (HTTPS, 127.0.0.1)
+//!                                               allowlist run (the agent)
+//! ```
+//! Everything is removed on drop: the agent is killed, the pins under this world's own
+//! `pin_dir` deleted, the namespaces (and the veth with them) deleted.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Socket, Type};
+
+use crate::{
+    netns::{Netns, unique_id},
+    provider_server::ProviderServer,
+};
+
+pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 1);
+/// Client source addresses, one per documentation range (and two IPv6 /64s).
+pub const CLIENT_A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+pub const CLIENT_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+pub const CLIENT_C: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const CLIENT_A6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 0x10);
+pub const CLIENT_B6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 0x10);
+pub const SERVER_MAC: [u8; 6] = [0x02, 0xa1, 0, 0, 0, 1];
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0xa1, 0, 0, 0, 2];
+
+/// How long a connection attempt that the filter drops is given before it counts as
+/// timed out. Allowed connections on a veth complete in well under a millisecond.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct World {
+    pub id: String,
+    pub server: Netns,
+    pub client: Netns,
+    pub server_if: String,
+    pub client_if: String,
+    pub dir: tempfile::TempDir,
+    pub pin_dir: PathBuf,
+    stop: Arc<AtomicBool>,
+    servers: Vec<thread::JoinHandle<()>>,
+}
+
+fn hex(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl World {
+    pub fn new() -> Self {
+        let id = unique_id();
+        let server = Netns::new(&format!("{id}-srv"));
+        let client = Netns::new(&format!("{id}-cli"));
+        let server_if = format!("{id}s");
+        let client_if = format!("{id}c");
+        crate::netns::ip(&[
+            "link",
+            "add",
+            &server_if,
+            "address",
+            &hex(SERVER_MAC),
+            "netns",
+            server.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &client_if,
+            "address",
+            &hex(CLIENT_MAC),
+            "netns",
+            client.name(),
+        ]);
+        for net in ["192.0.2.1/24", "198.51.100.1/24", "203.0.113.1/24"] {
+            server.ip(&["addr", "add", net, "dev", &server_if]);
+        }
+        for net in ["2001:db8:a::1/64", "2001:db8:b::1/64"] {
+            server.ip(&["addr", "add", net, "dev", &server_if, "nodad"]);
+        }
+        for net in ["192.0.2.10/24", "198.51.100.10/24", "203.0.113.10/24"] {
+            client.ip(&["addr", "add", net, "dev", &client_if]);
+        }
+        for net in ["2001:db8:a::10/64", "2001:db8:b::10/64"] {
+            client.ip(&["addr", "add", net, "dev", &client_if, "nodad"]);
+        }
+        server.ip(&["link", "set", &server_if, "up"]);
+        client.ip(&["link", "set", &client_if, "up"]);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/allowlist-test-{id}"));
+        let mut world = Self {
+            id,
+            server,
+            client,
+            server_if,
+            client_if,
+            dir,
+            pin_dir,
+            stop: Arc::new(AtomicBool::new(false)),
+            servers: Vec::new(),
+        };
+        world.start_tcp_server(443);
+        world.start_tcp_server(80);
+        world
+    }
+
+    fn start_tcp_server(&mut self, port: u16) {
+        let stop = self.stop.clone();
+        let listener = self.server.run(move || {
+            let sock = Socket::new(Domain::IPV6, Type::STREAM, None).expect("socket");
+            sock.set_only_v6(false).expect("dual stack");
+            sock.set_reuse_address(true).expect("reuseaddr");
+            sock.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())
+                .expect("bind server port");
+            sock.listen(1024).expect("listen");
+            let listener: TcpListener = sock.into();
+            listener.set_nonblocking(true).expect("non-blocking");
+            listener
+        });
+        self.servers.push(thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        thread::spawn(move || serve_http(stream, port));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }));
+    }
+
+    /// A provider HTTPS server on 127.0.0.1 inside the server namespace, where the
+    /// agent runs.
+    pub fn provider(&self) -> ProviderServer {
+        let listener = self
+            .server
+            .run(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind provider"));
+        ProviderServer::start_on(listener)
+    }
+
+    /// A free TCP port on the server namespace's loopback (for metrics).
+    pub fn free_port(&self) -> u16 {
+        self.server.run(|| {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("allowlist.toml")
+    }
+
+    /// A config with this world's interface, directories, and `providers` (TOML).
+    pub fn config(&self, extra_top: &str, providers: &str) -> String {
+        format!(
+            "interfaces = [\"{}\"]\nports = [443]\nstate_dir = \"{}\"\npin_dir = \"{}\"\n{extra_top}\n{providers}\n",
+            self.server_if,
+            self.state_dir().display(),
+            self.pin_dir.display()
+        )
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    /// Runs the CLI (`allowlist <args> --config <this world's config>`) in the server
+    /// namespace.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.server
+            .command(binary())
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .output()
+            .expect("run the allowlist CLI")
+    }
+
+    /// `allowlist status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// Starts the agent with the config written by `write_config`, and waits until it
+    /// has attached and written its status.
+    pub fn start_agent(&self) -> Agent {
+        let log = self
+            .dir
+            .path()
+            .join(format!("agent-{}.log", Instant::now().elapsed().as_nanos()));
+        let agent = self.spawn_agent(&[], &log);
+        self.wait_attached(&agent);
+        agent
+    }
+
+    pub fn spawn_agent(&self, extra: &[&str], log: &Path) -> Agent {
+        let file = std::fs::File::create(log).expect("agent log");
+        let child = self
+            .server
+            .command(binary())
+            .arg("run")
+            .args(extra)
+            .arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start the agent");
+        Agent {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    fn wait_attached(&self, agent: &Agent) {
+        let state = self.state_dir();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let pid_ok = std::fs::read_to_string(state.join("allowlist.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .is_some_and(|pid| pid == agent.child.id());
+            let status_ok = std::fs::read_to_string(state.join("status.json"))
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .is_some_and(|v| {
+                    v["pid"].as_u64() == Some(u64::from(agent.child.id()))
+                        && v["interfaces"].as_array().is_some_and(|a| !a.is_empty())
+                });
+            if pid_ok && status_ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not attach within 20 s:\n{}",
+                agent.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One TCP connection from `src` to the server's `port` and an HTTP exchange on it.
+    pub fn exchange(&self, src: IpAddr, port: u16) -> Result<(), String> {
+        self.client
+            .run(move || exchange(src, port, CONNECT_TIMEOUT))
+    }
+
+    /// GET `path` from the agent's metrics endpoint.
+    pub fn http_get(&self, port: u16, path: &str) -> (u16, String) {
+        let path = path.to_owned();
+        self.server.run(move || {
+            let mut s =
+                TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("connect to metrics");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).unwrap();
+            let code = body
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            (code, body)
+        })
+    }
+
+    /// A client connecting from `src` in a loop until stopped.
+    pub fn client_loop(&self, src: IpAddr, port: u16) -> ClientLoop {
+        self.client_loop_with_timeout(src, port, CONNECT_TIMEOUT)
+    }
+
+    pub fn client_loop_with_timeout(
+        &self,
+        src: IpAddr,
+        port: u16,
+        timeout: Duration,
+    ) -> ClientLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let handle = self.client.spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match exchange(src, port, timeout) {
+                    Ok(()) => {
+                        o.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => f.lock().unwrap().push(e),
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+        });
+        ClientLoop {
+            stop,
+            ok,
+            failed,
+            handle: Some(handle),
+        }
+    }
+
+    /// Sends forged SYNs to :443 from random addresses in 198.51.100.0/24 through a raw
+    /// socket on the client's interface, as fast as it can, until stopped.
+    pub fn syn_flood(&self) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), sent.clone());
+        let ifname = self.client_if.clone();
+        let handle = self.client.spawn(move || {
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let c = std::ffi::CString::new(ifname).unwrap();
+            let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&SERVER_MAC);
+            let mut i: u32 = 0;
+            while !s.load(Ordering::Relaxed) {
+                i = i.wrapping_add(1);
+                let src = [198, 51, 100, 100 + (i % 100) as u8];
+                let frame = syn_frame(src, i);
+                let rc = unsafe {
+                    libc::sendto(
+                        fd,
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&raw const addr).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                if rc > 0 {
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+                if i.is_multiple_of(64) {
+                    thread::yield_now();
+                }
+            }
+            unsafe { libc::close(fd) };
+        });
+        Flood {
+            stop,
+            sent,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.servers.drain(..) {
+            let _ = h.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+fn syn_frame(src: [u8; 4], seq: u32) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
+        .ipv4(src, SERVER_V4.octets(), 64)
+        .tcp(40000 + (seq % 20000) as u16, 443, seq, 64240)
+        .syn();
+    let mut out = Vec::with_capacity(builder.size(0));
+    builder.write(&mut out, &[]).expect("build SYN");
+    out
+}
+
+fn serve_http(mut stream: TcpStream, port: u16) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 2048];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let body = format!("hello from :{port}\n");
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Connect from `src`, send a request, expect `200` and the server's greeting.
+pub fn exchange(src: IpAddr, port: u16, timeout: Duration) -> Result<(), String> {
+    let dst: SocketAddr = match src {
+        IpAddr::V4(_) => (SERVER_V4, port).into(),
+        IpAddr::V6(_) => (SERVER_V6, port).into(),
+    };
+    let sock =
+        Socket::new(Domain::for_address(dst), Type::STREAM, None).map_err(|e| e.to_string())?;
+    sock.bind(&SocketAddr::new(src, 0).into())
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    sock.connect_timeout(&dst.into(), timeout)
+        .map_err(|e| format!("connect {src} -> {dst}: {e}"))?;
+    let mut stream: TcpStream = sock.into();
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .map_err(|e| format!("read from {dst}: {e}"))?;
+    if reply.starts_with("HTTP/1.1 200") && reply.contains(&format!("hello from :{port}")) {
+        Ok(())
+    } else {
+        Err(format!("unexpected reply from {dst}: {reply:?}"))
+    }
+}
+
+/// The path of the `allowlist` binary under test: `ALLOWLIST_BIN`, else the one built
+/// beside this test executable (`cargo xtask test` builds it first).
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ALLOWLIST_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir.join("allowlist");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it first with `cargo build -p allowlist-user` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running agent process; killed on drop.
+pub struct Agent {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the agent") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not exit:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct ClientLoop {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<std::sync::Mutex<Vec<String>>>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl ClientLoop {
+    pub fn successes(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the loop; returns (successes, failures).
+    pub fn finish(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            std::mem::take(&mut *self.failed.lock().unwrap()),
+        )
+    }
+}
+
+impl Drop for ClientLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+pub struct Flood {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl Flood {
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for `Command` output helper: stdout+stderr as text.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A `Command` for `allowlist` outside any test world (presets, --version).
+pub fn plain_command() -> Command {
+    Command::new(binary())
+}

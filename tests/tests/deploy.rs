@@ -1,0 +1,896 @@
+//! The deployment files in deploy/ agree with the agent and with each other: the
+//! example configuration, the systemd unit, the Debian package metadata, the
+//! Kubernetes manifests and the Prometheus alerts. The configurations are checked by
+//! the agent's own parser, the command lines by the agent binary, the unit by
+//! `systemd-analyze verify` and the alerts by `promtool`. All fast; the package
+//! itself is built and installed in package.rs.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use allowlist_tests::world::binary;
+use allowlist_user::config::{self, Config, Location};
+use serde::Deserialize as _;
+use serde_yaml_ng::Value;
+
+/// The capabilities the agent needs (README): no CAP_SYS_ADMIN.
+const CAPABILITIES: [&str; 4] = ["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"];
+
+/// The metrics the agent exports (README), by their exposed names.
+const METRICS: &[&str] = &[
+    "allowlist_packets_total",
+    "allowlist_provider_hits_total",
+    "allowlist_prefixes",
+    "allowlist_refresh_total",
+    "allowlist_refresh_last_success_timestamp_seconds",
+    "allowlist_refresh_interval_seconds",
+    "allowlist_source_consecutive_failures",
+    "allowlist_guard_refusals_total",
+    "allowlist_map_entries",
+    "allowlist_map_capacity",
+    "allowlist_info",
+];
+
+/// The alerts the runbook in deploy/README.md describes.
+const ALERTS: &[&str] = &[
+    "AllowlistAgentDown",
+    "AllowlistAgentAbsent",
+    "AllowlistSourceStale",
+    "AllowlistSourceRefreshFailing",
+    "AllowlistUpdateRefused",
+    "AllowlistDropsRising",
+    "AllowlistMapNearCapacity",
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_owned()
+}
+
+fn deploy(rel: &str) -> PathBuf {
+    repo().join("deploy").join(rel)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+fn parse_config(text: &str, origin: &Path) -> Config {
+    config::parse(text, origin).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The value that follows `flag` in a command line.
+fn flag_value<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| *a == flag)
+        .and_then(|i| args.get(i + 1).copied())
+}
+
+// ---------------------------------------------------------------------------------
+// The example configuration (/etc/allowlist/allowlist.toml in the package).
+
+#[test]
+fn example_config_is_valid_and_uses_the_defaults() {
+    let path = deploy("allowlist.example.toml");
+    let config = parse_config(&read(&path), &path);
+    assert_eq!(config.state_dir, Path::new(config::DEFAULT_STATE_DIR));
+    assert_eq!(config.pin_dir, Path::new(config::DEFAULT_PIN_DIR));
+    assert_eq!(config.ports, [443]);
+    let metrics = config.metrics.expect("the example serves metrics");
+    assert!(
+        metrics.ip().is_loopback(),
+        "a host's metrics stay on loopback by default, not {metrics}"
+    );
+    let intercom = config.provider("intercom").expect("an intercom provider");
+    assert_eq!(intercom.preset.as_deref(), Some("intercom-us"));
+    let office = config.provider("office").expect("an office provider");
+    assert!(
+        office
+            .sources
+            .iter()
+            .all(|s| matches!(s.location, Location::Static(_))),
+        "the office provider is a static list"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// The systemd unit.
+
+/// A unit file as (section, key, value) entries, in order.
+struct Unit(Vec<(String, String, String)>);
+
+impl Unit {
+    fn read(path: &Path) -> Unit {
+        let mut section = String::new();
+        let mut entries = Vec::new();
+        for (n, line) in read(path).lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            assert!(
+                !line.ends_with('\\'),
+                "{}:{}: keep settings on one line",
+                path.display(),
+                n + 1
+            );
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_owned();
+                continue;
+            }
+            let (key, value) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{}:{}: not a setting: {line}", path.display(), n + 1));
+            entries.push((
+                section.clone(),
+                key.trim().to_owned(),
+                value.trim().to_owned(),
+            ));
+        }
+        Unit(entries)
+    }
+
+    fn values(&self, section: &str, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(s, k, _)| s == section && k == key)
+            .map(|(_, _, v)| v.as_str())
+            .collect()
+    }
+
+    fn get(&self, section: &str, key: &str) -> &str {
+        self.values(section, key)
+            .last()
+            .copied()
+            .unwrap_or_else(|| panic!("the unit has no [{section}] {key}="))
+    }
+
+    /// Every word of every `key=` line of a list setting.
+    fn words(&self, section: &str, key: &str) -> BTreeSet<&str> {
+        self.values(section, key)
+            .into_iter()
+            .flat_map(str::split_whitespace)
+            .collect()
+    }
+}
+
+fn unit_path() -> PathBuf {
+    deploy("systemd/allowlist.service")
+}
+
+#[test]
+fn systemd_unit_runs_the_agent_with_its_defaults() {
+    let unit = Unit::read(&unit_path());
+    let exec: Vec<&str> = unit
+        .get("Service", "ExecStart")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        exec[0], "/usr/bin/allowlist",
+        "the binary the package installs"
+    );
+    assert_eq!(flag_value(&exec, "--config"), Some(config::DEFAULT_PATH));
+    assert!(
+        exec.contains(&"run"),
+        "ExecStart runs `allowlist run`: {exec:?}"
+    );
+    assert!(
+        !exec.contains(&"--detach-on-exit"),
+        "stopping the service leaves the filter enforcing"
+    );
+    assert_eq!(unit.get("Service", "ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(unit.get("Service", "KillSignal"), "SIGTERM");
+    assert_eq!(unit.get("Service", "Restart"), "on-failure");
+
+    let state_dir = Path::new("/var/lib").join(unit.get("Service", "StateDirectory"));
+    assert_eq!(state_dir, Path::new(config::DEFAULT_STATE_DIR));
+    let writable = unit.words("Service", "ReadWritePaths");
+    assert!(
+        writable
+            .iter()
+            .any(|p| Path::new(config::DEFAULT_PIN_DIR).starts_with(p)),
+        "pin_dir {} must be under a ReadWritePaths entry: {writable:?}",
+        config::DEFAULT_PIN_DIR
+    );
+
+    let wanted: BTreeSet<String> = CAPABILITIES.iter().map(|c| format!("CAP_{c}")).collect();
+    for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
+        let have: BTreeSet<String> = unit
+            .words("Service", key)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(have, wanted, "{key}");
+    }
+    let families = unit.words("Service", "RestrictAddressFamilies");
+    for family in ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"] {
+        assert!(
+            families.contains(family),
+            "RestrictAddressFamilies lacks {family}"
+        );
+    }
+    for (key, value) in [
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectKernelTunables", "yes"),
+        ("ProtectKernelModules", "yes"),
+        ("ProtectControlGroups", "yes"),
+    ] {
+        assert_eq!(unit.get("Service", key), value, "{key}");
+    }
+    // The allow-list form of SystemCallFilter, with bpf() added to @system-service.
+    let filters = unit.values("Service", "SystemCallFilter");
+    assert!(
+        filters
+            .iter()
+            .any(|f| !f.starts_with('~') && f.split_whitespace().any(|w| w == "bpf")),
+        "SystemCallFilter must allow bpf(): {filters:?}"
+    );
+    for (key, why) in [
+        ("PrivateNetwork", "XDP attaches to the host's interfaces"),
+        (
+            "PrivateUsers",
+            "capabilities in a user namespace do not allow bpf()",
+        ),
+        (
+            "IPAddressDeny",
+            "the agent fetches lists and serves metrics",
+        ),
+        (
+            "ProcSubset",
+            "the loader reads /proc outside the pid subset",
+        ),
+    ] {
+        assert!(unit.values("Service", key).is_empty(), "{key}=: {why}");
+    }
+}
+
+#[test]
+fn systemd_analyze_verifies_the_unit() {
+    let Some(analyze) = on_path("systemd-analyze") else {
+        eprintln!("SKIPPED: systemd-analyze is not installed (Debian package systemd)");
+        return;
+    };
+    // verify needs ExecStart's binary to exist: point it at the built agent.
+    let agent = binary();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let copy = dir.path().join("allowlist.service");
+    let unit = read(&unit_path()).replace(
+        "ExecStart=/usr/bin/allowlist ",
+        &format!("ExecStart={} ", agent.display()),
+    );
+    assert!(
+        unit.contains(&agent.display().to_string()),
+        "ExecStart rewritten"
+    );
+    std::fs::write(&copy, unit).expect("write the unit copy");
+    let out = run(Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(&copy));
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify: {}",
+        text(&out)
+    );
+    // Unknown or misspelt settings are only warnings: none may mention the unit.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("allowlist.service"))
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "systemd-analyze verify warns: {warnings:#?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// The agent's command line, as the unit and the DaemonSet use it.
+
+#[test]
+fn agent_accepts_the_deployed_command_lines() {
+    let agent = binary();
+    let out = run(Command::new(&agent).arg("--version"));
+    assert!(out.status.success(), "--version: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("allowlist {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let out = run(Command::new(&agent).args(["run", "--help"]));
+    assert!(out.status.success(), "run --help: {}", text(&out));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--config", "--log-format", "--detach-on-exit"] {
+        assert!(
+            help.contains(flag),
+            "`allowlist run --help` lacks {flag}:\n{help}"
+        );
+    }
+
+    // The exact arguments of ExecStart and of the container, with --help appended:
+    // clap parses them all (flags, values, subcommand) before printing run's help.
+    let unit = Unit::read(&unit_path());
+    let exec = unit.get("Service", "ExecStart").to_owned();
+    let container = Kubernetes::load().container();
+    let container_args: Vec<String> = strings(&container["args"]);
+    for (origin, args) in [
+        (
+            "ExecStart",
+            exec.split_whitespace().skip(1).map(str::to_owned).collect(),
+        ),
+        ("the DaemonSet", container_args),
+    ] {
+        let out = run(Command::new(&agent).args(&args).arg("--help"));
+        assert!(
+            out.status.success(),
+            "the agent rejects the arguments of {origin} {args:?}: {}",
+            text(&out)
+        );
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("--detach-on-exit"),
+            "the arguments of {origin} {args:?} do not select `run`:\n{help}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The Debian package metadata (allowlist-user/Cargo.toml) and maintainer scripts.
+
+#[test]
+fn debian_package_installs_the_files_where_the_unit_and_defaults_expect_them() {
+    let crate_dir = repo().join("allowlist-user");
+    let manifest: toml::Table = read(&crate_dir.join("Cargo.toml"))
+        .parse()
+        .expect("allowlist-user/Cargo.toml is TOML");
+    let deb = &manifest["package"]["metadata"]["deb"];
+    assert_eq!(deb["name"].as_str(), Some("allowlist"));
+    let assets: Vec<(String, String)> = deb["assets"]
+        .as_array()
+        .expect("assets")
+        .iter()
+        .map(|a| {
+            let a = a.as_array().expect("[source, dest, mode]");
+            (
+                a[0].as_str().expect("source").to_owned(),
+                a[1].as_str().expect("dest").to_owned(),
+            )
+        })
+        .collect();
+    let installed = |source: &str| -> PathBuf {
+        let (from, to) = assets
+            .iter()
+            .find(|(s, _)| s == source)
+            .unwrap_or_else(|| panic!("the package does not install {source}"));
+        let to = Path::new("/").join(to);
+        if to.to_string_lossy().ends_with('/') {
+            to.join(Path::new(from).file_name().expect("a file"))
+        } else {
+            to
+        }
+    };
+    let unit = Unit::read(&unit_path());
+    let exec = unit.get("Service", "ExecStart");
+    let bin = exec.split_whitespace().next().expect("a binary");
+    assert_eq!(installed("target/release/allowlist"), Path::new(bin));
+    assert_eq!(
+        installed("../deploy/systemd/allowlist.service"),
+        Path::new("/lib/systemd/system/allowlist.service")
+    );
+    assert_eq!(
+        installed("../deploy/allowlist.example.toml"),
+        Path::new(config::DEFAULT_PATH)
+    );
+    for (source, _) in &assets {
+        if !source.starts_with("target/") {
+            assert!(
+                crate_dir.join(source).is_file(),
+                "asset {source} is missing"
+            );
+        }
+    }
+
+    let scripts = crate_dir.join(
+        deb["maintainer-scripts"]
+            .as_str()
+            .expect("maintainer-scripts"),
+    );
+    for name in ["postinst", "prerm", "postrm"] {
+        let script = scripts.join(name);
+        let mode = std::fs::metadata(&script)
+            .unwrap_or_else(|e| panic!("{}: {e}", script.display()))
+            .permissions();
+        assert!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o111 != 0,
+            "{} must be executable",
+            script.display()
+        );
+        let out = run(Command::new("sh").arg("-n").arg(&script));
+        assert!(
+            out.status.success(),
+            "sh -n {}: {}",
+            script.display(),
+            text(&out)
+        );
+    }
+    // The scripts name the agent's defaults.
+    assert!(read(&scripts.join("postinst")).contains(config::DEFAULT_STATE_DIR));
+    assert!(read(&scripts.join("postrm")).contains(config::DEFAULT_STATE_DIR));
+    let prerm = read(&scripts.join("prerm"));
+    assert!(prerm.contains(config::DEFAULT_PIN_DIR));
+    assert!(prerm.contains(config::DEFAULT_PATH));
+    assert!(prerm.contains(bin));
+}
+
+// ---------------------------------------------------------------------------------
+// The Kubernetes manifests.
+
+/// Every document of every manifest in deploy/kubernetes, the kustomization apart.
+struct Kubernetes {
+    docs: Vec<(String, Value)>,
+    kustomization: Value,
+}
+
+fn yaml_docs(path: &Path) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(&read(path))
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .unwrap_or_else(|| panic!("expected a list, found {value:?}"))
+        .iter()
+        .map(|v| v.as_str().expect("a string").to_owned())
+        .collect()
+}
+
+fn str_of<'a>(value: &'a Value, what: &str) -> &'a str {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: expected a string, found {value:?}"))
+}
+
+impl Kubernetes {
+    fn load() -> Kubernetes {
+        let dir = deploy("kubernetes");
+        let mut docs = Vec::new();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .expect("deploy/kubernetes")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        for file in files {
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            if name == "kustomization.yaml" {
+                continue;
+            }
+            for doc in yaml_docs(&file) {
+                docs.push((name.clone(), doc));
+            }
+        }
+        let kustomization = yaml_docs(&dir.join("kustomization.yaml")).remove(0);
+        Kubernetes {
+            docs,
+            kustomization,
+        }
+    }
+
+    fn one(&self, kind: &str) -> &Value {
+        let found: Vec<&Value> = self
+            .docs
+            .iter()
+            .map(|(_, d)| d)
+            .filter(|d| d["kind"].as_str() == Some(kind))
+            .collect();
+        assert_eq!(found.len(), 1, "exactly one {kind}");
+        found[0]
+    }
+
+    fn daemonset(&self) -> &Value {
+        self.one("DaemonSet")
+    }
+
+    fn container(&self) -> Value {
+        let containers = self.daemonset()["spec"]["template"]["spec"]["containers"]
+            .as_sequence()
+            .expect("containers");
+        assert_eq!(containers.len(), 1, "one container");
+        containers[0].clone()
+    }
+}
+
+/// A probe's or endpoint's port: a number, or the name of a container port.
+fn resolve_port(port: &Value, container: &Value) -> u64 {
+    if let Some(n) = port.as_u64() {
+        return n;
+    }
+    let name = str_of(port, "port");
+    container["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .find(|p| p["name"].as_str() == Some(name))
+        .and_then(|p| p["containerPort"].as_u64())
+        .unwrap_or_else(|| panic!("no container port named {name}"))
+}
+
+#[test]
+fn kubernetes_manifests_agree_with_the_agent_and_each_other() {
+    let k8s = Kubernetes::load();
+    let namespace = str_of(&k8s.one("Namespace")["metadata"]["name"], "Namespace name");
+    for (file, doc) in &k8s.docs {
+        if doc["kind"].as_str() != Some("Namespace") {
+            assert_eq!(
+                doc["metadata"]["namespace"].as_str(),
+                Some(namespace),
+                "{file}: {} {:?} is in namespace {namespace}",
+                str_of(&doc["kind"], "kind"),
+                doc["metadata"]["name"]
+            );
+        }
+    }
+
+    // The kustomization lists every manifest but the optional ServiceMonitor.
+    let kustomization = &k8s.kustomization;
+    assert_eq!(kustomization["namespace"].as_str(), Some(namespace));
+    let resources = strings(&kustomization["resources"]);
+    let files: BTreeSet<&str> = k8s.docs.iter().map(|(f, _)| f.as_str()).collect();
+    for file in &files {
+        let listed = resources.iter().any(|r| r == file);
+        assert!(
+            listed || *file == "servicemonitor.yaml",
+            "kustomization.yaml does not list {file}"
+        );
+    }
+    for r in &resources {
+        assert!(
+            files.contains(r.as_str()),
+            "kustomization.yaml lists a missing {r}"
+        );
+    }
+
+    // The agent's configuration, as the agent reads it.
+    let configmap = k8s.one("ConfigMap");
+    let configmap_name = str_of(&configmap["metadata"]["name"], "ConfigMap name");
+    let data = configmap["data"].as_mapping().expect("ConfigMap data");
+    assert_eq!(data.len(), 1, "the ConfigMap holds the config file only");
+    let (key, toml) = data.iter().next().unwrap();
+    let key = str_of(key, "ConfigMap key");
+    let config = parse_config(str_of(toml, "the config"), Path::new(key));
+    let metrics: SocketAddr = config.metrics.expect("the ConfigMap config serves metrics");
+    assert!(
+        metrics.ip().is_unspecified(),
+        "Prometheus scrapes the pod from elsewhere: metrics = \"0.0.0.0:<port>\", not {metrics}"
+    );
+    let port = u64::from(metrics.port());
+
+    let ds = k8s.daemonset();
+    let pod = &ds["spec"]["template"];
+    let spec = &pod["spec"];
+    assert_eq!(spec["hostNetwork"].as_bool(), Some(true));
+    assert_eq!(spec["dnsPolicy"].as_str(), Some("ClusterFirstWithHostNet"));
+    assert!(spec["terminationGracePeriodSeconds"].as_u64().is_some());
+    let tolerations = spec["tolerations"].as_sequence().expect("tolerations");
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t["operator"].as_str() == Some("Exists") && t["key"].is_null()),
+        "the DaemonSet tolerates every taint, to run on every node"
+    );
+    let labels = pod["metadata"]["labels"].as_mapping().expect("pod labels");
+    for (k, v) in ds["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("selector")
+    {
+        assert_eq!(
+            labels.get(k),
+            Some(v),
+            "the selector matches the pod labels"
+        );
+    }
+
+    let container = k8s.container();
+    assert!(
+        str_of(&container["image"], "image").contains("allowlist"),
+        "an image placeholder"
+    );
+    // args: `--config <the ConfigMap's file>` and the `run` subcommand.
+    let args = strings(&container["args"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(
+        args.last(),
+        Some(&"run"),
+        "the container runs `allowlist run`: {args:?}"
+    );
+    assert!(
+        !args.contains(&"--detach-on-exit"),
+        "a restart keeps the filter enforcing"
+    );
+    let config_path = Path::new(flag_value(&args, "--config").expect("--config in args"));
+    assert_eq!(
+        config_path.file_name().unwrap(),
+        key,
+        "--config names the ConfigMap key"
+    );
+    let volumes = spec["volumes"].as_sequence().expect("volumes");
+    let mounts = container["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts");
+    let mount_of = |path: &Path| -> (&Value, &Value) {
+        let mount = mounts
+            .iter()
+            .find(|m| Path::new(str_of(&m["mountPath"], "mountPath")) == path)
+            .unwrap_or_else(|| panic!("nothing is mounted at {}", path.display()));
+        let volume = volumes
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("no volume {:?}", mount["name"]));
+        (mount, volume)
+    };
+    let (mount, volume) = mount_of(config_path.parent().unwrap());
+    assert_eq!(volume["configMap"]["name"].as_str(), Some(configmap_name));
+    assert_eq!(mount["readOnly"].as_bool(), Some(true));
+
+    // The bpffs mount holds pin_dir; the state dir is the host's, at the same path.
+    let bpffs = mounts
+        .iter()
+        .find(|m| {
+            config
+                .pin_dir
+                .starts_with(str_of(&m["mountPath"], "mountPath"))
+        })
+        .expect("a mount holding pin_dir");
+    let bpffs_path = Path::new(str_of(&bpffs["mountPath"], "mountPath"));
+    let (_, volume) = mount_of(bpffs_path);
+    assert_eq!(
+        Path::new(str_of(&volume["hostPath"]["path"], "bpffs hostPath")),
+        bpffs_path,
+        "the host's bpffs, at the same path"
+    );
+    assert_ne!(
+        bpffs["mountPropagation"].as_str(),
+        Some("Bidirectional"),
+        "Bidirectional propagation needs a privileged container"
+    );
+    let (_, volume) = mount_of(&config.state_dir);
+    assert_eq!(
+        Path::new(str_of(&volume["hostPath"]["path"], "state hostPath")),
+        config.state_dir,
+        "the last good lists outlive the pod"
+    );
+
+    // One port: the config's metrics port, named metrics; probes and scrape
+    // annotations use it.
+    let ports = container["ports"].as_sequence().expect("ports");
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["name"].as_str() == Some("metrics")
+                && p["containerPort"].as_u64() == Some(port)),
+        "containerPort {port} named metrics: {ports:?}"
+    );
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"].as_str(), Some("/healthz"), "{probe}");
+        assert_eq!(resolve_port(&get["port"], &container), port, "{probe} port");
+    }
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"));
+    assert_eq!(
+        annotations["prometheus.io/port"].as_str(),
+        Some(port.to_string().as_str())
+    );
+    assert_eq!(annotations["prometheus.io/path"].as_str(), Some("/metrics"));
+
+    // Exactly the documented capabilities, without privileged mode.
+    let security = &container["securityContext"];
+    assert_eq!(security["privileged"].as_bool(), Some(false));
+    assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(strings(&security["capabilities"]["drop"]), ["ALL"]);
+    let added: BTreeSet<String> = strings(&security["capabilities"]["add"])
+        .into_iter()
+        .collect();
+    let wanted: BTreeSet<String> = CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
+    assert_eq!(added, wanted);
+    for kind in ["requests", "limits"] {
+        let r = &container["resources"][kind];
+        assert!(
+            !r["memory"].is_null() && !r["cpu"].is_null(),
+            "resources.{kind}"
+        );
+    }
+
+    // The optional ServiceMonitor scrapes the same port through a headless Service.
+    let service = k8s.one("Service");
+    let monitor = k8s.one("ServiceMonitor");
+    assert_eq!(
+        monitor["apiVersion"].as_str(),
+        Some("monitoring.coreos.com/v1")
+    );
+    for (k, v) in service["spec"]["selector"]
+        .as_mapping()
+        .expect("Service selector")
+    {
+        assert_eq!(
+            labels.get(k),
+            Some(v),
+            "the Service selects the agent's pods"
+        );
+    }
+    let service_labels = service["metadata"]["labels"]
+        .as_mapping()
+        .expect("Service labels");
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("selector")
+    {
+        assert_eq!(
+            service_labels.get(k),
+            Some(v),
+            "the ServiceMonitor selects the Service"
+        );
+    }
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["path"].as_str(), Some("/metrics"));
+    let service_port = service["spec"]["ports"]
+        .as_sequence()
+        .expect("Service ports")
+        .iter()
+        .find(|p| p["name"] == endpoint["port"])
+        .expect("the ServiceMonitor's port is a Service port");
+    assert_eq!(resolve_port(&service_port["targetPort"], &container), port);
+}
+
+// ---------------------------------------------------------------------------------
+// The Prometheus alerts.
+
+/// The `allowlist_*` metric names in a PromQL expression.
+fn metric_names(expr: &str) -> BTreeSet<&str> {
+    let mut names = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("allowlist_") {
+        let boundary = rest[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        let len = rest[at..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len() - at);
+        if boundary {
+            names.insert(&rest[at..at + len]);
+        }
+        rest = &rest[at + len..];
+    }
+    names
+}
+
+#[test]
+fn prometheus_alerts_use_the_agents_metrics() {
+    let path = deploy("prometheus/allowlist-alerts.yaml");
+    let doc = yaml_docs(&path).remove(0);
+    let mut alerts = Vec::new();
+    let mut watched = BTreeSet::new();
+    for group in doc["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = str_of(&rule["alert"], "alert").to_owned();
+            let expr = str_of(&rule["expr"], "expr");
+            for metric in metric_names(expr) {
+                assert!(METRICS.contains(&metric), "{name}: unknown metric {metric}");
+                watched.insert(metric.to_owned());
+            }
+            assert!(
+                matches!(
+                    rule["labels"]["severity"].as_str(),
+                    Some("critical" | "warning" | "info")
+                ),
+                "{name}: severity"
+            );
+            for annotation in ["summary", "description", "runbook", "runbook_url"] {
+                assert!(
+                    rule["annotations"][annotation]
+                        .as_str()
+                        .is_some_and(|a| !a.is_empty()),
+                    "{name}: no {annotation} annotation"
+                );
+            }
+            alerts.push(name);
+        }
+    }
+    let unique: BTreeSet<&str> = alerts.iter().map(String::as_str).collect();
+    assert_eq!(unique.len(), alerts.len(), "alert names are unique");
+    assert_eq!(unique, ALERTS.iter().copied().collect(), "the alerts");
+    // The alerts of the issue, by what they watch.
+    for metric in [
+        "allowlist_refresh_last_success_timestamp_seconds",
+        "allowlist_refresh_interval_seconds",
+        "allowlist_source_consecutive_failures",
+        "allowlist_guard_refusals_total",
+        "allowlist_packets_total",
+        "allowlist_map_entries",
+        "allowlist_map_capacity",
+        "allowlist_info",
+    ] {
+        assert!(watched.contains(metric), "no alert watches {metric}");
+    }
+}
+
+/// promtool, from Debian's prometheus package, installed if missing (as root).
+fn promtool() -> Option<PathBuf> {
+    if let Some(path) = on_path("promtool") {
+        return Some(path);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    eprintln!("installing promtool: apt-get install prometheus");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "prometheus"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        let _ = Command::new("apt-get").arg("update").status();
+        install();
+    }
+    on_path("promtool")
+}
+
+#[test]
+fn promtool_checks_the_alerts_and_runs_their_unit_tests() {
+    let Some(promtool) = promtool() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing and could not be installed (Debian package prometheus)"
+        );
+        eprintln!(
+            "SKIPPED: promtool is missing (apt-get install prometheus, as root); \
+             prometheus_alerts_use_the_agents_metrics checked the structure only"
+        );
+        return;
+    };
+    let dir = deploy("prometheus");
+    let out = run(Command::new(&promtool)
+        .args(["check", "rules", "allowlist-alerts.yaml"])
+        .current_dir(&dir));
+    assert!(out.status.success(), "promtool check rules: {}", text(&out));
+    let out = run(Command::new(&promtool)
+        .args(["test", "rules", "allowlist-alerts.test.yaml"])
+        .current_dir(&dir));
+    assert!(out.status.success(), "promtool test rules: {}", text(&out));
+}

@@ -1,0 +1,686 @@
+//! End-to-end scenarios: real namespaces, real TCP, the real agent binary, a real
+//! HTTPS provider. Each test builds its own world and removes it, even on failure.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use allowlist_tests::{
+    netns::require_root,
+    provider_server::{ProviderServer, Response},
+    world::*,
+};
+use serde_json::Value;
+
+const SOURCE: &str = "partner/0";
+
+/// An Intercom-shaped document: `outbound` ranges, plus infrastructure ranges that
+/// must never be allowed (203.0.113.0/24 is CLIENT_C's).
+fn document(outbound: &[&str]) -> String {
+    let mut items: Vec<Value> = outbound
+        .iter()
+        .map(|r| serde_json::json!({ "range": r, "region": "US", "service": "OUTBOUND" }))
+        .collect();
+    items.push(
+        serde_json::json!({ "range": "203.0.113.0/24", "region": "US", "service": "GENERAL" }),
+    );
+    serde_json::json!({ "ip_ranges": items, "date": "2026-11-23" }).to_string()
+}
+
+fn provider_toml(provider: &ProviderServer, extra: &str) -> String {
+    format!(
+        r#"
+[[provider]]
+name = "partner"
+[[provider.source]]
+url = "{}"
+format = "json"
+items = "ip_ranges"
+cidr = "range"
+where = {{ service = "OUTBOUND" }}
+ca_file = "{}"
+timeout = "1s"
+retries = 0
+{extra}
+"#,
+        provider.url("/ips.json"),
+        provider.ca_file().display()
+    )
+}
+
+fn a(ip: std::net::Ipv4Addr) -> IpAddr {
+    IpAddr::V4(ip)
+}
+
+fn counter(status: &Value, reason: &str, action: &str) -> u64 {
+    status["counters"]["packets"][reason][action]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn source_status(world: &World, id: &str) -> Value {
+    let status = world.status();
+    status["agent"]["sources"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == id).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// The value of one sample in a Prometheus exposition.
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
+}
+
+fn assert_denied(world: &World, src: IpAddr) {
+    let err = world
+        .exchange(src, 443)
+        .expect_err("a non-listed client must not get in");
+    assert!(
+        err.contains("timed out") || err.contains("Connection timed out"),
+        "{src}: expected a timeout, got {err}"
+    );
+}
+
+/// Scenario 1: allowed in, others time out, everyone reaches :80; status and
+/// /metrics agree with the traffic.
+#[test]
+fn allowlisted_client_gets_in_and_others_time_out() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let provider = world.provider();
+    provider.set("/ips.json", Response::json(document(&["192.0.2.0/24"])));
+    let port = world.free_port();
+    world.write_config(&world.config(
+        &format!("metrics = \"127.0.0.1:{port}\"\nrefresh = \"1h\""),
+        &provider_toml(&provider, ""),
+    ));
+    let agent = world.start_agent();
+
+    world
+        .exchange(a(CLIENT_A), 443)
+        .unwrap_or_else(|e| panic!("allowed client: {e}\n{}", agent.log()));
+    assert_denied(&world, a(CLIENT_B));
+    // Listed in the document, but for another service.
+    assert_denied(&world, a(CLIENT_C));
+    world
+        .exchange(a(CLIENT_B), 80)
+        .expect("everyone reaches :80");
+    world
+        .exchange(a(CLIENT_A), 80)
+        .expect("everyone reaches :80");
+
+    let status = world.status();
+    let allowed = counter(&status, "allowlisted", "pass");
+    let dropped = counter(&status, "not_allowlisted", "drop");
+    assert!(
+        allowed >= 3,
+        "handshake and request segments of the allowed client: {status:#}"
+    );
+    assert!(
+        dropped >= 2,
+        "the SYNs of the two denied clients: {status:#}"
+    );
+    assert!(
+        counter(&status, "unprotected_port", "pass") >= 6,
+        "traffic to :80: {status:#}"
+    );
+    let hits = status["providers"][0]["hits"].as_u64().unwrap();
+    assert_eq!(status["providers"][0]["name"], "partner");
+    assert_eq!(
+        hits, allowed,
+        "every allowed packet is a hit of the provider"
+    );
+
+    let (code, metrics) = world.http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"allowlist_packets_total{reason="allowlisted",action="pass"}"#
+        ),
+        Some(allowed as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"allowlist_packets_total{reason="not_allowlisted",action="drop"}"#
+        ),
+        Some(dropped as f64)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"allowlist_provider_hits_total{provider="partner"}"#
+        ),
+        Some(hits as f64)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"allowlist_prefixes{provider="partner",family="ipv4"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"allowlist_refresh_total{source="partner/0",result="success"}"#
+        ),
+        Some(1.0)
+    );
+    let (code, _) = world.http_get(port, "/healthz");
+    assert_eq!(code, 200);
+
+    let out = world.cli(&["check", "198.51.100.10"]);
+    assert!(text(&out).starts_with("DROP"), "{}", text(&out));
+    let out = world.cli(&["check", "192.0.2.200", "--json"]);
+    let check: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(check["verdict"], "pass");
+    assert_eq!(check["matched_prefix"], "192.0.2.0/24");
+    assert_eq!(check["provider"], "partner");
+    let out = world.cli(&["list"]);
+    assert_eq!(
+        text(&out).split_whitespace().collect::<Vec<_>>(),
+        ["192.0.2.0/24", "partner"]
+    );
+}
+
+/// Scenario 7: IPv6.
+#[test]
+fn ipv6_allowed_and_denied() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let provider = world.provider();
+    provider.set("/ips.json", Response::json(document(&["2001:db8:a::/64"])));
+    world.write_config(&world.config("", &provider_toml(&provider, "")));
+    let agent = world.start_agent();
+    world
+        .exchange(IpAddr::V6(CLIENT_A6), 443)
+        .unwrap_or_else(|e| panic!("allowed v6 client: {e}\n{}", agent.log()));
+    assert_denied(&world, IpAddr::V6(CLIENT_B6));
+    world
+        .exchange(IpAddr::V6(CLIENT_B6), 80)
+        .expect("v6 to :80");
+    assert_denied(&world, a(CLIENT_A));
+}
+
+/// Scenario 2: a range the provider adds lets its client in within one refresh; a
+/// range it removes shuts its client out.
+#[test]
+fn provider_changes_apply_within_one_refresh() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let provider = world.provider();
+    provider.set("/ips.json", Response::json(document(&["192.0.2.0/24"])));
+    world.write_config(&world.config(
+        "refresh = \"1s\"\n[guards]\nmax_shrink = 0.9",
+        &provider_toml(&provider, ""),
+    ));
+    let _agent = world.start_agent();
+    world.exchange(a(CLIENT_A), 443).expect("allowed");
+    assert_denied(&world, a(CLIENT_B));
+
+    provider.set(
+        "/ips.json",
+        Response::json(document(&["192.0.2.0/24", "198.51.100.0/24"])),
+    );
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(8), || world
+            .exchange(a(CLIENT_B), 443)
+            .is_ok()),
+        "the added range never let its client in"
+    );
+    eprintln!("added range effective after {:?}", started.elapsed());
+
+    provider.set("/ips.json", Response::json(document(&["198.51.100.0/24"])));
+    assert!(
+        wait_until(Duration::from_secs(8), || world
+            .exchange(a(CLIENT_A), 443)
+            .is_err()),
+        "the removed range still lets its client in"
+    );
+    world
+        .exchange(a(CLIENT_B), 443)
+        .expect("the remaining range still works");
+}
+
+/// Scenario 3: every way a provider can fail keeps the last good set; status and
+/// metrics report it.
+fn failure_keeps_last_good_set(
+    inject: impl FnOnce(&mut Option<ProviderServer>),
+    expect_result: &str,
+) {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let mut provider = Some(world.provider());
+    let p = provider.as_ref().unwrap();
+    p.set(
+        "/ips.json",
+        Response::json(document(&["192.0.2.0/24", "198.51.100.128/25"])),
+    );
+    let port = world.free_port();
+    world.write_config(&world.config(
+        &format!("refresh = \"1s\"\nmetrics = \"127.0.0.1:{port}\""),
+        &provider_toml(p, ""),
+    ));
+    let agent = world.start_agent();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            !source_status(&world, SOURCE)["last_success"].is_null()
+        }),
+        "no successful first fetch:\n{}",
+        agent.log()
+    );
+    let client = world.client_loop(a(CLIENT_A), 443);
+
+    inject(&mut provider);
+    assert!(
+        wait_until(
+            Duration::from_secs(15),
+            || source_status(&world, SOURCE)["consecutive_failures"].as_u64() >= Some(2)
+        ),
+        "the failure was not reported: {:#}\n{}",
+        source_status(&world, SOURCE),
+        agent.log()
+    );
+    let status = source_status(&world, SOURCE);
+    assert!(!status["last_error"].is_null(), "{status:#}");
+    assert_eq!(
+        status["prefixes_v4"], 2,
+        "the last good set is still in force: {status:#}"
+    );
+
+    let (_, metrics) = world.http_get(port, "/metrics");
+    let failures = metric(
+        &metrics,
+        &format!(r#"allowlist_refresh_total{{source="{SOURCE}",result="{expect_result}"}}"#),
+    );
+    assert!(
+        failures >= Some(1.0),
+        "metrics do not report the {expect_result}:\n{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            &format!(r#"allowlist_source_consecutive_failures{{source="{SOURCE}"}}"#)
+        ) >= Some(2.0)
+    );
+    if expect_result == "refused" {
+        assert!(
+            metric(
+                &metrics,
+                &format!(r#"allowlist_guard_refusals_total{{source="{SOURCE}"}}"#)
+            ) >= Some(1.0)
+        );
+    }
+    let out = world.cli(&["list"]);
+    assert!(
+        text(&out).contains("192.0.2.0/24") && text(&out).contains("198.51.100.128/25"),
+        "{}",
+        text(&out)
+    );
+
+    let (ok, failed) = client.finish();
+    assert!(ok > 0);
+    assert!(
+        failed.is_empty(),
+        "the allowed client lost access during the failure: {failed:?}"
+    );
+    assert_denied(&world, a(CLIENT_C));
+}
+
+#[test]
+fn provider_connection_refused_keeps_last_good_set() {
+    failure_keeps_last_good_set(|p| drop(p.take()), "failure");
+}
+
+#[test]
+fn provider_http_500_keeps_last_good_set() {
+    failure_keeps_last_good_set(
+        |p| p.as_ref().unwrap().set("/ips.json", Response::status(500)),
+        "failure",
+    );
+}
+
+#[test]
+fn provider_timeout_keeps_last_good_set() {
+    failure_keeps_last_good_set(
+        |p| {
+            let doc = document(&["192.0.2.0/24"]);
+            p.as_ref().unwrap().set(
+                "/ips.json",
+                Response::json(doc).delay(Duration::from_secs(5)),
+            );
+        },
+        "failure",
+    );
+}
+
+#[test]
+fn provider_garbage_keeps_last_good_set() {
+    failure_keeps_last_good_set(
+        |p| {
+            p.as_ref()
+                .unwrap()
+                .set("/ips.json", Response::ok("<html>maintenance</html>"))
+        },
+        "failure",
+    );
+}
+
+#[test]
+fn provider_empty_list_keeps_last_good_set() {
+    failure_keeps_last_good_set(
+        |p| {
+            p.as_ref()
+                .unwrap()
+                .set("/ips.json", Response::json(document(&[])))
+        },
+        "refused",
+    );
+}
+
+#[test]
+fn provider_shrink_beyond_threshold_keeps_last_good_set() {
+    // 384 addresses down to 128: two thirds removed, above the default 50%.
+    failure_keeps_last_good_set(
+        |p| {
+            p.as_ref().unwrap().set(
+                "/ips.json",
+                Response::json(document(&["198.51.100.128/25"])),
+            )
+        },
+        "refused",
+    );
+}
+
+/// Scenario 4: SIGTERM and SIGKILL leave the filter enforcing; a new agent adopts
+/// the pinned state; an allowed client connecting throughout never fails.
+#[test]
+fn agent_restart_and_sigkill_keep_enforcing() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let provider = world.provider();
+    provider.set("/ips.json", Response::json(document(&["192.0.2.0/24"])));
+    world.write_config(&world.config("", &provider_toml(&provider, "")));
+    let mut agent = world.start_agent();
+    let client = world.client_loop(a(CLIENT_A), 443);
+
+    agent.signal(libc::SIGTERM);
+    assert!(
+        agent.wait(Duration::from_secs(10)).success(),
+        "{}",
+        agent.log()
+    );
+    assert_denied(&world, a(CLIENT_B));
+    let mut agent = world.start_agent();
+    let status = world.status();
+    assert_eq!(
+        status["agent"]["interfaces"][0]["adopted"], true,
+        "{status:#}"
+    );
+
+    agent.signal(libc::SIGKILL);
+    agent.wait(Duration::from_secs(10));
+    assert_denied(&world, a(CLIENT_B));
+    let _agent = world.start_agent();
+    assert_eq!(world.status()["agent"]["interfaces"][0]["adopted"], true);
+    assert_denied(&world, a(CLIENT_B));
+
+    let before = client.successes();
+    assert!(wait_until(Duration::from_secs(5), || client.successes() > before));
+    let (ok, failed) = client.finish();
+    assert!(
+        failed.is_empty(),
+        "{} failures of {}: {failed:?}",
+        failed.len(),
+        ok + failed.len() as u64
+    );
+    eprintln!("allowed client: {ok} connections through two restarts, 0 failures");
+}
+
+/// Scenario 5: 50 refreshes with list changes under a SYN flood: the allowed client
+/// never fails.
+#[test]
+fn fifty_refreshes_under_flood_lose_nothing() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let provider = world.provider();
+    provider.set("/ips.json", Response::json(document(&["192.0.2.0/24"])));
+    world.write_config(&world.config("[guards]\nmax_shrink = 0.9", &provider_toml(&provider, "")));
+    let agent = world.start_agent();
+    let dropped_before = counter(&world.status(), "not_allowlisted", "drop");
+    // A dropped SYN is retransmitted after 1 s: a shorter timeout turns it into a failure.
+    let client = world.client_loop_with_timeout(a(CLIENT_A), 443, Duration::from_millis(900));
+    let flood = world.syn_flood();
+
+    let successes = |w: &World| {
+        w.status()["agent"]["refresh_results"][SOURCE]["success"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let mut done = successes(&world);
+    for i in 0..50u8 {
+        // The client's address moves between a /24 and a /25 inside it: the new
+        // prefix must be in the map before the old one leaves, or a SYN is dropped.
+        let extra = format!("203.0.113.{i}/32");
+        let ranges: Vec<&str> = if i % 2 == 0 {
+            vec!["192.0.2.0/25", "198.51.100.200/32", &extra]
+        } else {
+            vec!["192.0.2.0/24", &extra]
+        };
+        provider.set("/ips.json", Response::json(document(&ranges)));
+        let out = world.cli(&["reload"]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            wait_until(Duration::from_secs(10), || successes(&world) > done),
+            "refresh {i} did not happen:\n{}",
+            agent.log()
+        );
+        done = successes(&world);
+    }
+    let sent = flood.finish();
+    let (ok, failed) = client.finish();
+    let dropped = counter(&world.status(), "not_allowlisted", "drop") - dropped_before;
+    eprintln!(
+        "50 refreshes: {ok} allowed connections, {} failed; {sent} forged SYNs sent, {dropped} dropped",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "the allowed client failed during refreshes: {failed:?}"
+    );
+    assert!(ok >= 50, "the allowed client barely ran: {ok}");
+    assert!(sent >= 10_000, "the flood barely ran: {sent}");
+    assert!(
+        dropped >= sent / 2,
+        "the flood's SYNs were not dropped: {dropped} of {sent}"
+    );
+}
+
+/// Scenario 6: monitor mode drops nothing and counts would-drops; a reload to
+/// enforce starts dropping.
+#[test]
+fn monitor_mode_counts_and_reload_enforces() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let provider = world.provider();
+    provider.set("/ips.json", Response::json(document(&["192.0.2.0/24"])));
+    world.write_config(&world.config("mode = \"monitor\"", &provider_toml(&provider, "")));
+    let _agent = world.start_agent();
+    world
+        .exchange(a(CLIENT_B), 443)
+        .expect("monitor mode drops nothing");
+    let status = world.status();
+    assert!(
+        counter(&status, "not_allowlisted", "would_drop") >= 1,
+        "{status:#}"
+    );
+    assert_eq!(counter(&status, "not_allowlisted", "drop"), 0);
+
+    world.write_config(&world.config("mode = \"enforce\"", &provider_toml(&provider, "")));
+    assert!(world.cli(&["reload"]).status.success());
+    assert!(wait_until(
+        Duration::from_secs(5),
+        || world.status()["agent"]["mode"] == "enforce"
+    ));
+    assert_denied(&world, a(CLIENT_B));
+    world.exchange(a(CLIENT_A), 443).expect("allowed");
+}
+
+/// Scenario 8: detach leaves no program and no pins, and traffic flows freely.
+#[test]
+fn detach_removes_program_and_pins() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let provider = world.provider();
+    provider.set("/ips.json", Response::json(document(&["192.0.2.0/24"])));
+    world.write_config(&world.config("", &provider_toml(&provider, "")));
+    let mut agent = world.start_agent();
+    assert!(xdp_attached(&world));
+    let out = world.cli(&["detach"]);
+    assert!(out.status.success(), "{}", text(&out));
+    agent.wait(Duration::from_secs(10));
+    assert!(!world.pin_dir.exists(), "pins left behind");
+    assert!(!xdp_attached(&world), "XDP still attached");
+    world
+        .exchange(a(CLIENT_B), 443)
+        .expect("traffic flows after detach");
+}
+
+fn xdp_attached(world: &World) -> bool {
+    let out = world
+        .server
+        .command("ip")
+        .args(["-d", "link", "show", "dev", &world.server_if])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+/// Scenario 9: bad input exits non-zero with a message, and attaches nothing.
+#[test]
+fn bad_input_exits_nonzero_and_attaches_nothing() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let good_provider =
+        "[[provider]]\nname = \"office\"\n[[provider.source]]\nstatic = [\"192.0.2.0/24\"]\n";
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "invalid field",
+            world.config("mode = \"block-everything\"", good_provider),
+            &["allowlist.toml:", "mode"],
+        ),
+        (
+            "invalid port",
+            world
+                .config("", good_provider)
+                .replace("ports = [443]", "ports = [0]"),
+            &["ports"],
+        ),
+        (
+            "missing interface",
+            world
+                .config("", good_provider)
+                .replace(&format!("\"{}\"", world.server_if), "\"nosuchif0\""),
+            &["nosuchif0", "does not exist"],
+        ),
+        (
+            "unknown preset",
+            world.config(
+                "",
+                "[[provider]]\nname = \"x\"\npreset = \"intercom-mars\"\n",
+            ),
+            &["intercom-mars", "intercom-us"],
+        ),
+        ("no providers", world.config("", ""), &["provider"]),
+    ];
+    for (name, config, expect) in cases {
+        world.write_config(&config);
+        let mut agent = world.spawn_agent(&[], &world.dir.path().join("bad.log"));
+        let status = agent.wait(Duration::from_secs(10));
+        let log = agent.log();
+        assert!(!status.success(), "{name}: the agent accepted it:\n{log}");
+        for e in expect {
+            assert!(
+                log.contains(e),
+                "{name}: the message does not mention {e:?}:\n{log}"
+            );
+        }
+        assert!(!world.pin_dir.exists(), "{name}: pins were created");
+        assert!(!xdp_attached(&world), "{name}: XDP was attached");
+    }
+
+    // No privilege: the same valid config, run as nobody.
+    world.write_config(&world.config("", good_provider));
+    make_world_readable(&world);
+    let mut cmd = world.server.command(binary());
+    cmd.args(["run", "--config"]).arg(world.config_path());
+    // SAFETY: setgid/setuid are async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run as nobody");
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(msg.contains("CAP_BPF") && msg.contains("root"), "{msg}");
+    assert!(!world.pin_dir.exists());
+    assert!(!xdp_attached(&world));
+}
+
+fn make_world_readable(world: &World) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(world.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(world.config_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+#[test]
+fn presets_and_version() {
+    let out = plain_command().arg("presets").output().unwrap();
+    assert!(out.status.success());
+    let listing = text(&out);
+    for name in [
+        "intercom-us",
+        "intercom-eu",
+        "intercom-au",
+        "freshworks-us",
+        "stripe-webhooks",
+        "github-hooks",
+    ] {
+        assert!(listing.contains(name), "{name} missing:\n{listing}");
+    }
+    assert!(
+        listing.contains("https://static.intercomcdn.com/intercom-ips/us/intercom-ip-ranges.json")
+    );
+    let out = plain_command().arg("--version").output().unwrap();
+    assert!(text(&out).starts_with("allowlist "), "{}", text(&out));
+}
