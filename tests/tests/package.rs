@@ -41,11 +41,15 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// Whether dpkg knows the package: installed, or removed with its conffiles kept.
 fn installed() -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", PACKAGE])
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("installed"))
+        .is_ok_and(|o| {
+            let status = String::from_utf8_lossy(&o.stdout);
+            o.status.success() && !status.is_empty() && !status.ends_with("not-installed")
+        })
 }
 
 /// The package: `ALLOWLIST_DEB`, or what `cargo xtask package` builds.
@@ -96,7 +100,7 @@ fn debian_package_installs_runs_and_purges() {
     // Never replace or purge what someone installed or keeps here.
     assert!(
         !installed(),
-        "the package {PACKAGE} is already installed on this machine: this test would purge it"
+        "the package {PACKAGE} is installed on this machine (or its conffiles are): this test would purge it"
     );
     for path in [CONFIG_DIR, STATE_DIR] {
         assert!(
@@ -108,7 +112,12 @@ fn debian_package_installs_runs_and_purges() {
     let deb = build_package();
     let guard = Installation;
     let out = run(Command::new("dpkg").arg("--install").arg(&deb));
-    assert!(out.status.success(), "dpkg --install {}: {}", deb.display(), text(&out));
+    assert!(
+        out.status.success(),
+        "dpkg --install {}: {}",
+        deb.display(),
+        text(&out)
+    );
 
     // The installed agent runs.
     let out = run(Command::new(BINARY).arg("--version"));
@@ -121,7 +130,10 @@ fn debian_package_installs_runs_and_purges() {
     assert!(out.status.success(), "{BINARY} presets: {}", text(&out));
     let presets = String::from_utf8_lossy(&out.stdout);
     for preset in ["intercom-us", "github-hooks", "stripe-webhooks"] {
-        assert!(presets.contains(preset), "`allowlist presets` lacks {preset}:\n{presets}");
+        assert!(
+            presets.contains(preset),
+            "`allowlist presets` lacks {preset}:\n{presets}"
+        );
     }
 
     // The files, as the repository has them; the config is a conffile.
@@ -145,12 +157,20 @@ fn debian_package_installs_runs_and_purges() {
     );
     let state = std::fs::metadata(STATE_DIR).expect("postinst creates the state directory");
     assert!(state.is_dir());
-    assert_eq!(state.permissions().mode() & 0o777, 0o700, "{STATE_DIR} mode");
+    assert_eq!(
+        state.permissions().mode() & 0o777,
+        0o700,
+        "{STATE_DIR} mode"
+    );
 
     // With the binary in place, the installed unit verifies as it is.
     if Path::new("/usr/bin/systemd-analyze").exists() {
         let out = run(Command::new("systemd-analyze").args(["verify", "--man=no", UNIT]));
-        assert!(out.status.success(), "systemd-analyze verify {UNIT}: {}", text(&out));
+        assert!(
+            out.status.success(),
+            "systemd-analyze verify {UNIT}: {}",
+            text(&out)
+        );
     }
 
     // Purge removes everything, the state and the config included.

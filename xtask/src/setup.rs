@@ -17,7 +17,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 /// Debian packages: the BPF compiler pair and LLVM for bpf-linker, clippy for the
-/// eBPF crate, bpftool for inspection, iproute2 for the namespace tests.
+/// eBPF crate, bpftool for inspection, iproute2 for the namespace tests, prometheus
+/// for `promtool` (the alert-rule tests).
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -29,6 +30,7 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "bpftool",
     "iproute2",
+    "prometheus",
 ];
 
 pub fn ensure() -> Result<()> {
@@ -41,12 +43,7 @@ pub fn ensure() -> Result<()> {
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc_geteuid() == 0 }
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+    unsafe { libc::geteuid() == 0 }
 }
 
 fn cargo_home() -> PathBuf {
