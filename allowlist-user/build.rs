@@ -23,9 +23,14 @@ fn main() -> anyhow::Result<()> {
         println!("cargo::error=cannot build the XDP program: {missing}; {SETUP_HINT}");
         return Ok(());
     }
-    // Debian's rustc is a stable compiler; build-std needs its unstable flags.
+    // Debian's rustc is a stable compiler; build-std needs its unstable flags. The
+    // inner cargo's progress lines would each become a cargo warning: keep it quiet
+    // (its errors still come through).
     // SAFETY: build scripts are single-threaded here, before anything else runs.
-    unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
+    unsafe {
+        env::set_var("RUSTC_BOOTSTRAP", "1");
+        env::set_var("CARGO_TERM_QUIET", "true");
+    }
     let root_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?)
         .parent()
         .expect("workspace root")

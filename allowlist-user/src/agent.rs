@@ -169,7 +169,15 @@ impl Agent {
             tokio::select! {
                 () = sleep_until(next_refresh.min(next_sync)) => {
                     if Instant::now() >= next_refresh {
-                        self.refresh(RefreshOptions { force }).await;
+                        // A refresh may take minutes (timeouts, retries): a stop signal
+                        // abandons it; the lists already accepted were saved.
+                        let report = tokio::select! {
+                            report = self.refresher.refresh_with(RefreshOptions { force }) => report,
+                            _ = term.recv() => { info!("SIGTERM during a refresh"); return Ok(()); }
+                            _ = int.recv() => { info!("SIGINT during a refresh"); return Ok(()); }
+                        };
+                        self.record(&report);
+                        self.sync();
                         force = false;
                         next_refresh = Instant::now() + self.config.refresh;
                     } else {
@@ -184,12 +192,6 @@ impl Agent {
                 _ = int.recv() => { info!("SIGINT"); return Ok(()); }
             }
         }
-    }
-
-    async fn refresh(&mut self, options: RefreshOptions) {
-        let report = self.refresher.refresh_with(options).await;
-        self.record(&report);
-        self.sync();
     }
 
     fn record(&mut self, report: &RefreshReport) {

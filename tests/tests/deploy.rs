@@ -35,7 +35,7 @@ const METRICS: &[&str] = &[
     "allowlist_info",
 ];
 
-/// The alerts the runbook in deploy/README.md describes.
+/// The alerts the runbook in README.md describes.
 const ALERTS: &[&str] = &[
     "AllowlistAgentDown",
     "AllowlistAgentAbsent",
