@@ -14,6 +14,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow};
+use ipnet::IpNet;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
@@ -28,7 +29,7 @@ use crate::{
     datapath::{self, AttachSpec, Filter, LoadOptions},
     fetch::Fetcher,
     metrics::{self, SharedStatus},
-    refresh::{Outcome, RefreshOptions, RefreshReport, Refresher},
+    refresh::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
     status::{AgentStatus, InterfaceStatus, ProviderStatus, SyncStatus},
 };
 
@@ -55,6 +56,8 @@ struct Agent {
     refresh_results: BTreeMap<String, BTreeMap<String, u64>>,
     last_sync: Option<SyncStatus>,
     sync_pending: bool,
+    /// Entries adopted from a previous agent, kept until every source has a list.
+    carry_over: Option<BTreeMap<IpNet, u32>>,
 }
 
 pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
@@ -79,17 +82,24 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
         info!(pin_dir = %config.pin_dir.display(), "found a previous agent's maps; taking them over");
     }
     apply_settings(&mut filter, &config)?;
-    let desired = refresher.allowlist().entries();
-    let report = filter
-        .sync(&desired)
-        .context("filling the allowlist maps")?;
-    info!(
-        prefixes = desired.len(),
-        added = report.added,
-        removed = report.removed,
-        "allowlist loaded from the last good lists"
-    );
-    filter.attach(&specs)?;
+    // A previous agent's entries stay in force for as long as some source has no list
+    // of its own yet (its saved state is gone or refused): a missing list must not
+    // shrink what is allowed.
+    let carry_over = if filter.adopted_maps()
+        && refresher
+            .status()
+            .iter()
+            .any(|s| s.in_force == SetOrigin::None)
+    {
+        let live = filter.maps().live_entries()?;
+        warn!(
+            entries = live.len(),
+            "some sources have no saved list: the previous agent's entries stay in force until they are fetched"
+        );
+        Some(live)
+    } else {
+        None
+    };
 
     let shared: SharedStatus = Arc::new(RwLock::new(None));
     let mut agent = Agent {
@@ -99,9 +109,23 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
         shared: shared.clone(),
         started_at: SystemTime::now(),
         refresh_results: BTreeMap::new(),
-        last_sync: Some(SyncStatus::ok(&report)),
+        last_sync: None,
         sync_pending: false,
+        carry_over,
     };
+    let desired = agent.desired();
+    let report = agent
+        .filter
+        .sync(&desired)
+        .context("filling the allowlist maps")?;
+    info!(
+        prefixes = desired.len(),
+        added = report.added,
+        removed = report.removed,
+        "allowlist loaded from the last good lists"
+    );
+    agent.last_sync = Some(SyncStatus::ok(&report));
+    agent.filter.attach(&specs)?;
     agent.publish();
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -220,8 +244,29 @@ impl Agent {
     }
 
     /// Writes the allowlist in force into the maps; on failure, retried shortly.
+    /// The allowlist in force, plus the carried-over entries while they are needed.
+    fn desired(&mut self) -> BTreeMap<IpNet, u32> {
+        let mut desired = self.refresher.allowlist().entries();
+        if let Some(carry) = &self.carry_over {
+            if self
+                .refresher
+                .status()
+                .iter()
+                .all(|s| s.in_force != SetOrigin::None)
+            {
+                info!("every source has a list now: releasing the previous agent's entries");
+                self.carry_over = None;
+            } else {
+                for (net, rule) in carry {
+                    desired.entry(*net).or_insert(*rule);
+                }
+            }
+        }
+        desired
+    }
+
     fn sync(&mut self) {
-        let desired = self.refresher.allowlist().entries();
+        let desired = self.desired();
         let span = info_span!("sync", prefixes = desired.len());
         let _enter = span.enter();
         match self.filter.sync(&desired) {

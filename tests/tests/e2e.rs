@@ -455,6 +455,54 @@ fn agent_restart_and_sigkill_keep_enforcing() {
     eprintln!("allowed client: {ok} connections through two restarts, 0 failures");
 }
 
+/// A restart that finds the pins but not the saved lists (state_dir lost) while the
+/// provider is down keeps the previous agent's entries until the provider answers.
+#[test]
+fn restart_without_saved_lists_keeps_previous_entries() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let provider = world.provider();
+    provider.set("/ips.json", Response::json(document(&["192.0.2.0/24"])));
+    world.write_config(&world.config("refresh = \"1s\"", &provider_toml(&provider, "")));
+    let mut agent = world.start_agent();
+    world.exchange(a(CLIENT_A), 443).expect("allowed");
+    agent.signal(libc::SIGTERM);
+    agent.wait(Duration::from_secs(10));
+
+    std::fs::remove_dir_all(world.state_dir()).unwrap();
+    provider.set("/ips.json", Response::status(503));
+    let agent = world.start_agent();
+    assert!(
+        wait_until(
+            Duration::from_secs(10),
+            || source_status(&world, SOURCE)["consecutive_failures"].as_u64() >= Some(2)
+        ),
+        "{}",
+        agent.log()
+    );
+    world
+        .exchange(a(CLIENT_A), 443)
+        .unwrap_or_else(|e| panic!("the previous entries were dropped: {e}\n{}", agent.log()));
+
+    // Once the provider answers, its list replaces the carried-over entries.
+    provider.set("/ips.json", Response::json(document(&["198.51.100.0/24"])));
+    assert!(
+        wait_until(Duration::from_secs(10), || world
+            .exchange(a(CLIENT_B), 443)
+            .is_ok()),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || world
+            .exchange(a(CLIENT_A), 443)
+            .is_err()),
+        "carried-over entries were never released"
+    );
+}
+
 /// Scenario 5: 50 refreshes with list changes under a SYN flood: the allowed client
 /// never fails.
 #[test]
