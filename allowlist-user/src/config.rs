@@ -273,9 +273,32 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
     let cx = Cx { text, origin };
     let raw: RawConfig = toml::from_str(text).map_err(|err| {
         let span = err.span().unwrap_or(0..0);
-        cx.error(span, "", err.message().trim_end())
+        let field = key_at(text, span.start);
+        cx.error(span, field, err.message().trim_end())
     })?;
     cx.resolve(raw)
+}
+
+/// The dotted key written on the line holding `offset` (`guards.max_shrink`,
+/// `provider.source.url`), for errors that serde reports with a position only.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let Some((key, _)) = line.split_once('=') else {
+        return String::new();
+    };
+    let key = key.trim();
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|header| header.trim_matches(|c| c == '[' || c == ']').trim());
+    match table {
+        Some(table) => format!("{table}.{key}"),
+        None => key.to_owned(),
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -1395,6 +1418,17 @@ items = "."
             "{msg}"
         );
         assert!(msg.contains("unknown field `colour`"), "{msg}");
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let (msg, line, _) = parse_err("interfaces = [\"eth0\"]\nports = [\"https\"]\n");
+        assert_eq!(line, 2, "{msg}");
+        assert!(msg.contains(":2:") && msg.contains("ports: "), "{msg}");
+        let (msg, _, _) = parse_err(
+            "interfaces = [\"eth0\"]\n[[provider]]\nname = \"a\"\n[[provider.source]]\nretries = \"three\"\n",
+        );
+        assert!(msg.contains("provider.source.retries: "), "{msg}");
     }
 
     #[test]

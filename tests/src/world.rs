@@ -160,6 +160,18 @@ impl World {
         ProviderServer::start_on(listener)
     }
 
+    /// A provider publishing `outbound`, and this world's config with `top` (extra
+    /// top-level keys) and a provider "partner" reading it.
+    pub fn provider_publishing(&self, outbound: &[&str], top: &str) -> ProviderServer {
+        let provider = self.provider();
+        provider.set(
+            DOCUMENT_PATH,
+            crate::provider_server::Response::json(intercom_document(outbound)),
+        );
+        self.write_config(&self.config(top, &provider_toml("partner", &provider)));
+        provider
+    }
+
     /// A free TCP port on the server namespace's loopback (for metrics).
     pub fn free_port(&self) -> u16 {
         self.server.run(|| {
@@ -582,6 +594,43 @@ impl Drop for Flood {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// An Intercom-shaped provider document: `outbound` as INTERCOM-OUTBOUND ranges, plus
+/// Intercom's own infrastructure range (203.0.113.0/24, CLIENT_C's), which must never
+/// be allowed.
+pub fn intercom_document(outbound: &[&str]) -> String {
+    let mut items: Vec<serde_json::Value> = outbound
+        .iter()
+        .map(|r| serde_json::json!({ "range": r, "region": "US", "service": "INTERCOM-OUTBOUND" }))
+        .collect();
+    items.push(serde_json::json!({ "range": "203.0.113.0/24", "region": "US", "service": "INTERCOM-GENERAL" }));
+    serde_json::json!({ "ip_ranges": items, "date": "2026-11-23" }).to_string()
+}
+
+/// The path the provider serves its document at.
+pub const DOCUMENT_PATH: &str = "/intercom-ip-ranges.json";
+
+/// A `[[provider]]` named `name` whose one source is `provider`'s document, selected as
+/// the `intercom-*` presets select Intercom's (short timeout, no retries: tests).
+pub fn provider_toml(name: &str, provider: &ProviderServer) -> String {
+    format!(
+        r#"
+[[provider]]
+name = "{name}"
+[[provider.source]]
+url = "{}"
+format = "json"
+items = "ip_ranges"
+cidr = "range"
+where = {{ service = "INTERCOM-OUTBOUND" }}
+ca_file = "{}"
+timeout = "1s"
+retries = 0
+"#,
+        provider.url(DOCUMENT_PATH),
+        provider.ca_file().display()
+    )
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.

@@ -15,40 +15,6 @@ use serde_json::Value;
 
 const SOURCE: &str = "partner/0";
 
-/// An Intercom-shaped document: `outbound` ranges, plus infrastructure ranges that
-/// must never be allowed (203.0.113.0/24 is CLIENT_C's).
-fn document(outbound: &[&str]) -> String {
-    let mut items: Vec<Value> = outbound
-        .iter()
-        .map(|r| serde_json::json!({ "range": r, "region": "US", "service": "OUTBOUND" }))
-        .collect();
-    items.push(
-        serde_json::json!({ "range": "203.0.113.0/24", "region": "US", "service": "GENERAL" }),
-    );
-    serde_json::json!({ "ip_ranges": items, "date": "2026-11-23" }).to_string()
-}
-
-fn provider_toml(provider: &ProviderServer, extra: &str) -> String {
-    format!(
-        r#"
-[[provider]]
-name = "partner"
-[[provider.source]]
-url = "{}"
-format = "json"
-items = "ip_ranges"
-cidr = "range"
-where = {{ service = "OUTBOUND" }}
-ca_file = "{}"
-timeout = "1s"
-retries = 0
-{extra}
-"#,
-        provider.url("/ips.json"),
-        provider.ca_file().display()
-    )
-}
-
 fn a(ip: std::net::Ipv4Addr) -> IpAddr {
     IpAddr::V4(ip)
 }
@@ -93,13 +59,11 @@ fn allowlisted_client_gets_in_and_others_time_out() {
         return;
     }
     let world = World::new();
-    let provider = world.provider();
-    provider.set("/ips.json", Response::json(document(&["192.0.2.0/24"])));
     let port = world.free_port();
-    world.write_config(&world.config(
+    let provider = world.provider_publishing(
+        &["192.0.2.0/24"],
         &format!("metrics = \"127.0.0.1:{port}\"\nrefresh = \"1h\""),
-        &provider_toml(&provider, ""),
-    ));
+    );
     let agent = world.start_agent();
 
     world
@@ -185,11 +149,75 @@ fn allowlisted_client_gets_in_and_others_time_out() {
     assert_eq!(check["verdict"], "pass");
     assert_eq!(check["matched_prefix"], "192.0.2.0/24");
     assert_eq!(check["provider"], "partner");
-    let out = world.cli(&["list"]);
-    assert_eq!(
-        text(&out).split_whitespace().collect::<Vec<_>>(),
-        ["192.0.2.0/24", "partner"]
+    let listed = || {
+        text(&world.cli(&["list"]))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed(), ["192.0.2.0/24", "partner"]);
+    let out = world.cli(&["status"]);
+    assert!(
+        out.status.success() && text(&out).contains("partner/0"),
+        "{}",
+        text(&out)
     );
+
+    // `fetch` shows what a refresh would change, and changes nothing.
+    provider.set(
+        DOCUMENT_PATH,
+        Response::json(intercom_document(&["192.0.2.0/24", "198.51.100.0/24"])),
+    );
+    let out = world.cli(&["fetch"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("+ 198.51.100.0/24"), "{}", text(&out));
+    assert_denied(&world, a(CLIENT_B));
+    assert_eq!(listed(), ["192.0.2.0/24", "partner"]);
+
+    // bpftool reads the pins: keys and values typed from BTF, the program by name.
+    let dump = bpftool(&[
+        "map",
+        "dump",
+        "pinned",
+        &world.pin_dir.join("ALLOW_V4").display().to_string(),
+    ]);
+    assert!(
+        dump.contains("\"prefix_len\": 24") && dump.contains("\"rule\": 0"),
+        "{dump}"
+    );
+    let link = world.pin_dir.join(format!("link_{}", world.server_if));
+    let link: Value = serde_json::from_str(&bpftool(&[
+        "-j",
+        "link",
+        "show",
+        "pinned",
+        &link.display().to_string(),
+    ]))
+    .unwrap();
+    let prog: Value = serde_json::from_str(&bpftool(&[
+        "-j",
+        "prog",
+        "show",
+        "id",
+        &link["prog_id"].to_string(),
+    ]))
+    .unwrap();
+    assert_eq!(prog["name"], "allowlist", "{prog:#}");
+    assert_eq!(prog["type"], "xdp");
+}
+
+fn bpftool(args: &[&str]) -> String {
+    let out = std::process::Command::new("bpftool")
+        .args(args)
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool {}: {}",
+        args.join(" "),
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Scenario 7: IPv6.
@@ -199,9 +227,7 @@ fn ipv6_allowed_and_denied() {
         return;
     }
     let world = World::new();
-    let provider = world.provider();
-    provider.set("/ips.json", Response::json(document(&["2001:db8:a::/64"])));
-    world.write_config(&world.config("", &provider_toml(&provider, "")));
+    let _provider = world.provider_publishing(&["2001:db8:a::/64"], "");
     let agent = world.start_agent();
     world
         .exchange(IpAddr::V6(CLIENT_A6), 443)
@@ -221,19 +247,17 @@ fn provider_changes_apply_within_one_refresh() {
         return;
     }
     let world = World::new();
-    let provider = world.provider();
-    provider.set("/ips.json", Response::json(document(&["192.0.2.0/24"])));
-    world.write_config(&world.config(
+    let provider = world.provider_publishing(
+        &["192.0.2.0/24"],
         "refresh = \"1s\"\n[guards]\nmax_shrink = 0.9",
-        &provider_toml(&provider, ""),
-    ));
+    );
     let _agent = world.start_agent();
     world.exchange(a(CLIENT_A), 443).expect("allowed");
     assert_denied(&world, a(CLIENT_B));
 
     provider.set(
-        "/ips.json",
-        Response::json(document(&["192.0.2.0/24", "198.51.100.0/24"])),
+        DOCUMENT_PATH,
+        Response::json(intercom_document(&["192.0.2.0/24", "198.51.100.0/24"])),
     );
     let started = Instant::now();
     assert!(
@@ -244,7 +268,10 @@ fn provider_changes_apply_within_one_refresh() {
     );
     eprintln!("added range effective after {:?}", started.elapsed());
 
-    provider.set("/ips.json", Response::json(document(&["198.51.100.0/24"])));
+    provider.set(
+        DOCUMENT_PATH,
+        Response::json(intercom_document(&["198.51.100.0/24"])),
+    );
     assert!(
         wait_until(Duration::from_secs(8), || world
             .exchange(a(CLIENT_A), 443)
@@ -266,16 +293,10 @@ fn failure_keeps_last_good_set(
         return;
     }
     let world = World::new();
-    let mut provider = Some(world.provider());
-    let p = provider.as_ref().unwrap();
-    p.set(
-        "/ips.json",
-        Response::json(document(&["192.0.2.0/24", "198.51.100.128/25"])),
-    );
     let port = world.free_port();
-    world.write_config(&world.config(
+    let mut provider = Some(world.provider_publishing(
+        &["192.0.2.0/24", "198.51.100.128/25"],
         &format!("refresh = \"1s\"\nmetrics = \"127.0.0.1:{port}\""),
-        &provider_toml(p, ""),
     ));
     let agent = world.start_agent();
     assert!(
@@ -351,7 +372,11 @@ fn provider_connection_refused_keeps_last_good_set() {
 #[test]
 fn provider_http_500_keeps_last_good_set() {
     failure_keeps_last_good_set(
-        |p| p.as_ref().unwrap().set("/ips.json", Response::status(500)),
+        |p| {
+            p.as_ref()
+                .unwrap()
+                .set(DOCUMENT_PATH, Response::status(500))
+        },
         "failure",
     );
 }
@@ -360,9 +385,9 @@ fn provider_http_500_keeps_last_good_set() {
 fn provider_timeout_keeps_last_good_set() {
     failure_keeps_last_good_set(
         |p| {
-            let doc = document(&["192.0.2.0/24"]);
+            let doc = intercom_document(&["192.0.2.0/24"]);
             p.as_ref().unwrap().set(
-                "/ips.json",
+                DOCUMENT_PATH,
                 Response::json(doc).delay(Duration::from_secs(5)),
             );
         },
@@ -376,7 +401,7 @@ fn provider_garbage_keeps_last_good_set() {
         |p| {
             p.as_ref()
                 .unwrap()
-                .set("/ips.json", Response::ok("<html>maintenance</html>"))
+                .set(DOCUMENT_PATH, Response::ok("<html>maintenance</html>"))
         },
         "failure",
     );
@@ -388,7 +413,7 @@ fn provider_empty_list_keeps_last_good_set() {
         |p| {
             p.as_ref()
                 .unwrap()
-                .set("/ips.json", Response::json(document(&[])))
+                .set(DOCUMENT_PATH, Response::json(intercom_document(&[])))
         },
         "refused",
     );
@@ -400,8 +425,8 @@ fn provider_shrink_beyond_threshold_keeps_last_good_set() {
     failure_keeps_last_good_set(
         |p| {
             p.as_ref().unwrap().set(
-                "/ips.json",
-                Response::json(document(&["198.51.100.128/25"])),
+                DOCUMENT_PATH,
+                Response::json(intercom_document(&["198.51.100.128/25"])),
             )
         },
         "refused",
@@ -416,9 +441,7 @@ fn agent_restart_and_sigkill_keep_enforcing() {
         return;
     }
     let world = World::new();
-    let provider = world.provider();
-    provider.set("/ips.json", Response::json(document(&["192.0.2.0/24"])));
-    world.write_config(&world.config("", &provider_toml(&provider, "")));
+    let _provider = world.provider_publishing(&["192.0.2.0/24"], "");
     let mut agent = world.start_agent();
     let client = world.client_loop(a(CLIENT_A), 443);
 
@@ -463,16 +486,14 @@ fn restart_without_saved_lists_keeps_previous_entries() {
         return;
     }
     let world = World::new();
-    let provider = world.provider();
-    provider.set("/ips.json", Response::json(document(&["192.0.2.0/24"])));
-    world.write_config(&world.config("refresh = \"1s\"", &provider_toml(&provider, "")));
+    let provider = world.provider_publishing(&["192.0.2.0/24"], "refresh = \"1s\"");
     let mut agent = world.start_agent();
     world.exchange(a(CLIENT_A), 443).expect("allowed");
     agent.signal(libc::SIGTERM);
     agent.wait(Duration::from_secs(10));
 
     std::fs::remove_dir_all(world.state_dir()).unwrap();
-    provider.set("/ips.json", Response::status(503));
+    provider.set(DOCUMENT_PATH, Response::status(503));
     let agent = world.start_agent();
     assert!(
         wait_until(
@@ -487,7 +508,10 @@ fn restart_without_saved_lists_keeps_previous_entries() {
         .unwrap_or_else(|e| panic!("the previous entries were dropped: {e}\n{}", agent.log()));
 
     // Once the provider answers, its list replaces the carried-over entries.
-    provider.set("/ips.json", Response::json(document(&["198.51.100.0/24"])));
+    provider.set(
+        DOCUMENT_PATH,
+        Response::json(intercom_document(&["198.51.100.0/24"])),
+    );
     assert!(
         wait_until(Duration::from_secs(10), || world
             .exchange(a(CLIENT_B), 443)
@@ -511,9 +535,7 @@ fn fifty_refreshes_under_flood_lose_nothing() {
         return;
     }
     let world = World::new();
-    let provider = world.provider();
-    provider.set("/ips.json", Response::json(document(&["192.0.2.0/24"])));
-    world.write_config(&world.config("[guards]\nmax_shrink = 0.9", &provider_toml(&provider, "")));
+    let provider = world.provider_publishing(&["192.0.2.0/24"], "[guards]\nmax_shrink = 0.9");
     let agent = world.start_agent();
     let dropped_before = counter(&world.status(), "not_allowlisted", "drop");
     // A dropped SYN is retransmitted after 1 s: a shorter timeout turns it into a failure.
@@ -535,7 +557,7 @@ fn fifty_refreshes_under_flood_lose_nothing() {
         } else {
             vec!["192.0.2.0/24", &extra]
         };
-        provider.set("/ips.json", Response::json(document(&ranges)));
+        provider.set(DOCUMENT_PATH, Response::json(intercom_document(&ranges)));
         let out = world.cli(&["reload"]);
         assert!(out.status.success(), "{}", text(&out));
         assert!(
@@ -572,10 +594,8 @@ fn monitor_mode_counts_and_reload_enforces() {
         return;
     }
     let world = World::new();
-    let provider = world.provider();
-    provider.set("/ips.json", Response::json(document(&["192.0.2.0/24"])));
-    world.write_config(&world.config("mode = \"monitor\"", &provider_toml(&provider, "")));
-    let _agent = world.start_agent();
+    let provider = world.provider_publishing(&["192.0.2.0/24"], "mode = \"monitor\"");
+    let agent = world.start_agent();
     world
         .exchange(a(CLIENT_B), 443)
         .expect("monitor mode drops nothing");
@@ -586,7 +606,27 @@ fn monitor_mode_counts_and_reload_enforces() {
     );
     assert_eq!(counter(&status, "not_allowlisted", "drop"), 0);
 
-    world.write_config(&world.config("mode = \"enforce\"", &provider_toml(&provider, "")));
+    // A config that no longer validates: `allowlist reload` says so, and the agent,
+    // signalled anyway (as `systemctl reload` would), keeps the running one.
+    world.write_config("ports = [\"https\"]\n");
+    let out = world.cli(&["reload"]);
+    assert!(
+        !out.status.success() && text(&out).contains("ports"),
+        "{}",
+        text(&out)
+    );
+    agent.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        agent.log().contains("keeping the running one"),
+        "{}",
+        agent.log()
+    );
+    world
+        .exchange(a(CLIENT_B), 443)
+        .expect("still monitoring after a bad reload");
+
+    world.write_config(&world.config("mode = \"enforce\"", &provider_toml("partner", &provider)));
     assert!(world.cli(&["reload"]).status.success());
     assert!(wait_until(
         Duration::from_secs(5),
@@ -603,9 +643,7 @@ fn detach_removes_program_and_pins() {
         return;
     }
     let world = World::new();
-    let provider = world.provider();
-    provider.set("/ips.json", Response::json(document(&["192.0.2.0/24"])));
-    world.write_config(&world.config("", &provider_toml(&provider, "")));
+    let _provider = world.provider_publishing(&["192.0.2.0/24"], "");
     let mut agent = world.start_agent();
     assert!(xdp_attached(&world));
     let out = world.cli(&["detach"]);

@@ -14,9 +14,11 @@ use std::{
 use allowlist_tests::{
     netns::require_root,
     provider_server::Response,
-    world::{self, CLIENT_A, CLIENT_A6, CLIENT_B, CLIENT_B6, CLIENT_C, World},
+    world::{
+        self, CLIENT_A, CLIENT_A6, CLIENT_B, CLIENT_B6, CLIENT_C, DOCUMENT_PATH, World,
+        intercom_document, provider_toml,
+    },
 };
-use serde_json::Value;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -32,16 +34,6 @@ macro_rules! checkpoint {
             return Ok(());
         }
     };
-}
-
-fn intercom_document(outbound: &[&str]) -> String {
-    let mut items: Vec<Value> = outbound
-        .iter()
-        .map(|r| serde_json::json!({ "range": r, "region": "US", "service": "INTERCOM-OUTBOUND" }))
-        .collect();
-    // Intercom's own infrastructure is in the same file and must not be allowed.
-    items.push(serde_json::json!({ "range": "203.0.113.0/24", "region": "US", "service": "INTERCOM-GENERAL" }));
-    serde_json::json!({ "ip_ranges": items, "date": "2026-11-23" }).to_string()
 }
 
 struct Row {
@@ -81,38 +73,19 @@ fn demo() -> Result<(), String> {
     );
     let provider = world.provider();
     provider.set(
-        "/intercom-ip-ranges.json",
+        DOCUMENT_PATH,
         Response::json(intercom_document(&["192.0.2.0/24"])),
     );
     println!(
         "provider: {} (HTTPS, test CA) publishes 192.0.2.0/24 as INTERCOM-OUTBOUND",
-        provider.url("/intercom-ip-ranges.json")
+        provider.url(DOCUMENT_PATH)
     );
     let metrics = world.free_port();
+    let office =
+        "\n[[provider]]\nname = \"office\"\n[[provider.source]]\nstatic = [\"2001:db8:a::/64\"]\n";
     let config = world.config(
         &format!("refresh = \"2s\"\nmetrics = \"127.0.0.1:{metrics}\""),
-        &format!(
-            r#"
-[[provider]]
-name = "intercom"
-[[provider.source]]
-url = "{}"
-format = "json"
-items = "ip_ranges"
-cidr = "range"
-where = {{ service = "INTERCOM-OUTBOUND" }}
-ca_file = "{}"
-timeout = "2s"
-retries = 0
-
-[[provider]]
-name = "office"
-[[provider.source]]
-static = ["2001:db8:a::/64"]
-"#,
-            provider.url("/intercom-ip-ranges.json"),
-            provider.ca_file().display()
-        ),
+        &format!("{}{office}", provider_toml("intercom", &provider)),
     );
     world.write_config(&config);
     println!("config: {}\n", world.config_path().display());
@@ -201,7 +174,7 @@ static = ["2001:db8:a::/64"]
 
     println!("\nthe provider adds 198.51.100.0/24 to its list:");
     provider.set(
-        "/intercom-ip-ranges.json",
+        DOCUMENT_PATH,
         Response::json(intercom_document(&["192.0.2.0/24", "198.51.100.0/24"])),
     );
     let started = Instant::now();
@@ -222,7 +195,7 @@ static = ["2001:db8:a::/64"]
     checkpoint!();
 
     println!("\nthe provider breaks (HTTP 500); the last good list stays in force:");
-    provider.set("/intercom-ip-ranges.json", Response::status(500));
+    provider.set(DOCUMENT_PATH, Response::status(500));
     world::wait_until(Duration::from_secs(10), || {
         world.status()["agent"]["sources"][0]["consecutive_failures"].as_u64() >= Some(1)
     });
