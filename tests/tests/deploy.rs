@@ -9,10 +9,10 @@ use std::{
     collections::BTreeSet,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
 };
 
-use allowlist_tests::world::binary;
+use allowlist_tests::{describe, repo, run, world::binary};
 use allowlist_user::config::{self, Config, Location};
 use serde::Deserialize as _;
 use serde_yaml_ng::Value;
@@ -46,13 +46,6 @@ const ALERTS: &[&str] = &[
     "AllowlistMapNearCapacity",
 ];
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is in the workspace")
-        .to_owned()
-}
-
 fn deploy(rel: &str) -> PathBuf {
     repo().join("deploy").join(rel)
 }
@@ -63,20 +56,6 @@ fn read(path: &Path) -> String {
 
 fn parse_config(text: &str, origin: &Path) -> Config {
     config::parse(text, origin).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
@@ -298,7 +277,7 @@ fn systemd_analyze_verifies_the_unit() {
     assert!(
         out.status.success(),
         "systemd-analyze verify: {}",
-        text(&out)
+        describe(&out)
     );
     // Unknown or misspelt settings are only warnings: none may mention the unit.
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -319,14 +298,14 @@ fn systemd_analyze_verifies_the_unit() {
 fn agent_accepts_the_deployed_command_lines() {
     let agent = binary();
     let out = run(Command::new(&agent).arg("--version"));
-    assert!(out.status.success(), "--version: {}", text(&out));
+    assert!(out.status.success(), "--version: {}", describe(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("allowlist {}", env!("CARGO_PKG_VERSION"))
     );
 
     let out = run(Command::new(&agent).args(["run", "--help"]));
-    assert!(out.status.success(), "run --help: {}", text(&out));
+    assert!(out.status.success(), "run --help: {}", describe(&out));
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in ["--config", "--log-format", "--detach-on-exit"] {
         assert!(
@@ -352,7 +331,7 @@ fn agent_accepts_the_deployed_command_lines() {
         assert!(
             out.status.success(),
             "the agent rejects the arguments of {origin} {args:?}: {}",
-            text(&out)
+            describe(&out)
         );
         let help = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -438,7 +417,7 @@ fn debian_package_installs_the_files_where_the_unit_and_defaults_expect_them() {
             out.status.success(),
             "sh -n {}: {}",
             script.display(),
-            text(&out)
+            describe(&out)
         );
     }
     // The scripts name the agent's defaults.
@@ -888,9 +867,17 @@ fn promtool_checks_the_alerts_and_runs_their_unit_tests() {
     let out = run(Command::new(&promtool)
         .args(["check", "rules", "allowlist-alerts.yaml"])
         .current_dir(&dir));
-    assert!(out.status.success(), "promtool check rules: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}",
+        describe(&out)
+    );
     let out = run(Command::new(&promtool)
         .args(["test", "rules", "allowlist-alerts.test.yaml"])
         .current_dir(&dir));
-    assert!(out.status.success(), "promtool test rules: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "promtool test rules: {}",
+        describe(&out)
+    );
 }

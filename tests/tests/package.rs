@@ -11,7 +11,7 @@ use std::{
     process::{Command, Output},
 };
 
-use allowlist_tests::netns::require_root;
+use allowlist_tests::{describe, netns::require_root, repo, run};
 
 const PACKAGE: &str = "allowlist";
 const BINARY: &str = "/usr/bin/allowlist";
@@ -19,27 +19,6 @@ const UNIT: &str = "/lib/systemd/system/allowlist.service";
 const CONFIG: &str = "/etc/allowlist/allowlist.toml";
 const CONFIG_DIR: &str = "/etc/allowlist";
 const STATE_DIR: &str = "/var/lib/allowlist";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is in the workspace")
-        .to_owned()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Whether dpkg knows the package: installed, or removed with its conffiles kept.
 fn installed() -> bool {
@@ -61,14 +40,18 @@ fn build_package() -> PathBuf {
     let out = run(Command::new(cargo)
         .args(["xtask", "package"])
         .current_dir(repo()));
-    assert!(out.status.success(), "cargo xtask package: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "cargo xtask package: {}",
+        describe(&out)
+    );
     // xtask prints the package's path last.
     let stderr = String::from_utf8_lossy(&out.stderr);
     let deb = stderr
         .lines()
         .map(str::trim)
         .rfind(|l| l.ends_with(".deb"))
-        .unwrap_or_else(|| panic!("cargo xtask package named no .deb: {}", text(&out)));
+        .unwrap_or_else(|| panic!("cargo xtask package named no .deb: {}", describe(&out)));
     PathBuf::from(deb)
 }
 
@@ -86,7 +69,7 @@ impl Drop for Installation {
         if installed() {
             let out = Installation::purge();
             if !out.status.success() {
-                eprintln!("dpkg --purge {PACKAGE} failed: {}", text(&out));
+                eprintln!("dpkg --purge {PACKAGE} failed: {}", describe(&out));
             }
         }
     }
@@ -116,18 +99,22 @@ fn debian_package_installs_runs_and_purges() {
         out.status.success(),
         "dpkg --install {}: {}",
         deb.display(),
-        text(&out)
+        describe(&out)
     );
 
     // The installed agent runs.
     let out = run(Command::new(BINARY).arg("--version"));
-    assert!(out.status.success(), "{BINARY} --version: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "{BINARY} --version: {}",
+        describe(&out)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("allowlist {}", env!("CARGO_PKG_VERSION"))
     );
     let out = run(Command::new(BINARY).arg("presets"));
-    assert!(out.status.success(), "{BINARY} presets: {}", text(&out));
+    assert!(out.status.success(), "{BINARY} presets: {}", describe(&out));
     let presets = String::from_utf8_lossy(&out.stdout);
     for preset in ["intercom-us", "github-hooks", "stripe-webhooks"] {
         assert!(
@@ -153,7 +140,7 @@ fn debian_package_installs_runs_and_purges() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(CONFIG),
         "{CONFIG} is not a conffile: {}",
-        text(&out)
+        describe(&out)
     );
     let state = std::fs::metadata(STATE_DIR).expect("postinst creates the state directory");
     assert!(state.is_dir());
@@ -169,13 +156,13 @@ fn debian_package_installs_runs_and_purges() {
         assert!(
             out.status.success(),
             "systemd-analyze verify {UNIT}: {}",
-            text(&out)
+            describe(&out)
         );
     }
 
     // Purge removes everything, the state and the config included.
     let out = Installation::purge();
-    assert!(out.status.success(), "dpkg --purge: {}", text(&out));
+    assert!(out.status.success(), "dpkg --purge: {}", describe(&out));
     drop(guard);
     for path in [BINARY, UNIT, CONFIG, CONFIG_DIR, STATE_DIR] {
         assert!(!Path::new(path).exists(), "{path} is left after the purge");
