@@ -743,6 +743,49 @@ fn bad_input_exits_nonzero_and_attaches_nothing() {
     assert!(!xdp_attached(&world));
 }
 
+/// Pins left by another build, or a second agent on the same directories, are refused
+/// with a message; the first agent and its filter are untouched.
+#[test]
+fn stale_pins_and_a_second_agent_are_refused() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let _provider = world.provider_publishing(&["192.0.2.0/24"], "");
+
+    // An ALLOW_V4 of another layout (a hash map), as another build might leave.
+    std::fs::create_dir_all(&world.pin_dir).unwrap();
+    let stale = world.pin_dir.join("ALLOW_V4");
+    let out = allowlist_tests::run(
+        std::process::Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(&stale)
+            .args([
+                "type", "hash", "key", "4", "value", "4", "entries", "8", "name", "ALLOW_V4",
+            ]),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let mut agent = world.spawn_agent(&[], &world.dir.path().join("stale.log"));
+    assert!(!agent.wait(Duration::from_secs(10)).success());
+    let log = agent.log();
+    assert!(
+        log.contains("another build of allowlist") && log.contains("allowlist detach"),
+        "{log}"
+    );
+    assert!(!xdp_attached(&world));
+    assert!(world.cli(&["detach"]).status.success());
+    assert!(!world.pin_dir.exists());
+
+    let _agent = world.start_agent();
+    let mut second = world.spawn_agent(&[], &world.dir.path().join("second.log"));
+    assert!(!second.wait(Duration::from_secs(10)).success());
+    assert!(second.log().contains("another agent"), "{}", second.log());
+    world
+        .exchange(a(CLIENT_A), 443)
+        .expect("the first agent's filter still works");
+    assert_denied(&world, a(CLIENT_B));
+}
+
 fn make_world_readable(world: &World) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(world.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
