@@ -14,9 +14,20 @@ pub mod maps {
     pub const HITS: &str = "HITS";
     pub const FRAGS_V4: &str = "FRAGS_V4";
     pub const FRAGS_V6: &str = "FRAGS_V6";
+    pub const FAST_V4: &str = "FAST_V4";
+    pub const FAST_V4_GROUPS: &str = "FAST_V4_GROUPS";
     /// Every map the program owns, in the order the agent pins them.
-    pub const ALL: [&str; 8] = [
-        ALLOW_V4, ALLOW_V6, PORTS, SETTINGS, COUNTERS, HITS, FRAGS_V4, FRAGS_V6,
+    pub const ALL: [&str; 10] = [
+        ALLOW_V4,
+        ALLOW_V6,
+        PORTS,
+        SETTINGS,
+        COUNTERS,
+        HITS,
+        FRAGS_V4,
+        FRAGS_V6,
+        FAST_V4,
+        FAST_V4_GROUPS,
     ];
 }
 
@@ -45,6 +56,79 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Rule {
     pub rule: u32,
+}
+
+/// The IPv4 fast table: the tries' answer for every IPv4 source, precomputed by the
+/// agent so that the program finds it in one or two array-speed lookups instead of
+/// walking the trie (DIR-24-8, as in DPDK's `rte_lpm`).
+///
+/// - `FAST_V4` holds one code per /24 ("block", the top 24 bits of the address): 2^24
+///   one-byte codes, packed [`CODES_PER_SLOT`] to an array element (the kernel rounds
+///   array elements up to 8 bytes), 16 MiB, `BPF_F_MMAPABLE` so that the agent
+///   writes it through a memory mapping rather than one syscall per code.
+/// - `FAST_V4_GROUPS` holds, for a /24 that prefixes longer than /24 split, one code
+///   per address of the block, keyed by the block number (a hash map without
+///   preallocation: memory only for the blocks that need it).
+///
+/// The tries stay the authoritative set: a code only repeats what the longest match
+/// in `ALLOW_V4` answers, and [`DEEPER`] (the value of a zeroed table) sends the
+/// program to the trie, so a table that was never written is slow but never wrong.
+pub mod fast {
+    /// A /24's code says "ask the trie" (the table was never written there, or the
+    /// longest match's rule id has no code).
+    pub const DEEPER: u8 = 0;
+    /// No prefix covers the address (the /24, or the address inside a group).
+    pub const DENY: u8 = 1;
+    /// The /24 is split by longer prefixes: its addresses' codes are in the group map.
+    /// Never found inside a group.
+    pub const GROUP: u8 = 255;
+    /// Codes `2..=254` allow, for rule id `code - 2`.
+    const FIRST_RULE: u8 = 2;
+    /// The largest rule id a code can carry; the addresses of a rule above it are
+    /// answered by the trie.
+    pub const MAX_RULE: u32 = (GROUP - 1 - FIRST_RULE) as u32;
+
+    /// Number of /24 blocks.
+    pub const BLOCKS: usize = 1 << 24;
+    /// Codes per element of the `FAST_V4` array.
+    pub const CODES_PER_SLOT: usize = 8;
+    /// Elements of the `FAST_V4` array.
+    pub const SLOTS: usize = BLOCKS / CODES_PER_SLOT;
+    /// An element of `FAST_V4`: the codes of `CODES_PER_SLOT` consecutive blocks.
+    pub type Slot = [u8; CODES_PER_SLOT];
+    /// A value of `FAST_V4_GROUPS`: one code per address of the block, by last octet.
+    pub type Group = [u8; 256];
+    /// Capacity of the group map: every prefix longer than /24 could split a block of
+    /// its own (during a sync the tries hold the union of two sets, which the
+    /// capacity check bounds by `MAX_PREFIXES_V4`).
+    pub const MAX_GROUPS: usize = super::MAX_PREFIXES_V4;
+    /// `BPF_F_MMAPABLE`.
+    pub const MMAPABLE: usize = 1 << 10;
+    /// `BPF_F_NO_PREALLOC`.
+    pub const NO_PREALLOC: usize = 1;
+
+    /// The code that allows the addresses of `rule`.
+    pub const fn allow(rule: u32) -> u8 {
+        if rule <= MAX_RULE {
+            rule as u8 + FIRST_RULE
+        } else {
+            DEEPER
+        }
+    }
+
+    /// The rule id an allowing code carries; `None` for `DEEPER`, `DENY`, `GROUP`.
+    pub const fn rule(code: u8) -> Option<u32> {
+        if code >= FIRST_RULE && code < GROUP {
+            Some((code - FIRST_RULE) as u32)
+        } else {
+            None
+        }
+    }
+
+    /// The block (top 24 bits) of an address given as its 32-bit value.
+    pub const fn block(addr: u32) -> u32 {
+        addr >> 8
+    }
 }
 
 /// Run-time settings, one entry in the `SETTINGS` array map.
@@ -208,6 +292,21 @@ mod tests {
         assert!(!Reason::FragmentOfPassed.drops());
         assert!(Reason::NotAllowlisted.drops());
         assert!(Reason::Tunnel.drops());
+    }
+
+    #[test]
+    fn fast_codes_round_trip() {
+        assert_eq!(fast::rule(fast::allow(0)), Some(0));
+        assert_eq!(
+            fast::rule(fast::allow(fast::MAX_RULE)),
+            Some(fast::MAX_RULE)
+        );
+        assert_eq!(fast::allow(fast::MAX_RULE + 1), fast::DEEPER);
+        for code in [fast::DEEPER, fast::DENY, fast::GROUP] {
+            assert_eq!(fast::rule(code), None);
+        }
+        assert_eq!(fast::allow(fast::MAX_RULE), fast::GROUP - 1);
+        assert_eq!(fast::SLOTS * fast::CODES_PER_SLOT, 1 << 24);
     }
 
     #[test]

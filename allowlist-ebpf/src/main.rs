@@ -7,6 +7,11 @@
 //!
 //! Every decision is a [`Reason`]; [`finish`] is the only exit, so the counters can't
 //! drift from the verdicts.
+//!
+//! An IPv4 source is looked up in the fast table first (one array element for its
+//! /24, and one group entry when longer prefixes split that /24; see
+//! `allowlist_common::fast`): constant time whatever the list size. The trie is
+//! walked only where the table says so. IPv6 sources are looked up in the trie.
 #![no_std]
 #![no_main]
 
@@ -14,12 +19,12 @@ mod parse;
 
 use allowlist_common::{
     FragKeyV4, FragKeyV6, FragVerdict, MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_RULES,
-    MAX_TRACKED_FRAGMENTS, PORT_SLOTS, PortFlag, Reason, Rule, Settings, counter,
+    MAX_TRACKED_FRAGMENTS, PORT_SLOTS, PortFlag, Reason, Rule, Settings, counter, fast,
 };
 use aya_ebpf::{
     Global,
     bindings::xdp_action,
-    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -30,6 +35,11 @@ use crate::parse::{Cursor, Ipv4Fragment, L4, Source};
 static ALLOW_V4: LpmTrie<[u8; 4], Rule, MAX_PREFIXES_V4> = LpmTrie::new();
 #[btf_map]
 static ALLOW_V6: LpmTrie<[u8; 16], Rule, MAX_PREFIXES_V6> = LpmTrie::new();
+#[btf_map]
+static FAST_V4: Array<fast::Slot, { fast::SLOTS }, { fast::MMAPABLE }> = Array::new();
+#[btf_map]
+static FAST_V4_GROUPS: HashMap<u32, fast::Group, { fast::MAX_GROUPS }, { fast::NO_PREALLOC }> =
+    HashMap::new();
 #[btf_map]
 static PORTS: Array<PortFlag, PORT_SLOTS> = Array::new();
 #[btf_map]
@@ -93,6 +103,10 @@ fn bump<const N: usize>(map: &PerCpuArray<u64, N>, slot: u32) {
 
 fn classify(ctx: &XdpContext) -> Reason {
     let mut cur = Cursor::new(ctx);
+    // Most frames take the short way; the general parser would judge them the same.
+    if let Some(plain) = parse::plain_ipv4(&cur) {
+        return judge_l4(Source::V4(plain.src), plain.proto, plain.dst_port);
+    }
     let parsed = parse::packet(&mut cur);
     for (seen, slot) in [
         (cur.vlan_tagged, counter::VLAN_TAGGED),
@@ -257,15 +271,41 @@ fn protected(port: u16) -> bool {
 #[inline(always)]
 fn allowed(src: Source) -> bool {
     let rule = match src {
-        Source::V4(addr) => ALLOW_V4.get(&Key::new(32, addr)),
-        Source::V6(addr) => ALLOW_V6.get(&Key::new(128, addr)),
+        Source::V4(addr) => match fast_v4(addr) {
+            fast::DENY => None,
+            fast::DEEPER => ALLOW_V4.get(&Key::new(32, addr)).map(|r| r.rule),
+            code => fast::rule(code),
+        },
+        Source::V6(addr) => ALLOW_V6.get(&Key::new(128, addr)).map(|r| r.rule),
     };
     match rule {
         Some(rule) => {
-            bump(&HITS, rule.rule);
+            bump(&HITS, rule);
             true
         }
         None => false,
+    }
+}
+
+/// The fast table's code for an IPv4 source: `DENY`, an allowing code, or `DEEPER`
+/// (never `GROUP`). A group that is missing (the agent replaces a group by a direct
+/// code, then deletes it) sends the source to the trie.
+#[inline(always)]
+fn fast_v4(addr: [u8; 4]) -> u8 {
+    let block = fast::block(u32::from_be_bytes(addr));
+    let slot = block / fast::CODES_PER_SLOT as u32;
+    let Some(codes) = FAST_V4.get(slot) else {
+        return fast::DEEPER;
+    };
+    let code = codes[(block % fast::CODES_PER_SLOT as u32) as usize];
+    if code != fast::GROUP {
+        return code;
+    }
+    match FAST_V4_GROUPS.get_ptr(block) {
+        // SAFETY: a map value the agent replaces whole (the group map is not
+        // preallocated, so an update swaps in a new element); a byte read is atomic.
+        Some(group) => unsafe { (*group)[addr[3] as usize] },
+        None => fast::DEEPER,
     }
 }
 

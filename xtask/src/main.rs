@@ -4,6 +4,7 @@
 //! Every command runs `setup` first, so a fresh machine of this kind needs nothing but
 //! `cargo xtask <command>`.
 
+mod bench;
 mod package;
 mod setup;
 
@@ -38,6 +39,13 @@ enum Task {
     },
     /// Build the Debian package (target/debian/allowlist_<version>_<arch>.deb).
     Package,
+    /// Benchmarks (needs root): decision cost per packet beside an empty program and
+    /// the textbook filter, refresh costs, agent memory; writes target/bench/results.md.
+    Bench {
+        /// Passed to the benchmark binary (`cargo xtask bench -- --help` lists them).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// The agent on its built-in demo, in a sandbox of network namespaces (needs root).
     Demo,
 }
@@ -64,6 +72,7 @@ fn run(task: Task) -> Result<()> {
         Task::Clippy => clippy(),
         Task::Test { no_e2e } => test(no_e2e),
         Task::Package => package::run().map(|_| ()),
+        Task::Bench { args } => bench::run(&args),
         Task::Demo => demo(),
     }
 }
@@ -102,6 +111,8 @@ fn clippy() -> Result<()> {
         "--workspace",
         "--exclude",
         "allowlist-ebpf",
+        "--exclude",
+        "allowlist-bench-ebpf",
         "--all-targets",
         "--",
         "-D",
@@ -117,6 +128,8 @@ fn clippy() -> Result<()> {
             "clippy",
             "--package",
             "allowlist-ebpf",
+            "--package",
+            "allowlist-bench-ebpf",
         ])
         .args([
             "--target",
@@ -130,7 +143,7 @@ fn clippy() -> Result<()> {
         .status()
         .context("running clippy on the eBPF crate")?;
     if !status.success() {
-        bail!("clippy on allowlist-ebpf failed");
+        bail!("clippy on the eBPF crates failed");
     }
     Ok(())
 }

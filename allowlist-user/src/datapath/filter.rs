@@ -88,8 +88,9 @@ pub struct Filter {
     /// The maps were created by this load (no previous agent's pins were found).
     fresh: bool,
     attached: Vec<Attached>,
-    /// What the tries hold, as last written; `None` when unknown (adopted maps, or a
-    /// sync that failed halfway), in which case the next sync reads the tries.
+    /// What the tries hold, as last written; `None` when unknown (a fresh load, adopted
+    /// maps, or a sync that failed halfway), in which case the next sync reads the
+    /// tries and rebuilds the fast table from them.
     applied: Option<BTreeMap<IpNet, u32>>,
 }
 
@@ -315,14 +316,15 @@ impl Filter {
         Ok(())
     }
 
-    /// Makes the tries hold exactly `desired` (see [`sync::apply`]). A sync that
-    /// fails halfway forgets the mirror, so that the retry reads the tries afresh.
+    /// Makes the tries hold exactly `desired` and the fast table repeat them (see
+    /// [`sync::apply`]). The first sync after a load, and the one after a sync that
+    /// failed halfway, read the tries and rebuild the whole fast table from them first
+    /// ([`sync::resync`]): this runs before the program is attached or swapped in.
     pub fn sync(&mut self, desired: &BTreeMap<IpNet, u32>) -> Result<SyncReport, DatapathError> {
-        let current = match self.applied.take() {
-            Some(applied) => applied,
-            None => self.maps.live_entries()?,
+        let report = match self.applied.take() {
+            Some(applied) => sync::apply(&mut self.maps, &applied, desired)?,
+            None => sync::resync(&mut self.maps, desired)?,
         };
-        let report = sync::apply(&mut self.maps, &current, desired)?;
         self.applied = Some(desired.clone());
         Ok(report)
     }

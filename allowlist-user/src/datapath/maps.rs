@@ -1,5 +1,8 @@
 //! Typed handles on the XDP program's maps, and the operations the agent performs on
 //! them. Works the same on maps just created by a load and on maps opened from pins.
+//!
+//! The tries are the allowlist; the IPv4 fast table (see `fast`) repeats their answer
+//! per /24 and is kept in step by every write here and by `sync`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -14,7 +17,10 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::DatapathError;
+use super::{
+    DatapathError,
+    fast::{Blocks, FastReport, FastV4, Session},
+};
 
 pub struct Maps {
     allow_v4: LpmTrie<MapData, [u8; 4], Rule>,
@@ -23,6 +29,9 @@ pub struct Maps {
     settings: Array<MapData, Settings>,
     counters: PerCpuArray<MapData, u64>,
     hits: PerCpuArray<MapData, u64>,
+    /// `None` only for pins left by a build without the fast table (read-only use by
+    /// the CLI until the agent restarts and creates it).
+    fast_v4: Option<FastV4>,
 }
 
 /// Packet counters summed over CPUs.
@@ -84,6 +93,10 @@ impl Maps {
             settings: typed(take(names::SETTINGS)?, names::SETTINGS)?,
             counters: typed(take(names::COUNTERS)?, names::COUNTERS)?,
             hits: typed(take(names::HITS)?, names::HITS)?,
+            fast_v4: Some(fast_v4(
+                take(names::FAST_V4)?,
+                take(names::FAST_V4_GROUPS)?,
+            )?),
         })
     }
 
@@ -107,6 +120,14 @@ impl Maps {
             settings: typed(open(names::SETTINGS)?, names::SETTINGS)?,
             counters: typed(open(names::COUNTERS)?, names::COUNTERS)?,
             hits: typed(open(names::HITS)?, names::HITS)?,
+            fast_v4: if dir.join(names::FAST_V4).exists() {
+                Some(fast_v4(
+                    open(names::FAST_V4)?,
+                    open(names::FAST_V4_GROUPS)?,
+                )?)
+            } else {
+                None
+            },
         })
     }
 
@@ -153,8 +174,51 @@ impl Maps {
             .map_err(map_err(names::SETTINGS))
     }
 
-    /// Inserts or overwrites one prefix.
+    /// Inserts or overwrites one prefix, and brings the fast table's codes of its /24s
+    /// in line by asking the trie (a sync changes many prefixes at once more cheaply).
     pub fn upsert(&mut self, net: IpNet, rule: u32) -> Result<(), DatapathError> {
+        self.trie_upsert(net, rule)?;
+        self.refresh_fast_from_trie(net)
+    }
+
+    /// Removes one prefix (absent: not an error), then brings the fast table in line.
+    pub fn remove(&mut self, net: IpNet) -> Result<(), DatapathError> {
+        self.trie_remove(net)?;
+        self.refresh_fast_from_trie(net)
+    }
+
+    fn refresh_fast_from_trie(&mut self, net: IpNet) -> Result<(), DatapathError> {
+        if net.addr().is_ipv6() {
+            return Ok(());
+        }
+        let fast = self
+            .fast_v4
+            .as_mut()
+            .ok_or_else(|| DatapathError::MissingMap(names::FAST_V4.to_owned()))?;
+        fast.session()?
+            .refresh_from_trie(&self.allow_v4, &Blocks::of([&net]))?;
+        Ok(())
+    }
+
+    /// The fast table, mapped for writing until the session is dropped.
+    pub(super) fn fast_session(&mut self) -> Result<Session<'_>, DatapathError> {
+        self.fast_v4
+            .as_mut()
+            .ok_or_else(|| DatapathError::MissingMap(names::FAST_V4.to_owned()))?
+            .session()
+    }
+
+    /// Makes the whole fast table agree with `live` (what the tries hold): after a
+    /// load that found pinned maps, or a sync that failed halfway.
+    pub fn rebuild_fast(
+        &mut self,
+        live: &BTreeMap<IpNet, u32>,
+    ) -> Result<FastReport, DatapathError> {
+        self.fast_session()?.rebuild(&[live])
+    }
+
+    /// Inserts or overwrites one prefix in its trie only.
+    pub(super) fn trie_upsert(&mut self, net: IpNet, rule: u32) -> Result<(), DatapathError> {
         let value = Rule { rule };
         match net {
             IpNet::V4(n) => {
@@ -172,8 +236,8 @@ impl Maps {
         }
     }
 
-    /// Removes one prefix; removing an absent prefix is not an error.
-    pub fn remove(&mut self, net: IpNet) -> Result<(), DatapathError> {
+    /// Removes one prefix from its trie only; removing an absent prefix is not an error.
+    pub(super) fn trie_remove(&mut self, net: IpNet) -> Result<(), DatapathError> {
         let result = match net {
             IpNet::V4(n) => self
                 .allow_v4
@@ -235,6 +299,16 @@ impl Maps {
             .map(|v| v.map(|v| v.iter().sum()).map_err(map_err(names::HITS)))
             .collect()
     }
+}
+
+fn fast_v4(table: Map, groups: Map) -> Result<FastV4, DatapathError> {
+    let Map::Array(table) = table else {
+        return Err(DatapathError::MissingMap(format!(
+            "{} (not an array map)",
+            names::FAST_V4
+        )));
+    };
+    Ok(FastV4::new(table, typed(groups, names::FAST_V4_GROUPS)?))
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {

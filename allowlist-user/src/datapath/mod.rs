@@ -1,5 +1,6 @@
 //! The XDP program and its maps: loading, attaching, pinning and syncing.
 
+mod fast;
 mod filter;
 mod maps;
 mod pins;
@@ -14,6 +15,7 @@ use aya::{
 };
 use thiserror::Error;
 
+pub use fast::FastReport;
 pub use filter::{AttachMode, AttachSpec, Attached, Filter, check_interfaces};
 pub use maps::{Counters, Maps};
 pub use pins::{link_pin, map_pin, pinned_links, prepare_pin_dir, remove_all as remove_pins};
@@ -46,6 +48,8 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    #[error("cannot map the fast table (map FAST_V4) into memory")]
+    MapFastTable(#[source] std::io::Error),
     #[error("map {0} holds a key that is not a valid prefix")]
     CorruptKey(&'static str),
     #[error("cannot parse the embedded XDP object: {0}")]

@@ -1,14 +1,18 @@
 //! Turning the maps' content into a new allowlist without a moment in which an
-//! address allowed before and after is missing.
+//! address allowed before and after is missing, in the tries or in the IPv4 fast
+//! table in front of them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use allowlist_common::{MAX_PREFIXES_V4, MAX_PREFIXES_V6, maps as names};
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::{DatapathError, Maps};
-use crate::prefixes;
+use super::{
+    DatapathError, Maps,
+    fast::{Blocks, FastReport},
+};
+use crate::prefixes::{self, Diff};
 
 /// Counts of one map sync.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -17,63 +21,95 @@ pub struct SyncReport {
     pub changed: usize,
     pub removed: usize,
     pub unchanged: usize,
+    /// What the sync wrote to the IPv4 fast table.
+    pub fast: FastReport,
 }
 
 impl SyncReport {
+    /// Trie entries written or deleted.
     pub fn map_operations(&self) -> usize {
         self.added + self.changed + self.removed
     }
 }
 
-/// Changes the tries from `current` (what they hold) to `desired`: additions and
-/// changes first, then removals, so that a prefix replaced by another one covering the
-/// same addresses (a /24 split into /25s, say) is never absent. Unchanged entries are
-/// not rewritten. On an error the tries hold a superset of `current` ∩ `desired`.
+/// Changes the maps from `current` (what the tries hold, and what the fast table
+/// repeats) to `desired`, adding before removing:
+///
+/// 1. additions and rule changes go into the tries: they hold the union of both sets;
+/// 2. the fast-table codes of the /24s those prefixes touch are recomputed from the
+///    union;
+/// 3. removals leave the tries: they hold `desired`;
+/// 4. the codes of the /24s the removed prefixes touched are recomputed from
+///    `desired`.
+///
+/// So a prefix replaced by another one covering the same addresses (a /24 split into
+/// /25s, say) is never absent from either. Between steps 3 and 4 a removed address may
+/// still pass through the fast table (a moment of extra allow, never a drop). Unchanged
+/// entries are not rewritten. On an error the tries hold a superset of
+/// `current` ∩ `desired` and the table allows at least that too; the caller must
+/// forget `current` and [`resync`] next time.
 pub fn apply(
     maps: &mut Maps,
     current: &BTreeMap<IpNet, u32>,
     desired: &BTreeMap<IpNet, u32>,
 ) -> Result<SyncReport, DatapathError> {
-    check_capacity(current, desired)?;
     let diff = prefixes::diff(current, desired);
+    check_capacity(desired, &diff)?;
     let mut report = SyncReport {
         unchanged: desired.len() - diff.upserts.len(),
         ..Default::default()
     };
+    if diff.is_empty() {
+        return Ok(report);
+    }
     for (net, rule) in &diff.upserts {
-        maps.upsert(*net, *rule)?;
+        maps.trie_upsert(*net, *rule)?;
         if current.contains_key(net) {
             report.changed += 1;
         } else {
             report.added += 1;
         }
     }
+    let added = Blocks::of(diff.upserts.iter().map(|(net, _)| net));
+    if !added.is_empty() {
+        report.fast += maps.fast_session()?.refresh(&[desired, current], &added)?;
+    }
     for net in &diff.removals {
-        maps.remove(*net)?;
+        maps.trie_remove(*net)?;
         report.removed += 1;
+    }
+    let removed = Blocks::of(&diff.removals);
+    if !removed.is_empty() {
+        report.fast += maps.fast_session()?.refresh(&[desired], &removed)?;
     }
     Ok(report)
 }
 
-/// Refuses a set that can't fit before anything is written: during the sync the
-/// tries hold the union of the old and new sets.
-fn check_capacity(
-    current: &BTreeMap<IpNet, u32>,
+/// Like [`apply`] when what the maps hold is not known (a load that found a previous
+/// agent's maps, a sync that failed halfway): reads the tries, makes the whole fast
+/// table agree with them (a table created by this load is all `DEEPER`, correct but
+/// slow), then applies `desired`.
+pub fn resync(
+    maps: &mut Maps,
     desired: &BTreeMap<IpNet, u32>,
-) -> Result<(), DatapathError> {
-    let union = |v4: bool| {
-        current
-            .keys()
-            .chain(desired.keys())
-            .filter(|n| n.addr().is_ipv4() == v4)
-            .collect::<BTreeSet<_>>()
-            .len()
-    };
-    for (v4, capacity, map) in [
-        (true, MAX_PREFIXES_V4, names::ALLOW_V4),
-        (false, MAX_PREFIXES_V6, names::ALLOW_V6),
+) -> Result<SyncReport, DatapathError> {
+    let live = maps.live_entries()?;
+    let rebuilt = maps.rebuild_fast(&live)?;
+    let mut report = apply(maps, &live, desired)?;
+    report.fast += rebuilt;
+    Ok(report)
+}
+
+/// Refuses a set that can't fit before anything is written: during the sync the
+/// tries hold the union of the old and new sets (`desired` and the removals).
+fn check_capacity(desired: &BTreeMap<IpNet, u32>, diff: &Diff) -> Result<(), DatapathError> {
+    let v4 = |nets: &mut dyn Iterator<Item = &IpNet>| nets.filter(|n| n.addr().is_ipv4()).count();
+    let union_v4 = v4(&mut desired.keys()) + v4(&mut diff.removals.iter());
+    let union_v6 = desired.len() + diff.removals.len() - union_v4;
+    for (needed, capacity, map) in [
+        (union_v4, MAX_PREFIXES_V4, names::ALLOW_V4),
+        (union_v6, MAX_PREFIXES_V6, names::ALLOW_V6),
     ] {
-        let needed = union(v4);
         if needed > capacity {
             return Err(DatapathError::Capacity {
                 map,

@@ -1,0 +1,10 @@
+//! Builds the baseline XDP programs (the `allowlist-bench-ebpf` crate) exactly as
+//! allowlist-user's build.rs builds the allowlist program (see allowlist-build).
+
+fn main() -> anyhow::Result<()> {
+    allowlist_build::build_ebpf(
+        "allowlist-bench-ebpf",
+        "bench/allowlist-bench-ebpf",
+        "allowlist-bench",
+    )
+}

@@ -1,0 +1,283 @@
+//! `cargo xtask bench`: what the allowlist costs per packet, next to an empty XDP
+//! program and the textbook one-LPM-lookup filter measured in the same run, and what
+//! a refresh costs the agent. Prints a table and writes it, with the method, to
+//! `target/bench/results.md`. Needs root (BPF_PROG_TEST_RUN, network namespaces).
+
+mod agent;
+mod decision;
+mod lists;
+mod refresh;
+mod report;
+
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Parser;
+
+use crate::{
+    decision::{Program, Programs, Shape, XDP_DROP, XDP_PASS},
+    report::{Case, Report},
+};
+
+#[derive(Parser)]
+#[command(about = "allowlist benchmarks (run through `cargo xtask bench`)")]
+struct Args {
+    /// Where the results are written (Markdown).
+    #[arg(long, default_value = "target/bench/results.md")]
+    out: PathBuf,
+    /// The agent binary whose memory is measured (default: `allowlist` beside this
+    /// executable).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Rounds per decision case; figures are medians over rounds.
+    #[arg(long, default_value_t = 11)]
+    rounds: usize,
+    /// Distinct source addresses (frames) per decision case.
+    #[arg(long, default_value_t = 1024)]
+    frames: usize,
+    /// Runs of each frame per BPF_PROG_TEST_RUN call.
+    #[arg(long, default_value_t = 1000)]
+    repeat: u32,
+    /// Measure only these parts (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    Decision,
+    Refresh,
+    Agent,
+}
+
+/// List sizes of the IPv4 decision cases; the IPv6 list has `V6_PREFIXES`.
+const V4_SIZES: [usize; 3] = [10, 1_000, 100_000];
+const V6_PREFIXES: usize = 10_000;
+const REFRESH_PREFIXES: usize = 100_000;
+const DIFF_CHANGES: usize = 10;
+const AWS_DOCUMENT_BYTES: usize = 2_300_000;
+
+/// Set by SIGINT or SIGTERM: the run stops at the next frame or poll, and the guards
+/// remove the namespaces, the agent and its pins on the way out.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn interrupt(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Fails once the run has been interrupted.
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn main() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        let handler = interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+    let args = Args::parse();
+    if let Err(err) = run(&args) {
+        eprintln!("allowlist-bench: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmarks load XDP programs and create network namespaces: run as root");
+    }
+    let agent = match &args.agent {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("allowlist"),
+    };
+    let started = Instant::now();
+    let mut report = Report::new(args.frames, args.repeat, args.rounds);
+    let wanted = |part| args.only.is_empty() || args.only.contains(&part);
+    if wanted(Part::Decision) {
+        decision_cases(args, &mut report)?;
+    }
+    let mut rng = lists::rng(0x5eed_0002);
+    let big = lists::v4_aggregated(&mut rng, REFRESH_PREFIXES, 16..=32);
+    if wanted(Part::Refresh) {
+        eprintln!("refresh: full load, diff, JSON parse");
+        report.full_load = Some(refresh::full_load(&big, 3)?);
+        report.diff = Some(refresh::diff_apply(&mut rng, &big, DIFF_CHANGES, 10)?);
+        report.json = Some(refresh::json_parse(&mut rng, AWS_DOCUMENT_BYTES, 10)?);
+    }
+    if wanted(Part::Agent) {
+        eprintln!(
+            "agent memory: `{} run` with {REFRESH_PREFIXES} prefixes",
+            agent.display()
+        );
+        let document = lists::text_document(&big);
+        report.memory = Some(agent::resident_memory(&agent, &document)?);
+    }
+
+    report.elapsed = started.elapsed();
+    let text = report.render();
+    println!("{}", report.table());
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, text)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Loads the programs with each list and measures every decision case.
+fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
+    let mut rng = lists::rng(0x5eed_a110);
+    let v6 = lists::v6_prefixes(&mut rng, V6_PREFIXES, 32..=64);
+    let v6_members = lists::Membership::new(&v6);
+    let mut cases = Vec::new();
+    let mut instances = Vec::new();
+    for (i, size) in V4_SIZES.into_iter().enumerate() {
+        let v4 = lists::v4_prefixes(&mut rng, size, 16..=32);
+        let members = lists::Membership::new(&v4);
+        let mut list = v4.clone();
+        list.extend(v6.iter().map(|(k, v)| (*k, *v)));
+        eprintln!("loading the programs with {size} IPv4 and {V6_PREFIXES} IPv6 prefixes");
+        instances.push(Programs::load(&list)?);
+        let v4_frames = |addrs: Vec<std::net::Ipv4Addr>, shape| {
+            addrs
+                .into_iter()
+                .map(|a| decision::frame(IpAddr::V4(a), shape))
+                .collect::<Vec<_>>()
+        };
+        let n = args.frames;
+        let denied = lists::denied_v4(&mut rng, &members, n);
+        let allowed = lists::allowed_v4(&mut rng, &v4, n);
+        let label = format!("{size} IPv4");
+        cases.push(Case::new(
+            "TCP/443 SYN, denied IPv4 source",
+            &label,
+            i,
+            v4_frames(denied.clone(), Shape::TcpSyn(443)),
+            [XDP_PASS, XDP_DROP, XDP_DROP],
+            Some(("denied", 1.6)),
+        ));
+        cases.push(Case::new(
+            "TCP/443 SYN, allowed IPv4 source",
+            &label,
+            i,
+            v4_frames(allowed, Shape::TcpSyn(443)),
+            [XDP_PASS; 3],
+            Some(("allowed", 1.7)),
+        ));
+        if size == *V4_SIZES.last().expect("sizes") {
+            // The allowed sources again, split by the path the fast table takes.
+            let (split, whole) = lists::allowed_v4_by_block(&mut rng, &v4, n);
+            cases.push(Case::new(
+                "  of which: /24 covered by one prefix (one array lookup)",
+                &label,
+                i,
+                v4_frames(whole, Shape::TcpSyn(443)),
+                [XDP_PASS; 3],
+                None,
+            ));
+            cases.push(Case::new(
+                "  of which: /24 split by longer prefixes (array + group lookup)",
+                &label,
+                i,
+                v4_frames(split, Shape::TcpSyn(443)),
+                [XDP_PASS; 3],
+                None,
+            ));
+            let v6_denied = lists::denied_v6(&mut rng, &v6_members, n);
+            let v6_allowed = lists::allowed_v6(&mut rng, &v6, n);
+            let v6_frames = |addrs: Vec<std::net::Ipv6Addr>| {
+                addrs
+                    .into_iter()
+                    .map(|a| decision::frame(IpAddr::V6(a), Shape::TcpSyn(443)))
+                    .collect::<Vec<_>>()
+            };
+            let label6 = format!("{V6_PREFIXES} IPv6");
+            cases.push(Case::new(
+                "TCP/443 SYN, denied IPv6 source",
+                &label6,
+                i,
+                v6_frames(v6_denied),
+                [XDP_PASS, XDP_DROP, XDP_DROP],
+                None,
+            ));
+            cases.push(Case::new(
+                "TCP/443 SYN, allowed IPv6 source",
+                &label6,
+                i,
+                v6_frames(v6_allowed),
+                [XDP_PASS; 3],
+                None,
+            ));
+            cases.push(Case::new(
+                "TCP/80 SYN (unprotected port)",
+                &label,
+                i,
+                v4_frames(denied.clone(), Shape::TcpSyn(80)),
+                [XDP_PASS; 3],
+                Some(("unprotected", 1.3)),
+            ));
+            cases.push(Case::new(
+                "UDP/443 (not TCP)",
+                &label,
+                i,
+                v4_frames(denied, Shape::Udp(443)),
+                [XDP_PASS; 3],
+                Some(("unprotected", 1.3)),
+            ));
+        }
+    }
+
+    eprintln!(
+        "measuring {} cases x 3 programs, {} rounds ({} frames x {} runs each)",
+        cases.len(),
+        args.rounds,
+        args.frames,
+        args.repeat
+    );
+    decision::run_attached(&mut instances, |instances| {
+        for round in 0..args.rounds {
+            for case in &mut cases {
+                for program in Program::ALL {
+                    let xdp = instances[case.instance].program(program);
+                    let ns = decision::measure(
+                        xdp,
+                        &case.frames,
+                        args.repeat,
+                        case.expect[program as usize],
+                    )
+                    .with_context(|| format!("{} on {program:?}", case.name))?;
+                    case.ns[program as usize].push(ns);
+                }
+            }
+            eprintln!("  round {} of {} done", round + 1, args.rounds);
+        }
+        Ok(())
+    })?;
+    report.kernel_memory = report::kernel_memory()?;
+    report.cases = cases;
+    Ok(())
+}
+
+/// Median of `values` (sorted copy).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn median_duration(values: &[Duration]) -> Duration {
+    let mut v = values.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
