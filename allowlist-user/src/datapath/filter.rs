@@ -261,7 +261,7 @@ impl Filter {
                 Err(e) => {
                     // The link is defunct (its interface went away and came back, say):
                     // nothing runs through it, so it is replaced.
-                    tracing::warn!(interface = %spec.name, error = %error_chain(&e), "pinned link unusable; attaching afresh");
+                    tracing::warn!(interface = %spec.name, error = %format!("{:#}", anyhow::Error::from(e)), "pinned link unusable; attaching afresh");
                     std::fs::remove_file(&pin).map_err(|source| DatapathError::PinDir {
                         path: pin.clone(),
                         source,
@@ -333,15 +333,4 @@ impl Filter {
     pub fn remove_pins(&self) -> Result<Vec<PathBuf>, DatapathError> {
         pins::remove_all(&self.pin_dir)
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }

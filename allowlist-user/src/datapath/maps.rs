@@ -69,11 +69,15 @@ impl Counters {
     }
 }
 
-fn typed<T>(map: Map, name: &str) -> Result<T, DatapathError>
+/// The map called `name` from `get`, as the typed handle `T`.
+fn typed<T>(
+    get: &mut impl FnMut(&str) -> Result<Map, DatapathError>,
+    name: &str,
+) -> Result<T, DatapathError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
-    T::try_from(map).map_err(|source| DatapathError::Map {
+    T::try_from(get(name)?).map_err(|source| DatapathError::Map {
         name: name.to_owned(),
         source,
     })
@@ -82,22 +86,13 @@ where
 impl Maps {
     /// Takes the maps out of a freshly loaded object.
     pub fn take_from(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
-        let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| DatapathError::MissingMap(name.to_owned()))
-        };
-        Ok(Self {
-            allow_v4: typed(take(names::ALLOW_V4)?, names::ALLOW_V4)?,
-            allow_v6: typed(take(names::ALLOW_V6)?, names::ALLOW_V6)?,
-            ports: typed(take(names::PORTS)?, names::PORTS)?,
-            settings: typed(take(names::SETTINGS)?, names::SETTINGS)?,
-            counters: typed(take(names::COUNTERS)?, names::COUNTERS)?,
-            hits: typed(take(names::HITS)?, names::HITS)?,
-            fast_v4: Some(fast_v4(
-                take(names::FAST_V4)?,
-                take(names::FAST_V4_GROUPS)?,
-            )?),
-        })
+        Self::from_maps(
+            |name| {
+                ebpf.take_map(name)
+                    .ok_or_else(|| DatapathError::MissingMap(name.to_owned()))
+            },
+            true,
+        )
     }
 
     /// Opens the maps pinned under `dir` by a running (or exited) agent.
@@ -113,18 +108,24 @@ impl Maps {
                 source,
             })
         };
+        // A filter pinned by a build without the fast table has the tries alone.
+        Self::from_maps(open, dir.join(names::FAST_V4).exists())
+    }
+
+    fn from_maps(
+        mut get: impl FnMut(&str) -> Result<Map, DatapathError>,
+        with_fast_table: bool,
+    ) -> Result<Self, DatapathError> {
         Ok(Self {
-            allow_v4: typed(open(names::ALLOW_V4)?, names::ALLOW_V4)?,
-            allow_v6: typed(open(names::ALLOW_V6)?, names::ALLOW_V6)?,
-            ports: typed(open(names::PORTS)?, names::PORTS)?,
-            settings: typed(open(names::SETTINGS)?, names::SETTINGS)?,
-            counters: typed(open(names::COUNTERS)?, names::COUNTERS)?,
-            hits: typed(open(names::HITS)?, names::HITS)?,
-            fast_v4: if dir.join(names::FAST_V4).exists() {
-                Some(fast_v4(
-                    open(names::FAST_V4)?,
-                    open(names::FAST_V4_GROUPS)?,
-                )?)
+            allow_v4: typed(&mut get, names::ALLOW_V4)?,
+            allow_v6: typed(&mut get, names::ALLOW_V6)?,
+            ports: typed(&mut get, names::PORTS)?,
+            settings: typed(&mut get, names::SETTINGS)?,
+            counters: typed(&mut get, names::COUNTERS)?,
+            hits: typed(&mut get, names::HITS)?,
+            fast_v4: if with_fast_table {
+                let table = get(names::FAST_V4)?;
+                Some(fast_v4(table, typed(&mut get, names::FAST_V4_GROUPS)?)?)
             } else {
                 None
             },
@@ -301,14 +302,17 @@ impl Maps {
     }
 }
 
-fn fast_v4(table: Map, groups: Map) -> Result<FastV4, DatapathError> {
+fn fast_v4(
+    table: Map,
+    groups: aya::maps::HashMap<MapData, u32, allowlist_common::fast::Group>,
+) -> Result<FastV4, DatapathError> {
     let Map::Array(table) = table else {
         return Err(DatapathError::MissingMap(format!(
             "{} (not an array map)",
             names::FAST_V4
         )));
     };
-    Ok(FastV4::new(table, typed(groups, names::FAST_V4_GROUPS)?))
+    Ok(FastV4::new(table, groups))
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
