@@ -120,8 +120,8 @@ pub fn ip(args: &[&str]) -> Output {
     out
 }
 
-/// Whether this process can create namespaces and load XDP: tests that need it skip
-/// with a message elsewhere, and fail under CI.
+/// Whether this process is root, as tests that load XDP programs or create network
+/// namespaces need: they skip with a message when not, and fail under CI.
 pub fn require_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -129,10 +129,10 @@ pub fn require_root() -> bool {
     }
     assert!(
         std::env::var_os("CI").is_none(),
-        "end-to-end tests need root; CI must run them as root"
+        "this test needs root (BPF, network namespaces); CI must run it as root"
     );
     eprintln!(
-        "SKIPPED: end-to-end tests need root (network namespaces, XDP); run `cargo xtask test` as root"
+        "SKIPPED: this test needs root (BPF, network namespaces); run `cargo xtask test` as root"
     );
     false
 }

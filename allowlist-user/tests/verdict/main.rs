@@ -10,6 +10,7 @@ use std::{
 };
 
 use allowlist_common::{Reason, counter};
+use allowlist_tests::netns::require_root;
 use allowlist_user::datapath::{self, Counters, LoadOptions, Maps};
 use aya::{
     Ebpf,
@@ -882,21 +883,6 @@ fn moved(before: &Counters, after: &Counters) -> Vec<(Moved, u64)> {
         }
     }
     out
-}
-
-fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "verdict tests need root (CAP_BPF); CI must run them as root"
-    );
-    eprintln!(
-        "SKIPPED: verdict tests need root (CAP_BPF, CAP_NET_ADMIN); run `cargo xtask test` as root"
-    );
-    false
 }
 
 #[test]
