@@ -126,7 +126,7 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
     );
     agent.last_sync = Some(SyncStatus::ok(&report));
     agent.filter.attach(&specs)?;
-    agent.publish();
+    agent.publish(&desired);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics_task = agent.config.metrics.map(|addr| {
@@ -245,27 +245,30 @@ impl Agent {
 
     /// Writes the allowlist in force into the maps; on failure, retried shortly.
     /// The allowlist in force, plus the carried-over entries while they are needed.
-    fn desired(&mut self) -> BTreeMap<IpNet, u32> {
+    fn desired(&self) -> BTreeMap<IpNet, u32> {
         let mut desired = self.refresher.allowlist().entries();
-        if let Some(carry) = &self.carry_over {
-            if self
-                .refresher
-                .status()
-                .iter()
-                .all(|s| s.in_force != SetOrigin::None)
-            {
-                info!("every source has a list now: releasing the previous agent's entries");
-                self.carry_over = None;
-            } else {
-                for (net, rule) in carry {
-                    desired.entry(*net).or_insert(*rule);
-                }
-            }
+        for (net, rule) in self.carry_over.iter().flatten() {
+            desired.entry(*net).or_insert(*rule);
         }
         desired
     }
 
+    /// Drops the carried-over entries once every source has a list of its own.
+    fn release_carry_over(&mut self) {
+        if self.carry_over.is_some()
+            && self
+                .refresher
+                .status()
+                .iter()
+                .all(|s| s.in_force != SetOrigin::None)
+        {
+            info!("every source has a list now: releasing the previous agent's entries");
+            self.carry_over = None;
+        }
+    }
+
     fn sync(&mut self) {
+        self.release_carry_over();
         let desired = self.desired();
         let span = info_span!("sync", prefixes = desired.len());
         let _enter = span.enter();
@@ -288,7 +291,7 @@ impl Agent {
                 self.sync_pending = true;
             }
         }
-        self.publish();
+        self.publish(&desired);
     }
 
     /// SIGHUP: re-reads the configuration. A file that no longer validates is
@@ -333,10 +336,10 @@ impl Agent {
         self.sync();
     }
 
-    /// Shares the agent's status with the metrics endpoint and the CLI.
-    fn publish(&mut self) {
+    /// Shares the agent's status (with `entries`, what the maps hold) with the
+    /// metrics endpoint and the CLI.
+    fn publish(&mut self, entries: &BTreeMap<IpNet, u32>) {
         let allowlist = self.refresher.allowlist();
-        let entries = allowlist.entries();
         let v4 = entries.keys().filter(|n| n.addr().is_ipv4()).count();
         let status = AgentStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -103,14 +103,7 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
     let counters = maps.as_ref().map(Maps::counters).transpose()?;
     let providers: Vec<ProviderOutput> = match (&agent, &maps) {
         (Some(agent), Some(maps)) => {
-            let hits = maps.hits(
-                agent
-                    .providers
-                    .iter()
-                    .map(|p| p.rule_id as usize + 1)
-                    .max()
-                    .unwrap_or(1),
-            )?;
+            let hits = maps.hits(agent.rule_slots())?;
             agent
                 .providers
                 .iter()

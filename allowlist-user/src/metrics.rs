@@ -120,10 +120,7 @@ impl Collector for AgentCollector {
         let Some(status) = status else {
             return Ok(());
         };
-        if let Some(hits) = maps
-            .as_ref()
-            .and_then(|m| m.hits(status.providers.len().max(1) + 1).ok())
-        {
+        if let Some(hits) = maps.as_ref().and_then(|m| m.hits(status.rule_slots()).ok()) {
             let rows: Vec<_> = status
                 .providers
                 .iter()

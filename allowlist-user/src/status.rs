@@ -112,6 +112,15 @@ impl AgentStatus {
             .map(|p| p.name.as_str())
     }
 
+    /// How many hit counters (indexed by rule id) cover every provider.
+    pub fn rule_slots(&self) -> usize {
+        self.providers
+            .iter()
+            .map(|p| p.rule_id as usize + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Healthy: attached somewhere and the last map sync succeeded.
     pub fn healthy(&self) -> bool {
         !self.interfaces.is_empty() && self.last_sync.as_ref().is_some_and(|s| s.error.is_none())
