@@ -72,6 +72,23 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
 
     let mut refresher = Refresher::new(&config, Fetcher::default())?;
     refresher.bootstrap();
+    // A source with neither a saved list nor a snapshot is fetched before the filter
+    // is attached, rather than attaching a filter that drops its sender until the
+    // first refresh.
+    let initial_refresh = if refresher
+        .status()
+        .iter()
+        .any(|s| s.in_force == SetOrigin::None)
+    {
+        info!("some sources have no saved list: fetching them before attaching");
+        Some(
+            refresher
+                .refresh_with(RefreshOptions { force: args.force })
+                .await,
+        )
+    } else {
+        None
+    };
     let mut filter = Filter::load(
         &config.pin_dir,
         &LoadOptions {
@@ -113,6 +130,9 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
         sync_pending: false,
         carry_over,
     };
+    if let Some(report) = &initial_refresh {
+        agent.record(report);
+    }
     let desired = agent.desired();
     let report = agent
         .filter
@@ -142,7 +162,8 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
         })
     });
 
-    let result = agent.main_loop(args.force).await;
+    let refreshed = initial_refresh.is_some();
+    let result = agent.main_loop(args.force && !refreshed, refreshed).await;
     let _ = stop_tx.send(true);
     if let Some(task) = metrics_task {
         let _ = task.await;
@@ -177,12 +198,17 @@ fn result_label(outcome: &Outcome) -> Option<&'static str> {
 }
 
 impl Agent {
-    async fn main_loop(&mut self, force_first: bool) -> Result<()> {
+    /// `refreshed`: the lists were just fetched, so the first refresh waits an interval.
+    async fn main_loop(&mut self, force_first: bool, refreshed: bool) -> Result<()> {
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        // The first refresh runs at once: the lists on disk may be old.
-        let mut next_refresh = Instant::now();
+        // Otherwise the first refresh runs at once: the lists on disk may be old.
+        let mut next_refresh = if refreshed {
+            Instant::now() + self.config.refresh
+        } else {
+            Instant::now()
+        };
         let mut force = force_first;
         loop {
             let next_sync = if self.sync_pending {
