@@ -5,7 +5,7 @@
 //! refresh only replaces that set with a fetched one that parses, validates and
 //! passes the guards; anything else keeps the set in force and is reported.
 
-use std::{path::Path, time::SystemTime};
+use std::time::SystemTime;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -141,14 +141,6 @@ impl RefreshReport {
     pub fn get(&self, id: &str) -> Option<&SourceReport> {
         self.sources.iter().find(|s| s.id == id)
     }
-}
-
-/// The status file: every source's status at a point in time.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatusFile {
-    #[serde(with = "rfc3339")]
-    pub written_at: SystemTime,
-    pub sources: Vec<SourceStatus>,
 }
 
 struct Slot {
@@ -396,17 +388,6 @@ impl Refresher {
     pub fn guards(&self) -> &Guards {
         &self.guards
     }
-
-    /// Writes every source's status to `path` atomically.
-    pub fn write_status(&self, path: &Path) -> Result<(), StateError> {
-        state::write_json_atomic(
-            path,
-            &StatusFile {
-                written_at: SystemTime::now(),
-                sources: self.status(),
-            },
-        )
-    }
 }
 
 /// Fetches a url source or reads a file source.
@@ -625,7 +606,10 @@ fn evaluate(
 
 #[cfg(test)]
 mod tests {
-    use std::{fs, path::PathBuf};
+    use std::{
+        fs,
+        path::{Path, PathBuf},
+    };
 
     use super::*;
     use crate::config;
@@ -1089,15 +1073,15 @@ as_of = "2026-11-02"
         let report = r.refresh_all().await;
         let text = serde_json::to_string(&report).unwrap();
         assert!(text.contains("\"result\":\"updated\""), "{text}");
-        let path = env.path("status.json");
-        r.write_status(&path).unwrap();
-        let file: StatusFile = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        // The agent's status file carries these; they must read back as written.
+        let sources: Vec<SourceStatus> =
+            serde_json::from_str(&serde_json::to_string(&r.status()).unwrap()).unwrap();
         let ids = |list: &[SourceStatus]| {
             list.iter()
                 .map(|s| (s.id.clone(), s.in_force, s.prefixes_v4))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(ids(&file.sources), ids(&r.status()));
-        assert_eq!(file.sources[0].in_force, SetOrigin::Fetched);
+        assert_eq!(ids(&sources), ids(&r.status()));
+        assert_eq!(sources[0].in_force, SetOrigin::Fetched);
     }
 }

@@ -188,10 +188,6 @@ impl Filter {
         !self.fresh
     }
 
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
-    }
-
     pub fn maps(&self) -> &Maps {
         &self.maps
     }

@@ -52,21 +52,6 @@ impl Counters {
     pub fn would_drop(&self, reason: Reason) -> u64 {
         self.would_drop[reason as usize]
     }
-    pub fn dropped(&self) -> u64 {
-        Reason::ALL
-            .iter()
-            .filter(|r| r.drops())
-            .map(|r| self.exit(*r))
-            .sum()
-    }
-    pub fn passed(&self) -> u64 {
-        let passed: u64 = Reason::ALL
-            .iter()
-            .filter(|r| !r.drops())
-            .map(|r| self.exit(*r))
-            .sum();
-        passed + self.would_drop.iter().sum::<u64>()
-    }
 }
 
 /// The map called `name` from `get`, as the typed handle `T`.
