@@ -26,15 +26,37 @@ use crate::{
     cli::RunArgs,
     config::{self, Config, Mode},
     control,
-    datapath::{self, AttachSpec, Filter, LoadOptions},
+    datapath::{self, AttachSpec, Filter, InterfaceState, LoadOptions},
     fetch::Fetcher,
+    link_events::LinkEvents,
     metrics::{self, SharedStatus},
     refresh::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
-    status::{AgentStatus, InterfaceStatus, ProviderStatus, SyncStatus},
+    status::{AgentStatus, ProviderStatus, SyncStatus},
 };
 
 /// How soon a failed map sync is retried.
 const SYNC_RETRY: Duration = Duration::from_secs(2);
+/// How often the links are checked even when no rtnetlink notification came.
+const LINK_CHECK: Duration = Duration::from_secs(2);
+
+/// The signals the agent acts on, installed before anything else so that none sent
+/// during start-up (a SIGHUP during the first fetch, say) is lost: each stream keeps
+/// one pending notification until the loop reads it.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        Ok(Self {
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+}
 
 pub fn attach_specs(config: &Config) -> Vec<AttachSpec> {
     config
@@ -58,14 +80,27 @@ struct Agent {
     sync_pending: bool,
     /// Entries adopted from a previous agent, kept until every source has a list.
     carry_over: Option<BTreeMap<IpNet, u32>>,
+    /// `pin_dir` as the configuration file says it (`config.pin_dir` is where the
+    /// pins really are, see [`datapath::PinLocation`]).
+    configured_pin_dir: std::path::PathBuf,
 }
 
 pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
+    let mut signals = Signals::install()?;
     let config = config::load(config_path)?;
     control::check_privileges().map_err(|e| anyhow!(e))?;
     let specs = attach_specs(&config);
     datapath::check_interfaces(&specs)?;
-    datapath::prepare_pin_dir(&config.pin_dir)?;
+    let configured_pin_dir = config.pin_dir.clone();
+    let pins = datapath::prepare_pin_dir(&config.pin_dir, args.ephemeral_filter)?;
+    if pins.path != config.pin_dir {
+        info!(pin_dir = %pins.path.display(), "this process runs in a private mount namespace (`ip netns exec`?): pinning on the host's bpffs through PID 1's root");
+    }
+    if pins.ephemeral {
+        warn!(pin_dir = %pins.path.display(), "--ephemeral-filter: the pins are on a bpffs private to this mount namespace; the filter detaches when the agent exits");
+    }
+    let mut config = config;
+    config.pin_dir = pins.path.clone();
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
     let _lock = control::acquire(&config.state_dir, &config.pin_dir)?;
@@ -129,6 +164,7 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
         last_sync: None,
         sync_pending: false,
         carry_over,
+        configured_pin_dir,
     };
     if let Some(report) = &initial_refresh {
         agent.record(report);
@@ -146,7 +182,7 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
     );
     agent.last_sync = Some(SyncStatus::ok(&report));
     agent.filter.attach(&specs)?;
-    agent.publish(&desired);
+    agent.publish();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics_task = agent.config.metrics.map(|addr| {
@@ -163,7 +199,9 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
     });
 
     let refreshed = initial_refresh.is_some();
-    let result = agent.main_loop(args.force && !refreshed, refreshed).await;
+    let result = agent
+        .main_loop(&mut signals, args.force && !refreshed, refreshed)
+        .await;
     let _ = stop_tx.send(true);
     if let Some(task) = metrics_task {
         let _ = task.await;
@@ -171,6 +209,10 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
     if args.detach_on_exit {
         let removed = agent.filter.remove_pins()?;
         info!(pins = removed.len(), "detached on exit (--detach-on-exit)");
+    } else if pins.ephemeral {
+        warn!(
+            "exiting; the filter detaches now: its pins were on a bpffs private to this process (--ephemeral-filter)"
+        );
     } else {
         info!(
             "exiting; the filter stays attached and enforcing (pinned under {})",
@@ -178,6 +220,27 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
         );
     }
     result
+}
+
+/// Logs how the interfaces' states changed: an interface that stops being filtered is
+/// an error, one filtered again an info.
+fn report_interface_changes(changes: &[(Option<InterfaceState>, InterfaceState)]) {
+    for (before, after) in changes {
+        let was_attached = before.as_ref().is_some_and(|b| b.attached);
+        match (was_attached, after.attached) {
+            (_, false) => {
+                error!(interface = %after.name, error = after.error.as_deref().unwrap_or_default(), "the interface is NOT filtered")
+            }
+            (false, true) => info!(interface = %after.name, "the interface is filtered"),
+            (true, true) => {}
+        }
+        let was_named = before.as_ref().and_then(|b| b.now_named.as_ref());
+        if after.now_named.as_ref() != was_named
+            && let Some(now) = &after.now_named
+        {
+            warn!(interface = %after.name, now_named = %now, "the interface was renamed; the filter follows the device");
+        }
+    }
 }
 
 fn apply_settings(filter: &mut Filter, config: &Config) -> Result<()> {
@@ -199,16 +262,25 @@ fn result_label(outcome: &Outcome) -> Option<&'static str> {
 
 impl Agent {
     /// `refreshed`: the lists were just fetched, so the first refresh waits an interval.
-    async fn main_loop(&mut self, force_first: bool, refreshed: bool) -> Result<()> {
-        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    async fn main_loop(
+        &mut self,
+        signals: &mut Signals,
+        force_first: bool,
+        refreshed: bool,
+    ) -> Result<()> {
         // Otherwise the first refresh runs at once: the lists on disk may be old.
         let mut next_refresh = if refreshed {
             Instant::now() + self.config.refresh
         } else {
             Instant::now()
         };
+        let events = LinkEvents::subscribe()
+            .inspect_err(|e| {
+                warn!(error = %e, "cannot subscribe to rtnetlink link notifications; the links are checked every {}s only", LINK_CHECK.as_secs());
+            })
+            .ok();
+        let mut link_check = tokio::time::interval(LINK_CHECK);
+        link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut force = force_first;
         loop {
             let next_sync = if self.sync_pending {
@@ -216,15 +288,22 @@ impl Agent {
             } else {
                 next_refresh
             };
+            let link_event = async {
+                match &events {
+                    Some(events) => events.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = sleep_until(next_refresh.min(next_sync)) => {
                     if Instant::now() >= next_refresh {
                         // A refresh may take minutes (timeouts, retries): a stop signal
-                        // abandons it; the lists already accepted were saved.
+                        // abandons it; the lists already accepted were saved. A SIGHUP
+                        // stays pending and is acted on right after.
                         let report = tokio::select! {
                             report = self.refresher.refresh_with(RefreshOptions { force }) => report,
-                            _ = term.recv() => { info!("SIGTERM during a refresh"); return Ok(()); }
-                            _ = int.recv() => { info!("SIGINT during a refresh"); return Ok(()); }
+                            _ = signals.term.recv() => { info!("SIGTERM during a refresh"); return Ok(()); }
+                            _ = signals.int.recv() => { info!("SIGINT during a refresh"); return Ok(()); }
                         };
                         self.record(&report);
                         self.sync();
@@ -234,14 +313,33 @@ impl Agent {
                         self.sync();
                     }
                 }
-                _ = hup.recv() => {
+                _ = signals.hup.recv() => {
                     self.reload();
                     next_refresh = Instant::now();
                 }
-                _ = term.recv() => { info!("SIGTERM"); return Ok(()); }
-                _ = int.recv() => { info!("SIGINT"); return Ok(()); }
+                result = link_event => {
+                    if let Err(e) = result {
+                        warn!(error = %e, "reading rtnetlink link notifications failed");
+                    }
+                    self.check_links();
+                }
+                _ = link_check.tick() => self.check_links(),
+                _ = signals.term.recv() => { info!("SIGTERM"); return Ok(()); }
+                _ = signals.int.recv() => { info!("SIGINT"); return Ok(()); }
             }
         }
+    }
+
+    /// Makes sure the filter is still attached to every configured interface:
+    /// re-attaches where a link was detached or its device re-created, follows renamed
+    /// devices, and reports (log, status, metrics, /healthz) where it cannot.
+    fn check_links(&mut self) {
+        let changes = self.filter.reconcile(&attach_specs(&self.config));
+        if changes.is_empty() {
+            return;
+        }
+        report_interface_changes(&changes);
+        self.publish();
     }
 
     fn record(&mut self, report: &RefreshReport) {
@@ -317,7 +415,7 @@ impl Agent {
                 self.sync_pending = true;
             }
         }
-        self.publish(&desired);
+        self.publish();
     }
 
     /// SIGHUP: re-reads the configuration. A file that no longer validates is
@@ -331,7 +429,7 @@ impl Agent {
                 return;
             }
         };
-        if new.pin_dir != self.config.pin_dir
+        if new.pin_dir != self.configured_pin_dir
             || new.state_dir != self.config.state_dir
             || new.metrics != self.config.metrics
         {
@@ -344,9 +442,9 @@ impl Agent {
         if let Err(e) = apply_settings(&mut self.filter, &new) {
             error!(error = %format!("{e:#}"), "reload: could not apply ports and mode");
         }
-        if let Err(e) = self.filter.attach(&attach_specs(&new)) {
-            error!(error = %format!("{:#}", anyhow::Error::from(e)), "reload: could not attach to the configured interfaces");
-        }
+        // Interfaces already filtered stay filtered whatever happens to the others.
+        let changes = self.filter.reconcile(&attach_specs(&new));
+        report_interface_changes(&changes);
         match Refresher::new(&new, Fetcher::default()) {
             Ok(mut refresher) => {
                 // The lists fetched so far were saved: the new refresher starts from them.
@@ -362,9 +460,16 @@ impl Agent {
         self.sync();
     }
 
-    /// Shares the agent's status (with `entries`, what the maps hold) with the
-    /// metrics endpoint and the CLI.
-    fn publish(&mut self, entries: &BTreeMap<IpNet, u32>) {
+    /// Shares the agent's status with the metrics endpoint and the CLI. The map
+    /// counts are what the maps hold, not what was asked of them.
+    fn publish(&mut self) {
+        let entries = match self.filter.entries() {
+            Ok(entries) => entries,
+            Err(e) => {
+                warn!(error = %format!("{:#}", anyhow::Error::from(e)), "cannot read the allowlist maps for the status");
+                BTreeMap::new()
+            }
+        };
         let allowlist = self.refresher.allowlist();
         let v4 = entries.keys().filter(|n| n.addr().is_ipv4()).count();
         let status = AgentStatus {
@@ -379,16 +484,7 @@ impl Agent {
             }
             .to_owned(),
             ports: self.config.ports.clone(),
-            interfaces: self
-                .filter
-                .attached()
-                .iter()
-                .map(|a| InterfaceStatus {
-                    name: a.interface.clone(),
-                    mode: a.mode.to_string(),
-                    adopted: a.adopted,
-                })
-                .collect(),
+            interfaces: self.filter.interfaces().to_vec(),
             refresh_interval_secs: self.config.refresh.as_secs(),
             providers: allowlist
                 .providers

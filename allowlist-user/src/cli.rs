@@ -87,4 +87,9 @@ pub struct RunArgs {
     /// Emit an aya-log event for every dropped packet (debugging; costs per drop).
     #[arg(long)]
     pub debug_events: bool,
+    /// Accept pins on a bpffs private to this process's mount namespace, where no
+    /// host bpffs can be found (e.g. under `ip netns exec` without /proc/1/root):
+    /// the filter then detaches when the agent exits, for whatever reason.
+    #[arg(long)]
+    pub ephemeral_filter: bool,
 }

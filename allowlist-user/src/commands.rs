@@ -25,7 +25,7 @@ use crate::{
 };
 
 fn open_maps(config: &Config) -> Result<Maps> {
-    if !datapath::map_pin(&config.pin_dir, allowlist_common::maps::ALLOW_V4).exists() {
+    if !datapath::has_pinned_maps(&config.pin_dir) {
         bail!(
             "no filter is pinned under {} (is the agent running with this --config?)",
             config.pin_dir.display()
@@ -53,7 +53,11 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
 #[derive(Serialize)]
 struct StatusOutput {
     agent_pid: Option<i32>,
+    /// Interfaces whose pinned link is attached to a device.
     attached: Vec<String>,
+    /// Pinned links that filter nothing (their device was deleted, or they were
+    /// detached).
+    defunct: Vec<String>,
     counters: Option<CountersOutput>,
     providers: Vec<ProviderOutput>,
     agent: Option<AgentStatus>,
@@ -94,8 +98,12 @@ fn counters_output(c: &Counters) -> CountersOutput {
 pub fn status(config: &Config, json: bool) -> Result<()> {
     let agent = AgentStatus::read(&config.state_dir)?;
     let pid = control::running_agent(&config.state_dir);
-    let attached = datapath::pinned_links(&config.pin_dir).unwrap_or_default();
-    let maps = if attached.is_empty() && !datapath::map_pin(&config.pin_dir, "ALLOW_V4").exists() {
+    let pinned = datapath::pinned_links(&config.pin_dir).unwrap_or_default();
+    let (attached, defunct): (Vec<String>, Vec<String>) = pinned.into_iter().partition(|name| {
+        datapath::read_link(&datapath::link_pin(&config.pin_dir, name))
+            .is_ok_and(|link| link.ifindex.is_some())
+    });
+    let maps = if attached.is_empty() && !datapath::has_pinned_maps(&config.pin_dir) {
         None
     } else {
         Some(open_maps(config)?)
@@ -121,6 +129,7 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
     let out = StatusOutput {
         agent_pid: pid,
         attached,
+        defunct,
         counters: counters.as_ref().map(counters_output),
         providers,
         agent,
@@ -159,18 +168,33 @@ fn render_status(out: &StatusOutput) -> String {
             out.attached.join(", ")
         );
     }
+    if !out.defunct.is_empty() {
+        let _ = writeln!(
+            s,
+            "            NOT FILTERING: the links for {} are detached (device deleted, or `bpftool link detach`)",
+            out.defunct.join(", ")
+        );
+    }
     if let Some(a) = &out.agent {
         let ports: Vec<String> = a.ports.iter().map(ToString::to_string).collect();
         let ifaces: Vec<String> = a
             .interfaces
             .iter()
             .map(|i| {
-                format!(
-                    "{} ({}{})",
-                    i.name,
-                    i.mode,
-                    if i.adopted { ", adopted" } else { "" }
-                )
+                let mut notes = vec![i.mode.to_string()];
+                if i.adopted {
+                    notes.push("adopted".to_owned());
+                }
+                if let Some(now) = &i.now_named {
+                    notes.push(format!("now named {now}"));
+                }
+                if !i.attached {
+                    notes.push(format!(
+                        "NOT FILTERED: {}",
+                        i.error.as_deref().unwrap_or("not attached")
+                    ));
+                }
+                format!("{} ({})", i.name, notes.join(", "))
             })
             .collect();
         let _ = writeln!(
@@ -414,7 +438,7 @@ pub async fn fetch(config: &Config, force: bool, json: bool) -> Result<()> {
     let report = refresher.refresh_with(RefreshOptions { force }).await;
     let allowlist = refresher.allowlist();
     let desired = allowlist.entries();
-    let live = if datapath::map_pin(&config.pin_dir, allowlist_common::maps::ALLOW_V4).exists() {
+    let live = if datapath::has_pinned_maps(&config.pin_dir) {
         Some(open_maps(config)?.live_entries()?)
     } else {
         None
@@ -523,6 +547,12 @@ pub fn presets() {
     }
 }
 
+/// The configuration, with `pin_dir` where the agent's pins really are (the host's
+/// bpffs seen through `/proc/1/root` under `ip netns exec`).
 pub fn load_config(path: &Path) -> Result<Config> {
-    Ok(config::load(path)?)
+    let mut config = config::load(path)?;
+    if let Some(location) = datapath::locate_pins(&config.pin_dir) {
+        config.pin_dir = location.path;
+    }
+    Ok(config)
 }

@@ -9,6 +9,7 @@
 //! - `state`: the last good set of every source, kept on disk.
 //! - `refresh`: one refresh cycle, with the fail-safe guards.
 //! - `datapath`: loading, attaching, pinning and syncing the XDP program's maps.
+//! - `link_events`: rtnetlink notifications that wake the agent's link check.
 //! - `metrics`, `cli`, `agent`: what the operator sees and runs.
 
 pub mod agent;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod fetch;
+mod link_events;
 pub mod metrics;
 pub mod prefixes;
 pub mod presets;

@@ -254,6 +254,22 @@ impl Collector for AgentCollector {
                 ),
             ],
         )?;
+        let rows: Vec<_> = status
+            .interfaces
+            .iter()
+            .map(|i| {
+                (
+                    vec![("interface", i.name.clone())],
+                    f64::from(u8::from(i.attached)),
+                )
+            })
+            .collect();
+        gauge_family(
+            &mut encoder,
+            "allowlist_interface_attached",
+            "1 when the filter is attached to the configured interface, 0 when it is not filtered.",
+            &rows,
+        )?;
         let sync_ok = status.last_sync.as_ref().is_some_and(|s| s.error.is_none());
         gauge_family(
             &mut encoder,
@@ -343,18 +359,17 @@ async fn respond(
             }
         }
         "/healthz" => {
-            let healthy = status
-                .read()
-                .expect("status lock")
-                .as_ref()
-                .is_some_and(AgentStatus::healthy);
-            if healthy {
+            let problems = match status.read().expect("status lock").as_ref() {
+                Some(status) => status.problems(),
+                None => vec!["the agent has not started yet".to_owned()],
+            };
+            if problems.is_empty() {
                 reply(StatusCode::OK, "text/plain", "ok\n".to_owned())
             } else {
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    "not ready: filter not attached or last sync failed\n".to_owned(),
+                    format!("not ready: {}\n", problems.join("; ")),
                 )
             }
         }

@@ -10,7 +10,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::SyncReport,
+    datapath::{InterfaceState, SyncReport},
     refresh::SourceStatus,
     state::{self, StateError, rfc3339},
 };
@@ -29,7 +29,8 @@ pub struct AgentStatus {
     /// `enforce` or `monitor`.
     pub mode: String,
     pub ports: Vec<u16>,
-    pub interfaces: Vec<InterfaceStatus>,
+    /// Every configured interface, and whether the filter is attached to it.
+    pub interfaces: Vec<InterfaceState>,
     pub refresh_interval_secs: u64,
     pub providers: Vec<ProviderStatus>,
     pub map_entries_v4: usize,
@@ -38,14 +39,6 @@ pub struct AgentStatus {
     /// Refresh results since start-up: source → result → count.
     pub refresh_results: BTreeMap<String, BTreeMap<String, u64>>,
     pub sources: Vec<SourceStatus>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct InterfaceStatus {
-    pub name: String,
-    pub mode: String,
-    /// The link was inherited from a previous agent.
-    pub adopted: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -121,8 +114,37 @@ impl AgentStatus {
             .unwrap_or(0)
     }
 
-    /// Healthy: attached somewhere and the last map sync succeeded.
+    /// Healthy: attached to every configured interface and the last map sync
+    /// succeeded.
     pub fn healthy(&self) -> bool {
-        !self.interfaces.is_empty() && self.last_sync.as_ref().is_some_and(|s| s.error.is_none())
+        self.problems().is_empty()
+    }
+
+    /// What keeps the agent from being healthy, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = self
+            .interfaces
+            .iter()
+            .filter(|i| !i.attached)
+            .map(|i| {
+                format!(
+                    "interface {} is not filtered: {}",
+                    i.name,
+                    i.error.as_deref().unwrap_or("not attached")
+                )
+            })
+            .collect();
+        if self.interfaces.is_empty() {
+            problems.push("the filter is attached to no interface".to_owned());
+        }
+        match &self.last_sync {
+            Some(sync) if sync.error.is_some() => problems.push(format!(
+                "the last map sync failed: {}",
+                sync.error.as_deref().unwrap_or_default()
+            )),
+            Some(_) => {}
+            None => problems.push("the maps were never synced".to_owned()),
+        }
+        problems
     }
 }

@@ -73,38 +73,6 @@ impl World {
         let client = Netns::new(&format!("{id}-cli"));
         let server_if = format!("{id}s");
         let client_if = format!("{id}c");
-        crate::netns::ip(&[
-            "link",
-            "add",
-            &server_if,
-            "address",
-            &hex(SERVER_MAC),
-            "netns",
-            server.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &client_if,
-            "address",
-            &hex(CLIENT_MAC),
-            "netns",
-            client.name(),
-        ]);
-        for net in ["192.0.2.1/24", "198.51.100.1/24", "203.0.113.1/24"] {
-            server.ip(&["addr", "add", net, "dev", &server_if]);
-        }
-        for net in ["2001:db8:a::1/64", "2001:db8:b::1/64"] {
-            server.ip(&["addr", "add", net, "dev", &server_if, "nodad"]);
-        }
-        for net in ["192.0.2.10/24", "198.51.100.10/24", "203.0.113.10/24"] {
-            client.ip(&["addr", "add", net, "dev", &client_if]);
-        }
-        for net in ["2001:db8:a::10/64", "2001:db8:b::10/64"] {
-            client.ip(&["addr", "add", net, "dev", &client_if, "nodad"]);
-        }
-        server.ip(&["link", "set", &server_if, "up"]);
-        client.ip(&["link", "set", &client_if, "up"]);
         let dir = tempfile::tempdir().expect("temp dir");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/allowlist-test-{id}"));
         let mut world = Self {
@@ -118,9 +86,53 @@ impl World {
             stop: Arc::new(AtomicBool::new(false)),
             servers: Vec::new(),
         };
+        world.create_veth();
         world.start_tcp_server(443);
         world.start_tcp_server(80);
         world
+    }
+
+    /// The veth pair between the namespaces, with every address, up.
+    pub fn create_veth(&self) {
+        let (server, client) = (&self.server, &self.client);
+        let (server_if, client_if) = (&self.server_if, &self.client_if);
+        crate::netns::ip(&[
+            "link",
+            "add",
+            server_if,
+            "address",
+            &hex(SERVER_MAC),
+            "netns",
+            server.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            client_if,
+            "address",
+            &hex(CLIENT_MAC),
+            "netns",
+            client.name(),
+        ]);
+        for net in ["192.0.2.1/24", "198.51.100.1/24", "203.0.113.1/24"] {
+            server.ip(&["addr", "add", net, "dev", server_if]);
+        }
+        for net in ["2001:db8:a::1/64", "2001:db8:b::1/64"] {
+            server.ip(&["addr", "add", net, "dev", server_if, "nodad"]);
+        }
+        for net in ["192.0.2.10/24", "198.51.100.10/24", "203.0.113.10/24"] {
+            client.ip(&["addr", "add", net, "dev", client_if]);
+        }
+        for net in ["2001:db8:a::10/64", "2001:db8:b::10/64"] {
+            client.ip(&["addr", "add", net, "dev", client_if, "nodad"]);
+        }
+        server.ip(&["link", "set", server_if, "up"]);
+        client.ip(&["link", "set", client_if, "up"]);
+    }
+
+    /// Deletes the veth pair (both ends), as an operator or a CNI would.
+    pub fn delete_veth(&self) {
+        self.server.ip(&["link", "del", &self.server_if]);
     }
 
     fn start_tcp_server(&mut self, port: u16) {
@@ -241,10 +253,14 @@ impl World {
     }
 
     pub fn spawn_agent(&self, extra: &[&str], log: &Path) -> Agent {
+        self.spawn_agent_with(self.server.command(binary()), extra, log)
+    }
+
+    /// Starts `command` (the agent binary, or a wrapper that runs it in the server
+    /// namespace, such as `ip netns exec`) with `run`, `extra` and this world's config.
+    pub fn spawn_agent_with(&self, mut command: Command, extra: &[&str], log: &Path) -> Agent {
         let file = std::fs::File::create(log).expect("agent log");
-        let child = self
-            .server
-            .command(binary())
+        let child = command
             .arg("run")
             .args(extra)
             .arg("--config")
@@ -260,7 +276,8 @@ impl World {
         }
     }
 
-    fn wait_attached(&self, agent: &Agent) {
+    /// Waits until `agent` has written its pid and a status with interfaces.
+    pub fn wait_attached(&self, agent: &Agent) {
         let state = self.state_dir();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {

@@ -26,7 +26,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DatapathError, LoadOptions, Maps, loader,
+    DatapathError, LoadOptions, Maps,
+    link::{self, LinkState},
+    loader,
     pins::{self, ExpectedMap},
     program_object,
     sync::{self, SyncReport},
@@ -72,13 +74,43 @@ pub struct AttachSpec {
     pub mode: AttachMode,
 }
 
-/// What `attach` did on one interface.
-#[derive(Clone, Debug, Serialize)]
-pub struct Attached {
-    pub interface: String,
+/// How one configured interface stands: filtered through a live link of this
+/// filter, or not, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceState {
+    /// The name in the configuration.
+    pub name: String,
     pub mode: AttachMode,
-    /// The previous agent's link was kept and its program replaced atomically.
+    /// A live link of this filter is attached to the device.
+    pub attached: bool,
+    /// The link was inherited from a previous agent (or followed a renamed device).
     pub adopted: bool,
+    pub ifindex: Option<u32>,
+    /// The device's name now, when it was renamed after the filter attached to it.
+    pub now_named: Option<String>,
+    /// Why the interface is not filtered.
+    pub error: Option<String>,
+}
+
+impl InterfaceState {
+    fn new(spec: &AttachSpec) -> Self {
+        Self {
+            name: spec.name.clone(),
+            mode: spec.mode,
+            attached: false,
+            adopted: false,
+            ifindex: None,
+            now_named: None,
+            error: None,
+        }
+    }
+
+    fn failed(spec: &AttachSpec, error: String) -> Self {
+        Self {
+            error: Some(error),
+            ..Self::new(spec)
+        }
+    }
 }
 
 pub struct Filter {
@@ -87,7 +119,9 @@ pub struct Filter {
     pin_dir: PathBuf,
     /// The maps were created by this load (no previous agent's pins were found).
     fresh: bool,
-    attached: Vec<Attached>,
+    /// The interfaces to filter, and how each stands since the last check.
+    interfaces: Vec<InterfaceState>,
+    program_id: u32,
     /// What the tries hold, as last written; `None` when unknown (a fresh load, adopted
     /// maps, or a sync that failed halfway), in which case the next sync reads the
     /// tries and rebuilds the fast table from them.
@@ -142,10 +176,11 @@ fn expected_maps() -> Result<Vec<ExpectedMap>, DatapathError> {
 }
 
 impl Filter {
-    /// Loads the program with its maps pinned under `pin_dir`, reusing the maps a
-    /// previous agent pinned there. Attaches nothing yet.
+    /// Loads the program with its maps pinned under `pin_dir` (made ready by
+    /// [`pins::prepare_pin_dir`]), reusing the maps a previous agent pinned there.
+    /// Attaches nothing yet.
     pub fn load(pin_dir: &Path, options: &LoadOptions) -> Result<Self, DatapathError> {
-        pins::prepare_pin_dir(pin_dir)?;
+        pins::check_ownership(pin_dir)?;
         pins::check_compatible(pin_dir, &expected_maps()?)?;
         let fresh = !pins::has_pinned_maps(pin_dir);
         let mut loader = loader(options);
@@ -173,14 +208,21 @@ impl Filter {
                 return Err(e);
             }
         };
-        Ok(Self {
+        let mut filter = Self {
             ebpf,
             maps,
             pin_dir: pin_dir.to_owned(),
             fresh,
-            attached: Vec::new(),
+            interfaces: Vec::new(),
+            program_id: 0,
             applied: None,
-        })
+        };
+        filter.program_id = filter
+            .program()?
+            .info()
+            .map_err(DatapathError::Program)?
+            .id();
+        Ok(filter)
     }
 
     /// Whether this load found a previous agent's maps.
@@ -196,42 +238,227 @@ impl Filter {
         &mut self.maps
     }
 
-    pub fn attached(&self) -> &[Attached] {
-        &self.attached
+    /// Every configured interface and how it stands, as of the last attach or check.
+    pub fn interfaces(&self) -> &[InterfaceState] {
+        &self.interfaces
     }
 
-    /// Attaches to every interface in `interfaces` through a pinned link: an existing
-    /// link (a previous agent's) gets this program atomically; otherwise a new link is
-    /// created and pinned. Links to interfaces no longer listed are unpinned last.
-    /// If this load created the pins and attaching fails, every pin is removed again.
+    /// Start-up: attaches to every interface in `interfaces` through a pinned link, or
+    /// fails. An existing link (a previous agent's) gets this program atomically;
+    /// otherwise a new link is created and pinned. If this load created the pins and
+    /// an interface cannot be attached, every pin is removed again: a failed start
+    /// leaves nothing behind. Links to interfaces no longer listed are unpinned last.
     pub fn attach(&mut self, interfaces: &[AttachSpec]) -> Result<(), DatapathError> {
-        let result = self.attach_all(interfaces);
-        if result.is_err() && self.fresh {
-            let _ = pins::remove_all(&self.pin_dir);
+        self.reconcile(interfaces);
+        if let Some(failed) = self.interfaces.iter().find(|i| !i.attached) {
+            let error = DatapathError::Attach {
+                interface: failed.name.clone(),
+                reason: failed.error.clone().unwrap_or_default(),
+            };
+            if self.fresh {
+                let _ = pins::remove_all(&self.pin_dir);
+            }
+            return Err(error);
         }
-        result
+        // From here on the pins are this filter's: nothing removes them but
+        // `remove_pins` (detach).
+        self.fresh = false;
+        Ok(())
     }
 
-    fn attach_all(&mut self, interfaces: &[AttachSpec]) -> Result<(), DatapathError> {
-        check_interfaces(interfaces)?;
-        let mut attached = Vec::new();
+    /// Brings every interface in `interfaces` under the filter where it can, and
+    /// records how each stands: a link that was detached or whose device was deleted
+    /// and re-created is attached afresh, a renamed device is followed (its link
+    /// stays; a pin is moved to the name the configuration now uses), an interface
+    /// that cannot be attached is reported in its state. Protection is never reduced
+    /// to get there: links of interfaces no longer configured are removed only when
+    /// every configured interface is attached. Returns the interfaces whose state
+    /// changed, with their previous state.
+    pub fn reconcile(
+        &mut self,
+        interfaces: &[AttachSpec],
+    ) -> Vec<(Option<InterfaceState>, InterfaceState)> {
+        let previous = std::mem::take(&mut self.interfaces);
+        let mut states = Vec::with_capacity(interfaces.len());
         for spec in interfaces {
-            attached.push(self.attach_one(spec)?);
+            let before = previous.iter().find(|p| p.name == spec.name);
+            let mut state = self.ensure(spec, interfaces);
+            if state.attached && before.is_some_and(|b| b.attached && b.adopted) {
+                state.adopted = true;
+            }
+            states.push(state);
         }
+        if states.iter().all(|s| s.attached) {
+            self.remove_stale_links(interfaces);
+        }
+        let changes = states
+            .iter()
+            .filter_map(|state| {
+                let before = previous.iter().find(|p| p.name == state.name);
+                (before != Some(state)).then(|| (before.cloned(), state.clone()))
+            })
+            .collect();
+        self.interfaces = states;
+        changes
+    }
+
+    fn remove_stale_links(&self, interfaces: &[AttachSpec]) {
         let wanted: BTreeSet<&str> = interfaces.iter().map(|s| s.name.as_str()).collect();
-        for stale in pins::pinned_links(&self.pin_dir).map_err(|source| DatapathError::PinDir {
-            path: self.pin_dir.clone(),
-            source,
-        })? {
-            if !wanted.contains(stale.as_str()) {
-                let path = pins::link_pin(&self.pin_dir, &stale);
-                std::fs::remove_file(&path)
-                    .map_err(|source| DatapathError::PinDir { path, source })?;
-                tracing::info!(interface = %stale, "detached from an interface no longer configured");
+        for stale in pins::pinned_links(&self.pin_dir).unwrap_or_default() {
+            if wanted.contains(stale.as_str()) {
+                continue;
+            }
+            let path = pins::link_pin(&self.pin_dir, &stale);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(interface = %stale, "detached from an interface no longer configured")
+                }
+                Err(e) => {
+                    tracing::warn!(interface = %stale, error = %e, "cannot remove the link of an interface no longer configured")
+                }
             }
         }
-        self.attached = attached;
-        Ok(())
+    }
+
+    /// One interface: keep, adopt, follow or (re)create its link.
+    fn ensure(&mut self, spec: &AttachSpec, all: &[AttachSpec]) -> InterfaceState {
+        let pin = pins::link_pin(&self.pin_dir, &spec.name);
+        let device = link::ifindex(&spec.name);
+        match link::read(&pin) {
+            Ok(LinkState {
+                ifindex: Some(on), ..
+            }) if device.is_some_and(|d| d != on) => {
+                let now = link::ifname(on).unwrap_or_else(|| format!("ifindex {on}"));
+                return InterfaceState::failed(
+                    spec,
+                    format!(
+                        "{} is now another device (ifindex {}): the filter follows the device it attached to (ifindex {on}, now called {now}); put {now} in `interfaces` too, then reload",
+                        spec.name,
+                        device.unwrap_or(0)
+                    ),
+                );
+            }
+            Ok(LinkState {
+                ifindex: Some(on),
+                program_id,
+                ..
+            }) => return self.keep(spec, &pin, on, program_id),
+            Ok(LinkState { ifindex: None, .. }) => {
+                tracing::warn!(interface = %spec.name, "the filter's link was detached (the device was deleted, or `bpftool link detach`); attaching afresh");
+                if let Err(e) = std::fs::remove_file(&pin) {
+                    return InterfaceState::failed(
+                        spec,
+                        format!("cannot remove the defunct link {}: {e}", pin.display()),
+                    );
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(state) = self.follow(spec, device, all) {
+                    return state;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(interface = %spec.name, error = %e, "pinned link unusable; attaching afresh");
+                if let Err(e) = std::fs::remove_file(&pin) {
+                    return InterfaceState::failed(
+                        spec,
+                        format!("cannot remove the unusable link {}: {e}", pin.display()),
+                    );
+                }
+            }
+        }
+        let Some(ifindex) = device else {
+            return InterfaceState::failed(
+                spec,
+                format!(
+                    "interface {} does not exist (interfaces here: {})",
+                    spec.name,
+                    available_interfaces()
+                ),
+            );
+        };
+        match self.attach_new(spec, &pin) {
+            Ok(mode) => {
+                tracing::info!(interface = %spec.name, %mode, "attached");
+                InterfaceState {
+                    attached: true,
+                    ifindex: Some(ifindex),
+                    ..InterfaceState::new(spec)
+                }
+            }
+            Err(e) => InterfaceState::failed(spec, format!("{:#}", anyhow::Error::from(e))),
+        }
+    }
+
+    /// A live link: runs this program (swapped in atomically if another build's runs).
+    fn keep(&mut self, spec: &AttachSpec, pin: &Path, on: u32, program_id: u32) -> InterfaceState {
+        let mut adopted = false;
+        if program_id != self.program_id {
+            if let Err(e) = self.replace_in_link(pin) {
+                return InterfaceState::failed(
+                    spec,
+                    format!(
+                        "cannot put this program into the pinned link {}: {:#}",
+                        pin.display(),
+                        anyhow::Error::from(e)
+                    ),
+                );
+            }
+            tracing::info!(interface = %spec.name, "adopted the pinned XDP link");
+            adopted = true;
+        }
+        let now = link::ifname(on).filter(|n| *n != spec.name);
+        InterfaceState {
+            attached: true,
+            adopted,
+            ifindex: Some(on),
+            now_named: now,
+            ..InterfaceState::new(spec)
+        }
+    }
+
+    /// No link is pinned for `spec`: if another of this filter's links is on that very
+    /// device (it was renamed, and the configuration now uses its new name), the pin
+    /// moves to the new name and the link is kept.
+    fn follow(
+        &mut self,
+        spec: &AttachSpec,
+        device: Option<u32>,
+        all: &[AttachSpec],
+    ) -> Option<InterfaceState> {
+        let device = device?;
+        for other in pins::pinned_links(&self.pin_dir).ok()? {
+            if other == spec.name {
+                continue;
+            }
+            // A configured interface that still has its own device keeps its link.
+            if all.iter().any(|s| s.name == other) && link::ifindex(&other).is_some() {
+                continue;
+            }
+            let from = pins::link_pin(&self.pin_dir, &other);
+            let Ok(state) = link::read(&from) else {
+                continue;
+            };
+            if state.ifindex != Some(device) {
+                continue;
+            }
+            let to = pins::link_pin(&self.pin_dir, &spec.name);
+            if let Err(e) = std::fs::rename(&from, &to) {
+                return Some(InterfaceState::failed(
+                    spec,
+                    format!(
+                        "cannot move the pin {} to {}: {e}",
+                        from.display(),
+                        to.display()
+                    ),
+                ));
+            }
+            tracing::info!(interface = %spec.name, was = %other, "the device was renamed; its link follows it");
+            let mut state = self.keep(spec, &to, device, state.program_id);
+            state.adopted = true;
+            return Some(state);
+        }
+        None
     }
 
     fn program(&mut self) -> Result<&mut Xdp, DatapathError> {
@@ -242,51 +469,44 @@ impl Filter {
             .map_err(DatapathError::Program)
     }
 
-    fn attach_one(&mut self, spec: &AttachSpec) -> Result<Attached, DatapathError> {
-        let pin = pins::link_pin(&self.pin_dir, &spec.name);
-        if pin.exists() {
-            match self.replace_in_link(&pin) {
-                Ok(()) => {
-                    tracing::info!(interface = %spec.name, "adopted the pinned XDP link");
-                    return Ok(Attached {
-                        interface: spec.name.clone(),
-                        mode: spec.mode,
-                        adopted: true,
-                    });
-                }
-                Err(e) => {
-                    // The link is defunct (its interface went away and came back, say):
-                    // nothing runs through it, so it is replaced.
-                    tracing::warn!(interface = %spec.name, error = %format!("{:#}", anyhow::Error::from(e)), "pinned link unusable; attaching afresh");
-                    std::fs::remove_file(&pin).map_err(|source| DatapathError::PinDir {
-                        path: pin.clone(),
-                        source,
-                    })?;
-                }
-            }
-        }
+    /// Attaches through a new link and pins it. `auto` falls back to generic (skb)
+    /// XDP where the driver refuses native XDP (at MTU 9000, say).
+    fn attach_new(&mut self, spec: &AttachSpec, pin: &Path) -> Result<AttachMode, DatapathError> {
         let name = spec.name.clone();
         let program = self.program()?;
-        let link_id = program
-            .attach(&name, spec.mode.xdp_mode())
-            .map_err(|source| DatapathError::Attach {
-                interface: name.clone(),
-                mode: spec.mode,
-                source,
-            })?;
+        let (link_id, mode) = match program.attach(&name, spec.mode.xdp_mode()) {
+            Ok(id) => (id, spec.mode),
+            Err(native) if spec.mode == AttachMode::Auto => {
+                let id = program.attach(&name, XdpMode::Skb).map_err(|source| {
+                    DatapathError::AttachMode {
+                        interface: name.clone(),
+                        mode: spec.mode,
+                        detail: format!(
+                            "native: {:#}; generic (skb): {:#}",
+                            anyhow::Error::from(native),
+                            anyhow::Error::from(source)
+                        ),
+                    }
+                })?;
+                tracing::warn!(interface = %name, "native XDP refused by the driver (MTU above what it supports with XDP, or no XDP support); attached in generic (skb) mode");
+                (id, AttachMode::Skb)
+            }
+            Err(source) => {
+                return Err(DatapathError::AttachMode {
+                    interface: name.clone(),
+                    mode: spec.mode,
+                    detail: format!("{:#}", anyhow::Error::from(source)),
+                });
+            }
+        };
         let link = program.take_link(link_id).map_err(DatapathError::Program)?;
         let fd_link =
             FdLink::try_from(link).map_err(|_| DatapathError::NoLinkSupport(name.clone()))?;
-        fd_link.pin(&pin).map_err(|source| DatapathError::PinLink {
-            path: pin.clone(),
+        fd_link.pin(pin).map_err(|source| DatapathError::PinLink {
+            path: pin.to_owned(),
             source,
         })?;
-        tracing::info!(interface = %name, mode = %spec.mode, "attached");
-        Ok(Attached {
-            interface: name,
-            mode: spec.mode,
-            adopted: false,
-        })
+        Ok(mode)
     }
 
     fn replace_in_link(&mut self, pin: &Path) -> Result<(), DatapathError> {
@@ -323,6 +543,15 @@ impl Filter {
         };
         self.applied = Some(desired.clone());
         Ok(report)
+    }
+
+    /// What the tries hold: as last written, or read back after a sync that failed
+    /// halfway.
+    pub fn entries(&self) -> Result<BTreeMap<IpNet, u32>, DatapathError> {
+        match &self.applied {
+            Some(applied) => Ok(applied.clone()),
+            None => self.maps.live_entries(),
+        }
     }
 
     /// Removes every pin: with the agent gone, the program detaches.

@@ -2,6 +2,7 @@
 
 mod fast;
 mod filter;
+mod link;
 mod maps;
 mod pins;
 pub mod sync;
@@ -16,9 +17,13 @@ use aya::{
 use thiserror::Error;
 
 pub use fast::FastReport;
-pub use filter::{AttachMode, AttachSpec, Attached, Filter, check_interfaces};
+pub use filter::{AttachMode, AttachSpec, Filter, InterfaceState, check_interfaces};
+pub use link::{LinkState, read as read_link};
 pub use maps::{Counters, Maps};
-pub use pins::{link_pin, map_pin, pinned_links, prepare_pin_dir, remove_all as remove_pins};
+pub use pins::{
+    PinLocation, has_pinned_maps, link_pin, locate as locate_pins, map_pin, pinned_links,
+    prepare_pin_dir, remove_all as remove_pins,
+};
 pub use sync::SyncReport;
 
 /// The compiled XDP program, built by build.rs from the `allowlist-ebpf` crate.
@@ -56,13 +61,14 @@ pub enum DatapathError {
     Parse(String),
     #[error("interface {name:?} does not exist (interfaces here: {available})")]
     MissingInterface { name: String, available: String },
-    #[error("cannot attach XDP to {interface} in {mode} mode")]
-    Attach {
+    #[error("cannot attach XDP to {interface} in {mode} mode: {detail}")]
+    AttachMode {
         interface: String,
         mode: AttachMode,
-        #[source]
-        source: ProgramError,
+        detail: String,
     },
+    #[error("cannot filter {interface}: {reason}")]
+    Attach { interface: String, reason: String },
     #[error(
         "the kernel gave no BPF link for {0}; this kernel is too old to keep XDP attached across agent restarts (5.9 or later is needed)"
     )]
@@ -83,6 +89,13 @@ pub enum DatapathError {
     },
     #[error("pin_dir {} is not on a bpffs mount (mount one with `mount -t bpf bpf /sys/fs/bpf`)", .0.display())]
     NotBpffs(PathBuf),
+    #[error(
+        "pin_dir {} would be on a bpffs that only this process's mount namespace has (under `ip netns exec`, or with no bpffs mounted on the host, and /proc/1/root out of reach): the filter would detach when the agent exits. Mount bpffs on the host (`mount -t bpf -o mode=0700 bpf /sys/fs/bpf`), run the agent in the host's mount namespace (for a network namespace: `nsenter --net=/run/netns/<name> allowlist run`, not `ip netns exec`), or pass --ephemeral-filter to accept a filter that lives only as long as the agent",
+        .0.display()
+    )]
+    PrivateMountNamespace(PathBuf),
+    #[error("refusing pin_dir: {dir} {problem}; whoever controls it can unpin the filter's links. Fix it with `chown root:root {dir} && chmod 0700 {dir}`, or remove it and let the agent create it", dir = path.display())]
+    UnsafePinDir { path: PathBuf, problem: String },
     #[error("cannot mount bpffs at /sys/fs/bpf")]
     MountBpffs(#[source] std::io::Error),
     #[error("the pinned map {} was left by another build of allowlist ({found}; this build expects {wanted}); remove the old filter with `allowlist detach` (same --config) and start again", path.display())]

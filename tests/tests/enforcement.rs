@@ -1,0 +1,419 @@
+//! The filter never silently stops enforcing: a reload that cannot attach somewhere,
+//! a link detached or a device deleted, re-created or renamed under the agent, an
+//! agent started under `ip netns exec`, a pin directory planted by another user.
+//! Each scenario checks the traffic and what `status`, `/healthz`, the metrics and
+//! the log say.
+
+use std::{
+    net::IpAddr,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use allowlist_tests::{netns::require_root, run, world::*};
+use serde_json::Value;
+
+fn a(ip: std::net::Ipv4Addr) -> IpAddr {
+    IpAddr::V4(ip)
+}
+
+fn assert_denied(world: &World, src: IpAddr, agent: &Agent) {
+    let err = world
+        .exchange(src, 443)
+        .err()
+        .unwrap_or_else(|| panic!("{src} is not listed and must not get in:\n{}", agent.log()));
+    assert!(
+        err.contains("timed out"),
+        "{src}: expected a timeout, got {err}"
+    );
+}
+
+fn assert_allowed(world: &World, src: IpAddr, agent: &Agent) {
+    world
+        .exchange(src, 443)
+        .unwrap_or_else(|e| panic!("{src} is listed: {e}\n{}", agent.log()));
+}
+
+/// The value of one sample in a Prometheus exposition.
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
+}
+
+fn interface<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["agent"]["interfaces"]
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+fn link_id(world: &World, name: &str) -> Option<u64> {
+    let pin = world.pin_dir.join(format!("link_{name}"));
+    let out = run(Command::new("bpftool")
+        .args(["-j", "link", "show", "pinned"])
+        .arg(&pin));
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice::<Value>(&out.stdout).ok()?["id"].as_u64()
+}
+
+/// A world whose provider lists CLIENT_A's /24 and /64, with metrics on.
+fn world_with_metrics() -> (World, u16, allowlist_tests::provider_server::ProviderServer) {
+    let world = World::new();
+    let port = world.free_port();
+    let provider = world.provider_publishing(
+        &["192.0.2.0/24", "2001:db8:a::/64"],
+        &format!("metrics = \"127.0.0.1:{port}\"\nrefresh = \"1h\""),
+    );
+    (world, port, provider)
+}
+
+/// Rewrites the `interfaces` line of the world's config.
+fn set_interfaces(world: &World, interfaces: &[&str]) {
+    let text = std::fs::read_to_string(world.config_path()).unwrap();
+    let list: Vec<String> = interfaces.iter().map(|i| format!("\"{i}\"")).collect();
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("interfaces =") {
+                format!("interfaces = [{}]\n", list.join(", "))
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    world.write_config(&text);
+}
+
+fn reload(world: &World) {
+    let out = world.cli(&["reload"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Defect 1: a reload naming an interface that cannot be attached keeps every
+/// interface already filtered, and says so everywhere.
+#[test]
+fn a_reload_that_cannot_attach_keeps_the_filter() {
+    if !require_root() {
+        return;
+    }
+    let (world, port, _provider) = world_with_metrics();
+    let agent = world.start_agent();
+    let server_if = world.server_if.clone();
+    assert_denied(&world, a(CLIENT_B), &agent);
+
+    // A typo added to `interfaces`.
+    let typo = format!("{}z", world.id);
+    set_interfaces(&world, &[&server_if, &typo]);
+    reload(&world);
+    assert!(
+        wait_until(Duration::from_secs(10), || world
+            .http_get(port, "/healthz")
+            .0
+            == 503),
+        "/healthz must turn 503 when an interface cannot be attached:\n{}",
+        agent.log()
+    );
+    let (_, body) = world.http_get(port, "/healthz");
+    assert!(
+        body.contains(&typo) && body.contains("does not exist"),
+        "{body}"
+    );
+    assert_denied(&world, a(CLIENT_B), &agent);
+    assert_denied(&world, IpAddr::V6(CLIENT_B6), &agent);
+    assert_allowed(&world, a(CLIENT_A), &agent);
+    assert!(world.pin_dir.join(format!("link_{server_if}")).exists());
+    let status = world.status();
+    assert_eq!(
+        interface(&status, &server_if)["attached"],
+        true,
+        "{status:#}"
+    );
+    assert_eq!(interface(&status, &typo)["attached"], false, "{status:#}");
+    let (_, metrics) = world.http_get(port, "/metrics");
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("allowlist_interface_attached{{interface=\"{typo}\"}}")
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("allowlist_interface_attached{{interface=\"{server_if}\"}}")
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        agent.log().contains("the interface is NOT filtered"),
+        "{}",
+        agent.log()
+    );
+    let human = text(&world.cli(&["status"]));
+    assert!(
+        human.contains(&format!("{typo} (auto, NOT FILTERED")),
+        "{human}"
+    );
+
+    // The interface replaced by the typo: the filter stays where it is until every
+    // configured interface is attached.
+    set_interfaces(&world, &[&typo]);
+    reload(&world);
+    thread_sleep(Duration::from_secs(1));
+    assert_denied(&world, a(CLIENT_B), &agent);
+    assert!(world.pin_dir.join(format!("link_{server_if}")).exists());
+
+    // The configuration fixed: healthy again, the same link throughout.
+    set_interfaces(&world, &[&server_if]);
+    reload(&world);
+    assert!(
+        wait_until(Duration::from_secs(10), || world
+            .http_get(port, "/healthz")
+            .0
+            == 200),
+        "{}",
+        agent.log()
+    );
+    assert_denied(&world, a(CLIENT_B), &agent);
+    assert_allowed(&world, a(CLIENT_A), &agent);
+}
+
+fn thread_sleep(d: Duration) {
+    std::thread::sleep(d);
+}
+
+/// Defect 2: a link detached behind the agent's back, the device deleted, re-created
+/// or renamed: the agent notices within seconds, re-attaches where it can, reports
+/// where it cannot, and follows a renamed device.
+#[test]
+fn the_agent_notices_a_lost_link_and_reattaches() {
+    if !require_root() {
+        return;
+    }
+    let (world, port, _provider) = world_with_metrics();
+    let agent = world.start_agent();
+    let server_if = world.server_if.clone();
+    assert_denied(&world, a(CLIENT_B), &agent);
+
+    // `bpftool link detach`: the pin stays, the link filters nothing.
+    let first = link_id(&world, &server_if).expect("the link is pinned");
+    let out = run(Command::new("bpftool").args(["link", "detach", "id", &first.to_string()]));
+    assert!(out.status.success(), "{}", text(&out));
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || link_id(&world, &server_if)
+            .is_some_and(|id| id != first)),
+        "the agent did not re-attach after `bpftool link detach`:\n{}",
+        agent.log()
+    );
+    eprintln!(
+        "re-attached {:?} after bpftool link detach",
+        started.elapsed()
+    );
+    assert!(
+        agent.log().contains("the filter's link was detached"),
+        "{}",
+        agent.log()
+    );
+    assert_denied(&world, a(CLIENT_B), &agent);
+    assert_denied(&world, IpAddr::V6(CLIENT_B6), &agent);
+    assert_allowed(&world, a(CLIENT_A), &agent);
+
+    // The device deleted: reported everywhere.
+    world.delete_veth();
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || world
+            .http_get(port, "/healthz")
+            .0
+            == 503),
+        "{}",
+        agent.log()
+    );
+    eprintln!(
+        "/healthz 503 {:?} after the device was deleted",
+        started.elapsed()
+    );
+    let (_, body) = world.http_get(port, "/healthz");
+    assert!(body.contains(&server_if), "{body}");
+    let (_, metrics) = world.http_get(port, "/metrics");
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("allowlist_interface_attached{{interface=\"{server_if}\"}}")
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    let human = text(&world.cli(&["status"]));
+    assert!(human.contains("NOT FILTERED"), "{human}");
+
+    // Re-created with the same name: filtered again, v4 and v6.
+    world.create_veth();
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || world
+            .http_get(port, "/healthz")
+            .0
+            == 200),
+        "{}",
+        agent.log()
+    );
+    eprintln!(
+        "re-attached {:?} after the device was re-created",
+        started.elapsed()
+    );
+    assert_denied(&world, a(CLIENT_B), &agent);
+    assert_denied(&world, IpAddr::V6(CLIENT_B6), &agent);
+    assert_allowed(&world, a(CLIENT_A), &agent);
+    assert_allowed(&world, IpAddr::V6(CLIENT_A6), &agent);
+
+    // Renamed: the filter follows the device, and so do status and metrics.
+    let renamed = format!("{}r", world.id);
+    world.server.ip(&["link", "set", &server_if, "down"]);
+    world
+        .server
+        .ip(&["link", "set", &server_if, "name", &renamed]);
+    world.server.ip(&["link", "set", &renamed, "up"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            interface(&world.status(), &server_if)["now_named"] == renamed.as_str()
+        }),
+        "{:#}\n{}",
+        world.status(),
+        agent.log()
+    );
+    assert_eq!(world.http_get(port, "/healthz").0, 200);
+    assert_denied(&world, a(CLIENT_B), &agent);
+    assert_allowed(&world, a(CLIENT_A), &agent);
+
+    // The configuration takes up the new name: the link follows, nothing detaches.
+    let before = link_id(&world, &server_if);
+    set_interfaces(&world, &[&renamed]);
+    reload(&world);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            interface(&world.status(), &renamed)["attached"] == true
+        }),
+        "{:#}\n{}",
+        world.status(),
+        agent.log()
+    );
+    assert_eq!(
+        link_id(&world, &renamed),
+        before,
+        "the same link, pinned under the new name"
+    );
+    assert!(!world.pin_dir.join(format!("link_{server_if}")).exists());
+    assert_eq!(world.http_get(port, "/healthz").0, 200);
+    let (_, metrics) = world.http_get(port, "/metrics");
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!("allowlist_interface_attached{{interface=\"{renamed}\"}}")
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_denied(&world, a(CLIENT_B), &agent);
+    assert_allowed(&world, a(CLIENT_A), &agent);
+}
+
+/// Defect 3: `ip netns exec` gives the agent a private mount namespace with a fresh
+/// /sys; the filter must still be pinned on the host's bpffs, visible to `status`
+/// from another shell, and outlive the agent.
+#[test]
+fn under_ip_netns_exec_the_filter_outlives_the_agent() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let _provider = world.provider_publishing(&["192.0.2.0/24"], "refresh = \"1h\"");
+    let log = world.dir.path().join("agent-netns-exec.log");
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", world.server.name()])
+        .arg(binary());
+    let mut agent = world.spawn_agent_with(command, &[], &log);
+    world.wait_attached(&agent);
+
+    // Another shell, in the host's mount namespace, sees the filter.
+    let status = world.status();
+    assert_eq!(
+        status["attached"],
+        serde_json::json!([world.server_if]),
+        "{status:#}\n{}",
+        agent.log()
+    );
+    assert_denied(&world, a(CLIENT_B), &agent);
+
+    agent.signal(libc::SIGKILL);
+    agent.wait(Duration::from_secs(10));
+    assert_denied(&world, a(CLIENT_B), &agent);
+    assert_allowed(&world, a(CLIENT_A), &agent);
+    assert_eq!(
+        world.status()["attached"],
+        serde_json::json!([world.server_if])
+    );
+}
+
+fn xdp_attached(world: &World) -> bool {
+    let out = run(world
+        .server
+        .command("ip")
+        .args(["-d", "link", "show", "dev", &world.server_if]));
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+fn expect_refusal(world: &World, name: &str, wanted: &[&str]) {
+    let log = world.dir.path().join(format!("agent-{name}.log"));
+    let mut agent = world.spawn_agent(&[], &log);
+    let status = agent.wait(Duration::from_secs(20));
+    assert!(
+        !status.success(),
+        "{name}: the agent must refuse:\n{}",
+        agent.log()
+    );
+    for w in wanted {
+        assert!(
+            agent.log().contains(w),
+            "{name}: expected {w:?} in:\n{}",
+            agent.log()
+        );
+    }
+    assert!(!xdp_attached(world), "{name}: nothing may be attached");
+}
+
+/// Defect 4: a pin directory that another user owns, or that others may write, is
+/// refused; the agent makes its own 0700.
+#[test]
+fn a_pin_dir_others_control_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let _provider = world.provider_publishing(&["192.0.2.0/24"], "refresh = \"1h\"");
+    let pin_dir = world.pin_dir.display().to_string();
+
+    std::fs::create_dir(&world.pin_dir).expect("pin_dir on bpffs");
+    std::os::unix::fs::chown(&world.pin_dir, Some(65534), Some(65534)).unwrap();
+    expect_refusal(&world, "foreign-owner", &[&pin_dir, "owned by uid 65534"]);
+
+    std::os::unix::fs::chown(&world.pin_dir, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&world.pin_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    expect_refusal(&world, "world-writable", &[&pin_dir, "writable by"]);
+
+    std::fs::remove_dir(&world.pin_dir).unwrap();
+    let agent = world.start_agent();
+    let meta = std::fs::metadata(&world.pin_dir).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o700, "the agent's pin_dir");
+    assert_eq!(meta.uid(), 0);
+    assert_denied(&world, a(CLIENT_B), &agent);
+}
