@@ -20,7 +20,7 @@ use crate::{
     datapath::{self, Counters, Maps},
     fetch::Fetcher,
     prefixes, presets,
-    refresh::{RefreshOptions, Refresher, SourceStatus},
+    refresh::{Outcome, RefreshOptions, Refresher, SourceReport, SourceStatus},
     status::AgentStatus,
 };
 
@@ -444,6 +444,21 @@ pub async fn fetch(config: &Config, force: bool, json: bool) -> Result<()> {
         None
     };
     let diff = live.as_ref().map(|live| prefixes::diff(live, &desired));
+    let fetched: Vec<&SourceReport> = report
+        .sources
+        .iter()
+        .filter(|s| !matches!(s.outcome, Outcome::Static))
+        .collect();
+    let all_failed = !fetched.is_empty()
+        && fetched
+            .iter()
+            .all(|s| matches!(s.outcome, Outcome::Failed { .. } | Outcome::Refused { .. }));
+    let verdict = || {
+        if all_failed {
+            bail!("every source failed or was refused: a refresh now would change nothing")
+        }
+        Ok(())
+    };
     if json {
         #[derive(Serialize)]
         struct FetchOutput<'a> {
@@ -456,14 +471,15 @@ pub async fn fetch(config: &Config, force: bool, json: bool) -> Result<()> {
             add: Vec<String>,
             remove: Vec<String>,
         }
-        return print_json(&FetchOutput {
+        print_json(&FetchOutput {
             report: &report,
             allowlist: &allowlist,
             diff_against_live: diff.map(|d| DiffOutput {
                 add: d.upserts.iter().map(|(n, _)| n.to_string()).collect(),
                 remove: d.removals.iter().map(ToString::to_string).collect(),
             }),
-        });
+        })?;
+        return verdict();
     }
     println!("sources:");
     for s in &report.sources {
@@ -496,7 +512,7 @@ pub async fn fetch(config: &Config, force: bool, json: bool) -> Result<()> {
         ),
     }
     println!("(dry run: nothing was changed)");
-    Ok(())
+    verdict()
 }
 
 pub fn reload(config: &Config) -> Result<()> {

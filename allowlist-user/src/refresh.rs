@@ -5,7 +5,9 @@
 //! refresh only replaces that set with a fetched one that parses, validates and
 //! passes the guards; anything else keeps the set in force and is reported.
 
-use std::time::SystemTime;
+use std::{collections::HashSet, time::SystemTime};
+
+use allowlist_common::{MAX_PREFIXES_V4, MAX_PREFIXES_V6, maps};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -262,7 +264,14 @@ impl Refresher {
                 Ok(Some(state)) => {
                     let entries: Vec<String> =
                         state.prefixes.iter().map(ToString::to_string).collect();
-                    match prefixes::validate(&entries, &id, slot.source.trust(), &self.guards) {
+                    let valid =
+                        prefixes::validate(&entries, &id, slot.source.trust(), &self.guards)
+                            .map_err(|e| e.to_string())
+                            .and_then(|valid| {
+                                check_capacity(&valid.prefixes, &HashSet::new(), &id)?;
+                                Ok(valid)
+                            });
+                    match valid {
                         Ok(valid) => Some((state, valid.prefixes)),
                         Err(err) => {
                             warnings.push(format!("source {id}: the saved list is refused by the current guards: {err}"));
@@ -330,6 +339,7 @@ impl Refresher {
             let now = SystemTime::now();
             let mut report = RefreshReport::default();
             for (index, result) in results.into_iter().enumerate() {
+                let others = others_in_force(&self.slots, index);
                 let slot = &mut self.slots[index];
                 let source_report = if !slot.source.is_fetched() {
                     SourceReport {
@@ -340,7 +350,13 @@ impl Refresher {
                 } else {
                     let result =
                         result.unwrap_or_else(|| Err("the fetch task did not complete".to_owned()));
-                    apply(slot, result, &self.guards, &self.store, options, now)
+                    let context = Context {
+                        guards: &self.guards,
+                        others: &others,
+                        options,
+                        now,
+                    };
+                    apply(slot, result, &context, &self.store)
                 };
                 report.sources.push(source_report);
             }
@@ -422,18 +438,78 @@ pub fn serial_is_older(new: &str, old: &str) -> bool {
     }
 }
 
+/// What judging one source's update needs besides the source.
+struct Context<'a> {
+    guards: &'a Guards,
+    /// The prefixes the other sources have in force: the maps hold them too.
+    others: &'a HashSet<IpNet>,
+    options: RefreshOptions,
+    now: SystemTime,
+}
+
+/// Every prefix in force from the sources other than `except`.
+fn others_in_force(slots: &[Slot], except: usize) -> HashSet<IpNet> {
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != except)
+        .flat_map(|(_, s)| s.current.iter().copied())
+        .collect()
+}
+
+/// Refuses a list that cannot fit in the maps beside the other sources' prefixes:
+/// the sync would fail, and the list must never become the last good one.
+fn check_capacity(new: &[IpNet], others: &HashSet<IpNet>, source_id: &str) -> Result<(), String> {
+    let is_v4 = |n: &&IpNet| matches!(n, IpNet::V4(_));
+    let own_v4 = new.iter().filter(is_v4).count();
+    let own_v6 = new.len() - own_v4;
+    let others_v4 = others.iter().filter(is_v4).count();
+    let others_v6 = others.len() - others_v4;
+    let added_v4 = new
+        .iter()
+        .filter(is_v4)
+        .filter(|n| !others.contains(n))
+        .count();
+    let added_v6 = new
+        .iter()
+        .filter(|n| !is_v4(n) && !others.contains(n))
+        .count();
+    for (family, own, needed, capacity, map) in [
+        (
+            "IPv4",
+            own_v4,
+            others_v4 + added_v4,
+            MAX_PREFIXES_V4,
+            maps::ALLOW_V4,
+        ),
+        (
+            "IPv6",
+            own_v6,
+            others_v6 + added_v6,
+            MAX_PREFIXES_V6,
+            maps::ALLOW_V6,
+        ),
+    ] {
+        if needed > capacity {
+            return Err(format!(
+                "source {source_id} lists {own} {family} prefixes after aggregation; with the other sources' the allowlist would need {needed} entries, and map {map} holds at most {capacity}: refused, the list in force stays (a list this large is likely broken; if it is genuine, select fewer ranges from it)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn apply(
     slot: &mut Slot,
     result: Result<FetchOutcome, String>,
-    guards: &Guards,
+    context: &Context<'_>,
     store: &StateStore,
-    options: RefreshOptions,
-    now: SystemTime,
 ) -> SourceReport {
+    let now = context.now;
     let id = slot.source.id.clone();
     let mut warnings = Vec::new();
     slot.status.last_attempt = Some(now);
-    let outcome = match evaluate(slot, result, guards, options, now, &mut warnings) {
+    let outcome = match evaluate(slot, result, context, &mut warnings) {
         Ok(Accepted::NotModified) => {
             if let Some(state) = &mut slot.state {
                 state.fetched_at = now;
@@ -533,11 +609,15 @@ enum Rejected {
 fn evaluate(
     slot: &Slot,
     result: Result<FetchOutcome, String>,
-    guards: &Guards,
-    options: RefreshOptions,
-    now: SystemTime,
+    context: &Context<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<Accepted, Rejected> {
+    let Context {
+        guards,
+        options,
+        now,
+        ..
+    } = *context;
     let source = &slot.source;
     let (bytes, etag, last_modified) = match result.map_err(Rejected::Failed)? {
         FetchOutcome::NotModified if slot.state.is_some() => return Ok(Accepted::NotModified),
@@ -591,6 +671,7 @@ fn evaluate(
             )));
         }
     }
+    check_capacity(&new, context.others, &source.id).map_err(Rejected::Refused)?;
     Ok(Accepted::Set(SourceState {
         version: state::STATE_VERSION,
         source_id: source.id.clone(),

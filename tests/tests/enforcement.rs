@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use allowlist_tests::{netns::require_root, run, world::*};
+use allowlist_tests::{netns::require_root, provider_server::Response, run, world::*};
 use serde_json::Value;
 
 fn a(ip: std::net::Ipv4Addr) -> IpAddr {
@@ -416,4 +416,122 @@ fn a_pin_dir_others_control_is_refused() {
     assert_eq!(meta.mode() & 0o7777, 0o700, "the agent's pin_dir");
     assert_eq!(meta.uid(), 0);
     assert_denied(&world, a(CLIENT_B), &agent);
+}
+
+/// `count` IPv4 /32s that do not aggregate (every other address from 44.0.0.0), one
+/// a line, after `first`.
+fn big_text_list(first: &str, count: u32) -> String {
+    let mut out = format!("{first}\n");
+    let base = u32::from(std::net::Ipv4Addr::new(44, 0, 0, 0));
+    for i in 0..count {
+        out.push_str(&std::net::Ipv4Addr::from(base + 2 * i).to_string());
+        out.push('\n');
+    }
+    out
+}
+
+/// Defect 7: a list larger than the maps is a guard refusal like a shrink: named,
+/// counted, the previous list stays, and it never becomes the last good list, so
+/// the agent starts again while the provider still serves it.
+#[test]
+fn a_list_larger_than_the_maps_is_refused_and_never_saved() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let port = world.free_port();
+    let provider = world.provider();
+    provider.set("/big.txt", Response::ok("192.0.2.0/24\n"));
+    world.write_config(&world.config(
+        &format!("metrics = \"127.0.0.1:{port}\"\nrefresh = \"1h\""),
+        &format!(
+            "[[provider]]\nname = \"big\"\n[[provider.source]]\nurl = \"{}\"\nformat = \"text\"\nca_file = \"{}\"\ntimeout = \"10s\"\nretries = 0\n",
+            provider.url("/big.txt"),
+            provider.ca_file().display()
+        ),
+    ));
+    let mut agent = world.start_agent();
+    assert_allowed(&world, a(CLIENT_A), &agent);
+
+    // One prefix more than ALLOW_V4 holds (with 192.0.2.0/24: two more).
+    provider.set(
+        "/big.txt",
+        Response::ok(big_text_list("192.0.2.0/24", 262_144)),
+    );
+    let out = world.cli(&["fetch"]);
+    assert!(
+        !out.status.success(),
+        "every source refused: fetch must fail\n{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("holds at most 262144") && text(&out).contains("big/0"),
+        "{}",
+        text(&out)
+    );
+
+    reload(&world);
+    let source = || {
+        world.status()["agent"]["sources"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["id"] == "big/0").cloned())
+            .unwrap_or(Value::Null)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || source()["refusals"] == 1),
+        "{:#}\n{}",
+        source(),
+        agent.log()
+    );
+    assert!(
+        source()["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ALLOW_V4"),
+        "{:#}",
+        source()
+    );
+    let (_, metrics) = world.http_get(port, "/metrics");
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"allowlist_guard_refusals_total{source="big/0"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"allowlist_refresh_total{source="big/0",result="refused"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, r#"allowlist_map_entries{map="ALLOW_V4"}"#),
+        Some(1.0),
+        "what the maps hold: {metrics}"
+    );
+    assert_eq!(world.http_get(port, "/healthz").0, 200);
+    assert_allowed(&world, a(CLIENT_A), &agent);
+    assert_denied(&world, a(CLIENT_B), &agent);
+
+    // A restart while the provider still serves it: the last good list is the small one.
+    agent.signal(libc::SIGTERM);
+    agent.wait(Duration::from_secs(10));
+    let agent = world.start_agent();
+    assert_allowed(&world, a(CLIENT_A), &agent);
+    assert_denied(&world, a(CLIENT_B), &agent);
+
+    // The provider fixes its list: accepted at the next refresh.
+    provider.set("/big.txt", Response::ok("192.0.2.0/24\n198.51.100.0/24\n"));
+    reload(&world);
+    assert!(
+        wait_until(Duration::from_secs(20), || world
+            .exchange(a(CLIENT_B), 443)
+            .is_ok()),
+        "{}",
+        agent.log()
+    );
 }
