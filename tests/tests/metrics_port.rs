@@ -243,3 +243,34 @@ fn accept_errors_do_not_end_the_metrics_server() {
         agent.log()
     );
 }
+
+/// `run --metrics` (what the DaemonSet passes: the pod's IP) wins over the
+/// configuration's `metrics`.
+#[test]
+fn metrics_flag_overrides_the_configuration() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let configured = world.free_port();
+    let flagged = std::iter::repeat_with(|| world.free_port())
+        .find(|p| *p != configured)
+        .expect("a second free port");
+    let _provider = world.provider_publishing(
+        &["192.0.2.0/24"],
+        &format!("metrics = \"127.0.0.1:{configured}\"\nrefresh = \"1h\""),
+    );
+    let log = world.dir.path().join("agent-flag.log");
+    let agent = world.spawn_agent(&["--metrics", &format!("[127.0.0.1]:{flagged}")], &log);
+    assert!(
+        answers_within(&world, flagged, "/metrics", Duration::from_secs(20)),
+        "/metrics at the --metrics address:\n{}",
+        agent.log()
+    );
+    assert!(answers(&world, flagged, "/healthz"), "{}", agent.log());
+    let unused = get(&world, configured, "/metrics");
+    assert!(
+        unused.as_ref().is_err_and(|e| e.contains("refused")),
+        "the configuration's address is not served: {unused:?}"
+    );
+}
