@@ -225,6 +225,16 @@ fn systemd_unit_runs_the_agent_with_its_defaults() {
     ] {
         assert_eq!(unit.get("Service", key), value, "{key}");
     }
+    // A known descriptor limit, well above what the agent needs with its 64 metrics
+    // connections, rather than the host's default soft limit.
+    let nofile: u64 = unit
+        .get("Service", "LimitNOFILE")
+        .parse()
+        .expect("LimitNOFILE= a number");
+    assert!(
+        nofile >= 4096,
+        "LimitNOFILE={nofile} leaves too little room"
+    );
     // The allow-list form of SystemCallFilter, with bpf() added to @system-service.
     let filters = unit.values("Service", "SystemCallFilter");
     assert!(
