@@ -79,7 +79,7 @@ fn open_idle(world: &World, port: u16, n: usize) -> Vec<TcpStream> {
     world.server.run(move || {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         (0..n)
-            .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
+            .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok())
             .collect()
     })
 }
@@ -150,6 +150,10 @@ fn idle_connections_neither_exhaust_descriptors_nor_end_the_metrics_server() {
          ({:?}):\n{}",
         get(&world, port, "/metrics").err(),
         agent.log()
+    );
+    assert!(
+        opened as u64 >= AGENT_NOFILE,
+        "only {opened} idle connections: too few to exhaust the agent's descriptors"
     );
     assert!(
         fds < AGENT_NOFILE,
