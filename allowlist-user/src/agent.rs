@@ -185,7 +185,8 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
     agent.publish();
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let metrics_task = agent.config.metrics.map(|addr| {
+    // `run --metrics` wins over the configuration's `metrics`.
+    let metrics_task = args.metrics.or(agent.config.metrics).map(|addr| {
         let pin_dir = agent.config.pin_dir.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {

@@ -1,6 +1,9 @@
 //! Command-line interface.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -81,6 +84,11 @@ pub struct RunArgs {
     /// attached and enforcing after the agent stops).
     #[arg(long)]
     pub detach_on_exit: bool,
+    /// Serve /metrics and /healthz at ADDR:PORT, whatever the configuration's
+    /// `metrics` says (the Kubernetes DaemonSet passes the pod's IP). `[ADDR]:PORT`
+    /// is accepted for IPv4 too, so `[$(POD_IP)]:9975` suits either family.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen_addr)]
+    pub metrics: Option<SocketAddr>,
     /// Bypass the empty and shrink guards on the first refresh.
     #[arg(long)]
     pub force: bool,
@@ -92,4 +100,63 @@ pub struct RunArgs {
     /// the filter then detaches when the agent exits, for whatever reason.
     #[arg(long)]
     pub ephemeral_filter: bool,
+}
+
+/// A socket address to listen on: `ADDR:PORT`, `[IPv6]:PORT`, or `[IPv4]:PORT`.
+fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.strip_prefix('[')
+        .and_then(|rest| rest.split_once("]:"))
+        .and_then(|(ip, port)| Some((ip.parse::<Ipv4Addr>().ok()?, port.parse::<u16>().ok()?)))
+        .map(SocketAddr::from)
+        .ok_or_else(|| {
+            format!("{text:?} is not ADDR:PORT (e.g. 127.0.0.1:9975, [2001:db8::1]:9975)")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_flag_takes_either_family_with_or_without_brackets() {
+        for (text, want) in [
+            ("127.0.0.1:9975", "127.0.0.1:9975"),
+            ("[192.0.2.1]:9975", "192.0.2.1:9975"),
+            ("[2001:db8::1]:9975", "[2001:db8::1]:9975"),
+            ("0.0.0.0:0", "0.0.0.0:0"),
+        ] {
+            assert_eq!(parse_listen_addr(text), Ok(want.parse().unwrap()), "{text}");
+        }
+        for bad in [
+            "",
+            "localhost:9975",
+            "192.0.2.1",
+            "[192.0.2.1]",
+            "[192.0.2.1]:port",
+            "2001:db8::1:9975",
+            "[]:9975",
+            "$(POD_IP):9975",
+        ] {
+            assert!(parse_listen_addr(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn run_takes_the_metrics_flag() {
+        let cli = Cli::try_parse_from(["allowlist", "run", "--metrics=[192.0.2.1]:9975"])
+            .expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("not run: {:?}", cli.command)
+        };
+        assert_eq!(args.metrics, Some("192.0.2.1:9975".parse().unwrap()));
+        let cli = Cli::try_parse_from(["allowlist", "run"]).expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("not run: {:?}", cli.command)
+        };
+        assert_eq!(args.metrics, None, "the configuration decides");
+        assert!(Cli::try_parse_from(["allowlist", "run", "--metrics", "nowhere"]).is_err());
+    }
 }

@@ -8,20 +8,20 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, RwLock},
-    time::UNIX_EPOCH,
+    time::{Duration, UNIX_EPOCH},
 };
 
 use allowlist_common::{MAX_PREFIXES_V4, MAX_PREFIXES_V6, Reason, maps as names};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, text::encode},
     metrics::{counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore, time::Instant};
 
 use crate::{datapath::Maps, status::AgentStatus};
 
@@ -293,7 +293,36 @@ impl Collector for AgentCollector {
     }
 }
 
-/// Serves until `shutdown` resolves.
+/// What a client may hold of the metrics server. Scrapers and probes need a handful of
+/// short connections; these bounds keep idle or slow clients from using up the agent's
+/// descriptors (which the maps, the links and the fetches need too).
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Connections served at once; a connection beyond them is accepted and closed at
+    /// once, so that neither descriptors nor the listen backlog pile up.
+    connections: usize,
+    /// Time for a client to send its request's headers.
+    header_read: Duration,
+    /// Time for a whole connection: one request and its response (no keep-alive).
+    connection: Duration,
+}
+
+const LIMITS: Limits = Limits {
+    connections: 64,
+    header_read: Duration::from_secs(5),
+    connection: Duration::from_secs(30),
+};
+
+/// The pause after a failed accept (out of descriptors, a connection reset before it
+/// was accepted) before accepting again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Repeated warnings (accept errors, connections turned away) are logged at most once
+/// per this period.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Serves until `shutdown` resolves. Only a failure to bind is an error: a failed
+/// accept is logged and retried.
 pub async fn serve(
     addr: SocketAddr,
     status: SharedStatus,
@@ -302,26 +331,100 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving metrics at /metrics and health at /healthz");
+    serve_on(listener, status, pin_dir, LIMITS, shutdown).await;
+    Ok(())
+}
+
+async fn serve_on(
+    listener: TcpListener,
+    status: SharedStatus,
+    pin_dir: PathBuf,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(AgentCollector {
         status: status.clone(),
         pin_dir,
     }));
     let registry = Arc::new(registry);
+    let slots = Arc::new(Semaphore::new(limits.connections));
+    let mut accept_failures = Throttle::new(WARN_EVERY);
+    let mut turned_away = Throttle::new(WARN_EVERY);
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            () = &mut shutdown => return Ok(()),
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                if let Some(failures) = accept_failures.event(Instant::now()) {
+                    tracing::warn!(error = %e, failures, "the metrics endpoint could not accept a connection; retrying");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(ACCEPT_RETRY) => continue,
+                    () = &mut shutdown => return,
+                }
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            if let Some(closed) = turned_away.event(Instant::now()) {
+                tracing::warn!(
+                    limit = limits.connections,
+                    closed,
+                    "the metrics endpoint has too many open connections; closing new ones at once"
+                );
+            }
+            continue;
         };
         let registry = registry.clone();
         let status = status.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| respond(req, registry.clone(), status.clone()));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            // Dropping the connection at the deadline closes it.
+            let _ = tokio::time::timeout(limits.connection, connection).await;
+            drop(slot);
         });
+    }
+}
+
+/// Rate-limits a repeated warning: the first event is reported, then at most one per
+/// period, each report with the number of events since the previous one.
+#[derive(Debug)]
+struct Throttle {
+    every: Duration,
+    last: Option<Instant>,
+    events: u64,
+}
+
+impl Throttle {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            events: 0,
+        }
+    }
+
+    /// Counts an event; `Some(events since the last report)` when it is time to report.
+    fn event(&mut self, now: Instant) -> Option<u64> {
+        self.events += 1;
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < self.every)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.events))
     }
 }
 
@@ -379,4 +482,99 @@ async fn respond(
             "try /metrics or /healthz\n".to_owned(),
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpStream,
+        sync::oneshot,
+    };
+
+    use super::*;
+
+    #[test]
+    fn throttle_reports_the_first_event_then_once_per_period() {
+        let mut throttle = Throttle::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(throttle.event(t0), Some(1));
+        assert_eq!(throttle.event(t0 + Duration::from_secs(1)), None);
+        assert_eq!(throttle.event(t0 + Duration::from_secs(9)), None);
+        assert_eq!(throttle.event(t0 + Duration::from_secs(10)), Some(3));
+        assert_eq!(throttle.event(t0 + Duration::from_secs(11)), None);
+        assert_eq!(throttle.event(t0 + Duration::from_secs(30)), Some(2));
+    }
+
+    /// Reads until the server closes the connection, or fails after `within`.
+    async fn read_to_close(stream: &mut TcpStream, within: Duration) -> String {
+        let mut reply = Vec::new();
+        tokio::time::timeout(within, stream.read_to_end(&mut reply))
+            .await
+            .expect("the server closes the connection in time")
+            .expect("read");
+        String::from_utf8_lossy(&reply).into_owned()
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        read_to_close(&mut stream, Duration::from_secs(5)).await
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_bounded_and_timed_out() {
+        let limits = Limits {
+            connections: 2,
+            header_read: Duration::from_millis(300),
+            connection: Duration::from_secs(5),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve_on(
+            listener,
+            Arc::new(RwLock::new(None)),
+            PathBuf::from("/nonexistent"),
+            limits,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+
+        // Answers, one request per connection.
+        let reply = get(addr, "/healthz").await;
+        assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+
+        let mut idle = Vec::new();
+        for _ in 0..limits.connections {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Let the server accept them before the next one.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        let reply = read_to_close(&mut extra, Duration::from_secs(1)).await;
+        assert_eq!(
+            reply, "",
+            "a connection beyond the limit is closed unanswered"
+        );
+        assert!(started.elapsed() < limits.header_read, "closed at once");
+
+        // The idle ones are closed at the header timeout, which frees their slots.
+        for stream in &mut idle {
+            read_to_close(stream, limits.header_read * 3).await;
+        }
+        let reply = get(addr, "/metrics").await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), server)
+            .await
+            .expect("the server ends on shutdown")
+            .unwrap();
+    }
 }

@@ -276,6 +276,46 @@ impl World {
         }
     }
 
+    /// `start_agent` with the agent's RLIMIT_NOFILE soft limit set to `soft`, so that
+    /// a test of descriptor exhaustion sees the same limit on every host.
+    pub fn start_agent_with_nofile(&self, soft: u64) -> Agent {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct it is given.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0,
+            "getrlimit: {}",
+            std::io::Error::last_os_error()
+        );
+        assert!(
+            soft <= limit.rlim_max,
+            "RLIMIT_NOFILE {soft} is above the hard limit {}",
+            limit.rlim_max
+        );
+        limit.rlim_cur = soft;
+        let log = self
+            .dir
+            .path()
+            .join(format!("agent-{}.log", Instant::now().elapsed().as_nanos()));
+        let mut command = self.server.command(binary());
+        // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let agent = self.spawn_agent_with(command, &[], &log);
+        self.wait_attached(&agent);
+        agent
+    }
+
     /// Waits until `agent` has written its pid and a status with interfaces.
     pub fn wait_attached(&self, agent: &Agent) {
         let state = self.state_dir();

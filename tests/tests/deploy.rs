@@ -7,7 +7,6 @@
 
 use std::{
     collections::BTreeSet,
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -225,6 +224,16 @@ fn systemd_unit_runs_the_agent_with_its_defaults() {
     ] {
         assert_eq!(unit.get("Service", key), value, "{key}");
     }
+    // A known descriptor limit, well above what the agent needs with its 64 metrics
+    // connections, rather than the host's default soft limit.
+    let nofile: u64 = unit
+        .get("Service", "LimitNOFILE")
+        .parse()
+        .expect("LimitNOFILE= a number");
+    assert!(
+        nofile >= 4096,
+        "LimitNOFILE={nofile} leaves too little room"
+    );
     // The allow-list form of SystemCallFilter, with bpf() added to @system-service.
     let filters = unit.values("Service", "SystemCallFilter");
     assert!(
@@ -319,13 +328,19 @@ fn agent_accepts_the_deployed_command_lines() {
     let unit = Unit::read(&unit_path());
     let exec = unit.get("Service", "ExecStart").to_owned();
     let container = Kubernetes::load().container();
-    let container_args: Vec<String> = strings(&container["args"]);
     for (origin, args) in [
         (
             "ExecStart",
             exec.split_whitespace().skip(1).map(str::to_owned).collect(),
         ),
-        ("the DaemonSet", container_args),
+        (
+            "the DaemonSet (IPv4 pod)",
+            expand_args(&container, "192.0.2.1"),
+        ),
+        (
+            "the DaemonSet (IPv6 pod)",
+            expand_args(&container, "2001:db8::1"),
+        ),
     ] {
         let out = run(Command::new(&agent).args(&args).arg("--help"));
         assert!(
@@ -460,6 +475,50 @@ fn str_of<'a>(value: &'a Value, what: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{what}: expected a string, found {value:?}"))
 }
 
+/// The container's args with `$(NAME)` expanded from its env, as the kubelet does;
+/// a `status.podIP` field reference reads `pod_ip`. An undefined name panics (the
+/// kubelet would pass `$(NAME)` on verbatim).
+fn expand_args(container: &Value, pod_ip: &str) -> Vec<String> {
+    let env: Vec<(String, String)> = container["env"]
+        .as_sequence()
+        .map(|env| {
+            env.iter()
+                .map(|var| {
+                    let name = str_of(&var["name"], "env name").to_owned();
+                    let value = match var["value"].as_str() {
+                        Some(value) => value.to_owned(),
+                        None => {
+                            let field =
+                                str_of(&var["valueFrom"]["fieldRef"]["fieldPath"], "fieldPath");
+                            assert_eq!(field, "status.podIP", "env {name}: an unexpected field");
+                            pod_ip.to_owned()
+                        }
+                    };
+                    (name, value)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    strings(&container["args"])
+        .into_iter()
+        .map(|mut arg| {
+            for (name, value) in &env {
+                arg = arg.replace(&format!("$({name})"), value);
+            }
+            assert!(!arg.contains("$("), "an undefined variable in {arg:?}");
+            arg
+        })
+        .collect()
+}
+
+/// The value of `flag` in a command line, as `flag VALUE` or `flag=VALUE`.
+fn option_value<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
+    let prefix = format!("{flag}=");
+    args.iter()
+        .find_map(|a| a.strip_prefix(prefix.as_str()))
+        .or_else(|| flag_value(args, flag))
+}
+
 impl Kubernetes {
     fn load() -> Kubernetes {
         let dir = deploy("kubernetes");
@@ -568,12 +627,13 @@ fn kubernetes_manifests_agree_with_the_agent_and_each_other() {
     let (key, toml) = data.iter().next().unwrap();
     let key = str_of(key, "ConfigMap key");
     let config = parse_config(str_of(toml, "the config"), Path::new(key));
-    let metrics: SocketAddr = config.metrics.expect("the ConfigMap config serves metrics");
+    // Metrics are set by the DaemonSet's `run --metrics`, which wins over the file:
+    // the file must not open them on every address of the node.
     assert!(
-        metrics.ip().is_unspecified(),
-        "Prometheus scrapes the pod from elsewhere: metrics = \"0.0.0.0:<port>\", not {metrics}"
+        config.metrics.is_none_or(|m| m.ip().is_loopback()),
+        "the ConfigMap's metrics = {:?}: leave it to the DaemonSet's --metrics, or loopback",
+        config.metrics
     );
-    let port = u64::from(metrics.port());
 
     let ds = k8s.daemonset();
     let pod = &ds["spec"]["template"];
@@ -605,13 +665,37 @@ fn kubernetes_manifests_agree_with_the_agent_and_each_other() {
         str_of(&container["image"], "image").contains("allowlist"),
         "an image placeholder"
     );
-    // args: `--config <the ConfigMap's file>` and the `run` subcommand.
+    // args: `--config <the ConfigMap's file>`, the `run` subcommand and its
+    // `--metrics` on the pod's IP (the node's primary address, with hostNetwork).
     let args = strings(&container["args"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run_at = args
+        .iter()
+        .position(|a| *a == "run")
+        .unwrap_or_else(|| panic!("the container runs `allowlist run`: {args:?}"));
+    let run_args = &args[run_at + 1..];
+    assert!(
+        run_args.iter().all(|a| a.starts_with("--")),
+        "only options follow `run`: {args:?}"
+    );
+    let listen = option_value(run_args, "--metrics")
+        .unwrap_or_else(|| panic!("`run --metrics` in the container's args: {args:?}"));
+    let (host, port) = listen
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("--metrics {listen}: ADDR:PORT"));
     assert_eq!(
-        args.last(),
-        Some(&"run"),
-        "the container runs `allowlist run`: {args:?}"
+        host, "[$(POD_IP)]",
+        "metrics listen on the pod's IP (either family), not every address of the node"
+    );
+    let port: u64 = port.parse().expect("--metrics port");
+    let pod_ip = container["env"]
+        .as_sequence()
+        .and_then(|env| env.iter().find(|v| v["name"].as_str() == Some("POD_IP")))
+        .expect("env POD_IP");
+    assert_eq!(
+        pod_ip["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("status.podIP"),
+        "POD_IP from the downward API"
     );
     assert!(
         !args.contains(&"--detach-on-exit"),
@@ -670,8 +754,8 @@ fn kubernetes_manifests_agree_with_the_agent_and_each_other() {
         "the last good lists outlive the pod"
     );
 
-    // One port: the config's metrics port, named metrics; probes and scrape
-    // annotations use it.
+    // One port: the --metrics port, named metrics; probes and scrape annotations
+    // use it.
     let ports = container["ports"].as_sequence().expect("ports");
     assert!(
         ports
