@@ -30,6 +30,7 @@ use crate::{
     fetch::Fetcher,
     metrics::{self, SharedStatus},
     refresh::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
+    state,
     status::{AgentStatus, InterfaceStatus, ProviderStatus, SyncStatus},
 };
 
@@ -66,8 +67,7 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
     let specs = attach_specs(&config);
     datapath::check_interfaces(&specs)?;
     datapath::prepare_pin_dir(&config.pin_dir)?;
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
+    state::prepare_dir(&config.state_dir)?;
     let _lock = control::acquire(&config.state_dir, &config.pin_dir)?;
 
     let mut refresher = Refresher::new(&config, Fetcher::default())?;
