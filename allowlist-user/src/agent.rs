@@ -31,6 +31,7 @@ use crate::{
     link_events::LinkEvents,
     metrics::{self, SharedStatus},
     refresh::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
+    state,
     status::{AgentStatus, ProviderStatus, SyncStatus},
 };
 
@@ -91,6 +92,7 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
     control::check_privileges().map_err(|e| anyhow!(e))?;
     let specs = attach_specs(&config);
     datapath::check_interfaces(&specs)?;
+    state::prepare_dir(&config.state_dir)?;
     let configured_pin_dir = config.pin_dir.clone();
     let pins = datapath::prepare_pin_dir(&config.pin_dir, args.ephemeral_filter)?;
     if pins.path != config.pin_dir {
@@ -101,8 +103,6 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
     }
     let mut config = config;
     config.pin_dir = pins.path.clone();
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating state_dir {}", config.state_dir.display()))?;
     let _lock = control::acquire(&config.state_dir, &config.pin_dir)?;
 
     let mut refresher = Refresher::new(&config, Fetcher::default())?;

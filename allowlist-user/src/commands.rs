@@ -13,6 +13,7 @@ use allowlist_common::Reason;
 use anyhow::{Context as _, Result, anyhow, bail};
 use ipnet::IpNet;
 use serde::Serialize;
+use tracing::warn;
 
 use crate::{
     config::{self, Config},
@@ -21,6 +22,7 @@ use crate::{
     fetch::Fetcher,
     prefixes, presets,
     refresh::{Outcome, RefreshOptions, Refresher, SourceReport, SourceStatus},
+    state,
     status::AgentStatus,
 };
 
@@ -422,12 +424,23 @@ pub fn check(config: &Config, address: IpAddr, port: u16, json: bool) -> Result<
 pub async fn fetch(config: &Config, force: bool, json: bool) -> Result<()> {
     // The refresher saves what it accepts; a scratch copy of the state directory keeps
     // this a dry run while still starting from the last good lists and validators.
+    // Only files the agent would read itself are copied.
+    state::check_dir(&config.state_dir)?;
     let scratch = tempfile::tempdir().context("creating a scratch state directory")?;
     if let Ok(entries) = std::fs::read_dir(&config.state_dir) {
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().is_some_and(|e| e == "json") && path.is_file() {
-                let _ = std::fs::copy(&path, scratch.path().join(entry.file_name()));
+            if path.extension().is_none_or(|e| e != "json")
+                || entry.file_type().is_ok_and(|t| t.is_dir())
+            {
+                continue;
+            }
+            match state::read_trusted(&path) {
+                Ok(Some(bytes)) => {
+                    let _ = std::fs::write(scratch.path().join(entry.file_name()), bytes);
+                }
+                Ok(None) => {}
+                Err(err) => warn!("{err}"),
             }
         }
     }

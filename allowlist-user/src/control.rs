@@ -3,11 +3,18 @@
 //! The running agent holds an exclusive `flock` on `<state_dir>/allowlist.pid` (which
 //! carries its pid) and on its `pin_dir`. A lock dies with its process, so a pid file
 //! left by a killed agent is recognisably stale.
+//!
+//! The pid file is opened without following a symlink, created 0600, and must be the
+//! agent's own: otherwise a link planted there would have the agent (root) truncate
+//! and overwrite whatever it points to.
 
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Read as _, Write as _},
-    os::fd::AsRawFd,
+    os::{
+        fd::AsRawFd,
+        unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    },
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -18,8 +25,11 @@ const PID_FILE: &str = "allowlist.pid";
 
 #[derive(Debug, Error)]
 pub enum ControlError {
-    #[error("another agent (pid {pid}) is running with {}", path.display())]
-    AlreadyRunning { pid: i32, path: PathBuf },
+    /// `pid` is `None` when the holder is unknown (the `pin_dir` lock carries no pid).
+    #[error("another agent ({}) holds the lock on {}", describe_pid(*pid), path.display())]
+    AlreadyRunning { pid: Option<i32>, path: PathBuf },
+    #[error("refusing the pid file {}: {reason}", path.display())]
+    UnsafePidFile { path: PathBuf, reason: String },
     #[error("{}", path.display())]
     Io {
         path: PathBuf,
@@ -42,6 +52,64 @@ pub struct AgentLock {
     pid_file: File,
     pid_path: PathBuf,
     _pin_dir: File,
+}
+
+fn describe_pid(pid: Option<i32>) -> String {
+    pid.map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"))
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Opens (creating, 0600) the pid file without following a symlink, and checks what
+/// was opened: a regular file owned by this process's user.
+fn open_pid_file(path: &Path) -> Result<File, ControlError> {
+    let unsafe_file = |reason: String| ControlError::UnsafePidFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(err)
+            if err.raw_os_error() == Some(libc::ELOOP)
+                && fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) =>
+        {
+            let target = fs::read_link(path)
+                .map(|t| format!(" (to {})", t.display()))
+                .unwrap_or_default();
+            return Err(unsafe_file(format!(
+                "it is a symbolic link{target}, which the agent would write through; remove it"
+            )));
+        }
+        Err(source) => return Err(io_err(path)(source)),
+    };
+    let meta = file.metadata().map_err(io_err(path))?;
+    if !meta.is_file() {
+        return Err(unsafe_file(
+            "it is not a regular file; remove it".to_owned(),
+        ));
+    }
+    if meta.uid() != euid() {
+        return Err(unsafe_file(format!(
+            "it is owned by uid {}, not by uid {} (the agent's user); remove it",
+            meta.uid(),
+            euid()
+        )));
+    }
+    // A pid file left by an older agent may be 0644.
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(io_err(path))?;
+    Ok(file)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ControlError + '_ {
@@ -73,24 +141,17 @@ fn read_pid(file: &mut File) -> Option<i32> {
 /// Takes the agent locks; fails if another agent holds either.
 pub fn acquire(state_dir: &Path, pin_dir: &Path) -> Result<AgentLock, ControlError> {
     let pid_path = state_dir.join(PID_FILE);
-    let mut pid_file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&pid_path)
-        .map_err(io_err(&pid_path))?;
+    let mut pid_file = open_pid_file(&pid_path)?;
     if !try_lock(&pid_file).map_err(io_err(&pid_path))? {
-        let pid = read_pid(&mut pid_file).unwrap_or(0);
         return Err(ControlError::AlreadyRunning {
-            pid,
+            pid: read_pid(&mut pid_file),
             path: state_dir.to_owned(),
         });
     }
     let pin_dir_file = File::open(pin_dir).map_err(io_err(pin_dir))?;
     if !try_lock(&pin_dir_file).map_err(io_err(pin_dir))? {
         return Err(ControlError::AlreadyRunning {
-            pid: 0,
+            pid: None,
             path: pin_dir.to_owned(),
         });
     }
@@ -111,10 +172,19 @@ impl Drop for AgentLock {
     }
 }
 
-/// The pid of the agent running with `state_dir`, if one is.
+/// The pid of the agent running with `state_dir`, if one is. A pid file that is a
+/// symlink, or that neither root nor this user owns, names no agent.
 pub fn running_agent(state_dir: &Path) -> Option<i32> {
     let path = state_dir.join(PID_FILE);
-    let mut file = File::open(&path).ok()?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || (meta.uid() != 0 && meta.uid() != euid()) {
+        return None;
+    }
     // If we can take the lock, nobody holds it: the pid file is stale.
     if try_lock(&file).unwrap_or(false) {
         return None;
@@ -170,5 +240,109 @@ pub fn check_privileges() -> Result<(), String> {
         Ok(())
     } else {
         Err("loading and attaching XDP needs root, or the capabilities CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (run with sudo, or under the systemd unit)".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+    use super::*;
+
+    struct Dirs {
+        _tmp: tempfile::TempDir,
+        state: PathBuf,
+        pins: PathBuf,
+    }
+
+    fn dirs() -> Dirs {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let pins = tmp.path().join("pins");
+        fs::create_dir(&state).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::create_dir(&pins).unwrap();
+        Dirs {
+            _tmp: tmp,
+            state,
+            pins,
+        }
+    }
+
+    #[test]
+    fn the_pid_file_is_private_and_carries_the_pid() {
+        let d = dirs();
+        let lock = acquire(&d.state, &d.pins).unwrap();
+        let path = d.state.join(PID_FILE);
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::read_to_string(&path).unwrap().trim(),
+            std::process::id().to_string()
+        );
+        drop(lock);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_symlinked_pid_file_is_refused_and_its_target_untouched() {
+        let d = dirs();
+        let target = d.state.parent().unwrap().join("precious");
+        fs::write(&target, "precious contents\n").unwrap();
+        let path = d.state.join(PID_FILE);
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let err = acquire(&d.state, &d.pins).expect_err("a symlinked pid file must be refused");
+        let text = err.to_string();
+        assert!(
+            text.contains(&path.display().to_string()) && text.contains("symbolic link"),
+            "{text}"
+        );
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious contents\n");
+        assert!(fs::symlink_metadata(&path).unwrap().is_symlink());
+        // Nor does the CLI read a pid to signal through it.
+        assert_eq!(running_agent(&d.state), None);
+    }
+
+    #[test]
+    fn a_pid_file_owned_by_another_user_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: giving a file to another user needs root");
+            return;
+        }
+        let d = dirs();
+        let path = d.state.join(PID_FILE);
+        fs::write(&path, "1\n").unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let err = acquire(&d.state, &d.pins).expect_err("a pid file owned by another user");
+        let text = err.to_string();
+        assert!(
+            text.contains(&path.display().to_string()) && text.contains("uid 65534"),
+            "{text}"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), "1\n");
+        assert_eq!(fs::metadata(&path).unwrap().uid(), 65534);
+    }
+
+    #[test]
+    fn a_lock_holder_of_unknown_pid_is_not_called_pid_0() {
+        let first = dirs();
+        let _lock = acquire(&first.state, &first.pins).unwrap();
+        // Another state_dir, the same pin_dir: the pin_dir lock's holder has no pid file.
+        let second = dirs();
+        let err = acquire(&second.state, &first.pins).expect_err("the pin_dir is locked");
+        let text = err.to_string();
+        assert!(!text.contains("pid 0"), "{text}");
+        assert!(
+            text.contains("pid unknown") && text.contains(&first.pins.display().to_string()),
+            "{text}"
+        );
+        // The same state_dir: its pid file names the holder.
+        let err = acquire(&first.state, &second.pins).expect_err("the state_dir is locked");
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
     }
 }

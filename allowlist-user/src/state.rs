@@ -1,10 +1,16 @@
 //! The last good set of every source, kept in `state_dir` as one JSON file per source,
 //! written atomically. A corrupt file is moved aside and treated as absent.
+//!
+//! Whoever can write to `state_dir` chooses what the agent allows, so, as sshd's
+//! `StrictModes`, the directory must be the agent's own and private, every directory
+//! above it root's (or the agent's) and not writable by others (unless sticky, like
+//! /tmp), and a state file is read only if it is a regular file of the agent's own,
+//! opened without following a symlink.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::{self, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    fs::{self, File, Metadata, OpenOptions},
+    io::{self, Read as _, Write},
+    os::unix::fs::{DirBuilderExt, MetadataExt as _, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
     time::SystemTime,
@@ -63,6 +69,14 @@ pub enum StateError {
         #[source]
         source: io::Error,
     },
+    /// The directory, or one above it, lets someone other than the agent (and root)
+    /// put files there: nothing in it can be trusted.
+    #[error("refusing state_dir {}: {problem}", state_dir.display())]
+    Insecure { state_dir: PathBuf, problem: String },
+    /// A state file the agent did not write: a symlink, another user's, writable by
+    /// others. It is not read.
+    #[error("refusing {}: {reason}; ignored and left in place (the agent's next write replaces it)", path.display())]
+    Untrusted { path: PathBuf, reason: String },
 }
 
 /// The state directory.
@@ -72,25 +86,10 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    /// Opens the directory, creating it with mode 0700 if it is missing.
+    /// Opens the directory, creating it (see [`prepare_dir`]) if it is missing, and
+    /// refuses it if it is not safe.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        if !dir.is_dir() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|source| StateError::CreateDir {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-            // `recursive` applies the mode only subject to the umask: make it exact.
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
-                StateError::CreateDir {
-                    path: dir.to_owned(),
-                    source,
-                }
-            })?;
-        }
+        prepare_dir(dir)?;
         Ok(StateStore {
             dir: dir.to_owned(),
         })
@@ -164,16 +163,58 @@ fn move_aside(path: &Path, detail: String) -> StateError {
 }
 
 /// Reads a JSON file: `Ok(None)` if it doesn't exist; unparseable contents are moved
-/// aside to `*.corrupt` and reported.
+/// aside to `*.corrupt` and reported; a file the agent did not write (see
+/// [`open_trusted`]) is refused and left in place.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source)
-            if source.kind() == io::ErrorKind::InvalidData
-                || source.raw_os_error() == Some(libc::EISDIR) =>
-        {
+    let bytes = match read_trusted(path) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(None),
+        Err(StateError::Read { source, .. }) if source.raw_os_error() == Some(libc::EISDIR) => {
             return Err(move_aside(path, source.to_string()));
+        }
+        Err(err) => return Err(err),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|err| move_aside(path, err.to_string()))
+}
+
+/// The contents of a state file, if it exists and is trusted (see [`open_trusted`]).
+pub fn read_trusted(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
+    let Some(mut file) = open_trusted(path)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|source| StateError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(Some(bytes))
+}
+
+/// Opens a state file for reading without following a symlink, and checks what was
+/// opened (not the path, which could change in between): a regular file (a directory
+/// is a read error, EISDIR), owned by the agent's user or root, not writable by group
+/// or others. `Ok(None)` if there is none.
+pub fn open_trusted(path: &Path) -> Result<Option<File>, StateError> {
+    let untrusted = |reason: String| StateError::Untrusted {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = match OpenOptions::new()
+        .read(true)
+        // O_NONBLOCK: a FIFO planted in its place must not hang the agent.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) if err.raw_os_error() == Some(libc::ELOOP) && is_symlink(path) => {
+            return Err(untrusted(format!(
+                "it is a symbolic link{}",
+                link_target(path)
+            )));
         }
         Err(source) => {
             return Err(StateError::Read {
@@ -182,9 +223,223 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateErr
             });
         }
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|err| move_aside(path, err.to_string()))
+    let meta = file.metadata().map_err(|source| StateError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if meta.is_dir() {
+        return Err(StateError::Read {
+            path: path.to_owned(),
+            source: io::Error::from_raw_os_error(libc::EISDIR),
+        });
+    }
+    if !meta.is_file() {
+        return Err(untrusted("it is not a regular file".to_owned()));
+    }
+    if !trusted_owner(meta.uid()) {
+        return Err(untrusted(format!(
+            "it is owned by uid {}, not by {}",
+            meta.uid(),
+            trusted_owners()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(untrusted(format!(
+            "it is writable by {} (mode {})",
+            writers(meta.mode()),
+            mode(&meta)
+        )));
+    }
+    Ok(Some(file))
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// The owners whose files and directories are trusted: this process's user, and root.
+fn trusted_owner(uid: u32) -> bool {
+    uid == euid() || uid == 0
+}
+
+fn trusted_owners() -> String {
+    match euid() {
+        0 => "root (uid 0)".to_owned(),
+        uid => format!("uid {uid} (this process's user) or root"),
+    }
+}
+
+fn writers(mode: u32) -> &'static str {
+    match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (true, true) => "group and others",
+        (true, false) => "its group",
+        _ => "others",
+    }
+}
+
+fn mode(meta: &Metadata) -> String {
+    format!("{:04o}", meta.mode() & 0o7777)
+}
+
+fn is_symlink(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+fn link_target(path: &Path) -> String {
+    fs::read_link(path)
+        .map(|t| format!(" (to {})", t.display()))
+        .unwrap_or_default()
+}
+
+/// Makes `state_dir` ready for the agent, or says why it is not safe: creates it if it
+/// is missing (missing parents 0755, the directory itself 0700, whatever the umask),
+/// then checks it as sshd's `StrictModes` would. The directory must be a directory
+/// (not a symlink) owned by this process's user and not writable by group or others;
+/// every directory above it must be owned by root or this user and not writable by
+/// group or others unless it has the sticky bit (like /tmp). Errors name the path, its
+/// owner and mode, and the fix.
+pub fn prepare_dir(dir: &Path) -> Result<(), StateError> {
+    let dir = std::path::absolute(dir).map_err(|source| StateError::CreateDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    match fs::symlink_metadata(&dir) {
+        Ok(_) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => create_dir(&dir)?,
+        Err(source) => return Err(StateError::Read { path: dir, source }),
+    }
+    verify_dir(&dir, true)
+}
+
+/// The read-only check of [`prepare_dir`] for the CLI, which may run as another user
+/// than the agent: a missing directory passes (there is nothing to read), and the
+/// directory may be root's as well as this user's.
+pub fn check_dir(dir: &Path) -> Result<(), StateError> {
+    let dir = std::path::absolute(dir).map_err(|source| StateError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
+    match fs::symlink_metadata(&dir) {
+        Ok(_) => verify_dir(&dir, false),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Read { path: dir, source }),
+    }
+}
+
+/// Creates `dir` and its missing parents with exact modes (see [`prepare_dir`]).
+fn create_dir(dir: &Path) -> Result<(), StateError> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(
+            |p| matches!(fs::symlink_metadata(p), Err(e) if e.kind() == io::ErrorKind::NotFound),
+        )
+        .collect();
+    for path in missing.into_iter().rev() {
+        let mode = if path == dir { 0o700 } else { 0o755 };
+        let err = |source| StateError::CreateDir {
+            path: path.to_owned(),
+            source,
+        };
+        match fs::DirBuilder::new().mode(mode).create(path) {
+            // Someone else made it in the meantime: the checks judge it.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            other => other.map_err(err)?,
+        }
+        // The mode given to mkdir is subject to the umask: make it exact, on what was
+        // created rather than on whatever the path names now.
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(path)
+            .and_then(|d| d.set_permissions(fs::Permissions::from_mode(mode)))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// The checks of [`prepare_dir`]; `own`: the directory must be this user's, not root's.
+fn verify_dir(dir: &Path, own: bool) -> Result<(), StateError> {
+    let insecure = |problem: String| StateError::Insecure {
+        state_dir: dir.to_owned(),
+        problem,
+    };
+    let read_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| StateError::Read { path, source }
+    };
+    let chown = match euid() {
+        0 => "chown root:root".to_owned(),
+        uid => format!("chown {uid}"),
+    };
+    let fix = format!("`{chown} {d} && chmod 0700 {d}`", d = dir.display());
+    let meta = fs::symlink_metadata(dir).map_err(read_err(dir))?;
+    if meta.file_type().is_symlink() {
+        return Err(insecure(format!(
+            "it is a symbolic link{}; set state_dir to the directory itself",
+            link_target(dir)
+        )));
+    }
+    if !meta.is_dir() {
+        return Err(insecure("it is not a directory".to_owned()));
+    }
+    let owner_ok = if own {
+        meta.uid() == euid()
+    } else {
+        trusted_owner(meta.uid())
+    };
+    if !owner_ok {
+        return Err(insecure(format!(
+            "it is owned by uid {} (mode {}), not by {}; fix with {fix}",
+            meta.uid(),
+            mode(&meta),
+            if own {
+                format!("uid {} (the agent's user)", euid())
+            } else {
+                trusted_owners()
+            }
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(insecure(format!(
+            "it is writable by {} (owner uid {}, mode {}): they could forge the lists the agent loads; fix with {fix}",
+            writers(meta.mode()),
+            meta.uid(),
+            mode(&meta)
+        )));
+    }
+    // Every directory above: as written (a symlink on the way is judged by its owner,
+    // since whoever owns it can point it elsewhere), and as resolved.
+    let real = fs::canonicalize(dir).map_err(read_err(dir))?;
+    let written = dir
+        .ancestors()
+        .skip(1)
+        .map(|p| (p, fs::symlink_metadata(p)));
+    let resolved = real.ancestors().skip(1).map(|p| (p, fs::metadata(p)));
+    for (path, meta) in written.chain(resolved) {
+        let meta = meta.map_err(read_err(path))?;
+        if !trusted_owner(meta.uid()) {
+            return Err(insecure(format!(
+                "{}, above it, is owned by uid {} (mode {}), who could replace state_dir; fix with `chown root:root {}`",
+                path.display(),
+                meta.uid(),
+                mode(&meta),
+                path.display()
+            )));
+        }
+        let sticky = meta.mode() & 0o1000 != 0;
+        if !meta.file_type().is_symlink() && meta.mode() & 0o022 != 0 && !sticky {
+            return Err(insecure(format!(
+                "{}, above it, is writable by {} without the sticky bit (owner uid {}, mode {}): they could rename state_dir away and put their own in its place; fix with `chmod go-w {}`",
+                path.display(),
+                writers(meta.mode()),
+                meta.uid(),
+                mode(&meta),
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Writes `value` as JSON to `path` atomically: a temporary file in the same
@@ -219,9 +474,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     ));
     let tmp = dir.join(tmp_name);
     let result = (|| {
+        // O_EXCL (create_new) never opens an existing file, nor follows a link; the
+        // O_NOFOLLOW says so too.
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(0o600)
             .open(&tmp)?;
         file.write_all(bytes)?;
@@ -388,6 +646,208 @@ mod tests {
         fs::remove_dir(store.dir()).unwrap();
         let err = store.save(&state("p/0")).unwrap_err();
         assert!(err.to_string().starts_with("cannot write"), "{err}");
+    }
+
+    /// Whether this test may chown files to another user (root only); says so when not.
+    fn can_chown() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        eprintln!("SKIPPED: giving a file to another user needs root");
+        false
+    }
+
+    fn chown(path: &Path, uid: u32) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; lchown does not follow a symlink.
+        assert_eq!(unsafe { libc::lchown(c.as_ptr(), uid, u32::MAX) }, 0);
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    const NOBODY: u32 = 65534;
+
+    #[test]
+    fn a_symlinked_state_file_is_refused_and_its_target_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&tmp.path().join("state")).unwrap();
+        // A list planted elsewhere, linked in as the source's state.
+        let forged = tmp.path().join("forged.json");
+        write_json_atomic(&forged, &state("p/0")).unwrap();
+        let before = fs::read(&forged).unwrap();
+        let path = store.path_for("p/0");
+        std::os::unix::fs::symlink(&forged, &path).unwrap();
+        let err = store
+            .load("p/0")
+            .expect_err("a symlinked state file must not be loaded");
+        let text = err.to_string();
+        assert!(
+            text.contains(&path.display().to_string()) && text.contains("symbolic link"),
+            "{text}"
+        );
+        assert_eq!(fs::read(&forged).unwrap(), before);
+        // Saving replaces the link itself, never writes through it.
+        store.save(&state("p/0")).unwrap();
+        assert!(!fs::symlink_metadata(&path).unwrap().is_symlink());
+        assert_eq!(fs::read(&forged).unwrap(), before);
+    }
+
+    #[test]
+    fn a_state_file_owned_by_another_user_is_refused() {
+        if !can_chown() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&tmp.path().join("state")).unwrap();
+        store.save(&state("p/0")).unwrap();
+        let path = store.path_for("p/0");
+        chown(&path, NOBODY);
+        let err = store
+            .load("p/0")
+            .expect_err("a state file owned by another user must not be loaded");
+        let text = err.to_string();
+        assert!(
+            text.contains(&path.display().to_string()) && text.contains("uid 65534"),
+            "{text}"
+        );
+        // Left where it is, as the message says, for someone to look at.
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn a_group_or_world_writable_state_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&tmp.path().join("state")).unwrap();
+        store.save(&state("p/0")).unwrap();
+        let path = store.path_for("p/0");
+        for mode in [0o620, 0o602] {
+            chmod(&path, mode);
+            let err = store
+                .load("p/0")
+                .expect_err("a state file others can write must not be loaded");
+            let text = err.to_string();
+            assert!(text.contains("writable"), "{mode:o}: {text}");
+        }
+        chmod(&path, 0o644);
+        assert!(store.load("p/0").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_world_writable_state_dir_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        fs::create_dir(&dir).unwrap();
+        for mode in [0o777, 0o770, 0o1777] {
+            chmod(&dir, mode);
+            let err = StateStore::open(&dir).expect_err("a state_dir others can write");
+            let text = err.to_string();
+            assert!(
+                text.contains(&dir.display().to_string())
+                    && text.contains(&format!("{mode:04o}"))
+                    && text.contains("chmod 0700"),
+                "{mode:o}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_state_dir_owned_by_another_user_or_a_symlink_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        fs::create_dir(&real).unwrap();
+        chmod(&real, 0o700);
+        let link = tmp.path().join("state");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = StateStore::open(&link).expect_err("a symlinked state_dir");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        if !can_chown() {
+            return;
+        }
+        chown(&real, NOBODY);
+        let err = StateStore::open(&real).expect_err("a state_dir owned by another user");
+        let text = err.to_string();
+        assert!(
+            text.contains("uid 65534") && text.contains("chown"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_writable_parent_without_the_sticky_bit_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = tmp.path().join("shared");
+        let dir = parent.join("state");
+        fs::create_dir(&parent).unwrap();
+        fs::create_dir(&dir).unwrap();
+        chmod(&dir, 0o700);
+        // Anyone could rename `state` away and put their own in its place.
+        chmod(&parent, 0o777);
+        let err = StateStore::open(&dir).expect_err("a parent others can write");
+        let text = err.to_string();
+        assert!(
+            text.contains(&parent.display().to_string()) && text.contains("0777"),
+            "{text}"
+        );
+        // With the sticky bit (as /tmp), only the owner may rename or delete it.
+        chmod(&parent, 0o1777);
+        StateStore::open(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_state_dir_is_created_0700_and_its_parents_0755_whatever_the_umask() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (umask, name) in [(0o022, "a"), (0o077, "b")] {
+            let dir = tmp.path().join(name).join("lib/state");
+            // SAFETY: umask has no preconditions. Other tests only ever see a stricter
+            // one, which changes none of their modes that matter.
+            let old = unsafe { libc::umask(umask) };
+            let result = prepare_dir(&dir);
+            unsafe { libc::umask(old) };
+            result.unwrap();
+            let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode(&dir), 0o700, "umask {umask:03o}");
+            assert_eq!(mode(dir.parent().unwrap()), 0o755, "umask {umask:03o}");
+            assert_eq!(mode(&tmp.path().join(name)), 0o755, "umask {umask:03o}");
+            // Ready as it is: a second start changes nothing.
+            prepare_dir(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_read_only_check_creates_nothing_and_refuses_the_same() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        check_dir(&dir).unwrap();
+        assert!(!dir.exists());
+        prepare_dir(&dir).unwrap();
+        check_dir(&dir).unwrap();
+        chmod(&dir, 0o777);
+        let err = check_dir(&dir).unwrap_err();
+        assert!(matches!(err, StateError::Insecure { .. }), "{err}");
+        chmod(&dir, 0o700);
+        chmod(tmp.path(), 0o777);
+        let err = check_dir(&dir).unwrap_err();
+        assert!(err.to_string().contains("sticky"), "{err}");
+        chmod(tmp.path(), 0o700);
+    }
+
+    #[test]
+    fn a_directory_or_a_fifo_in_place_of_a_state_file_is_not_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateStore::open(tmp.path()).unwrap();
+        let path = store.path_for("p/0");
+        fs::create_dir(&path).unwrap();
+        assert!(matches!(store.load("p/0"), Err(StateError::Corrupt { .. })));
+        assert!(!path.exists());
+        // A FIFO would block a plain open until someone writes to it.
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = store.load("p/0").unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -93,7 +93,10 @@ impl AgentStatus {
         state::write_json_atomic(&Self::path(state_dir), self)
     }
 
+    /// The agent's status, if it has written one; an error if `state_dir` is not safe
+    /// (see [`state::check_dir`]) or the file is not the agent's.
     pub fn read(state_dir: &Path) -> Result<Option<Self>, StateError> {
+        state::check_dir(state_dir)?;
         state::read_json(&Self::path(state_dir))
     }
 
