@@ -33,12 +33,16 @@ use crate::{
     refresh::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
     state,
     status::{AgentStatus, ProviderStatus, SyncStatus},
+    systemd,
 };
 
 /// How soon a failed map sync is retried.
 const SYNC_RETRY: Duration = Duration::from_secs(2);
 /// How often the links are checked even when no rtnetlink notification came.
 const LINK_CHECK: Duration = Duration::from_secs(2);
+/// How often the status file is rewritten when nothing else changes it, so that
+/// its age tells a live agent from a stopped or stuck one.
+pub const STATUS_HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// The signals the agent acts on, installed before anything else so that none sent
 /// during start-up (a SIGHUP during the first fetch, say) is lost: each stream keeps
@@ -51,11 +55,41 @@ struct Signals {
 
 impl Signals {
     fn install() -> Result<Self> {
-        Ok(Self {
+        let signals = Self {
             hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-        })
+        };
+        // A SIGHUP held since the process started is delivered to the handler now.
+        set_reload_signal_blocked(false);
+        Ok(signals)
+    }
+}
+
+/// Blocks SIGHUP in the calling thread and every thread it starts later; call it
+/// first thing in `main`. [`run`] unblocks it once its handler is in place.
+pub fn hold_reload_signal() {
+    set_reload_signal_blocked(true);
+}
+
+/// Undoes [`hold_reload_signal`] for the commands that are not the agent.
+pub fn release_reload_signal() {
+    set_reload_signal_blocked(false);
+}
+
+fn set_reload_signal_blocked(blocked: bool) {
+    // SAFETY: the set is initialised by sigemptyset before use; pthread_sigmask only
+    // changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        let how = if blocked {
+            libc::SIG_BLOCK
+        } else {
+            libc::SIG_UNBLOCK
+        };
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }
 
@@ -81,6 +115,8 @@ struct Agent {
     sync_pending: bool,
     /// Entries adopted from a previous agent, kept until every source has a list.
     carry_over: Option<BTreeMap<IpNet, u32>>,
+    /// Writes to `state_dir` that failed since start-up.
+    state_write_failures: u64,
     /// `pin_dir` as the configuration file says it (`config.pin_dir` is where the
     /// pins really are, see [`datapath::PinLocation`]).
     configured_pin_dir: std::path::PathBuf,
@@ -164,6 +200,7 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
         last_sync: None,
         sync_pending: false,
         carry_over,
+        state_write_failures: 0,
         configured_pin_dir,
     };
     if let Some(report) = &initial_refresh {
@@ -183,6 +220,7 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
     agent.last_sync = Some(SyncStatus::ok(&report));
     agent.filter.attach(&specs)?;
     agent.publish();
+    systemd::ready(&agent.summary());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // `run --metrics` wins over the configuration's `metrics`.
@@ -203,6 +241,7 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
     let result = agent
         .main_loop(&mut signals, args.force && !refreshed, refreshed)
         .await;
+    systemd::stopping();
     let _ = stop_tx.send(true);
     if let Some(task) = metrics_task {
         let _ = task.await;
@@ -282,6 +321,8 @@ impl Agent {
             .ok();
         let mut link_check = tokio::time::interval(LINK_CHECK);
         link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(STATUS_HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut force = force_first;
         loop {
             let next_sync = if self.sync_pending {
@@ -315,7 +356,9 @@ impl Agent {
                     }
                 }
                 _ = signals.hup.recv() => {
+                    systemd::reloading();
                     self.reload();
+                    systemd::ready(&self.summary());
                     next_refresh = Instant::now();
                 }
                 result = link_event => {
@@ -325,9 +368,34 @@ impl Agent {
                     self.check_links();
                 }
                 _ = link_check.tick() => self.check_links(),
+                _ = heartbeat.tick() => self.publish(),
                 _ = signals.term.recv() => { info!("SIGTERM"); return Ok(()); }
                 _ = signals.int.recv() => { info!("SIGINT"); return Ok(()); }
             }
+        }
+    }
+
+    /// One line for systemd's STATUS=.
+    fn summary(&self) -> String {
+        let states = self.filter.interfaces();
+        let filtered: Vec<&str> = states
+            .iter()
+            .filter(|i| i.attached)
+            .map(|i| i.name.as_str())
+            .collect();
+        let missing: Vec<&str> = states
+            .iter()
+            .filter(|i| !i.attached)
+            .map(|i| i.name.as_str())
+            .collect();
+        if missing.is_empty() {
+            format!("filtering {}", filtered.join(", "))
+        } else {
+            format!(
+                "filtering {}; NOT filtering {}",
+                filtered.join(", "),
+                missing.join(", ")
+            )
         }
     }
 
@@ -345,6 +413,9 @@ impl Agent {
 
     fn record(&mut self, report: &RefreshReport) {
         for source in &report.sources {
+            if source.save_failed {
+                self.state_write_failures += 1;
+            }
             if let Some(label) = result_label(&source.outcome) {
                 *self
                     .refresh_results
@@ -505,9 +576,13 @@ impl Agent {
             last_sync: self.last_sync.clone(),
             refresh_results: self.refresh_results.clone(),
             sources: self.refresher.status(),
+            state_write_failures: self.state_write_failures,
         };
+        let mut status = status;
         if let Err(e) = status.write(&self.config.state_dir) {
-            warn!(error = %e, "cannot write the status file");
+            self.state_write_failures += 1;
+            status.state_write_failures = self.state_write_failures;
+            warn!(error = %e, "cannot write the status file: `allowlist status` shows an old one");
         }
         *self.shared.write().expect("status lock") = Some(status);
     }

@@ -149,10 +149,21 @@ fn render_status(out: &StatusOutput) -> String {
         (Some(pid), Some(a)) => {
             let _ = writeln!(
                 s,
-                "agent:      running (pid {pid}), version {}, up since {}",
+                "agent:      running (pid {pid}), version {}, up since {}, status written {}",
                 a.version,
-                age(Some(a.started_at))
+                age(Some(a.started_at)),
+                age(Some(a.written_at))
             );
+            let written = SystemTime::now()
+                .duration_since(a.written_at)
+                .unwrap_or_default();
+            if written > 3 * crate::agent::STATUS_HEARTBEAT {
+                let _ = writeln!(
+                    s,
+                    "            STALE: the agent rewrites its status every {}s; it is stopped (SIGSTOP), stuck, or cannot write to state_dir (see allowlist_state_write_failures_total)",
+                    crate::agent::STATUS_HEARTBEAT.as_secs()
+                );
+            }
         }
         (Some(pid), None) => {
             let _ = writeln!(s, "agent:      running (pid {pid}), no status written yet");

@@ -27,3 +27,4 @@ pub mod refresh;
 pub mod source;
 pub mod state;
 pub mod status;
+mod systemd;

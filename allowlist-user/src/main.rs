@@ -9,7 +9,14 @@ use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // Until the agent installs its handler, SIGHUP's default action would kill it: a
+    // `systemctl reload` right after the start must be held, not fatal. Blocked here,
+    // before any thread exists, it stays pending until `agent::run` unblocks it.
+    agent::hold_reload_signal();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        agent::release_reload_signal();
+    }
     init_logging(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -270,6 +270,12 @@ impl Collector for AgentCollector {
             "1 when the filter is attached to the configured interface, 0 when it is not filtered.",
             &rows,
         )?;
+        counter_family(
+            &mut encoder,
+            "allowlist_state_write_failures",
+            "Writes to state_dir (last good lists, the status file) that failed: a full or read-only state_dir.",
+            &[(vec![], status.state_write_failures)],
+        )?;
         let sync_ok = status.last_sync.as_ref().is_some_and(|s| s.error.is_none());
         gauge_family(
             &mut encoder,

@@ -107,6 +107,9 @@ pub struct SourceReport {
     pub outcome: Outcome,
     /// Entries normalised or dropped, state files that could not be written.
     pub warnings: Vec<String>,
+    /// The list was accepted but its state file could not be written (a full or
+    /// read-only `state_dir`): a restart would not find it.
+    pub save_failed: bool,
 }
 
 /// The result of a refresh.
@@ -346,6 +349,7 @@ impl Refresher {
                         id: slot.source.id.clone(),
                         outcome: Outcome::Static,
                         warnings: Vec::new(),
+                        save_failed: false,
                     }
                 } else {
                     let result =
@@ -508,6 +512,7 @@ fn apply(
     let now = context.now;
     let id = slot.source.id.clone();
     let mut warnings = Vec::new();
+    let mut save_failed = false;
     slot.status.last_attempt = Some(now);
     let outcome = match evaluate(slot, result, context, &mut warnings) {
         Ok(Accepted::NotModified) => {
@@ -529,6 +534,7 @@ fn apply(
                         && old.serial == new_state.serial
                 });
             if !same_on_disk && let Err(err) = store.save(&new_state) {
+                save_failed = true;
                 warnings.push(format!(
                     "the list is in force but could not be saved: {err}"
                 ));
@@ -593,6 +599,7 @@ fn apply(
         id,
         outcome,
         warnings,
+        save_failed,
     }
 }
 

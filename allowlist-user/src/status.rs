@@ -39,6 +39,9 @@ pub struct AgentStatus {
     /// Refresh results since start-up: source → result → count.
     pub refresh_results: BTreeMap<String, BTreeMap<String, u64>>,
     pub sources: Vec<SourceStatus>,
+    /// Writes to `state_dir` (source lists, this status) that failed since start-up.
+    #[serde(default)]
+    pub state_write_failures: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -31,6 +31,8 @@ const METRICS: &[&str] = &[
     "allowlist_guard_refusals_total",
     "allowlist_map_entries",
     "allowlist_map_capacity",
+    "allowlist_interface_attached",
+    "allowlist_state_write_failures_total",
     "allowlist_info",
 ];
 
@@ -38,6 +40,8 @@ const METRICS: &[&str] = &[
 const ALERTS: &[&str] = &[
     "AllowlistAgentDown",
     "AllowlistAgentAbsent",
+    "AllowlistInterfaceNotFiltered",
+    "AllowlistStateNotSaved",
     "AllowlistSourceStale",
     "AllowlistSourceRefreshFailing",
     "AllowlistUpdateRefused",
@@ -904,6 +908,8 @@ fn prometheus_alerts_use_the_agents_metrics() {
         "allowlist_packets_total",
         "allowlist_map_entries",
         "allowlist_map_capacity",
+        "allowlist_interface_attached",
+        "allowlist_state_write_failures_total",
         "allowlist_info",
     ] {
         assert!(watched.contains(metric), "no alert watches {metric}");

@@ -535,3 +535,97 @@ fn a_list_larger_than_the_maps_is_refused_and_never_saved() {
         agent.log()
     );
 }
+
+fn reloads_done(agent: &Agent) -> usize {
+    agent.log().matches("configuration reloaded").count()
+}
+
+/// A reload asked for at any moment is acted on: during start-up (before and during
+/// the first fetch, when SIGHUP's default action would kill the agent), during a
+/// refresh, during a sync; a burst is coalesced.
+#[test]
+fn a_reload_is_never_lost() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let provider = world.provider();
+    // Slow enough that start-up (which fetches a source with no saved list before
+    // attaching) and refreshes take a while.
+    provider.set(
+        DOCUMENT_PATH,
+        Response::json(intercom_document(&["192.0.2.0/24"])).delay(Duration::from_secs(2)),
+    );
+    world.write_config(&world.config(
+        "refresh = \"1h\"",
+        &provider_toml("partner", &provider).replace("timeout = \"1s\"", "timeout = \"5s\""),
+    ));
+
+    // Right after start (before its handler would be in place if it were installed
+    // late: until then SIGHUP's default action kills), and during the first fetch.
+    // Sooner than main() nothing can help: under systemd, Type=notify holds a reload
+    // until the agent is ready.
+    let log = world.dir.path().join("agent-reloads.log");
+    let mut agent = world.spawn_agent(&[], &log);
+    thread_sleep(Duration::from_millis(100));
+    agent.signal(libc::SIGHUP);
+    thread_sleep(Duration::from_millis(700));
+    agent.signal(libc::SIGHUP);
+    world.wait_attached(&agent);
+    assert!(
+        wait_until(Duration::from_secs(15), || reloads_done(&agent) >= 1),
+        "a SIGHUP during start-up was lost:\n{}",
+        agent.log()
+    );
+    assert!(agent.child.try_wait().unwrap().is_none(), "{}", agent.log());
+
+    // During a refresh (the reload's own, 2 s long).
+    let before = reloads_done(&agent);
+    agent.signal(libc::SIGHUP);
+    assert!(wait_until(Duration::from_secs(10), || reloads_done(&agent) > before));
+    thread_sleep(Duration::from_millis(500));
+    let before = reloads_done(&agent);
+    agent.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(15), || reloads_done(&agent) > before),
+        "a SIGHUP during a refresh was lost:\n{}",
+        agent.log()
+    );
+
+    // During a sync: a long list, and a SIGHUP as soon as it is accepted.
+    let mut big: Vec<String> = vec!["192.0.2.0/24".to_owned()];
+    big.extend((0..60_000u32).map(|i| {
+        std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(44, 0, 0, 0)) + 2 * i)
+            .to_string()
+    }));
+    let refs: Vec<&str> = big.iter().map(String::as_str).collect();
+    provider.set(DOCUMENT_PATH, Response::json(intercom_document(&refs)));
+    thread_sleep(Duration::from_secs(3));
+    let updates = agent.log().matches("list updated").count();
+    let before = reloads_done(&agent);
+    agent.signal(libc::SIGHUP);
+    assert!(wait_until(Duration::from_secs(20), || agent
+        .log()
+        .matches("list updated")
+        .count()
+        > updates));
+    agent.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(20), || reloads_done(&agent)
+            >= before + 2),
+        "a SIGHUP during a sync was lost:\n{}",
+        agent.log()
+    );
+
+    // A burst: coalesced, and the agent lives on.
+    let before = reloads_done(&agent);
+    for _ in 0..5 {
+        agent.signal(libc::SIGHUP);
+    }
+    assert!(wait_until(Duration::from_secs(20), || reloads_done(&agent) > before));
+    assert!(agent.child.try_wait().unwrap().is_none(), "{}", agent.log());
+    assert_allowed(&world, a(CLIENT_A), &agent);
+    assert_denied(&world, a(CLIENT_B), &agent);
+    agent.signal(libc::SIGTERM);
+    agent.wait(Duration::from_secs(10));
+}
