@@ -67,7 +67,10 @@ fn is_opaque(proto: u8) -> bool {
     matches!(proto, 4 | 41 | 47 | 50 | 51)
 }
 
-#[xdp]
+/// `frags`: the program takes multi-buffer frames, so it attaches in native mode on
+/// interfaces with an MTU above a page (9000, say); headers are always in the first
+/// buffer, and lengths are checked against the whole frame.
+#[xdp(frags)]
 pub fn allowlist(ctx: XdpContext) -> u32 {
     let reason = classify(&ctx);
     finish(&ctx, reason)
@@ -102,11 +105,13 @@ fn bump<const N: usize>(map: &PerCpuArray<u64, N>, slot: u32) {
 }
 
 fn classify(ctx: &XdpContext) -> Reason {
-    let mut cur = Cursor::new(ctx);
+    let cur = Cursor::new(ctx);
     // Most frames take the short way; the general parser would judge them the same.
     if let Some(plain) = parse::plain_ipv4(&cur) {
         return judge_l4(Source::V4(plain.src), plain.proto, plain.dst_port);
     }
+    // A jumbo frame's lengths overrun its first buffer: the short way declines it.
+    let mut cur = cur.with_frame_len(ctx);
     let parsed = parse::packet(&mut cur);
     for (seen, slot) in [
         (cur.vlan_tagged, counter::VLAN_TAGGED),

@@ -7,7 +7,7 @@
 use core::mem::size_of;
 
 use allowlist_common::{MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS};
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::bpf_xdp_get_buff_len, programs::XdpContext};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -81,6 +81,8 @@ pub enum L4 {
 /// Where the parser is in the frame, and what it has seen on the way (observations
 /// that the program counts beside the verdict).
 pub struct Cursor {
+    /// The whole frame's length, all buffers (see [`Cursor::with_frame_len`]).
+    frame_len: usize,
     start: usize,
     end: usize,
     off: usize,
@@ -92,6 +94,7 @@ pub struct Cursor {
 impl Cursor {
     pub fn new(ctx: &XdpContext) -> Self {
         Self {
+            frame_len: 0,
             start: ctx.data(),
             end: ctx.data_end(),
             off: 0,
@@ -111,10 +114,27 @@ impl Cursor {
         Some(ptr as *const T)
     }
 
-    /// Bytes in the frame from `off` to its end.
+    /// Bytes in the frame's first buffer from `off` to its end.
     #[inline(always)]
     fn remaining_from(&self, off: usize) -> usize {
         (self.end - self.start).saturating_sub(off)
+    }
+
+    /// Whether the frame holds `len` bytes from `off`: in its first buffer, or, for a
+    /// multi-buffer (jumbo) frame, in its further buffers too. Headers are always in
+    /// the first buffer, so everything read stays under `ptr_at`.
+    #[inline(always)]
+    fn holds(&self, off: usize, len: usize) -> bool {
+        len <= self.remaining_from(off) || len <= self.frame_len.saturating_sub(off)
+    }
+
+    /// Learns the whole frame's length from the kernel: a helper call, so only the
+    /// general parser pays it, not the short way of the commonest frames.
+    #[inline(always)]
+    pub fn with_frame_len(mut self, ctx: &XdpContext) -> Self {
+        // SAFETY: ctx is this program's context, valid for the whole run.
+        self.frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+        self
     }
 }
 
@@ -220,11 +240,7 @@ fn ipv4(cur: &mut Cursor) -> ParseResult<L4> {
     };
     let broken = Some(Source::V4(src));
     let ihl = ((vihl & 0x0F) as usize) * 4;
-    if vihl >> 4 != 4
-        || ihl < Ipv4Hdr::LEN
-        || tot_len < ihl
-        || tot_len > cur.remaining_from(cur.off)
-    {
+    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl || !cur.holds(cur.off, tot_len) {
         return Err(broken);
     }
     cur.ipv4_options = ihl > Ipv4Hdr::LEN;
@@ -278,7 +294,7 @@ fn ipv6(cur: &mut Cursor) -> ParseResult<L4> {
         )
     };
     let broken = Some(Source::V6(src));
-    if vcf0 >> 4 != 6 || Ipv6Hdr::LEN + payload_len > cur.remaining_from(cur.off) {
+    if vcf0 >> 4 != 6 || !cur.holds(cur.off, Ipv6Hdr::LEN + payload_len) {
         return Err(broken);
     }
     // Offsets below are relative to the IPv6 header and must stay inside its payload.

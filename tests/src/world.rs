@@ -407,6 +407,43 @@ impl World {
         }
     }
 
+    /// Sends one raw Ethernet frame from the client's end of the veth.
+    pub fn send_frame(&self, frame: Vec<u8>) {
+        let ifname = self.client_if.clone();
+        self.client.run(move || {
+            // SAFETY: plain socket(2); checked below.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let c = std::ffi::CString::new(ifname).unwrap();
+            // SAFETY: an all-zero sockaddr_ll is valid; the fields used are set.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            // SAFETY: c is a valid NUL-terminated name.
+            addr.sll_ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) } as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&SERVER_MAC);
+            // SAFETY: frame and addr are valid for the lengths passed.
+            let rc = unsafe {
+                libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            let err = std::io::Error::last_os_error();
+            // SAFETY: fd is open.
+            unsafe { libc::close(fd) };
+            assert_eq!(rc, frame.len() as isize, "sendto: {err}");
+        });
+    }
+
     /// Sends forged SYNs to :443 from random addresses in 198.51.100.0/24 through a raw
     /// socket on the client's interface, as fast as it can, until stopped.
     pub fn syn_flood(&self) -> Flood {

@@ -170,6 +170,57 @@ fn a_reload_that_cannot_attach_keeps_the_filter() {
     assert_denied(&world, a(CLIENT_B), &agent);
     assert!(world.pin_dir.join(format!("link_{server_if}")).exists());
 
+    // An interface that already carries another XDP program (here, attached the
+    // old way through netlink by another tool).
+    let other = format!("{}x", world.id);
+    world.server.ip(&[
+        "link",
+        "add",
+        &other,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{}y", world.id),
+    ]);
+    world.server.ip(&["link", "set", &other, "up"]);
+    let prog_id = {
+        let pin = world.pin_dir.join(format!("link_{server_if}"));
+        let out = run(Command::new("bpftool")
+            .args(["-j", "link", "show", "pinned"])
+            .arg(&pin));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["prog_id"]
+            .as_u64()
+            .unwrap()
+    };
+    let prog_pin =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/allowlist-test-{}-prog", world.id));
+    let out = run(Command::new("bpftool")
+        .args(["prog", "pin", "id", &prog_id.to_string()])
+        .arg(&prog_pin));
+    assert!(out.status.success(), "{}", text(&out));
+    let attached = run(world
+        .server
+        .command("ip")
+        .args(["link", "set", "dev", &other, "xdpgeneric", "pinned"])
+        .arg(&prog_pin));
+    let _ = std::fs::remove_file(&prog_pin);
+    assert!(attached.status.success(), "{}", text(&attached));
+    set_interfaces(&world, &[&server_if, &other]);
+    reload(&world);
+    assert!(
+        wait_until(Duration::from_secs(10), || world
+            .http_get(port, "/healthz")
+            .1
+            .contains(&other)),
+        "{}",
+        agent.log()
+    );
+    let (code, body) = world.http_get(port, "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("another XDP program"), "{body}");
+    assert_denied(&world, a(CLIENT_B), &agent);
+
     // The configuration fixed: healthy again, the same link throughout.
     set_interfaces(&world, &[&server_if]);
     reload(&world);
@@ -628,4 +679,109 @@ fn a_reload_is_never_lost() {
     assert_denied(&world, a(CLIENT_B), &agent);
     agent.signal(libc::SIGTERM);
     agent.wait(Duration::from_secs(10));
+}
+
+fn counter(world: &World, reason: &str, action: &str) -> u64 {
+    world.status()["counters"]["packets"][reason][action]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// A frame of `payload_len` bytes of TCP (to :443) or UDP payload from `src`.
+fn jumbo_frame(src: std::net::Ipv4Addr, tcp: bool, payload_len: usize) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC).ipv4(
+        src.octets(),
+        SERVER_V4.octets(),
+        64,
+    );
+    let payload = vec![0x5a; payload_len];
+    let mut out = Vec::new();
+    if tcp {
+        let b = builder.tcp(40000, 443, 1, 64240).ack(1);
+        b.write(&mut out, &payload).unwrap();
+    } else {
+        let b = builder.udp(40000, 443);
+        b.write(&mut out, &payload).unwrap();
+    }
+    out
+}
+
+/// Jumbo frames: at MTU 9000 the filter attaches (`auto`, native on veth, the
+/// program being frags-aware), an allowed client's 8,000-byte segments get through,
+/// a denied source's 8,000-byte segment is dropped, and a jumbo UDP datagram passes.
+#[test]
+fn jumbo_frames_at_mtu_9000() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    for (ns, dev) in [
+        (&world.server, &world.server_if),
+        (&world.client, &world.client_if),
+    ] {
+        ns.ip(&["link", "set", "dev", dev, "mtu", "9000"]);
+    }
+    let _provider = world.provider_publishing(&["192.0.2.0/24"], "refresh = \"1h\"");
+    let agent = world.start_agent();
+    let out = run(world
+        .server
+        .command("ip")
+        .args(["-d", "link", "show", "dev", &world.server_if]));
+    let link = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{link}");
+    assert!(link.contains("prog/xdp"), "{link}\n{}", agent.log());
+    assert!(
+        link.contains(" xdp ") && !link.contains("xdpgeneric"),
+        "native XDP at MTU 9000: {link}"
+    );
+
+    // An allowed client sends 8,000 bytes in one segment (MSS 8,960).
+    let padding = "x".repeat(8_000);
+    let big = world.client.run(move || {
+        use std::io::{Read as _, Write as _};
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .map_err(|e| e.to_string())?;
+        sock.bind(&std::net::SocketAddr::new(IpAddr::V4(CLIENT_A), 0).into())
+            .map_err(|e| e.to_string())?;
+        sock.connect_timeout(
+            &std::net::SocketAddr::new(IpAddr::V4(SERVER_V4), 443).into(),
+            CONNECT_TIMEOUT,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut stream: std::net::TcpStream = sock.into();
+        stream.set_read_timeout(Some(CONNECT_TIMEOUT)).unwrap();
+        write!(
+            stream,
+            "GET / HTTP/1.1\r\nHost: test\r\nX-Padding: {padding}\r\nConnection: close\r\n\r\n"
+        )
+        .map_err(|e| e.to_string())?;
+        let mut reply = String::new();
+        stream
+            .read_to_string(&mut reply)
+            .map_err(|e| e.to_string())?;
+        Ok::<String, String>(reply)
+    });
+    let reply = big.unwrap_or_else(|e| panic!("allowed 8,000-byte request: {e}\n{}", agent.log()));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_denied(&world, a(CLIENT_B), &agent);
+
+    // A denied source's 8,000-byte segment is dropped; a jumbo UDP datagram passes.
+    let dropped = counter(&world, "not_allowlisted", "drop");
+    let not_tcp = counter(&world, "not_tcp", "pass");
+    let malformed = counter(&world, "malformed", "drop");
+    world.send_frame(jumbo_frame(CLIENT_B, true, 8_000));
+    world.send_frame(jumbo_frame(CLIENT_B, false, 8_000));
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            counter(&world, "not_allowlisted", "drop") == dropped + 1
+                && counter(&world, "not_tcp", "pass") == not_tcp + 1
+        }),
+        "{:#}",
+        world.status()["counters"]
+    );
+    assert_eq!(
+        counter(&world, "malformed", "drop"),
+        malformed,
+        "no jumbo frame is malformed"
+    );
 }

@@ -17,7 +17,7 @@ use allowlist_common::{PROGRAM_NAME, maps as names};
 use aya::{
     Ebpf,
     programs::{
-        Xdp, XdpMode,
+        ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
     },
@@ -155,6 +155,25 @@ fn available_interfaces() -> String {
         .unwrap_or_default();
     names.sort();
     names.join(", ")
+}
+
+/// An attach error with what the kernel's errno means for XDP, and what to do.
+fn describe_attach_error(error: ProgramError) -> String {
+    let errno = match &error {
+        ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
+        _ => None,
+    };
+    let hint = match errno {
+        Some(libc::ERANGE) => {
+            "; the interface's MTU is larger than its driver supports for native XDP: lower the MTU, or set mode = \"skb\" (or \"auto\", which falls back to it)"
+        }
+        Some(libc::EBUSY | libc::EEXIST) => {
+            "; the interface already has another XDP program attached (`ip -d link show dev <interface>`): allowlist does not replace it, detach it first"
+        }
+        Some(libc::EOPNOTSUPP) => "; the driver has no native XDP: set mode = \"skb\" or \"auto\"",
+        _ => "",
+    };
+    format!("{:#}{hint}", anyhow::Error::from(error))
 }
 
 /// The maps this build's object declares, for the compatibility check of pins.
@@ -482,9 +501,9 @@ impl Filter {
                         interface: name.clone(),
                         mode: spec.mode,
                         detail: format!(
-                            "native: {:#}; generic (skb): {:#}",
-                            anyhow::Error::from(native),
-                            anyhow::Error::from(source)
+                            "native: {}; generic (skb): {}",
+                            describe_attach_error(native),
+                            describe_attach_error(source)
                         ),
                     }
                 })?;
@@ -495,7 +514,7 @@ impl Filter {
                 return Err(DatapathError::AttachMode {
                     interface: name.clone(),
                     mode: spec.mode,
-                    detail: format!("{:#}", anyhow::Error::from(source)),
+                    detail: describe_attach_error(source),
                 });
             }
         };

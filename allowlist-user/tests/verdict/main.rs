@@ -322,6 +322,65 @@ fn cases() -> Vec<Case> {
         NotTcp,
     ));
     c.push(pass("ARP", arp(), NotIp));
+
+    // Jumbo frames (MTU 9000): 8,000 bytes do not fit one page, so the kernel hands
+    // the program a multi-buffer frame whose payload continues in further buffers;
+    // lengths are checked against the whole frame, headers read from the first.
+    let jumbo_tcp = || {
+        let mut segment = tcp_syn(443);
+        segment.resize(8_000, 0x5a);
+        segment
+    };
+    let jumbo_udp = || {
+        let mut datagram = udp(443);
+        datagram.resize(8_000, 0x5a);
+        let len = (datagram.len() as u16).to_be_bytes();
+        datagram[4..6].copy_from_slice(&len);
+        datagram
+    };
+    c.push(
+        pass(
+            "jumbo v4 TCP segment of 8,000 bytes (multi-buffer) from an allowlisted source",
+            v4(&[], ipv4(ok4(), TCP, &jumbo_tcp(), |_| {})),
+            Allowlisted,
+        )
+        .hit(RULE_DOC_NET),
+    );
+    c.push(drop(
+        "jumbo v4 TCP segment of 8,000 bytes from a source not listed",
+        v4(&[], ipv4(bad4(), TCP, &jumbo_tcp(), |_| {})),
+        NotAllowlisted,
+    ));
+    c.push(pass(
+        "jumbo v4 UDP datagram of 8,000 bytes from anyone",
+        v4(&[], ipv4(bad4(), UDP, &jumbo_udp(), |_| {})),
+        NotTcp,
+    ));
+    c.push(
+        pass(
+            "jumbo v6 TCP segment of 8,000 bytes from an allowlisted source",
+            v6(&[], ipv6(ok6(), &[], TCP, &jumbo_tcp())),
+            Allowlisted,
+        )
+        .hit(RULE_V6),
+    );
+    c.push(drop(
+        "jumbo v6 TCP segment of 8,000 bytes from a source not listed",
+        v6(&[], ipv6(bad6(), &[], TCP, &jumbo_tcp())),
+        NotAllowlisted,
+    ));
+    c.push(pass(
+        "jumbo v6 UDP datagram of 8,000 bytes from anyone",
+        v6(&[], ipv6(bad6(), &[], UDP, &jumbo_udp())),
+        NotTcp,
+    ));
+    let mut truncated = v4(&[], ipv4(bad4(), UDP, &jumbo_udp(), |_| {}));
+    truncated.truncate(6_000);
+    c.push(drop(
+        "jumbo v4 frame shorter than its IPv4 total length, not listed",
+        truncated,
+        Malformed,
+    ));
     let mut padded = syn4(ok4(), 443);
     padded.resize(60, 0);
     c.push(pass(
