@@ -26,14 +26,44 @@ use crate::{
     status::AgentStatus,
 };
 
+/// Fails in one line when this user may not read one of the agent's directories
+/// (they are the agent's, 0700): which directory, whose it is, and what to run.
+fn check_readable(config: &Config) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    for (key, dir) in [
+        ("state_dir", &config.state_dir),
+        ("pin_dir", &config.pin_dir),
+    ] {
+        match std::fs::read_dir(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                let owner = std::fs::metadata(dir)
+                    .map(|m| format!(" (owner uid {}, mode {:04o})", m.uid(), m.mode() & 0o7777))
+                    .unwrap_or_default();
+                bail!(
+                    "cannot read {key} {}{owner}: permission denied; the agent's directories are readable by its user only: run this command as root (sudo)",
+                    dir.display()
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn open_maps(config: &Config) -> Result<Maps> {
+    check_readable(config)?;
     if !datapath::has_pinned_maps(&config.pin_dir) {
         bail!(
             "no filter is pinned under {} (is the agent running with this --config?)",
             config.pin_dir.display()
         );
     }
-    control::check_privileges().map_err(|e| anyhow!(e))?;
+    if !control::can_use_bpf() {
+        bail!(
+            "reading the filter's pinned maps under {} needs CAP_BPF (or root), which this process lacks: run this command as root (sudo)",
+            config.pin_dir.display()
+        );
+    }
     Ok(Maps::open_pinned(&config.pin_dir)?)
 }
 
@@ -98,6 +128,7 @@ fn counters_output(c: &Counters) -> CountersOutput {
 }
 
 pub fn status(config: &Config, json: bool) -> Result<()> {
+    check_readable(config)?;
     let agent = AgentStatus::read(&config.state_dir)?;
     let pid = control::running_agent(&config.state_dir);
     let pinned = datapath::pinned_links(&config.pin_dir).unwrap_or_default();

@@ -223,20 +223,30 @@ pub fn wait_for_exit(state_dir: &Path, timeout: Duration) -> bool {
     false
 }
 
-/// Whether this process may load XDP programs: root, or CAP_BPF (or CAP_SYS_ADMIN)
-/// together with CAP_NET_ADMIN in the effective set.
-pub fn check_privileges() -> Result<(), String> {
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Whether `cap` is in this process's effective set.
+fn has_capability(cap: u32) -> bool {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     let eff = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
-    let has = |cap: u32| eff & (1u64 << cap) != 0;
-    const CAP_NET_ADMIN: u32 = 12;
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_BPF: u32 = 39;
-    if has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
+    eff & (1u64 << cap) != 0
+}
+
+/// Whether this process may use bpf() on pinned objects: CAP_BPF or CAP_SYS_ADMIN.
+pub fn can_use_bpf() -> bool {
+    has_capability(CAP_BPF) || has_capability(CAP_SYS_ADMIN)
+}
+
+/// Whether this process may load XDP programs: root, or CAP_BPF (or CAP_SYS_ADMIN)
+/// together with CAP_NET_ADMIN in the effective set.
+pub fn check_privileges() -> Result<(), String> {
+    if has_capability(CAP_NET_ADMIN) && can_use_bpf() {
         Ok(())
     } else {
         Err("loading and attaching XDP needs root, or the capabilities CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (run with sudo, or under the systemd unit)".to_owned())

@@ -45,30 +45,18 @@ pub struct SourceState {
 
 #[derive(Debug, Error)]
 pub enum StateError {
-    #[error("cannot create the state directory {}: {source}", path.display())]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot create the state directory {}: {error}", path.display())]
+    CreateDir { path: PathBuf, error: io::Error },
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: io::Error },
     #[error("{} is corrupt ({detail}); moved aside to {}", path.display(), moved_to.display())]
     Corrupt {
         path: PathBuf,
         moved_to: PathBuf,
         detail: String,
     },
-    #[error("cannot write {}: {source}", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot write {}: {error}", path.display())]
+    Write { path: PathBuf, error: io::Error },
     /// The directory, or one above it, lets someone other than the agent (and root)
     /// put files there: nothing in it can be trusted.
     #[error("refusing state_dir {}: {problem}", state_dir.display())]
@@ -169,7 +157,9 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateErr
     let bytes = match read_trusted(path) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return Ok(None),
-        Err(StateError::Read { source, .. }) if source.raw_os_error() == Some(libc::EISDIR) => {
+        Err(StateError::Read { error: source, .. })
+            if source.raw_os_error() == Some(libc::EISDIR) =>
+        {
             return Err(move_aside(path, source.to_string()));
         }
         Err(err) => return Err(err),
@@ -188,7 +178,7 @@ pub fn read_trusted(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
     file.read_to_end(&mut bytes)
         .map_err(|source| StateError::Read {
             path: path.to_owned(),
-            source,
+            error: source,
         })?;
     Ok(Some(bytes))
 }
@@ -219,18 +209,18 @@ pub fn open_trusted(path: &Path) -> Result<Option<File>, StateError> {
         Err(source) => {
             return Err(StateError::Read {
                 path: path.to_owned(),
-                source,
+                error: source,
             });
         }
     };
     let meta = file.metadata().map_err(|source| StateError::Read {
         path: path.to_owned(),
-        source,
+        error: source,
     })?;
     if meta.is_dir() {
         return Err(StateError::Read {
             path: path.to_owned(),
-            source: io::Error::from_raw_os_error(libc::EISDIR),
+            error: io::Error::from_raw_os_error(libc::EISDIR),
         });
     }
     if !meta.is_file() {
@@ -302,12 +292,17 @@ fn link_target(path: &Path) -> String {
 pub fn prepare_dir(dir: &Path) -> Result<(), StateError> {
     let dir = std::path::absolute(dir).map_err(|source| StateError::CreateDir {
         path: dir.to_owned(),
-        source,
+        error: source,
     })?;
     match fs::symlink_metadata(&dir) {
         Ok(_) => {}
         Err(err) if err.kind() == io::ErrorKind::NotFound => create_dir(&dir)?,
-        Err(source) => return Err(StateError::Read { path: dir, source }),
+        Err(source) => {
+            return Err(StateError::Read {
+                path: dir,
+                error: source,
+            });
+        }
     }
     verify_dir(&dir, true)
 }
@@ -318,12 +313,15 @@ pub fn prepare_dir(dir: &Path) -> Result<(), StateError> {
 pub fn check_dir(dir: &Path) -> Result<(), StateError> {
     let dir = std::path::absolute(dir).map_err(|source| StateError::Read {
         path: dir.to_owned(),
-        source,
+        error: source,
     })?;
     match fs::symlink_metadata(&dir) {
         Ok(_) => verify_dir(&dir, false),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(StateError::Read { path: dir, source }),
+        Err(source) => Err(StateError::Read {
+            path: dir,
+            error: source,
+        }),
     }
 }
 
@@ -339,7 +337,7 @@ fn create_dir(dir: &Path) -> Result<(), StateError> {
         let mode = if path == dir { 0o700 } else { 0o755 };
         let err = |source| StateError::CreateDir {
             path: path.to_owned(),
-            source,
+            error: source,
         };
         match fs::DirBuilder::new().mode(mode).create(path) {
             // Someone else made it in the meantime: the checks judge it.
@@ -366,7 +364,10 @@ fn verify_dir(dir: &Path, own: bool) -> Result<(), StateError> {
     };
     let read_err = |path: &Path| {
         let path = path.to_owned();
-        move |source| StateError::Read { path, source }
+        move |source| StateError::Read {
+            path,
+            error: source,
+        }
     };
     let chown = match euid() {
         0 => "chown root:root".to_owned(),
@@ -456,7 +457,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let err = |source| StateError::Write {
         path: path.to_owned(),
-        source,
+        error: source,
     };
     let dir = path
         .parent()

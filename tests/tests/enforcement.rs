@@ -785,3 +785,45 @@ fn jumbo_frames_at_mtu_9000() {
         "no jumbo frame is malformed"
     );
 }
+
+/// The CLI run by a user who may not read the agent's directories says, in one line,
+/// which one and what to do.
+#[test]
+fn a_non_root_cli_says_what_it_lacks() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let _provider = world.provider_publishing(&["192.0.2.0/24"], "refresh = \"1h\"");
+    let agent = world.start_agent();
+    // A copy of the config that the other user can read.
+    let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::copy(world.config_path(), config.path()).unwrap();
+    std::fs::set_permissions(config.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    for args in [&["status"][..], &["list"], &["check", "192.0.2.10"]] {
+        let out = run(world
+            .server
+            .command("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(binary())
+            .args(args)
+            .arg("--config")
+            .arg(config.path()));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{args:?}: one line: {stderr}"
+        );
+        assert!(
+            stderr.contains("state_dir") && stderr.contains("run this command as root"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.matches("ermission denied").count() <= 1,
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_denied(&world, a(CLIENT_B), &agent);
+}
