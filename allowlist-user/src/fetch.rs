@@ -84,8 +84,11 @@ pub enum FetchErrorKind {
     Timeout(Duration),
     #[error("the response is larger than max_bytes ({limit} bytes)")]
     TooLarge { limit: u64 },
-    #[error("TLS error: {0} (is the server's CA trusted? add it with ca_file)")]
+    #[error("TLS error: {detail}{hint}", detail = .0, hint = tls_hint(.0))]
     Tls(String),
+    /// A redirect that is refused (to plain http) or leads nowhere (a loop, too many).
+    #[error("{0}")]
+    Redirect(String),
     #[error("cannot connect: {0}")]
     Connect(String),
     #[error("{0}")]
@@ -102,9 +105,18 @@ fn reason(status: u16) -> String {
         .unwrap_or_default()
 }
 
+/// What to do about a TLS error, when rustls's words leave it open.
+fn tls_hint(detail: &str) -> &'static str {
+    if detail.contains("UnknownIssuer") {
+        " (is the server's CA trusted? add it with ca_file)"
+    } else {
+        ""
+    }
+}
+
 impl FetchErrorKind {
     /// Whether another attempt may succeed: timeouts, connection failures, 5xx, 408
-    /// and 429. Not TLS failures, other 4xx, or limits.
+    /// and 429. Not TLS failures, refused redirects, other 4xx, or limits.
     pub fn is_retryable(&self) -> bool {
         match self {
             FetchErrorKind::Status { status } => *status >= 500 || *status == 408 || *status == 429,
@@ -272,13 +284,25 @@ fn validators(headers: &HeaderMap) -> (Option<String>, Option<String>) {
     (get(header::ETAG), get(header::LAST_MODIFIED))
 }
 
+/// Redirects followed in one attempt.
+pub const MAX_REDIRECTS: usize = 5;
+
 fn client(settings: &FetchSettings) -> Result<reqwest::Client, FetchErrorKind> {
     let insecure = settings.insecure_http;
     let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() >= 5 {
-            attempt.error("too many redirects")
-        } else if attempt.url().scheme() != "https" && !insecure {
-            attempt.error("redirect to plain http refused")
+        let url = attempt.url();
+        if attempt.previous().contains(url) {
+            let error = format!("redirect loop: {url} was already visited");
+            attempt.error(error)
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            let error =
+                format!("too many redirects (more than {MAX_REDIRECTS}), the last to {url}");
+            attempt.error(error)
+        } else if url.scheme() != "https" && !insecure {
+            let error = format!(
+                "redirect to plain http refused ({url}): set insecure_http = true for this source to allow it"
+            );
+            attempt.error(error)
         } else {
             attempt.follow()
         }
@@ -346,6 +370,11 @@ fn classify(err: &reqwest::Error, timeout: Duration) -> FetchErrorKind {
     }
     if let Some(tls) = tls_error(err) {
         return FetchErrorKind::Tls(tls);
+    }
+    if err.is_redirect() {
+        // The policy's own words, without reqwest's "error following redirect for url".
+        let detail = err.source().map_or_else(|| error_chain(err), error_chain);
+        return FetchErrorKind::Redirect(detail);
     }
     let chain = error_chain(err);
     // hyper-util's connector may hide the rustls error behind its own types: fall
@@ -432,6 +461,7 @@ mod tests {
         assert!(FetchErrorKind::Timeout(Duration::from_secs(1)).is_retryable());
         assert!(!FetchErrorKind::TooLarge { limit: 1 }.is_retryable());
         assert!(!FetchErrorKind::Tls("UnknownIssuer".into()).is_retryable());
+        assert!(!FetchErrorKind::Redirect("redirect loop".into()).is_retryable());
     }
 
     #[test]

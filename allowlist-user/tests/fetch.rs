@@ -520,3 +520,84 @@ async fn refresh_refuses_malformed_empty_and_shrunken_lists() {
     );
     assert!(!r.source_status(id).unwrap().refused);
 }
+
+// -------------------------------------------------------------------------------------
+// Failures that another attempt cannot cure are not retried.
+
+#[tokio::test]
+async fn a_redirect_to_plain_http_is_refused_and_not_retried() {
+    let server = ProviderServer::start();
+    let plain = format!("http://{}/ips.json", server.addr());
+    server.set("/old.json", Response::redirect(&plain));
+    let err = get(&server, "/old.json", &settings(&server))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, FetchErrorKind::Redirect(_)), "{err:?}");
+    assert!(err.to_string().contains("plain http"), "{err}");
+    assert!(err.to_string().contains(&plain), "{err}");
+    assert_eq!(err.attempts, 1, "{err}");
+    assert_eq!(server.hits("/old.json"), 1);
+}
+
+#[tokio::test]
+async fn redirect_loops_and_chains_are_not_retried() {
+    let server = ProviderServer::start();
+    server.set("/a", Response::redirect(server.url("/b")));
+    server.set("/b", Response::redirect(server.url("/a")));
+    let err = get(&server, "/a", &settings(&server)).await.unwrap_err();
+    assert!(matches!(err.kind, FetchErrorKind::Redirect(_)), "{err:?}");
+    assert!(err.to_string().contains("redirect loop"), "{err}");
+    assert_eq!(err.attempts, 1, "{err}");
+    assert_eq!((server.hits("/a"), server.hits("/b")), (1, 1));
+
+    for i in 0..10 {
+        server.set(
+            &format!("/r{i}"),
+            Response::redirect(server.url(&format!("/r{}", i + 1))),
+        );
+    }
+    let err = get(&server, "/r0", &settings(&server)).await.unwrap_err();
+    assert!(matches!(err.kind, FetchErrorKind::Redirect(_)), "{err:?}");
+    assert!(err.to_string().contains("too many redirects"), "{err}");
+    assert_eq!(err.attempts, 1, "{err}");
+    assert_eq!(server.hits("/r0"), 1);
+}
+
+#[tokio::test]
+async fn certificate_errors_are_not_retried() {
+    // Unknown CA: a_certificate_from_an_unknown_ca_is_rejected. A certificate for
+    // other names, and an expired one, from the trusted CA:
+    let wrong_name = ProviderServer::builder()
+        .only_sans()
+        .san("ranges.example.net")
+        .start();
+    let expired = ProviderServer::builder().expired().start();
+    for (server, needle) in [(&wrong_name, "not valid for name"), (&expired, "expired")] {
+        server.set("/ips.json", Response::json("[]"));
+        let err = get(server, "/ips.json", &settings(server))
+            .await
+            .unwrap_err();
+        assert!(matches!(err.kind, FetchErrorKind::Tls(_)), "{err:?}");
+        assert!(err.to_string().contains(needle), "{err}");
+        assert_eq!(err.attempts, 1, "{err}");
+    }
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried_but_408_and_429_are() {
+    let server = ProviderServer::start();
+    for status in [400, 401, 403, 404, 410, 451] {
+        let path = format!("/{status}");
+        server.set(&path, Response::status(status));
+        let err = get(&server, &path, &settings(&server)).await.unwrap_err();
+        assert_eq!(err.attempts, 1, "{err}");
+        assert_eq!(server.hits(&path), 1, "{status}");
+    }
+    for status in [408, 429, 500, 502, 503] {
+        let path = format!("/{status}");
+        server.set(&path, Response::status(status));
+        let err = get(&server, &path, &settings(&server)).await.unwrap_err();
+        assert_eq!(err.attempts, 3, "{err}");
+        assert_eq!(server.hits(&path), 3, "{status}");
+    }
+}
