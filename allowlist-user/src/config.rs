@@ -120,6 +120,9 @@ pub struct FetchSettings {
     pub ca_file: Option<PathBuf>,
     /// Attempts after the first one.
     pub retries: u32,
+    /// The longest Retry-After (of a 429 or 503) waited for before another attempt:
+    /// the refresh interval. A longer one ends this refresh's attempts.
+    pub retry_after_limit: Duration,
 }
 
 impl Default for FetchSettings {
@@ -130,6 +133,7 @@ impl Default for FetchSettings {
             insecure_http: false,
             ca_file: None,
             retries: DEFAULT_RETRIES,
+            retry_after_limit: DEFAULT_REFRESH,
         }
     }
 }
@@ -368,6 +372,13 @@ struct Cx<'a> {
     origin: &'a Path,
 }
 
+/// What the top-level keys give every source.
+struct Defaults<'a> {
+    guards: &'a Guards,
+    /// What every url source starts from; its own keys override.
+    fetch: FetchSettings,
+}
+
 impl Cx<'_> {
     fn error(
         &self,
@@ -442,6 +453,13 @@ impl Cx<'_> {
             })?),
         };
         let guards = self.guards(raw.guards)?;
+        let defaults = Defaults {
+            guards: &guards,
+            fetch: FetchSettings {
+                retry_after_limit: refresh,
+                ..FetchSettings::default()
+            },
+        };
         if raw.provider.is_empty() {
             return Err(self.error(
                 whole,
@@ -463,7 +481,7 @@ impl Cx<'_> {
                     ),
                 ));
             }
-            providers.push(self.provider(index, provider, &guards)?);
+            providers.push(self.provider(index, provider, &defaults)?);
         }
         Ok(Config {
             path: self.origin.to_owned(),
@@ -653,7 +671,7 @@ impl Cx<'_> {
         &self,
         index: usize,
         raw: Spanned<RawProvider>,
-        guards: &Guards,
+        defaults: &Defaults<'_>,
     ) -> Result<Provider, ConfigError> {
         let span = raw.span();
         let raw = raw.into_inner();
@@ -688,7 +706,7 @@ impl Cx<'_> {
                 &name,
                 rule_id,
                 preset,
-                guards,
+                defaults,
                 preset_name.span(),
                 &field,
             )?);
@@ -707,7 +725,7 @@ impl Cx<'_> {
                 rule_id,
                 format!("{name}/{i}"),
                 source,
-                guards,
+                defaults,
                 &field,
             )?);
         }
@@ -724,7 +742,7 @@ impl Cx<'_> {
         provider: &str,
         rule_id: u32,
         preset: &presets::Preset,
-        guards: &Guards,
+        defaults: &Defaults<'_>,
         span: Range<usize>,
         field: &str,
     ) -> Result<Source, ConfigError> {
@@ -732,17 +750,18 @@ impl Cx<'_> {
             None => None,
             Some(snap) => {
                 let entries: Vec<String> = snap.entries.iter().map(|e| e.to_string()).collect();
-                let validated = prefixes::validate(&entries, preset.name, Trust::Operator, guards)
-                    .map_err(|err| {
-                        self.error(
-                            span.clone(),
-                            format!("{field}.preset"),
-                            format!(
-                                "the built-in list of {} is refused by [guards]: {err}",
-                                preset.name
-                            ),
-                        )
-                    })?;
+                let validated =
+                    prefixes::validate(&entries, preset.name, Trust::Operator, defaults.guards)
+                        .map_err(|err| {
+                            self.error(
+                                span.clone(),
+                                format!("{field}.preset"),
+                                format!(
+                                    "the built-in list of {} is refused by [guards]: {err}",
+                                    preset.name
+                                ),
+                            )
+                        })?;
                 Some(StaticList {
                     prefixes: validated.prefixes,
                     as_of: Some(snap.as_of.to_owned()),
@@ -786,7 +805,7 @@ impl Cx<'_> {
             provider: provider.to_owned(),
             rule_id,
             location,
-            fetch: FetchSettings::default(),
+            fetch: defaults.fetch.clone(),
             force: false,
             snapshot,
         })
@@ -798,7 +817,7 @@ impl Cx<'_> {
         rule_id: u32,
         id: String,
         raw: Spanned<RawSource>,
-        guards: &Guards,
+        defaults: &Defaults<'_>,
         field: &str,
     ) -> Result<Source, ConfigError> {
         let span = raw.span();
@@ -863,7 +882,7 @@ impl Cx<'_> {
             }
         }
 
-        let mut fetch = FetchSettings::default();
+        let mut fetch = defaults.fetch.clone();
         if let Some(t) = &raw.timeout {
             fetch.timeout = self.duration(t, &f("timeout"))?;
             if fetch.timeout.is_zero() {
@@ -899,8 +918,8 @@ impl Cx<'_> {
 
         let location = if let Some(list) = raw.inline {
             let entries: Vec<String> = list.get_ref().iter().map(|e| e.get_ref().clone()).collect();
-            let validated =
-                prefixes::validate(&entries, &id, Trust::Operator, guards).map_err(|err| {
+            let validated = prefixes::validate(&entries, &id, Trust::Operator, defaults.guards)
+                .map_err(|err| {
                     let bad = match &err {
                         prefixes::PrefixError::Unparseable { entry, .. }
                         | prefixes::PrefixError::TooBroad { entry, .. } => entry,
@@ -1345,7 +1364,8 @@ file = "/etc/allowlist/extra.txt"
                 max_bytes: 1024,
                 insecure_http: true,
                 ca_file: None,
-                retries: 0
+                retries: 0,
+                retry_after_limit: Duration::from_secs(15),
             }
         );
         assert!(extra.force);
@@ -1356,6 +1376,20 @@ file = "/etc/allowlist/extra.txt"
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_refresh_interval_bounds_retry_after_for_every_url_source() {
+        let config = parse_ok(&format!(
+            "{MINIMAL}refresh = \"10m\"\n[[provider]]\nname = \"s\"\npreset = \"stripe-webhooks\"\n[[provider.source]]\nurl = \"https://ranges.example.net/ips.txt\"\n"
+        ));
+        for id in ["s/stripe-webhooks", "s/0"] {
+            assert_eq!(
+                config.source(id).unwrap().fetch.retry_after_limit,
+                Duration::from_secs(600),
+                "{id}"
+            );
+        }
     }
 
     #[test]

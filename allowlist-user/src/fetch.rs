@@ -1,12 +1,15 @@
 //! HTTPS retrieval of published lists: conditional GET, a per-source timeout, a body
-//! size cap enforced while streaming, retries with exponential backoff and jitter.
+//! size cap enforced while streaming, retries with exponential backoff and jitter (or
+//! after the delay a 429 or 503 asks for with Retry-After, up to the refresh interval).
+//! Failures that another attempt cannot cure (TLS verification, refused redirects,
+//! 4xx other than 408 and 429, limits) are not retried.
 
 use std::{
     error::Error as StdError,
     fmt, io,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use reqwest::{
@@ -80,6 +83,18 @@ pub enum FetchErrorKind {
     Client(String),
     #[error("HTTP {status}{}", reason(*status))]
     Status { status: u16 },
+    /// A 429 or 503 whose Retry-After is beyond the refresh interval.
+    #[error(
+        "HTTP {status}{}: provider asked to retry after {}, longer than the refresh interval ({}); next refresh will try again",
+        reason(*status),
+        humantime::format_duration(*after),
+        humantime::format_duration(*limit)
+    )]
+    RetryAfter {
+        status: u16,
+        after: Duration,
+        limit: Duration,
+    },
     #[error("timed out after {}", humantime::format_duration(*.0))]
     Timeout(Duration),
     #[error("the response is larger than max_bytes ({limit} bytes)")]
@@ -202,18 +217,38 @@ impl Fetcher {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.attempt(&client, url, settings, conditional).await {
+            let failure = match self.attempt(&client, url, settings, conditional).await {
                 Ok(outcome) => {
                     debug!(attempt, "fetched");
                     return Ok(outcome);
                 }
-                Err(kind) if kind.is_retryable() && attempt <= settings.retries => {
-                    let delay = self.backoff(attempt - 1);
-                    warn!(attempt, error = %kind, retry_in = ?delay, "fetch failed, retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(kind) => return Err(fail(attempt, kind)),
+                Err(failure) => failure,
+            };
+            let Failure { kind, retry_after } = failure;
+            if let (FetchErrorKind::Status { status }, Some(after)) = (&kind, retry_after)
+                && after > settings.retry_after_limit
+            {
+                return Err(fail(
+                    attempt,
+                    FetchErrorKind::RetryAfter {
+                        status: *status,
+                        after,
+                        limit: settings.retry_after_limit,
+                    },
+                ));
             }
+            if !kind.is_retryable() || attempt > settings.retries {
+                return Err(fail(attempt, kind));
+            }
+            let delay = retry_after.unwrap_or_else(|| self.backoff(attempt - 1));
+            warn!(
+                attempt,
+                error = %kind,
+                retry_in = ?delay,
+                retry_after = retry_after.is_some(),
+                "fetch failed, retrying"
+            );
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -223,7 +258,7 @@ impl Fetcher {
         url: &Url,
         settings: &FetchSettings,
         conditional: &Conditional,
-    ) -> Result<FetchOutcome, FetchErrorKind> {
+    ) -> Result<FetchOutcome, Failure> {
         let work = async {
             let mut request = client.get(url.clone()).timeout(settings.timeout);
             if let Some(etag) = &conditional.etag {
@@ -235,29 +270,38 @@ impl Fetcher {
             let mut response = request
                 .send()
                 .await
-                .map_err(|e| classify(&e, settings.timeout))?;
+                .map_err(|e| Failure::from(classify(&e, settings.timeout)))?;
             let status = response.status();
             if status == StatusCode::NOT_MODIFIED && !conditional.is_empty() {
                 return Ok(FetchOutcome::NotModified);
             }
             if !status.is_success() {
-                return Err(FetchErrorKind::Status {
-                    status: status.as_u16(),
+                let retry_after = match status {
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                        retry_after(response.headers(), SystemTime::now())
+                    }
+                    _ => None,
+                };
+                return Err(Failure {
+                    kind: FetchErrorKind::Status {
+                        status: status.as_u16(),
+                    },
+                    retry_after,
                 });
             }
             let limit = settings.max_bytes;
             if response.content_length().is_some_and(|len| len > limit) {
-                return Err(FetchErrorKind::TooLarge { limit });
+                return Err(FetchErrorKind::TooLarge { limit }.into());
             }
             let (etag, last_modified) = validators(response.headers());
             let mut bytes = Vec::new();
             while let Some(chunk) = response
                 .chunk()
                 .await
-                .map_err(|e| classify(&e, settings.timeout))?
+                .map_err(|e| Failure::from(classify(&e, settings.timeout)))?
             {
                 if (bytes.len() + chunk.len()) as u64 > limit {
-                    return Err(FetchErrorKind::TooLarge { limit });
+                    return Err(FetchErrorKind::TooLarge { limit }.into());
                 }
                 bytes.extend_from_slice(&chunk);
             }
@@ -270,8 +314,36 @@ impl Fetcher {
         // reqwest's timeout covers the whole exchange too; this one is the backstop.
         tokio::time::timeout(settings.timeout, work)
             .await
-            .unwrap_or(Err(FetchErrorKind::Timeout(settings.timeout)))
+            .unwrap_or_else(|_| Err(FetchErrorKind::Timeout(settings.timeout).into()))
     }
+}
+
+/// One failed attempt.
+#[derive(Debug)]
+struct Failure {
+    kind: FetchErrorKind,
+    /// The delay a 429 or 503 asked for.
+    retry_after: Option<Duration>,
+}
+
+impl From<FetchErrorKind> for Failure {
+    fn from(kind: FetchErrorKind) -> Self {
+        Failure {
+            kind,
+            retry_after: None,
+        }
+    }
+}
+
+/// The delay a Retry-After header asks for: delta-seconds or an HTTP-date (a date in
+/// the past is no delay). None when absent or unreadable.
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 fn validators(headers: &HeaderMap) -> (Option<String>, Option<String>) {
@@ -462,6 +534,49 @@ mod tests {
         assert!(!FetchErrorKind::TooLarge { limit: 1 }.is_retryable());
         assert!(!FetchErrorKind::Tls("UnknownIssuer".into()).is_retryable());
         assert!(!FetchErrorKind::Redirect("redirect loop".into()).is_retryable());
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = httpdate::parse_http_date("Sun, 01 Nov 2026 09:00:00 GMT").unwrap();
+        let read = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::RETRY_AFTER, value.parse().unwrap());
+            retry_after(&headers, now)
+        };
+        assert_eq!(read("120"), Some(Duration::from_secs(120)));
+        assert_eq!(read(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            read("Sun, 01 Nov 2026 09:01:30 GMT"),
+            Some(Duration::from_secs(90))
+        );
+        // The obsolete formats RFC 9110 still requires recipients to accept.
+        assert_eq!(
+            read("Sunday, 01-Nov-26 10:00:00 GMT"),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            read("Sun Nov  1 09:00:10 2026"),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(read("Sun, 01 Nov 2026 08:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(read("-5"), None);
+        assert_eq!(read("soon"), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn a_long_retry_after_says_what_happens_next() {
+        let kind = FetchErrorKind::RetryAfter {
+            status: 429,
+            after: Duration::from_secs(7200),
+            limit: Duration::from_secs(3600),
+        };
+        assert_eq!(
+            kind.to_string(),
+            "HTTP 429 Too Many Requests: provider asked to retry after 2h, longer than the refresh interval (1h); next refresh will try again"
+        );
+        assert!(!kind.is_retryable());
     }
 
     #[test]

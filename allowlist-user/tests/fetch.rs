@@ -24,6 +24,7 @@ fn settings(server: &ProviderServer) -> FetchSettings {
         insecure_http: false,
         ca_file: Some(server.ca_file().to_owned()),
         retries: 2,
+        retry_after_limit: Duration::from_secs(600),
     }
 }
 
@@ -600,4 +601,80 @@ async fn client_errors_are_not_retried_but_408_and_429_are() {
         assert_eq!(err.attempts, 3, "{err}");
         assert_eq!(server.hits(&path), 3, "{status}");
     }
+}
+
+// -------------------------------------------------------------------------------------
+// Retry-After.
+
+#[tokio::test]
+async fn retry_after_is_honoured_in_seconds_and_as_a_date() {
+    let server = ProviderServer::start();
+    server.set_sequence(
+        "/busy.json",
+        vec![
+            Response::status(503).header("Retry-After", "1"),
+            Response::json("[]"),
+        ],
+    );
+    let started = Instant::now();
+    let outcome = get(&server, "/busy.json", &settings(&server)).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(outcome, Ok(FetchOutcome::Body { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(server.hits("/busy.json"), 2);
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+
+    // An HTTP-date three seconds ahead (whole seconds: more than two seconds away).
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3));
+    server.set_sequence(
+        "/limited.json",
+        vec![
+            Response::status(429).header("Retry-After", &date),
+            Response::json("[]"),
+        ],
+    );
+    let started = Instant::now();
+    let outcome = get(&server, "/limited.json", &settings(&server)).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(outcome, Ok(FetchOutcome::Body { .. })),
+        "{outcome:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_the_refresh_interval_gives_up_at_once() {
+    let server = ProviderServer::start();
+    server.set(
+        "/busy.json",
+        Response::status(503).header("Retry-After", "3600"),
+    );
+    let started = Instant::now();
+    let err = get(&server, "/busy.json", &settings(&server))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.attempts, 1, "{err}");
+    assert_eq!(server.hits("/busy.json"), 1);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("HTTP 503 Service Unavailable")
+            && msg.contains("provider asked to retry after 1h")
+            && msg.contains("longer than the refresh interval (10m)")
+            && msg.contains("next refresh will try again"),
+        "{msg}"
+    );
 }
