@@ -18,7 +18,7 @@ use reqwest::{
 };
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::FetchSettings;
 
@@ -38,6 +38,11 @@ pub enum FetchOutcome {
         bytes: Vec<u8>,
         etag: Option<String>,
         last_modified: Option<String>,
+        /// The Content-Type header, to explain a document that does not parse.
+        content_type: Option<String>,
+        /// Where the document came from, when a redirect left the configured URL's
+        /// origin (scheme, host, port).
+        final_url: Option<Url>,
     },
 }
 
@@ -61,13 +66,22 @@ pub struct FetchError {
     pub target: String,
     pub attempts: u32,
     pub kind: FetchErrorKind,
+    /// Where the last attempt was redirected to, when it failed after a redirect.
+    pub final_url: Option<Url>,
 }
 
 impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.target, self.kind)?;
+        let mut notes = Vec::new();
+        if let Some(url) = &self.final_url {
+            notes.push(format!("redirected to {url}"));
+        }
         if self.attempts > 1 {
-            write!(f, " (after {} attempts)", self.attempts)?;
+            notes.push(format!("after {} attempts", self.attempts));
+        }
+        if !notes.is_empty() {
+            write!(f, " ({})", notes.join(", "))?;
         }
         Ok(())
     }
@@ -207,6 +221,7 @@ impl Fetcher {
             target: url.to_string(),
             attempts,
             kind,
+            final_url: None,
         };
         match url.scheme() {
             "https" => {}
@@ -224,21 +239,26 @@ impl Fetcher {
                 }
                 Err(failure) => failure,
             };
-            let Failure { kind, retry_after } = failure;
+            let Failure {
+                kind,
+                retry_after,
+                final_url,
+            } = failure;
+            let give_up = |kind| FetchError {
+                final_url: final_url.as_deref().cloned(),
+                ..fail(attempt, kind)
+            };
             if let (FetchErrorKind::Status { status }, Some(after)) = (&kind, retry_after)
                 && after > settings.retry_after_limit
             {
-                return Err(fail(
-                    attempt,
-                    FetchErrorKind::RetryAfter {
-                        status: *status,
-                        after,
-                        limit: settings.retry_after_limit,
-                    },
-                ));
+                return Err(give_up(FetchErrorKind::RetryAfter {
+                    status: *status,
+                    after,
+                    limit: settings.retry_after_limit,
+                }));
             }
             if !kind.is_retryable() || attempt > settings.retries {
-                return Err(fail(attempt, kind));
+                return Err(give_up(kind));
             }
             let delay = retry_after.unwrap_or_else(|| self.backoff(attempt - 1));
             warn!(
@@ -267,10 +287,27 @@ impl Fetcher {
             if let Some(date) = &conditional.last_modified {
                 request = request.header(header::IF_MODIFIED_SINCE, date);
             }
-            let mut response = request
-                .send()
-                .await
-                .map_err(|e| Failure::from(classify(&e, settings.timeout)))?;
+            let mut response = request.send().await.map_err(|e| Failure {
+                // Where a connection or TLS failure after a redirect happened (a
+                // refused redirect names its target itself).
+                final_url: e
+                    .url()
+                    .filter(|u| *u != url && !e.is_redirect())
+                    .map(|u| Box::new(u.clone())),
+                ..classify(&e, settings.timeout).into()
+            })?;
+            let redirected = (response.url() != url).then(|| response.url().clone());
+            let failed = |kind: FetchErrorKind| Failure {
+                final_url: redirected.clone().map(Box::new),
+                ..kind.into()
+            };
+            let final_url = redirected
+                .as_ref()
+                .filter(|u| u.origin() != url.origin())
+                .cloned();
+            if let Some(to) = &final_url {
+                info!(final_url = %to, "the provider redirected to another origin");
+            }
             let status = response.status();
             if status == StatusCode::NOT_MODIFIED && !conditional.is_empty() {
                 return Ok(FetchOutcome::NotModified);
@@ -283,25 +320,25 @@ impl Fetcher {
                     _ => None,
                 };
                 return Err(Failure {
-                    kind: FetchErrorKind::Status {
-                        status: status.as_u16(),
-                    },
                     retry_after,
+                    ..failed(FetchErrorKind::Status {
+                        status: status.as_u16(),
+                    })
                 });
             }
             let limit = settings.max_bytes;
             if response.content_length().is_some_and(|len| len > limit) {
-                return Err(FetchErrorKind::TooLarge { limit }.into());
+                return Err(failed(FetchErrorKind::TooLarge { limit }));
             }
-            let (etag, last_modified) = validators(response.headers());
+            let (etag, last_modified, content_type) = validators(response.headers());
             let mut bytes = Vec::new();
             while let Some(chunk) = response
                 .chunk()
                 .await
-                .map_err(|e| Failure::from(classify(&e, settings.timeout)))?
+                .map_err(|e| failed(classify(&e, settings.timeout)))?
             {
                 if (bytes.len() + chunk.len()) as u64 > limit {
-                    return Err(FetchErrorKind::TooLarge { limit }.into());
+                    return Err(failed(FetchErrorKind::TooLarge { limit }));
                 }
                 bytes.extend_from_slice(&chunk);
             }
@@ -309,6 +346,8 @@ impl Fetcher {
                 bytes,
                 etag,
                 last_modified,
+                content_type,
+                final_url,
             })
         };
         // reqwest's timeout covers the whole exchange too; this one is the backstop.
@@ -324,6 +363,8 @@ struct Failure {
     kind: FetchErrorKind,
     /// The delay a 429 or 503 asked for.
     retry_after: Option<Duration>,
+    /// Where the attempt was redirected to, if it was (boxed: a Url is large).
+    final_url: Option<Box<Url>>,
 }
 
 impl From<FetchErrorKind> for Failure {
@@ -331,6 +372,7 @@ impl From<FetchErrorKind> for Failure {
         Failure {
             kind,
             retry_after: None,
+            final_url: None,
         }
     }
 }
@@ -346,14 +388,19 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-fn validators(headers: &HeaderMap) -> (Option<String>, Option<String>) {
+/// ETag, Last-Modified and Content-Type.
+fn validators(headers: &HeaderMap) -> (Option<String>, Option<String>, Option<String>) {
     let get = |name| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    (get(header::ETAG), get(header::LAST_MODIFIED))
+    (
+        get(header::ETAG),
+        get(header::LAST_MODIFIED),
+        get(header::CONTENT_TYPE),
+    )
 }
 
 /// Redirects followed in one attempt.
@@ -475,6 +522,7 @@ pub async fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, FetchErro
         target: path.display().to_string(),
         attempts: 1,
         kind,
+        final_url: None,
     };
     let file = tokio::fs::File::open(path)
         .await

@@ -61,6 +61,8 @@ async fn ok_returns_the_body_and_validators() {
             bytes: body.as_bytes().to_vec(),
             etag: Some("\"v1\"".into()),
             last_modified: Some("Sun, 01 Nov 2026 09:00:00 GMT".into()),
+            content_type: Some("binary/octet-stream".into()),
+            final_url: None,
         }
     );
     let request = server.last_request("/ips_webhooks.json").unwrap();
@@ -676,5 +678,119 @@ async fn a_retry_after_beyond_the_refresh_interval_gives_up_at_once() {
             && msg.contains("longer than the refresh interval (10m)")
             && msg.contains("next refresh will try again"),
         "{msg}"
+    );
+}
+
+// -------------------------------------------------------------------------------------
+// Redirects to another origin; HTML where JSON was expected.
+
+#[tokio::test]
+async fn a_failure_after_a_redirect_names_where_it_ended() {
+    let first = ProviderServer::start();
+    let second = ProviderServer::builder().ca(first.ca().clone()).start();
+    first.set(
+        "/gone.json",
+        Response::redirect(second.url("/missing.json")),
+    );
+    let err = get(&first, "/gone.json", &settings(&first))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind, FetchErrorKind::Status { status: 404 }),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: HTTP 404 Not Found (redirected to {})",
+            first.url("/gone.json"),
+            second.url("/missing.json")
+        )
+    );
+}
+
+#[tokio::test]
+async fn html_instead_of_json_is_named_with_its_content_type() {
+    let server = ProviderServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = refresh_config(&server, dir.path());
+    server.set(
+        "/intercom-ip-ranges.json",
+        Response::ok(
+            "<!DOCTYPE html>\n<html><head><title>Sign in to the Wi-Fi</title></head></html>\n",
+        )
+        .header("Content-Type", "text/html; charset=utf-8"),
+    );
+    let mut r = Refresher::new(&config, fetcher()).unwrap();
+    r.bootstrap();
+    let report = r.refresh_all().await;
+    let Outcome::Failed { error } = &report.get("partner/0").unwrap().outcome else {
+        panic!("{report:?}")
+    };
+    assert!(
+        error.contains(
+            "the server sent HTML (Content-Type: text/html; charset=utf-8; a captive portal or an error page?) instead of JSON"
+        ),
+        "{error}"
+    );
+
+    // HTML under a JSON content type (or none) is still named for what it is.
+    server.set(
+        "/intercom-ip-ranges.json",
+        Response::ok("  <html><body>503 Service Temporarily Unavailable</body></html>")
+            .header("Content-Type", "application/json"),
+    );
+    let report = r.refresh_all().await;
+    let Outcome::Failed { error } = &report.get("partner/0").unwrap().outcome else {
+        panic!("{report:?}")
+    };
+    assert!(
+        error.contains("the server sent HTML (Content-Type: application/json;"),
+        "{error}"
+    );
+
+    // Plain broken JSON keeps the parser's message.
+    server.set(
+        "/intercom-ip-ranges.json",
+        Response::ok("{\"ip_ranges\": [").header("Content-Type", "application/json"),
+    );
+    let report = r.refresh_all().await;
+    let Outcome::Failed { error } = &report.get("partner/0").unwrap().outcome else {
+        panic!("{report:?}")
+    };
+    assert!(
+        error.contains("not valid JSON") && !error.contains("HTML"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn the_final_url_is_reported_when_a_redirect_leaves_the_origin() {
+    let first = ProviderServer::start();
+    let second = ProviderServer::builder().ca(first.ca().clone()).start();
+    second.set("/ips.json", Response::json("[\"192.0.2.1\"]"));
+    first.set("/moved.json", Response::redirect(second.url("/ips.json")));
+    first.set("/here.json", Response::redirect(first.url("/there.json")));
+    first.set("/there.json", Response::json("[]"));
+
+    let outcome = get(&first, "/moved.json", &settings(&first)).await.unwrap();
+    let FetchOutcome::Body { final_url, .. } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        final_url.as_ref().map(Url::as_str),
+        Some(second.url("/ips.json").as_str())
+    );
+    // Another port is another origin; the same origin is not reported.
+    let outcome = get(&first, "/here.json", &settings(&first)).await.unwrap();
+    assert!(
+        matches!(
+            &outcome,
+            FetchOutcome::Body {
+                final_url: None,
+                ..
+            }
+        ),
+        "{outcome:?}"
     );
 }
