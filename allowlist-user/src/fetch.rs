@@ -20,7 +20,7 @@ use thiserror::Error;
 use tokio::io::AsyncReadExt;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::config::FetchSettings;
+use crate::config::{self, FetchSettings};
 
 /// The User-Agent of every request.
 pub const USER_AGENT: &str = concat!(
@@ -66,8 +66,9 @@ pub struct FetchError {
     pub target: String,
     pub attempts: u32,
     pub kind: FetchErrorKind,
-    /// Where the last attempt was redirected to, when it failed after a redirect.
-    pub final_url: Option<Url>,
+    /// Where the last attempt was redirected to, when it failed after a redirect
+    /// (boxed: a Url is large).
+    pub final_url: Option<Box<Url>>,
 }
 
 impl fmt::Display for FetchError {
@@ -120,6 +121,9 @@ pub enum FetchErrorKind {
     Redirect(String),
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// A connection failure through a proxy (unreachable, or it refused the tunnel).
+    #[error("cannot connect through the proxy {proxy}: {detail}")]
+    Proxy { proxy: String, detail: String },
     #[error("{0}")]
     Transport(String),
     #[error("cannot read the file: {0}")]
@@ -151,6 +155,7 @@ impl FetchErrorKind {
             FetchErrorKind::Status { status } => *status >= 500 || *status == 408 || *status == 429,
             FetchErrorKind::Timeout(_)
             | FetchErrorKind::Connect(_)
+            | FetchErrorKind::Proxy { .. }
             | FetchErrorKind::Transport(_) => true,
             _ => false,
         }
@@ -205,8 +210,14 @@ impl Fetcher {
         settings: &FetchSettings,
         conditional: &Conditional,
     ) -> Result<FetchOutcome, FetchError> {
-        let span = info_span!("fetch", %url, conditional = !conditional.is_empty());
-        self.fetch_inner(url, settings, conditional)
+        let proxy = proxy_for(url, &settings.proxy);
+        let span = info_span!(
+            "fetch",
+            %url,
+            conditional = !conditional.is_empty(),
+            proxy = proxy.as_deref().unwrap_or("none")
+        );
+        self.fetch_inner(url, settings, conditional, proxy.as_deref())
             .instrument(span)
             .await
     }
@@ -216,6 +227,7 @@ impl Fetcher {
         url: &Url,
         settings: &FetchSettings,
         conditional: &Conditional,
+        proxy: Option<&str>,
     ) -> Result<FetchOutcome, FetchError> {
         let fail = |attempts, kind| FetchError {
             target: url.to_string(),
@@ -232,7 +244,10 @@ impl Fetcher {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let failure = match self.attempt(&client, url, settings, conditional).await {
+            let failure = match self
+                .attempt(&client, url, settings, conditional, proxy)
+                .await
+            {
                 Ok(outcome) => {
                     debug!(attempt, "fetched");
                     return Ok(outcome);
@@ -245,7 +260,7 @@ impl Fetcher {
                 final_url,
             } = failure;
             let give_up = |kind| FetchError {
-                final_url: final_url.as_deref().cloned(),
+                final_url: final_url.clone(),
                 ..fail(attempt, kind)
             };
             if let (FetchErrorKind::Status { status }, Some(after)) = (&kind, retry_after)
@@ -278,6 +293,7 @@ impl Fetcher {
         url: &Url,
         settings: &FetchSettings,
         conditional: &Conditional,
+        proxy: Option<&str>,
     ) -> Result<FetchOutcome, Failure> {
         let work = async {
             let mut request = client.get(url.clone()).timeout(settings.timeout);
@@ -294,7 +310,7 @@ impl Fetcher {
                     .url()
                     .filter(|u| *u != url && !e.is_redirect())
                     .map(|u| Box::new(u.clone())),
-                ..classify(&e, settings.timeout).into()
+                ..classify(&e, settings.timeout, proxy).into()
             })?;
             let redirected = (response.url() != url).then(|| response.url().clone());
             let failed = |kind: FetchErrorKind| Failure {
@@ -335,7 +351,7 @@ impl Fetcher {
             while let Some(chunk) = response
                 .chunk()
                 .await
-                .map_err(|e| failed(classify(&e, settings.timeout)))?
+                .map_err(|e| failed(classify(&e, settings.timeout, proxy)))?
             {
                 if (bytes.len() + chunk.len()) as u64 > limit {
                     return Err(failed(FetchErrorKind::TooLarge { limit }));
@@ -431,6 +447,21 @@ fn client(settings: &FetchSettings) -> Result<reqwest::Client, FetchErrorKind> {
         .timeout(settings.timeout)
         .connect_timeout(settings.timeout)
         .redirect(redirects);
+    builder = match &settings.proxy {
+        // reqwest reads HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY itself.
+        config::Proxy::Environment => builder,
+        config::Proxy::Direct => builder.no_proxy(),
+        config::Proxy::Url(proxy) => {
+            let proxy = reqwest::Proxy::all(proxy.clone()).map_err(|e| {
+                FetchErrorKind::Client(format!(
+                    "proxy {}: {}",
+                    config::redacted(proxy),
+                    error_chain(&e)
+                ))
+            })?;
+            builder.proxy(proxy)
+        }
+    };
     if let Some(path) = &settings.ca_file {
         let ca_error = |detail: String| FetchErrorKind::CaFile {
             path: path.clone(),
@@ -483,7 +514,23 @@ fn tls_error(err: &(dyn StdError + 'static)) -> Option<String> {
     None
 }
 
-fn classify(err: &reqwest::Error, timeout: Duration) -> FetchErrorKind {
+/// The proxy the requests to `url` go through, for messages: the configured one (its
+/// password masked), or the environment's as reqwest applies it (HTTPS_PROXY, ...,
+/// minus NO_PROXY).
+fn proxy_for(url: &Url, setting: &config::Proxy) -> Option<String> {
+    match setting {
+        config::Proxy::Direct => None,
+        config::Proxy::Url(proxy) => Some(config::redacted(proxy)),
+        config::Proxy::Environment => {
+            let uri: hyper::Uri = url.as_str().parse().ok()?;
+            let intercept =
+                hyper_util::client::proxy::matcher::Matcher::from_system().intercept(&uri)?;
+            Some(format!("{} (from the environment)", intercept.uri()))
+        }
+    }
+}
+
+fn classify(err: &reqwest::Error, timeout: Duration, proxy: Option<&str>) -> FetchErrorKind {
     if err.is_timeout() {
         return FetchErrorKind::Timeout(timeout);
     }
@@ -510,7 +557,13 @@ fn classify(err: &reqwest::Error, timeout: Duration) -> FetchErrorKind {
         return FetchErrorKind::Tls(detail.to_owned());
     }
     if err.is_connect() {
-        FetchErrorKind::Connect(chain)
+        match proxy {
+            Some(proxy) => FetchErrorKind::Proxy {
+                proxy: proxy.to_owned(),
+                detail: chain,
+            },
+            None => FetchErrorKind::Connect(chain),
+        }
     } else {
         FetchErrorKind::Transport(chain)
     }

@@ -2,9 +2,12 @@
 
 use std::{path::Path, sync::Arc, time::Duration, time::Instant};
 
-use allowlist_tests::provider_server::{ProviderServer, Response, TestCa};
+use allowlist_tests::{
+    connect_proxy::ConnectProxy,
+    provider_server::{ProviderServer, Response, TestCa},
+};
 use allowlist_user::{
-    config::{self, Config, FetchSettings},
+    config::{self, Config, FetchSettings, Proxy},
     fetch::{Conditional, FetchErrorKind, FetchOptions, FetchOutcome, Fetcher, USER_AGENT},
     refresh::{Outcome, Refresher, SetOrigin},
 };
@@ -25,6 +28,8 @@ fn settings(server: &ProviderServer) -> FetchSettings {
         ca_file: Some(server.ca_file().to_owned()),
         retries: 2,
         retry_after_limit: Duration::from_secs(600),
+        // Not the environment's: these tests must not depend on it.
+        proxy: Proxy::Direct,
     }
 }
 
@@ -792,5 +797,97 @@ async fn the_final_url_is_reported_when_a_redirect_leaves_the_origin() {
             }
         ),
         "{outcome:?}"
+    );
+}
+
+// -------------------------------------------------------------------------------------
+// Proxies.
+
+#[tokio::test]
+async fn a_configured_proxy_carries_the_fetch() {
+    let server = ProviderServer::start();
+    server.set("/ips.json", Response::json(r#"{"hooks": ["192.0.2.1"]}"#));
+    let proxy = ConnectProxy::start();
+    let settings = FetchSettings {
+        proxy: Proxy::parse(&proxy.url()).unwrap(),
+        ..settings(&server)
+    };
+    let outcome = get(&server, "/ips.json", &settings).await.unwrap();
+    assert!(
+        matches!(&outcome, FetchOutcome::Body { bytes, .. } if bytes.starts_with(b"{\"hooks\"")),
+        "{outcome:?}"
+    );
+    assert_eq!(proxy.tunnels(), 1);
+    assert_eq!(server.hits("/ips.json"), 1);
+
+    // The same through a whole refresh, with the proxy from the configuration file
+    // (global, overridden per source).
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+interfaces = ["eth0"]
+state_dir = "{state}"
+proxy = "http://127.0.0.1:9"
+
+[[provider]]
+name = "partner"
+[[provider.source]]
+url = "{url}"
+items = "hooks"
+ca_file = "{ca}"
+proxy = "{proxy}"
+"#,
+        state = dir.path().display(),
+        url = server.url("/ips.json"),
+        ca = server.ca_file().display(),
+        proxy = proxy.url(),
+    );
+    let config =
+        config::parse(&text, Path::new("proxy-test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let mut r = Refresher::new(&config, fetcher()).unwrap();
+    r.bootstrap();
+    let report = r.refresh_all().await;
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(proxy.tunnels(), 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_proxy_is_named() {
+    let server = ProviderServer::start();
+    server.set("/ips.json", Response::json("[]"));
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy = format!("http://127.0.0.1:{port}");
+    let settings = FetchSettings {
+        proxy: Proxy::parse(&proxy).unwrap(),
+        retries: 1,
+        ..settings(&server)
+    };
+    let err = get(&server, "/ips.json", &settings).await.unwrap_err();
+    assert!(matches!(err.kind, FetchErrorKind::Proxy { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("cannot connect through the proxy {proxy}/")),
+        "{msg}"
+    );
+    // Retried like any connection failure.
+    assert_eq!(err.attempts, 2, "{msg}");
+    assert_eq!(server.hits("/ips.json"), 0);
+
+    // Credentials in the proxy URL are not shown.
+    let settings = FetchSettings {
+        proxy: Proxy::parse(&format!("http://ops:s3cret@127.0.0.1:{port}")).unwrap(),
+        retries: 0,
+        ..settings
+    };
+    let err = get(&server, "/ips.json", &settings).await.unwrap_err();
+    assert!(
+        err.to_string().contains("http://ops:***@127.0.0.1:")
+            && !err.to_string().contains("s3cret"),
+        "{err}"
     );
 }
