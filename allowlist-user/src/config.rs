@@ -120,6 +120,81 @@ pub struct FetchSettings {
     pub ca_file: Option<PathBuf>,
     /// Attempts after the first one.
     pub retries: u32,
+    /// The longest Retry-After (of a 429 or 503) waited for before another attempt:
+    /// the refresh interval. A longer one ends this refresh's attempts.
+    pub retry_after_limit: Duration,
+    /// The source's `proxy`, else the top-level one, else the environment's.
+    pub proxy: Proxy,
+}
+
+/// Which proxy the requests of a url source go through.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Proxy {
+    /// The environment's: `HTTPS_PROXY`, `HTTP_PROXY` (for `insecure_http` sources),
+    /// `ALL_PROXY`, with the exceptions of `NO_PROXY` (curl's rules, as reqwest reads
+    /// them). Direct when none is set.
+    #[default]
+    Environment,
+    /// Direct connections, whatever the environment says (`proxy = "none"`).
+    Direct,
+    /// This proxy for every request (`CONNECT` for https); `NO_PROXY` does not apply.
+    Url(Url),
+}
+
+impl Proxy {
+    /// Reads a `proxy` value: `"none"`, or an http:// or https:// URL.
+    pub fn parse(value: &str) -> Result<Proxy, String> {
+        const HOW: &str = "use \"http://host:port\" (or \"none\" for direct connections)";
+        if value == "none" {
+            return Ok(Proxy::Direct);
+        }
+        let url = Url::parse(value)
+            .map_err(|err| format!("{value:?} is not a proxy URL ({err}): {HOW}"))?;
+        let shown = redacted(&url);
+        match url.scheme() {
+            "http" | "https" => {}
+            other => {
+                return Err(format!(
+                    "{shown:?}: unsupported proxy scheme {other:?}, only http:// and https:// proxies are supported: {HOW}"
+                ));
+            }
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("{shown:?}: the proxy URL has no host: {HOW}"));
+        }
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "{shown:?}: a proxy URL has no path, query or fragment: {HOW}"
+            ));
+        }
+        Ok(Proxy::Url(url))
+    }
+}
+
+impl fmt::Display for Proxy {
+    /// `environment`, `none`, or the URL with its password masked.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Proxy::Environment => f.write_str("environment"),
+            Proxy::Direct => f.write_str("none"),
+            Proxy::Url(url) => f.write_str(&redacted(url)),
+        }
+    }
+}
+
+impl Serialize for Proxy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A URL with its password, if any, replaced by `***`.
+pub fn redacted(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.to_string()
 }
 
 impl Default for FetchSettings {
@@ -130,6 +205,8 @@ impl Default for FetchSettings {
             insecure_http: false,
             ca_file: None,
             retries: DEFAULT_RETRIES,
+            retry_after_limit: DEFAULT_REFRESH,
+            proxy: Proxy::Environment,
         }
     }
 }
@@ -314,6 +391,7 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     pin_dir: Option<PathBuf>,
     metrics: Option<Spanned<String>>,
+    proxy: Option<Spanned<String>>,
     guards: Option<RawGuards>,
     #[serde(default)]
     provider: Vec<Spanned<RawProvider>>,
@@ -357,6 +435,7 @@ struct RawSource {
     insecure_http: Option<Spanned<bool>>,
     ca_file: Option<Spanned<PathBuf>>,
     retries: Option<Spanned<i64>>,
+    proxy: Option<Spanned<String>>,
     force: Option<bool>,
 }
 
@@ -366,6 +445,13 @@ struct RawSource {
 struct Cx<'a> {
     text: &'a str,
     origin: &'a Path,
+}
+
+/// What the top-level keys give every source.
+struct Defaults<'a> {
+    guards: &'a Guards,
+    /// What every url source starts from; its own keys override.
+    fetch: FetchSettings,
 }
 
 impl Cx<'_> {
@@ -442,6 +528,18 @@ impl Cx<'_> {
             })?),
         };
         let guards = self.guards(raw.guards)?;
+        let proxy = match &raw.proxy {
+            None => Proxy::Environment,
+            Some(p) => self.proxy(p, "proxy")?,
+        };
+        let defaults = Defaults {
+            guards: &guards,
+            fetch: FetchSettings {
+                retry_after_limit: refresh,
+                proxy,
+                ..FetchSettings::default()
+            },
+        };
         if raw.provider.is_empty() {
             return Err(self.error(
                 whole,
@@ -463,7 +561,7 @@ impl Cx<'_> {
                     ),
                 ));
             }
-            providers.push(self.provider(index, provider, &guards)?);
+            providers.push(self.provider(index, provider, &defaults)?);
         }
         Ok(Config {
             path: self.origin.to_owned(),
@@ -589,6 +687,10 @@ impl Cx<'_> {
         Ok(out)
     }
 
+    fn proxy(&self, value: &Spanned<String>, field: &str) -> Result<Proxy, ConfigError> {
+        Proxy::parse(value.get_ref()).map_err(|message| self.error(value.span(), field, message))
+    }
+
     fn duration(&self, value: &Spanned<String>, field: &str) -> Result<Duration, ConfigError> {
         humantime::parse_duration(value.get_ref()).map_err(|err| {
             self.error(
@@ -653,7 +755,7 @@ impl Cx<'_> {
         &self,
         index: usize,
         raw: Spanned<RawProvider>,
-        guards: &Guards,
+        defaults: &Defaults<'_>,
     ) -> Result<Provider, ConfigError> {
         let span = raw.span();
         let raw = raw.into_inner();
@@ -688,7 +790,7 @@ impl Cx<'_> {
                 &name,
                 rule_id,
                 preset,
-                guards,
+                defaults,
                 preset_name.span(),
                 &field,
             )?);
@@ -707,7 +809,7 @@ impl Cx<'_> {
                 rule_id,
                 format!("{name}/{i}"),
                 source,
-                guards,
+                defaults,
                 &field,
             )?);
         }
@@ -724,7 +826,7 @@ impl Cx<'_> {
         provider: &str,
         rule_id: u32,
         preset: &presets::Preset,
-        guards: &Guards,
+        defaults: &Defaults<'_>,
         span: Range<usize>,
         field: &str,
     ) -> Result<Source, ConfigError> {
@@ -732,17 +834,18 @@ impl Cx<'_> {
             None => None,
             Some(snap) => {
                 let entries: Vec<String> = snap.entries.iter().map(|e| e.to_string()).collect();
-                let validated = prefixes::validate(&entries, preset.name, Trust::Operator, guards)
-                    .map_err(|err| {
-                        self.error(
-                            span.clone(),
-                            format!("{field}.preset"),
-                            format!(
-                                "the built-in list of {} is refused by [guards]: {err}",
-                                preset.name
-                            ),
-                        )
-                    })?;
+                let validated =
+                    prefixes::validate(&entries, preset.name, Trust::Operator, defaults.guards)
+                        .map_err(|err| {
+                            self.error(
+                                span.clone(),
+                                format!("{field}.preset"),
+                                format!(
+                                    "the built-in list of {} is refused by [guards]: {err}",
+                                    preset.name
+                                ),
+                            )
+                        })?;
                 Some(StaticList {
                     prefixes: validated.prefixes,
                     as_of: Some(snap.as_of.to_owned()),
@@ -786,7 +889,7 @@ impl Cx<'_> {
             provider: provider.to_owned(),
             rule_id,
             location,
-            fetch: FetchSettings::default(),
+            fetch: defaults.fetch.clone(),
             force: false,
             snapshot,
         })
@@ -798,7 +901,7 @@ impl Cx<'_> {
         rule_id: u32,
         id: String,
         raw: Spanned<RawSource>,
-        guards: &Guards,
+        defaults: &Defaults<'_>,
         field: &str,
     ) -> Result<Source, ConfigError> {
         let span = raw.span();
@@ -815,7 +918,7 @@ impl Cx<'_> {
             ));
         }
         // Keys that only make sense for some kinds.
-        let url_only: [(&str, Option<Range<usize>>); 5] = [
+        let url_only: [(&str, Option<Range<usize>>); 6] = [
             ("timeout", raw.timeout.as_ref().map(|s| s.span())),
             ("max_bytes", raw.max_bytes.as_ref().map(|s| s.span())),
             (
@@ -824,6 +927,7 @@ impl Cx<'_> {
             ),
             ("ca_file", raw.ca_file.as_ref().map(|s| s.span())),
             ("retries", raw.retries.as_ref().map(|s| s.span())),
+            ("proxy", raw.proxy.as_ref().map(|s| s.span())),
         ];
         if raw.url.is_none() {
             for (key, span) in &url_only {
@@ -863,7 +967,7 @@ impl Cx<'_> {
             }
         }
 
-        let mut fetch = FetchSettings::default();
+        let mut fetch = defaults.fetch.clone();
         if let Some(t) = &raw.timeout {
             fetch.timeout = self.duration(t, &f("timeout"))?;
             if fetch.timeout.is_zero() {
@@ -894,13 +998,16 @@ impl Cx<'_> {
                     )
                 })?;
         }
+        if let Some(p) = &raw.proxy {
+            fetch.proxy = self.proxy(p, &f("proxy"))?;
+        }
         fetch.insecure_http = raw.insecure_http.as_ref().is_some_and(|b| *b.get_ref());
         fetch.ca_file = raw.ca_file.map(|p| p.into_inner());
 
         let location = if let Some(list) = raw.inline {
             let entries: Vec<String> = list.get_ref().iter().map(|e| e.get_ref().clone()).collect();
-            let validated =
-                prefixes::validate(&entries, &id, Trust::Operator, guards).map_err(|err| {
+            let validated = prefixes::validate(&entries, &id, Trust::Operator, defaults.guards)
+                .map_err(|err| {
                     let bad = match &err {
                         prefixes::PrefixError::Unparseable { entry, .. }
                         | prefixes::PrefixError::TooBroad { entry, .. } => entry,
@@ -1345,7 +1452,9 @@ file = "/etc/allowlist/extra.txt"
                 max_bytes: 1024,
                 insecure_http: true,
                 ca_file: None,
-                retries: 0
+                retries: 0,
+                retry_after_limit: Duration::from_secs(15),
+                proxy: Proxy::Environment,
             }
         );
         assert!(extra.force);
@@ -1356,6 +1465,20 @@ file = "/etc/allowlist/extra.txt"
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn the_refresh_interval_bounds_retry_after_for_every_url_source() {
+        let config = parse_ok(&format!(
+            "{MINIMAL}refresh = \"10m\"\n[[provider]]\nname = \"s\"\npreset = \"stripe-webhooks\"\n[[provider.source]]\nurl = \"https://ranges.example.net/ips.txt\"\n"
+        ));
+        for id in ["s/stripe-webhooks", "s/0"] {
+            assert_eq!(
+                config.source(id).unwrap().fetch.retry_after_limit,
+                Duration::from_secs(600),
+                "{id}"
+            );
+        }
     }
 
     #[test]
@@ -1620,6 +1743,127 @@ items = "."
             "datadog-eu1",
         ] {
             assert!(msg.contains(known), "{msg}");
+        }
+    }
+
+    #[test]
+    fn proxy_is_global_and_per_source() {
+        let text = format!(
+            r#"{MINIMAL}proxy = "http://proxy.internal:3128"
+[[provider]]
+name = "a"
+preset = "stripe-webhooks"
+[[provider.source]]
+url = "https://ranges.example.net/a.txt"
+[[provider.source]]
+url = "https://ranges.example.net/b.txt"
+proxy = "https://ops:s3cret@other-proxy.internal:8443"
+[[provider.source]]
+url = "https://partner.internal/c.txt"
+proxy = "none"
+"#
+        );
+        let config = parse_ok(&text);
+        let proxy = |id: &str| config.source(id).unwrap().fetch.proxy.clone();
+        let global = Proxy::Url(Url::parse("http://proxy.internal:3128").unwrap());
+        assert_eq!(proxy("a/stripe-webhooks"), global);
+        assert_eq!(proxy("a/0"), global);
+        assert_eq!(proxy("a/2"), Proxy::Direct);
+        let own = proxy("a/1");
+        assert_eq!(
+            own,
+            Proxy::Url(Url::parse("https://ops:s3cret@other-proxy.internal:8443/").unwrap())
+        );
+        // The password is never shown.
+        assert_eq!(
+            own.to_string(),
+            "https://ops:***@other-proxy.internal:8443/"
+        );
+        assert_eq!(
+            serde_json::to_value(&config.source("a/1").unwrap().fetch).unwrap()["proxy"],
+            "https://ops:***@other-proxy.internal:8443/"
+        );
+
+        // Without the key: the environment's (HTTPS_PROXY, NO_PROXY).
+        let config = parse_ok(&format!(
+            "{MINIMAL}[[provider]]\nname = \"a\"\npreset = \"stripe-webhooks\"\n"
+        ));
+        assert_eq!(
+            config.source("a/stripe-webhooks").unwrap().fetch.proxy,
+            Proxy::Environment
+        );
+    }
+
+    #[test]
+    fn bad_proxies_name_the_file_line_and_field() {
+        let source = "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://ranges.example.net/a.txt\"\n";
+        let cases: &[(String, usize, usize, &str, &str)] = &[
+            (
+                format!("{MINIMAL}proxy = \"socks5://127.0.0.1:1080\"\n{source}"),
+                2,
+                9,
+                "proxy",
+                "unsupported proxy scheme \"socks5\"",
+            ),
+            (
+                format!("{MINIMAL}proxy = \"127.0.0.1:3128\"\n{source}"),
+                2,
+                9,
+                "proxy",
+                "is not a proxy URL",
+            ),
+            (
+                // Parses as scheme "proxy.internal".
+                format!("{MINIMAL}proxy = \"proxy.internal:3128\"\n{source}"),
+                2,
+                9,
+                "proxy",
+                "unsupported proxy scheme \"proxy.internal\"",
+            ),
+            (
+                format!("{MINIMAL}{source}proxy = \"http://\"\n"),
+                6,
+                9,
+                "provider.a.source[0].proxy",
+                "not a proxy URL",
+            ),
+            (
+                format!("{MINIMAL}{source}proxy = \"http://proxy.internal:3128/path\"\n"),
+                6,
+                9,
+                "provider.a.source[0].proxy",
+                "no path",
+            ),
+            (
+                format!("{MINIMAL}{source}proxy = \"\"\n"),
+                6,
+                9,
+                "provider.a.source[0].proxy",
+                "not a proxy URL",
+            ),
+            (
+                format!(
+                    "{MINIMAL}[[provider]]\nname = \"a\"\n[[provider.source]]\nstatic = [\"192.0.2.1\"]\nproxy = \"none\"\n"
+                ),
+                6,
+                9,
+                "provider.a.source[0].proxy",
+                "only applies to `url` sources",
+            ),
+        ];
+        for (text, line, column, field, needle) in cases {
+            let (msg, got_line, got_field) = parse_err(text);
+            assert_eq!((got_line, got_field.as_str()), (*line, *field), "{msg}");
+            assert!(msg.contains(needle), "{msg}");
+            assert!(
+                msg.starts_with(&format!(
+                    "/etc/allowlist/allowlist.toml:{line}:{column}: {field}: "
+                )),
+                "{msg}"
+            );
+            if !needle.starts_with("only applies") {
+                assert!(msg.contains("http://host:port"), "{msg}");
+            }
         }
     }
 

@@ -1,12 +1,15 @@
 //! HTTPS retrieval of published lists: conditional GET, a per-source timeout, a body
-//! size cap enforced while streaming, retries with exponential backoff and jitter.
+//! size cap enforced while streaming, retries with exponential backoff and jitter (or
+//! after the delay a 429 or 503 asks for with Retry-After, up to the refresh interval).
+//! Failures that another attempt cannot cure (TLS verification, refused redirects,
+//! 4xx other than 408 and 429, limits) are not retried.
 
 use std::{
     error::Error as StdError,
     fmt, io,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use reqwest::{
@@ -15,9 +18,9 @@ use reqwest::{
 };
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::config::FetchSettings;
+use crate::config::{self, FetchSettings};
 
 /// The User-Agent of every request.
 pub const USER_AGENT: &str = concat!(
@@ -35,6 +38,11 @@ pub enum FetchOutcome {
         bytes: Vec<u8>,
         etag: Option<String>,
         last_modified: Option<String>,
+        /// The Content-Type header, to explain a document that does not parse.
+        content_type: Option<String>,
+        /// Where the document came from, when a redirect left the configured URL's
+        /// origin (scheme, host, port).
+        final_url: Option<Url>,
     },
 }
 
@@ -58,13 +66,23 @@ pub struct FetchError {
     pub target: String,
     pub attempts: u32,
     pub kind: FetchErrorKind,
+    /// Where the last attempt was redirected to, when it failed after a redirect
+    /// (boxed: a Url is large).
+    pub final_url: Option<Box<Url>>,
 }
 
 impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.target, self.kind)?;
+        let mut notes = Vec::new();
+        if let Some(url) = &self.final_url {
+            notes.push(format!("redirected to {url}"));
+        }
         if self.attempts > 1 {
-            write!(f, " (after {} attempts)", self.attempts)?;
+            notes.push(format!("after {} attempts", self.attempts));
+        }
+        if !notes.is_empty() {
+            write!(f, " ({})", notes.join(", "))?;
         }
         Ok(())
     }
@@ -80,14 +98,32 @@ pub enum FetchErrorKind {
     Client(String),
     #[error("HTTP {status}{}", reason(*status))]
     Status { status: u16 },
+    /// A 429 or 503 whose Retry-After is beyond the refresh interval.
+    #[error(
+        "HTTP {status}{}: provider asked to retry after {}, longer than the refresh interval ({}); next refresh will try again",
+        reason(*status),
+        humantime::format_duration(*after),
+        humantime::format_duration(*limit)
+    )]
+    RetryAfter {
+        status: u16,
+        after: Duration,
+        limit: Duration,
+    },
     #[error("timed out after {}", humantime::format_duration(*.0))]
     Timeout(Duration),
     #[error("the response is larger than max_bytes ({limit} bytes)")]
     TooLarge { limit: u64 },
-    #[error("TLS error: {0} (is the server's CA trusted? add it with ca_file)")]
+    #[error("TLS error: {detail}{hint}", detail = .0, hint = tls_hint(.0))]
     Tls(String),
+    /// A redirect that is refused (to plain http) or leads nowhere (a loop, too many).
+    #[error("{0}")]
+    Redirect(String),
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// A connection failure through a proxy (unreachable, or it refused the tunnel).
+    #[error("cannot connect through the proxy {proxy}: {detail}")]
+    Proxy { proxy: String, detail: String },
     #[error("{0}")]
     Transport(String),
     #[error("cannot read the file: {0}")]
@@ -102,14 +138,24 @@ fn reason(status: u16) -> String {
         .unwrap_or_default()
 }
 
+/// What to do about a TLS error, when rustls's words leave it open.
+fn tls_hint(detail: &str) -> &'static str {
+    if detail.contains("UnknownIssuer") {
+        " (is the server's CA trusted? add it with ca_file)"
+    } else {
+        ""
+    }
+}
+
 impl FetchErrorKind {
     /// Whether another attempt may succeed: timeouts, connection failures, 5xx, 408
-    /// and 429. Not TLS failures, other 4xx, or limits.
+    /// and 429. Not TLS failures, refused redirects, other 4xx, or limits.
     pub fn is_retryable(&self) -> bool {
         match self {
             FetchErrorKind::Status { status } => *status >= 500 || *status == 408 || *status == 429,
             FetchErrorKind::Timeout(_)
             | FetchErrorKind::Connect(_)
+            | FetchErrorKind::Proxy { .. }
             | FetchErrorKind::Transport(_) => true,
             _ => false,
         }
@@ -164,8 +210,14 @@ impl Fetcher {
         settings: &FetchSettings,
         conditional: &Conditional,
     ) -> Result<FetchOutcome, FetchError> {
-        let span = info_span!("fetch", %url, conditional = !conditional.is_empty());
-        self.fetch_inner(url, settings, conditional)
+        let proxy = proxy_for(url, &settings.proxy);
+        let span = info_span!(
+            "fetch",
+            %url,
+            conditional = !conditional.is_empty(),
+            proxy = proxy.as_deref().unwrap_or("none")
+        );
+        self.fetch_inner(url, settings, conditional, proxy.as_deref())
             .instrument(span)
             .await
     }
@@ -175,11 +227,13 @@ impl Fetcher {
         url: &Url,
         settings: &FetchSettings,
         conditional: &Conditional,
+        proxy: Option<&str>,
     ) -> Result<FetchOutcome, FetchError> {
         let fail = |attempts, kind| FetchError {
             target: url.to_string(),
             attempts,
             kind,
+            final_url: None,
         };
         match url.scheme() {
             "https" => {}
@@ -190,18 +244,46 @@ impl Fetcher {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.attempt(&client, url, settings, conditional).await {
+            let failure = match self
+                .attempt(&client, url, settings, conditional, proxy)
+                .await
+            {
                 Ok(outcome) => {
                     debug!(attempt, "fetched");
                     return Ok(outcome);
                 }
-                Err(kind) if kind.is_retryable() && attempt <= settings.retries => {
-                    let delay = self.backoff(attempt - 1);
-                    warn!(attempt, error = %kind, retry_in = ?delay, "fetch failed, retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(kind) => return Err(fail(attempt, kind)),
+                Err(failure) => failure,
+            };
+            let Failure {
+                kind,
+                retry_after,
+                final_url,
+            } = failure;
+            let give_up = |kind| FetchError {
+                final_url: final_url.clone(),
+                ..fail(attempt, kind)
+            };
+            if let (FetchErrorKind::Status { status }, Some(after)) = (&kind, retry_after)
+                && after > settings.retry_after_limit
+            {
+                return Err(give_up(FetchErrorKind::RetryAfter {
+                    status: *status,
+                    after,
+                    limit: settings.retry_after_limit,
+                }));
             }
+            if !kind.is_retryable() || attempt > settings.retries {
+                return Err(give_up(kind));
+            }
+            let delay = retry_after.unwrap_or_else(|| self.backoff(attempt - 1));
+            warn!(
+                attempt,
+                error = %kind,
+                retry_in = ?delay,
+                retry_after = retry_after.is_some(),
+                "fetch failed, retrying"
+            );
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -211,7 +293,8 @@ impl Fetcher {
         url: &Url,
         settings: &FetchSettings,
         conditional: &Conditional,
-    ) -> Result<FetchOutcome, FetchErrorKind> {
+        proxy: Option<&str>,
+    ) -> Result<FetchOutcome, Failure> {
         let work = async {
             let mut request = client.get(url.clone()).timeout(settings.timeout);
             if let Some(etag) = &conditional.etag {
@@ -220,32 +303,58 @@ impl Fetcher {
             if let Some(date) = &conditional.last_modified {
                 request = request.header(header::IF_MODIFIED_SINCE, date);
             }
-            let mut response = request
-                .send()
-                .await
-                .map_err(|e| classify(&e, settings.timeout))?;
+            let mut response = request.send().await.map_err(|e| Failure {
+                // Where a connection or TLS failure after a redirect happened (a
+                // refused redirect names its target itself).
+                final_url: e
+                    .url()
+                    .filter(|u| *u != url && !e.is_redirect())
+                    .map(|u| Box::new(u.clone())),
+                ..classify(&e, settings.timeout, proxy).into()
+            })?;
+            let redirected = (response.url() != url).then(|| response.url().clone());
+            let failed = |kind: FetchErrorKind| Failure {
+                final_url: redirected.clone().map(Box::new),
+                ..kind.into()
+            };
+            let final_url = redirected
+                .as_ref()
+                .filter(|u| u.origin() != url.origin())
+                .cloned();
+            if let Some(to) = &final_url {
+                info!(final_url = %to, "the provider redirected to another origin");
+            }
             let status = response.status();
             if status == StatusCode::NOT_MODIFIED && !conditional.is_empty() {
                 return Ok(FetchOutcome::NotModified);
             }
             if !status.is_success() {
-                return Err(FetchErrorKind::Status {
-                    status: status.as_u16(),
+                let retry_after = match status {
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                        retry_after(response.headers(), SystemTime::now())
+                    }
+                    _ => None,
+                };
+                return Err(Failure {
+                    retry_after,
+                    ..failed(FetchErrorKind::Status {
+                        status: status.as_u16(),
+                    })
                 });
             }
             let limit = settings.max_bytes;
             if response.content_length().is_some_and(|len| len > limit) {
-                return Err(FetchErrorKind::TooLarge { limit });
+                return Err(failed(FetchErrorKind::TooLarge { limit }));
             }
-            let (etag, last_modified) = validators(response.headers());
+            let (etag, last_modified, content_type) = validators(response.headers());
             let mut bytes = Vec::new();
             while let Some(chunk) = response
                 .chunk()
                 .await
-                .map_err(|e| classify(&e, settings.timeout))?
+                .map_err(|e| failed(classify(&e, settings.timeout, proxy)))?
             {
                 if (bytes.len() + chunk.len()) as u64 > limit {
-                    return Err(FetchErrorKind::TooLarge { limit });
+                    return Err(failed(FetchErrorKind::TooLarge { limit }));
                 }
                 bytes.extend_from_slice(&chunk);
             }
@@ -253,32 +362,82 @@ impl Fetcher {
                 bytes,
                 etag,
                 last_modified,
+                content_type,
+                final_url,
             })
         };
         // reqwest's timeout covers the whole exchange too; this one is the backstop.
         tokio::time::timeout(settings.timeout, work)
             .await
-            .unwrap_or(Err(FetchErrorKind::Timeout(settings.timeout)))
+            .unwrap_or_else(|_| Err(FetchErrorKind::Timeout(settings.timeout).into()))
     }
 }
 
-fn validators(headers: &HeaderMap) -> (Option<String>, Option<String>) {
+/// One failed attempt.
+#[derive(Debug)]
+struct Failure {
+    kind: FetchErrorKind,
+    /// The delay a 429 or 503 asked for.
+    retry_after: Option<Duration>,
+    /// Where the attempt was redirected to, if it was (boxed: a Url is large).
+    final_url: Option<Box<Url>>,
+}
+
+impl From<FetchErrorKind> for Failure {
+    fn from(kind: FetchErrorKind) -> Self {
+        Failure {
+            kind,
+            retry_after: None,
+            final_url: None,
+        }
+    }
+}
+
+/// The delay a Retry-After header asks for: delta-seconds or an HTTP-date (a date in
+/// the past is no delay). None when absent or unreadable.
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// ETag, Last-Modified and Content-Type.
+fn validators(headers: &HeaderMap) -> (Option<String>, Option<String>, Option<String>) {
     let get = |name| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    (get(header::ETAG), get(header::LAST_MODIFIED))
+    (
+        get(header::ETAG),
+        get(header::LAST_MODIFIED),
+        get(header::CONTENT_TYPE),
+    )
 }
+
+/// Redirects followed in one attempt.
+pub const MAX_REDIRECTS: usize = 5;
 
 fn client(settings: &FetchSettings) -> Result<reqwest::Client, FetchErrorKind> {
     let insecure = settings.insecure_http;
     let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-        if attempt.previous().len() >= 5 {
-            attempt.error("too many redirects")
-        } else if attempt.url().scheme() != "https" && !insecure {
-            attempt.error("redirect to plain http refused")
+        let url = attempt.url();
+        if attempt.previous().contains(url) {
+            let error = format!("redirect loop: {url} was already visited");
+            attempt.error(error)
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            let error =
+                format!("too many redirects (more than {MAX_REDIRECTS}), the last to {url}");
+            attempt.error(error)
+        } else if url.scheme() != "https" && !insecure {
+            let error = format!(
+                "redirect to plain http refused ({url}): set insecure_http = true for this source to allow it"
+            );
+            attempt.error(error)
         } else {
             attempt.follow()
         }
@@ -288,6 +447,21 @@ fn client(settings: &FetchSettings) -> Result<reqwest::Client, FetchErrorKind> {
         .timeout(settings.timeout)
         .connect_timeout(settings.timeout)
         .redirect(redirects);
+    builder = match &settings.proxy {
+        // reqwest reads HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY itself.
+        config::Proxy::Environment => builder,
+        config::Proxy::Direct => builder.no_proxy(),
+        config::Proxy::Url(proxy) => {
+            let proxy = reqwest::Proxy::all(proxy.clone()).map_err(|e| {
+                FetchErrorKind::Client(format!(
+                    "proxy {}: {}",
+                    config::redacted(proxy),
+                    error_chain(&e)
+                ))
+            })?;
+            builder.proxy(proxy)
+        }
+    };
     if let Some(path) = &settings.ca_file {
         let ca_error = |detail: String| FetchErrorKind::CaFile {
             path: path.clone(),
@@ -340,12 +514,33 @@ fn tls_error(err: &(dyn StdError + 'static)) -> Option<String> {
     None
 }
 
-fn classify(err: &reqwest::Error, timeout: Duration) -> FetchErrorKind {
+/// The proxy the requests to `url` go through, for messages: the configured one (its
+/// password masked), or the environment's as reqwest applies it (HTTPS_PROXY, ...,
+/// minus NO_PROXY).
+fn proxy_for(url: &Url, setting: &config::Proxy) -> Option<String> {
+    match setting {
+        config::Proxy::Direct => None,
+        config::Proxy::Url(proxy) => Some(config::redacted(proxy)),
+        config::Proxy::Environment => {
+            let uri: hyper::Uri = url.as_str().parse().ok()?;
+            let intercept =
+                hyper_util::client::proxy::matcher::Matcher::from_system().intercept(&uri)?;
+            Some(format!("{} (from the environment)", intercept.uri()))
+        }
+    }
+}
+
+fn classify(err: &reqwest::Error, timeout: Duration, proxy: Option<&str>) -> FetchErrorKind {
     if err.is_timeout() {
         return FetchErrorKind::Timeout(timeout);
     }
     if let Some(tls) = tls_error(err) {
         return FetchErrorKind::Tls(tls);
+    }
+    if err.is_redirect() {
+        // The policy's own words, without reqwest's "error following redirect for url".
+        let detail = err.source().map_or_else(|| error_chain(err), error_chain);
+        return FetchErrorKind::Redirect(detail);
     }
     let chain = error_chain(err);
     // hyper-util's connector may hide the rustls error behind its own types: fall
@@ -362,7 +557,13 @@ fn classify(err: &reqwest::Error, timeout: Duration) -> FetchErrorKind {
         return FetchErrorKind::Tls(detail.to_owned());
     }
     if err.is_connect() {
-        FetchErrorKind::Connect(chain)
+        match proxy {
+            Some(proxy) => FetchErrorKind::Proxy {
+                proxy: proxy.to_owned(),
+                detail: chain,
+            },
+            None => FetchErrorKind::Connect(chain),
+        }
     } else {
         FetchErrorKind::Transport(chain)
     }
@@ -374,6 +575,7 @@ pub async fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, FetchErro
         target: path.display().to_string(),
         attempts: 1,
         kind,
+        final_url: None,
     };
     let file = tokio::fs::File::open(path)
         .await
@@ -432,6 +634,50 @@ mod tests {
         assert!(FetchErrorKind::Timeout(Duration::from_secs(1)).is_retryable());
         assert!(!FetchErrorKind::TooLarge { limit: 1 }.is_retryable());
         assert!(!FetchErrorKind::Tls("UnknownIssuer".into()).is_retryable());
+        assert!(!FetchErrorKind::Redirect("redirect loop".into()).is_retryable());
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = httpdate::parse_http_date("Sun, 01 Nov 2026 09:00:00 GMT").unwrap();
+        let read = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::RETRY_AFTER, value.parse().unwrap());
+            retry_after(&headers, now)
+        };
+        assert_eq!(read("120"), Some(Duration::from_secs(120)));
+        assert_eq!(read(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            read("Sun, 01 Nov 2026 09:01:30 GMT"),
+            Some(Duration::from_secs(90))
+        );
+        // The obsolete formats RFC 9110 still requires recipients to accept.
+        assert_eq!(
+            read("Sunday, 01-Nov-26 10:00:00 GMT"),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            read("Sun Nov  1 09:00:10 2026"),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(read("Sun, 01 Nov 2026 08:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(read("-5"), None);
+        assert_eq!(read("soon"), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn a_long_retry_after_says_what_happens_next() {
+        let kind = FetchErrorKind::RetryAfter {
+            status: 429,
+            after: Duration::from_secs(7200),
+            limit: Duration::from_secs(3600),
+        };
+        assert_eq!(
+            kind.to_string(),
+            "HTTP 429 Too Many Requests: provider asked to retry after 2h, longer than the refresh interval (1h); next refresh will try again"
+        );
+        assert!(!kind.is_retryable());
     }
 
     #[test]

@@ -427,6 +427,8 @@ async fn retrieve(
                 bytes,
                 etag: None,
                 last_modified: None,
+                content_type: None,
+                final_url: None,
             })
             .map_err(|e| e.to_string()),
         Location::Static(_) => unreachable!("static sources are not fetched"),
@@ -626,25 +628,31 @@ fn evaluate(
         ..
     } = *context;
     let source = &slot.source;
-    let (bytes, etag, last_modified) = match result.map_err(Rejected::Failed)? {
-        FetchOutcome::NotModified if slot.state.is_some() => return Ok(Accepted::NotModified),
-        FetchOutcome::NotModified => {
-            return Err(Rejected::Failed(
-                "304 Not Modified, but no document is stored".to_owned(),
-            ));
-        }
-        FetchOutcome::Body {
-            bytes,
-            etag,
-            last_modified,
-        } => (bytes, etag, last_modified),
-    };
+    let (bytes, etag, last_modified, content_type, final_url) =
+        match result.map_err(Rejected::Failed)? {
+            FetchOutcome::NotModified if slot.state.is_some() => return Ok(Accepted::NotModified),
+            FetchOutcome::NotModified => {
+                return Err(Rejected::Failed(
+                    "304 Not Modified, but no document is stored".to_owned(),
+                ));
+            }
+            FetchOutcome::Body {
+                bytes,
+                etag,
+                last_modified,
+                content_type,
+                final_url,
+            } => (bytes, etag, last_modified, content_type, final_url),
+        };
     let format = match &source.location {
         Location::Url { format, .. } | Location::File { format, .. } => format,
         Location::Static(_) => unreachable!("static sources are not fetched"),
     };
-    let parsed = source::parse_document(format, &bytes, &source.id)
-        .map_err(|e| Rejected::Failed(e.to_string()))?;
+    let parsed = source::parse_fetched(format, &bytes, &source.id, content_type.as_deref())
+        .map_err(|e| match &final_url {
+            Some(url) => Rejected::Failed(format!("{e} (redirected to {url})")),
+            None => Rejected::Failed(e.to_string()),
+        })?;
     let validated = prefixes::validate(&parsed.entries, &source.id, source.trust(), guards)
         .map_err(|e| Rejected::Failed(e.to_string()))?;
     warnings.extend(validated.warnings);

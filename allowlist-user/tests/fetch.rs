@@ -2,9 +2,12 @@
 
 use std::{path::Path, sync::Arc, time::Duration, time::Instant};
 
-use allowlist_tests::provider_server::{ProviderServer, Response, TestCa};
+use allowlist_tests::{
+    connect_proxy::ConnectProxy,
+    provider_server::{ProviderServer, Response, TestCa},
+};
 use allowlist_user::{
-    config::{self, Config, FetchSettings},
+    config::{self, Config, FetchSettings, Proxy},
     fetch::{Conditional, FetchErrorKind, FetchOptions, FetchOutcome, Fetcher, USER_AGENT},
     refresh::{Outcome, Refresher, SetOrigin},
 };
@@ -24,6 +27,9 @@ fn settings(server: &ProviderServer) -> FetchSettings {
         insecure_http: false,
         ca_file: Some(server.ca_file().to_owned()),
         retries: 2,
+        retry_after_limit: Duration::from_secs(600),
+        // Not the environment's: these tests must not depend on it.
+        proxy: Proxy::Direct,
     }
 }
 
@@ -60,6 +66,8 @@ async fn ok_returns_the_body_and_validators() {
             bytes: body.as_bytes().to_vec(),
             etag: Some("\"v1\"".into()),
             last_modified: Some("Sun, 01 Nov 2026 09:00:00 GMT".into()),
+            content_type: Some("binary/octet-stream".into()),
+            final_url: None,
         }
     );
     let request = server.last_request("/ips_webhooks.json").unwrap();
@@ -519,4 +527,367 @@ async fn refresh_refuses_malformed_empty_and_shrunken_lists() {
         }
     );
     assert!(!r.source_status(id).unwrap().refused);
+}
+
+// -------------------------------------------------------------------------------------
+// Failures that another attempt cannot cure are not retried.
+
+#[tokio::test]
+async fn a_redirect_to_plain_http_is_refused_and_not_retried() {
+    let server = ProviderServer::start();
+    let plain = format!("http://{}/ips.json", server.addr());
+    server.set("/old.json", Response::redirect(&plain));
+    let err = get(&server, "/old.json", &settings(&server))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, FetchErrorKind::Redirect(_)), "{err:?}");
+    assert!(err.to_string().contains("plain http"), "{err}");
+    assert!(err.to_string().contains(&plain), "{err}");
+    assert_eq!(err.attempts, 1, "{err}");
+    assert_eq!(server.hits("/old.json"), 1);
+}
+
+#[tokio::test]
+async fn redirect_loops_and_chains_are_not_retried() {
+    let server = ProviderServer::start();
+    server.set("/a", Response::redirect(server.url("/b")));
+    server.set("/b", Response::redirect(server.url("/a")));
+    let err = get(&server, "/a", &settings(&server)).await.unwrap_err();
+    assert!(matches!(err.kind, FetchErrorKind::Redirect(_)), "{err:?}");
+    assert!(err.to_string().contains("redirect loop"), "{err}");
+    assert_eq!(err.attempts, 1, "{err}");
+    assert_eq!((server.hits("/a"), server.hits("/b")), (1, 1));
+
+    for i in 0..10 {
+        server.set(
+            &format!("/r{i}"),
+            Response::redirect(server.url(&format!("/r{}", i + 1))),
+        );
+    }
+    let err = get(&server, "/r0", &settings(&server)).await.unwrap_err();
+    assert!(matches!(err.kind, FetchErrorKind::Redirect(_)), "{err:?}");
+    assert!(err.to_string().contains("too many redirects"), "{err}");
+    assert_eq!(err.attempts, 1, "{err}");
+    assert_eq!(server.hits("/r0"), 1);
+}
+
+#[tokio::test]
+async fn certificate_errors_are_not_retried() {
+    // Unknown CA: a_certificate_from_an_unknown_ca_is_rejected. A certificate for
+    // other names, and an expired one, from the trusted CA:
+    let wrong_name = ProviderServer::builder()
+        .only_sans()
+        .san("ranges.example.net")
+        .start();
+    let expired = ProviderServer::builder().expired().start();
+    for (server, needle) in [(&wrong_name, "not valid for name"), (&expired, "expired")] {
+        server.set("/ips.json", Response::json("[]"));
+        let err = get(server, "/ips.json", &settings(server))
+            .await
+            .unwrap_err();
+        assert!(matches!(err.kind, FetchErrorKind::Tls(_)), "{err:?}");
+        assert!(err.to_string().contains(needle), "{err}");
+        assert_eq!(err.attempts, 1, "{err}");
+    }
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried_but_408_and_429_are() {
+    let server = ProviderServer::start();
+    for status in [400, 401, 403, 404, 410, 451] {
+        let path = format!("/{status}");
+        server.set(&path, Response::status(status));
+        let err = get(&server, &path, &settings(&server)).await.unwrap_err();
+        assert_eq!(err.attempts, 1, "{err}");
+        assert_eq!(server.hits(&path), 1, "{status}");
+    }
+    for status in [408, 429, 500, 502, 503] {
+        let path = format!("/{status}");
+        server.set(&path, Response::status(status));
+        let err = get(&server, &path, &settings(&server)).await.unwrap_err();
+        assert_eq!(err.attempts, 3, "{err}");
+        assert_eq!(server.hits(&path), 3, "{status}");
+    }
+}
+
+// -------------------------------------------------------------------------------------
+// Retry-After.
+
+#[tokio::test]
+async fn retry_after_is_honoured_in_seconds_and_as_a_date() {
+    let server = ProviderServer::start();
+    server.set_sequence(
+        "/busy.json",
+        vec![
+            Response::status(503).header("Retry-After", "1"),
+            Response::json("[]"),
+        ],
+    );
+    let started = Instant::now();
+    let outcome = get(&server, "/busy.json", &settings(&server)).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(outcome, Ok(FetchOutcome::Body { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(server.hits("/busy.json"), 2);
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+
+    // An HTTP-date three seconds ahead (whole seconds: more than two seconds away).
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3));
+    server.set_sequence(
+        "/limited.json",
+        vec![
+            Response::status(429).header("Retry-After", &date),
+            Response::json("[]"),
+        ],
+    );
+    let started = Instant::now();
+    let outcome = get(&server, "/limited.json", &settings(&server)).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(outcome, Ok(FetchOutcome::Body { .. })),
+        "{outcome:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_the_refresh_interval_gives_up_at_once() {
+    let server = ProviderServer::start();
+    server.set(
+        "/busy.json",
+        Response::status(503).header("Retry-After", "3600"),
+    );
+    let started = Instant::now();
+    let err = get(&server, "/busy.json", &settings(&server))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.attempts, 1, "{err}");
+    assert_eq!(server.hits("/busy.json"), 1);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("HTTP 503 Service Unavailable")
+            && msg.contains("provider asked to retry after 1h")
+            && msg.contains("longer than the refresh interval (10m)")
+            && msg.contains("next refresh will try again"),
+        "{msg}"
+    );
+}
+
+// -------------------------------------------------------------------------------------
+// Redirects to another origin; HTML where JSON was expected.
+
+#[tokio::test]
+async fn a_failure_after_a_redirect_names_where_it_ended() {
+    let first = ProviderServer::start();
+    let second = ProviderServer::builder().ca(first.ca().clone()).start();
+    first.set(
+        "/gone.json",
+        Response::redirect(second.url("/missing.json")),
+    );
+    let err = get(&first, "/gone.json", &settings(&first))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind, FetchErrorKind::Status { status: 404 }),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: HTTP 404 Not Found (redirected to {})",
+            first.url("/gone.json"),
+            second.url("/missing.json")
+        )
+    );
+}
+
+#[tokio::test]
+async fn html_instead_of_json_is_named_with_its_content_type() {
+    let server = ProviderServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = refresh_config(&server, dir.path());
+    server.set(
+        "/intercom-ip-ranges.json",
+        Response::ok(
+            "<!DOCTYPE html>\n<html><head><title>Sign in to the Wi-Fi</title></head></html>\n",
+        )
+        .header("Content-Type", "text/html; charset=utf-8"),
+    );
+    let mut r = Refresher::new(&config, fetcher()).unwrap();
+    r.bootstrap();
+    let report = r.refresh_all().await;
+    let Outcome::Failed { error } = &report.get("partner/0").unwrap().outcome else {
+        panic!("{report:?}")
+    };
+    assert!(
+        error.contains(
+            "the server sent HTML (Content-Type: text/html; charset=utf-8; a captive portal or an error page?) instead of JSON"
+        ),
+        "{error}"
+    );
+
+    // HTML under a JSON content type (or none) is still named for what it is.
+    server.set(
+        "/intercom-ip-ranges.json",
+        Response::ok("  <html><body>503 Service Temporarily Unavailable</body></html>")
+            .header("Content-Type", "application/json"),
+    );
+    let report = r.refresh_all().await;
+    let Outcome::Failed { error } = &report.get("partner/0").unwrap().outcome else {
+        panic!("{report:?}")
+    };
+    assert!(
+        error.contains("the server sent HTML (Content-Type: application/json;"),
+        "{error}"
+    );
+
+    // Plain broken JSON keeps the parser's message.
+    server.set(
+        "/intercom-ip-ranges.json",
+        Response::ok("{\"ip_ranges\": [").header("Content-Type", "application/json"),
+    );
+    let report = r.refresh_all().await;
+    let Outcome::Failed { error } = &report.get("partner/0").unwrap().outcome else {
+        panic!("{report:?}")
+    };
+    assert!(
+        error.contains("not valid JSON") && !error.contains("HTML"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn the_final_url_is_reported_when_a_redirect_leaves_the_origin() {
+    let first = ProviderServer::start();
+    let second = ProviderServer::builder().ca(first.ca().clone()).start();
+    second.set("/ips.json", Response::json("[\"192.0.2.1\"]"));
+    first.set("/moved.json", Response::redirect(second.url("/ips.json")));
+    first.set("/here.json", Response::redirect(first.url("/there.json")));
+    first.set("/there.json", Response::json("[]"));
+
+    let outcome = get(&first, "/moved.json", &settings(&first)).await.unwrap();
+    let FetchOutcome::Body { final_url, .. } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        final_url.as_ref().map(Url::as_str),
+        Some(second.url("/ips.json").as_str())
+    );
+    // Another port is another origin; the same origin is not reported.
+    let outcome = get(&first, "/here.json", &settings(&first)).await.unwrap();
+    assert!(
+        matches!(
+            &outcome,
+            FetchOutcome::Body {
+                final_url: None,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+}
+
+// -------------------------------------------------------------------------------------
+// Proxies.
+
+#[tokio::test]
+async fn a_configured_proxy_carries_the_fetch() {
+    let server = ProviderServer::start();
+    server.set("/ips.json", Response::json(r#"{"hooks": ["192.0.2.1"]}"#));
+    let proxy = ConnectProxy::start();
+    let settings = FetchSettings {
+        proxy: Proxy::parse(&proxy.url()).unwrap(),
+        ..settings(&server)
+    };
+    let outcome = get(&server, "/ips.json", &settings).await.unwrap();
+    assert!(
+        matches!(&outcome, FetchOutcome::Body { bytes, .. } if bytes.starts_with(b"{\"hooks\"")),
+        "{outcome:?}"
+    );
+    assert_eq!(proxy.tunnels(), 1);
+    assert_eq!(server.hits("/ips.json"), 1);
+
+    // The same through a whole refresh, with the proxy from the configuration file
+    // (global, overridden per source).
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+interfaces = ["eth0"]
+state_dir = "{state}"
+proxy = "http://127.0.0.1:9"
+
+[[provider]]
+name = "partner"
+[[provider.source]]
+url = "{url}"
+items = "hooks"
+ca_file = "{ca}"
+proxy = "{proxy}"
+"#,
+        state = dir.path().display(),
+        url = server.url("/ips.json"),
+        ca = server.ca_file().display(),
+        proxy = proxy.url(),
+    );
+    let config =
+        config::parse(&text, Path::new("proxy-test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let mut r = Refresher::new(&config, fetcher()).unwrap();
+    r.bootstrap();
+    let report = r.refresh_all().await;
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(proxy.tunnels(), 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_proxy_is_named() {
+    let server = ProviderServer::start();
+    server.set("/ips.json", Response::json("[]"));
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy = format!("http://127.0.0.1:{port}");
+    let settings = FetchSettings {
+        proxy: Proxy::parse(&proxy).unwrap(),
+        retries: 1,
+        ..settings(&server)
+    };
+    let err = get(&server, "/ips.json", &settings).await.unwrap_err();
+    assert!(matches!(err.kind, FetchErrorKind::Proxy { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("cannot connect through the proxy {proxy}/")),
+        "{msg}"
+    );
+    // Retried like any connection failure.
+    assert_eq!(err.attempts, 2, "{msg}");
+    assert_eq!(server.hits("/ips.json"), 0);
+
+    // Credentials in the proxy URL are not shown.
+    let settings = FetchSettings {
+        proxy: Proxy::parse(&format!("http://ops:s3cret@127.0.0.1:{port}")).unwrap(),
+        retries: 0,
+        ..settings
+    };
+    let err = get(&server, "/ips.json", &settings).await.unwrap_err();
+    assert!(
+        err.to_string().contains("http://ops:***@127.0.0.1:")
+            && !err.to_string().contains("s3cret"),
+        "{err}"
+    );
 }

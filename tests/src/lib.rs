@@ -1,6 +1,7 @@
 //! End-to-end test support: network namespaces, real TCP traffic, the real agent
-//! binary, and a local HTTPS provider server.
+//! binary, a local HTTPS provider server and a CONNECT proxy.
 
+pub mod connect_proxy;
 pub mod netns;
 pub mod provider_server;
 pub mod world;

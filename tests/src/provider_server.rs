@@ -1,7 +1,8 @@
 //! A local HTTPS "provider": serves published lists from a map of path → [`Response`]
 //! that a test changes while it runs, with precise control over faults (status,
 //! validators and 304s, a delay before the headers, a body that trickles, a body of a
-//! given size). Plain hand-written HTTP/1.1, one request per connection.
+//! given size, a sequence of answers on one path). Plain hand-written HTTP/1.1, one
+//! request per connection.
 //!
 //! The server runs on its own thread with its own runtime, so it works from sync and
 //! async tests alike, and stops when dropped. Its certificate is issued by a
@@ -62,8 +63,21 @@ impl TestCa {
 
     /// Issues a server certificate for the names and IP addresses in `sans`.
     pub fn issue(&self, sans: &[String]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        self.issue_with(sans, false)
+    }
+
+    /// Issues a server certificate for `sans`; an `expired` one was valid in 2020 only.
+    pub fn issue_with(
+        &self,
+        sans: &[String],
+        expired: bool,
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let key = KeyPair::generate().expect("generate server key");
         let mut params = CertificateParams::new(sans.to_vec()).expect("server params");
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, "allowlist test provider");
@@ -123,6 +137,11 @@ impl Response {
             status,
             ..Response::ok(format!("status {status}\n"))
         }
+    }
+
+    /// A redirect (302) to `location`.
+    pub fn redirect(location: impl AsRef<str>) -> Self {
+        Response::status(302).header("Location", location.as_ref())
     }
 
     /// 200 with a body of `size` bytes (comment lines of a text list).
@@ -195,7 +214,9 @@ impl Request {
 
 #[derive(Default)]
 struct Shared {
-    routes: HashMap<String, Response>,
+    /// The answers on each path: the first is served and removed while more follow;
+    /// the last one stays.
+    routes: HashMap<String, Vec<Response>>,
     requests: Vec<Request>,
 }
 
@@ -215,6 +236,8 @@ pub struct Builder {
     listener: Option<StdTcpListener>,
     ca: Option<Arc<TestCa>>,
     sans: Vec<String>,
+    only_sans: bool,
+    expired: bool,
 }
 
 impl Builder {
@@ -238,6 +261,19 @@ impl Builder {
         self
     }
 
+    /// Certificate names: only the ones given with [`Builder::san`], not the default
+    /// loopback names (for a name mismatch).
+    pub fn only_sans(mut self) -> Self {
+        self.only_sans = true;
+        self
+    }
+
+    /// Serve a certificate that expired (in 2020).
+    pub fn expired(mut self) -> Self {
+        self.expired = true;
+        self
+    }
+
     pub fn start(self) -> ProviderServer {
         let listener = match self.listener {
             Some(l) => l,
@@ -247,16 +283,19 @@ impl Builder {
         let ca = self
             .ca
             .unwrap_or_else(|| Arc::new(TestCa::new("allowlist test CA")));
-        let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-        if !addr.ip().is_unspecified() {
-            sans.push(addr.ip().to_string());
+        let mut sans: Vec<String> = Vec::new();
+        if !self.only_sans {
+            sans = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+            if !addr.ip().is_unspecified() {
+                sans.push(addr.ip().to_string());
+            }
         }
         for san in self.sans {
             if !sans.contains(&san) {
                 sans.push(san);
             }
         }
-        let (certs, key) = ca.issue(&sans);
+        let (certs, key) = ca.issue_with(&sans, self.expired);
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -317,6 +356,8 @@ impl ProviderServer {
             listener: None,
             ca: None,
             sans: Vec::new(),
+            only_sans: false,
+            expired: false,
         }
     }
 
@@ -354,11 +395,18 @@ impl ProviderServer {
 
     /// Serves `response` on `path` from now on.
     pub fn set(&self, path: &str, response: Response) {
+        self.set_sequence(path, vec![response]);
+    }
+
+    /// Serves `responses` on `path`, one per request, in order; the last one then
+    /// stays.
+    pub fn set_sequence(&self, path: &str, responses: Vec<Response>) {
+        assert!(!responses.is_empty(), "a sequence needs a response");
         self.shared
             .lock()
             .unwrap()
             .routes
-            .insert(path.to_owned(), response);
+            .insert(path.to_owned(), responses);
     }
 
     /// Stops serving `path` (it answers 404).
@@ -466,7 +514,11 @@ async fn read_head<S: AsyncReadExt + Unpin>(stream: &mut S) -> io::Result<Option
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        301 => "Moved Permanently",
+        302 => "Found",
         304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
@@ -489,7 +541,13 @@ async fn handle<S: AsyncReadExt + AsyncWriteExt + Unpin>(
     let response = {
         let mut shared = shared.lock().unwrap();
         shared.requests.push(request.clone());
-        shared.routes.get(request.path()).cloned()
+        shared
+            .routes
+            .get_mut(request.path())
+            .map(|answers| match answers.len() {
+                1 => answers[0].clone(),
+                _ => answers.remove(0),
+            })
     };
     let response = response.unwrap_or_else(|| Response::status(404));
     if !response.delay.is_zero() {

@@ -12,7 +12,7 @@ use std::{
 };
 
 use allowlist_tests::{describe, repo, run, world::binary};
-use allowlist_user::config::{self, Config, Location};
+use allowlist_user::config::{self, Config, Location, Proxy};
 use serde::Deserialize as _;
 use serde_yaml_ng::Value;
 
@@ -98,6 +98,32 @@ fn example_config_is_valid_and_uses_the_defaults() {
             .iter()
             .all(|s| matches!(s.location, Location::Static(_))),
         "the office provider is a static list"
+    );
+}
+
+#[test]
+fn example_config_proxy_is_valid_when_uncommented() {
+    let path = deploy("allowlist.example.toml");
+    let text = read(&path);
+    let line = "# proxy = \"http://proxy.internal:3128\"";
+    assert!(text.contains(line), "the example shows a top-level proxy");
+    let config = parse_config(&text.replacen(line, &line[2..], 1), &path);
+    let fetched: Vec<_> = config.sources().filter(|s| s.is_fetched()).collect();
+    assert!(!fetched.is_empty());
+    for source in fetched {
+        assert_eq!(
+            source.fetch.proxy.to_string(),
+            "http://proxy.internal:3128/",
+            "{}",
+            source.id
+        );
+    }
+    // Left commented out, the environment's proxy applies.
+    let config = parse_config(&text, &path);
+    assert!(
+        config
+            .sources()
+            .all(|s| s.fetch.proxy == Proxy::Environment)
     );
 }
 
