@@ -262,6 +262,38 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
     result
 }
 
+/// The link check while a refresh holds the sources: re-attaches and reports like
+/// [`Agent::check_links`], and updates the interfaces in the published status.
+fn check_links_only(filter: &mut Filter, config: &Config, shared: &SharedStatus) {
+    let changes = filter.reconcile(&attach_specs(config));
+    if changes.is_empty() {
+        return;
+    }
+    report_interface_changes(&changes);
+    republish(
+        shared,
+        &config.state_dir,
+        Some(filter.interfaces().to_vec()),
+    );
+}
+
+/// Rewrites the last published status, with new interface states if given: the
+/// heartbeat while a refresh is in progress.
+fn republish(shared: &SharedStatus, state_dir: &Path, interfaces: Option<Vec<InterfaceState>>) {
+    let mut guard = shared.write().expect("status lock");
+    let Some(status) = guard.as_mut() else {
+        return;
+    };
+    if let Some(interfaces) = interfaces {
+        status.interfaces = interfaces;
+    }
+    status.written_at = SystemTime::now();
+    if let Err(e) = status.write(state_dir) {
+        status.state_write_failures += 1;
+        warn!(error = %e, "cannot write the status file: `allowlist status` shows an old one");
+    }
+}
+
 /// Logs how the interfaces' states changed: an interface that stops being filtered is
 /// an error, one filtered again an info.
 fn report_interface_changes(changes: &[(Option<InterfaceState>, InterfaceState)]) {
@@ -339,13 +371,29 @@ impl Agent {
             tokio::select! {
                 () = sleep_until(next_refresh.min(next_sync)) => {
                     if Instant::now() >= next_refresh {
-                        // A refresh may take minutes (timeouts, retries): a stop signal
-                        // abandons it; the lists already accepted were saved. A SIGHUP
-                        // stays pending and is acted on right after.
-                        let report = tokio::select! {
-                            report = self.refresher.refresh_with(RefreshOptions { force }) => report,
-                            _ = signals.term.recv() => { info!("SIGTERM during a refresh"); return Ok(()); }
-                            _ = signals.int.recv() => { info!("SIGINT during a refresh"); return Ok(()); }
+                        // A refresh may take minutes (timeouts, retries, Retry-After): a
+                        // stop signal abandons it (the lists already accepted were
+                        // saved), the links are still checked and the status rewritten,
+                        // and a SIGHUP stays pending and is acted on right after.
+                        let report = {
+                            let refresh = self.refresher.refresh_with(RefreshOptions { force });
+                            tokio::pin!(refresh);
+                            loop {
+                                let link_event = async {
+                                    match &events {
+                                        Some(events) => events.changed().await,
+                                        None => std::future::pending().await,
+                                    }
+                                };
+                                tokio::select! {
+                                    report = &mut refresh => break report,
+                                    _ = signals.term.recv() => { info!("SIGTERM during a refresh"); return Ok(()); }
+                                    _ = signals.int.recv() => { info!("SIGINT during a refresh"); return Ok(()); }
+                                    _ = link_event => check_links_only(&mut self.filter, &self.config, &self.shared),
+                                    _ = link_check.tick() => check_links_only(&mut self.filter, &self.config, &self.shared),
+                                    _ = heartbeat.tick() => republish(&self.shared, &self.config.state_dir, None),
+                                }
+                            }
                         };
                         self.record(&report);
                         self.sync();

@@ -111,6 +111,11 @@ impl Default for Guards {
 }
 
 /// How a URL source is fetched.
+/// The longest Retry-After honoured whatever the refresh interval: a source with no
+/// saved list is fetched before the filter attaches, and a start must not wait on a
+/// provider for long (systemd's TimeoutStartSec is 10 min).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FetchSettings {
     pub timeout: Duration,
@@ -121,7 +126,8 @@ pub struct FetchSettings {
     /// Attempts after the first one.
     pub retries: u32,
     /// The longest Retry-After (of a 429 or 503) waited for before another attempt:
-    /// the refresh interval. A longer one ends this refresh's attempts.
+    /// the refresh interval, at most [`MAX_RETRY_AFTER`]. A longer one ends this
+    /// refresh's attempts.
     pub retry_after_limit: Duration,
     /// The source's `proxy`, else the top-level one, else the environment's.
     pub proxy: Proxy,
@@ -535,7 +541,7 @@ impl Cx<'_> {
         let defaults = Defaults {
             guards: &guards,
             fetch: FetchSettings {
-                retry_after_limit: refresh,
+                retry_after_limit: refresh.min(MAX_RETRY_AFTER),
                 proxy,
                 ..FetchSettings::default()
             },
@@ -1470,15 +1476,26 @@ file = "/etc/allowlist/extra.txt"
     #[test]
     fn the_refresh_interval_bounds_retry_after_for_every_url_source() {
         let config = parse_ok(&format!(
-            "{MINIMAL}refresh = \"10m\"\n[[provider]]\nname = \"s\"\npreset = \"stripe-webhooks\"\n[[provider.source]]\nurl = \"https://ranges.example.net/ips.txt\"\n"
+            "{MINIMAL}refresh = \"4m\"\n[[provider]]\nname = \"s\"\npreset = \"stripe-webhooks\"\n[[provider.source]]\nurl = \"https://ranges.example.net/ips.txt\"\n"
         ));
         for id in ["s/stripe-webhooks", "s/0"] {
             assert_eq!(
                 config.source(id).unwrap().fetch.retry_after_limit,
-                Duration::from_secs(600),
+                Duration::from_secs(240),
                 "{id}"
             );
         }
+        let config = parse_ok(&format!(
+            "{MINIMAL}refresh = \"1h\"\n[[provider]]\nname = \"s\"\npreset = \"stripe-webhooks\"\n"
+        ));
+        assert_eq!(
+            config
+                .source("s/stripe-webhooks")
+                .unwrap()
+                .fetch
+                .retry_after_limit,
+            MAX_RETRY_AFTER
+        );
     }
 
     #[test]

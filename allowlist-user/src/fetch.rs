@@ -100,7 +100,7 @@ pub enum FetchErrorKind {
     Status { status: u16 },
     /// A 429 or 503 whose Retry-After is beyond the refresh interval.
     #[error(
-        "HTTP {status}{}: provider asked to retry after {}, longer than the refresh interval ({}); next refresh will try again",
+        "HTTP {status}{}: provider asked to retry after {}, longer than the agent waits ({}: the refresh interval, at most 5 min); next refresh will try again",
         reason(*status),
         humantime::format_duration(*after),
         humantime::format_duration(*limit)
@@ -675,7 +675,7 @@ mod tests {
         };
         assert_eq!(
             kind.to_string(),
-            "HTTP 429 Too Many Requests: provider asked to retry after 2h, longer than the refresh interval (1h); next refresh will try again"
+            "HTTP 429 Too Many Requests: provider asked to retry after 2h, longer than the agent waits (1h: the refresh interval, at most 5 min); next refresh will try again"
         );
         assert!(!kind.is_retryable());
     }

@@ -680,7 +680,7 @@ async fn a_retry_after_beyond_the_refresh_interval_gives_up_at_once() {
     assert!(
         msg.contains("HTTP 503 Service Unavailable")
             && msg.contains("provider asked to retry after 1h")
-            && msg.contains("longer than the refresh interval (10m)")
+            && msg.contains("longer than the agent waits (10m")
             && msg.contains("next refresh will try again"),
         "{msg}"
     );

@@ -827,3 +827,46 @@ fn a_non_root_cli_says_what_it_lacks() {
     }
     assert_denied(&world, a(CLIENT_B), &agent);
 }
+
+/// A refresh that waits on a slow provider does not stop the link check: a link
+/// detached meanwhile is attached again within seconds, long before the refresh ends.
+#[test]
+fn links_are_checked_during_a_long_refresh() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let provider = world.provider();
+    provider.set(
+        DOCUMENT_PATH,
+        Response::json(intercom_document(&["192.0.2.0/24"])),
+    );
+    world.write_config(&world.config(
+        "refresh = \"1h\"",
+        &provider_toml("partner", &provider).replace("timeout = \"1s\"", "timeout = \"30s\""),
+    ));
+    let agent = world.start_agent();
+    let server_if = world.server_if.clone();
+    provider.set(
+        DOCUMENT_PATH,
+        Response::json(intercom_document(&["192.0.2.0/24"])).delay(Duration::from_secs(12)),
+    );
+    reload(&world);
+    thread_sleep(Duration::from_secs(1));
+    let first = link_id(&world, &server_if).expect("the link is pinned");
+    let out = run(Command::new("bpftool").args(["link", "detach", "id", &first.to_string()]));
+    assert!(out.status.success(), "{}", text(&out));
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(6), || link_id(&world, &server_if)
+            .is_some_and(|id| id != first)),
+        "the link was not re-attached during the refresh:\n{}",
+        agent.log()
+    );
+    eprintln!(
+        "re-attached {:?} after the detach, during a 12 s refresh",
+        started.elapsed()
+    );
+    assert_denied(&world, a(CLIENT_B), &agent);
+    assert_allowed(&world, a(CLIENT_A), &agent);
+}
