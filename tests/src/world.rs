@@ -184,6 +184,38 @@ impl World {
         provider
     }
 
+    /// Whether an XDP program is attached to the server's interface.
+    pub fn xdp_attached(&self) -> bool {
+        let out = crate::run(self.server.command("ip").args([
+            "-d",
+            "link",
+            "show",
+            "dev",
+            &self.server_if,
+        ]));
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    }
+
+    /// A packet counter from `allowlist status`: `reason` (allowlisted,
+    /// not_allowlisted, ...) and `action` (pass, drop, would_drop).
+    pub fn counter(&self, reason: &str, action: &str) -> u64 {
+        self.status()["counters"]["packets"][reason][action]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Panics unless a connection from `src` to :443 times out: the filter dropped
+    /// its SYN. `context` (the agent's log, say) explains a failure.
+    pub fn assert_denied(&self, src: IpAddr, context: &str) {
+        match self.exchange(src, 443) {
+            Ok(()) => panic!("{src} is not listed and must not get in\n{context}"),
+            Err(e) => assert!(
+                e.contains("timed out"),
+                "{src}: expected a timeout, got {e}\n{context}"
+            ),
+        }
+    }
+
     /// A free TCP port on the server namespace's loopback (for metrics).
     pub fn free_port(&self) -> u16 {
         self.server.run(|| {
@@ -411,36 +443,14 @@ impl World {
     pub fn send_frame(&self, frame: Vec<u8>) {
         let ifname = self.client_if.clone();
         self.client.run(move || {
-            // SAFETY: plain socket(2); checked below.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
+            let socket = PacketSocket::open(&ifname);
+            let sent = socket.send(&frame);
+            assert_eq!(
+                sent,
+                frame.len() as isize,
+                "sendto: {}",
                 std::io::Error::last_os_error()
             );
-            let c = std::ffi::CString::new(ifname).unwrap();
-            // SAFETY: an all-zero sockaddr_ll is valid; the fields used are set.
-            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = libc::AF_PACKET as u16;
-            // SAFETY: c is a valid NUL-terminated name.
-            addr.sll_ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) } as i32;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&SERVER_MAC);
-            // SAFETY: frame and addr are valid for the lengths passed.
-            let rc = unsafe {
-                libc::sendto(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            let err = std::io::Error::last_os_error();
-            // SAFETY: fd is open.
-            unsafe { libc::close(fd) };
-            assert_eq!(rc, frame.len() as isize, "sendto: {err}");
         });
     }
 
@@ -452,42 +462,18 @@ impl World {
         let (s, n) = (stop.clone(), sent.clone());
         let ifname = self.client_if.clone();
         let handle = self.client.spawn(move || {
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let c = std::ffi::CString::new(ifname).unwrap();
-            let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = ifindex as i32;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&SERVER_MAC);
+            let socket = PacketSocket::open(&ifname);
             let mut i: u32 = 0;
             while !s.load(Ordering::Relaxed) {
                 i = i.wrapping_add(1);
                 let src = [198, 51, 100, 100 + (i % 100) as u8];
-                let frame = syn_frame(src, i);
-                let rc = unsafe {
-                    libc::sendto(
-                        fd,
-                        frame.as_ptr().cast(),
-                        frame.len(),
-                        0,
-                        (&raw const addr).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    )
-                };
-                if rc > 0 {
+                if socket.send(&syn_frame(src, i)) > 0 {
                     n.fetch_add(1, Ordering::Relaxed);
                 }
                 if i.is_multiple_of(64) {
                     thread::yield_now();
                 }
             }
-            unsafe { libc::close(fd) };
         });
         Flood {
             stop,
@@ -510,6 +496,57 @@ impl Drop for World {
             let _ = h.join();
         }
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// An AF_PACKET socket that sends raw frames out of one interface to the server's
+/// MAC address; closed on drop.
+struct PacketSocket {
+    fd: i32,
+    addr: libc::sockaddr_ll,
+}
+
+impl PacketSocket {
+    /// Opens it on `ifname`, in the calling thread's network namespace.
+    fn open(ifname: &str) -> Self {
+        // SAFETY: plain socket(2); checked below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let c = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: an all-zero sockaddr_ll is valid; the fields used are set.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        // SAFETY: c is a valid NUL-terminated name.
+        addr.sll_ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) } as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&SERVER_MAC);
+        Self { fd, addr }
+    }
+
+    /// sendto(2)'s result: the bytes sent, or -1.
+    fn send(&self, frame: &[u8]) -> isize {
+        // SAFETY: frame and addr are valid for the lengths passed.
+        unsafe {
+            libc::sendto(
+                self.fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const self.addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        }
+    }
+}
+
+impl Drop for PacketSocket {
+    fn drop(&mut self) {
+        // SAFETY: fd is open and owned by this socket.
+        unsafe { libc::close(self.fd) };
     }
 }
 
@@ -725,6 +762,14 @@ retries = 0
         provider.url(DOCUMENT_PATH),
         provider.ca_file().display()
     )
+}
+
+/// The value of one sample in a Prometheus exposition.
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.

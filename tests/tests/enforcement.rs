@@ -19,28 +19,13 @@ fn a(ip: std::net::Ipv4Addr) -> IpAddr {
 }
 
 fn assert_denied(world: &World, src: IpAddr, agent: &Agent) {
-    let err = world
-        .exchange(src, 443)
-        .err()
-        .unwrap_or_else(|| panic!("{src} is not listed and must not get in:\n{}", agent.log()));
-    assert!(
-        err.contains("timed out"),
-        "{src}: expected a timeout, got {err}"
-    );
+    world.assert_denied(src, &agent.log());
 }
 
 fn assert_allowed(world: &World, src: IpAddr, agent: &Agent) {
     world
         .exchange(src, 443)
         .unwrap_or_else(|e| panic!("{src} is listed: {e}\n{}", agent.log()));
-}
-
-/// The value of one sample in a Prometheus exposition.
-fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(name_and_labels)
-            .and_then(|rest| rest.trim().parse().ok())
-    })
 }
 
 fn interface<'a>(status: &'a Value, name: &str) -> &'a Value {
@@ -59,6 +44,28 @@ fn link_id(world: &World, name: &str) -> Option<u64> {
         return None;
     }
     serde_json::from_slice::<Value>(&out.stdout).ok()?["id"].as_u64()
+}
+
+/// Detaches the filter's link on `interface` behind the agent's back (`bpftool link
+/// detach`: the pin stays, the link filters nothing) and waits up to `within` for
+/// the agent to attach a new one; returns how long that took.
+fn detach_and_wait_for_reattach(
+    world: &World,
+    interface: &str,
+    agent: &Agent,
+    within: Duration,
+) -> Duration {
+    let first = link_id(world, interface).expect("the link is pinned");
+    let out = run(Command::new("bpftool").args(["link", "detach", "id", &first.to_string()]));
+    assert!(out.status.success(), "{}", text(&out));
+    let started = Instant::now();
+    assert!(
+        wait_until(within, || link_id(world, interface)
+            .is_some_and(|id| id != first)),
+        "the agent did not re-attach {interface} within {within:?} after `bpftool link detach`:\n{}",
+        agent.log()
+    );
+    started.elapsed()
 }
 
 /// A world whose provider lists CLIENT_A's /24 and /64, with metrics on.
@@ -254,20 +261,8 @@ fn the_agent_notices_a_lost_link_and_reattaches() {
     assert_denied(&world, a(CLIENT_B), &agent);
 
     // `bpftool link detach`: the pin stays, the link filters nothing.
-    let first = link_id(&world, &server_if).expect("the link is pinned");
-    let out = run(Command::new("bpftool").args(["link", "detach", "id", &first.to_string()]));
-    assert!(out.status.success(), "{}", text(&out));
-    let started = Instant::now();
-    assert!(
-        wait_until(Duration::from_secs(10), || link_id(&world, &server_if)
-            .is_some_and(|id| id != first)),
-        "the agent did not re-attach after `bpftool link detach`:\n{}",
-        agent.log()
-    );
-    eprintln!(
-        "re-attached {:?} after bpftool link detach",
-        started.elapsed()
-    );
+    let took = detach_and_wait_for_reattach(&world, &server_if, &agent, Duration::from_secs(10));
+    eprintln!("re-attached {took:?} after bpftool link detach");
     assert!(
         agent.log().contains("the filter's link was detached"),
         "{}",
@@ -415,14 +410,6 @@ fn under_ip_netns_exec_the_filter_outlives_the_agent() {
     );
 }
 
-fn xdp_attached(world: &World) -> bool {
-    let out = run(world
-        .server
-        .command("ip")
-        .args(["-d", "link", "show", "dev", &world.server_if]));
-    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
-}
-
 fn expect_refusal(world: &World, name: &str, wanted: &[&str]) {
     let log = world.dir.path().join(format!("agent-{name}.log"));
     let mut agent = world.spawn_agent(&[], &log);
@@ -439,7 +426,7 @@ fn expect_refusal(world: &World, name: &str, wanted: &[&str]) {
             agent.log()
         );
     }
-    assert!(!xdp_attached(world), "{name}: nothing may be attached");
+    assert!(!world.xdp_attached(), "{name}: nothing may be attached");
 }
 
 /// Defect 4: a pin directory that another user owns, or that others may write, is
@@ -681,12 +668,6 @@ fn a_reload_is_never_lost() {
     agent.wait(Duration::from_secs(10));
 }
 
-fn counter(world: &World, reason: &str, action: &str) -> u64 {
-    world.status()["counters"]["packets"][reason][action]
-        .as_u64()
-        .unwrap_or(0)
-}
-
 /// A frame of `payload_len` bytes of TCP (to :443) or UDP payload from `src`.
 fn jumbo_frame(src: std::net::Ipv4Addr, tcp: bool, payload_len: usize) -> Vec<u8> {
     let builder = etherparse::PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC).ipv4(
@@ -766,21 +747,21 @@ fn jumbo_frames_at_mtu_9000() {
     assert_denied(&world, a(CLIENT_B), &agent);
 
     // A denied source's 8,000-byte segment is dropped; a jumbo UDP datagram passes.
-    let dropped = counter(&world, "not_allowlisted", "drop");
-    let not_tcp = counter(&world, "not_tcp", "pass");
-    let malformed = counter(&world, "malformed", "drop");
+    let dropped = world.counter("not_allowlisted", "drop");
+    let not_tcp = world.counter("not_tcp", "pass");
+    let malformed = world.counter("malformed", "drop");
     world.send_frame(jumbo_frame(CLIENT_B, true, 8_000));
     world.send_frame(jumbo_frame(CLIENT_B, false, 8_000));
     assert!(
         wait_until(Duration::from_secs(5), || {
-            counter(&world, "not_allowlisted", "drop") == dropped + 1
-                && counter(&world, "not_tcp", "pass") == not_tcp + 1
+            world.counter("not_allowlisted", "drop") == dropped + 1
+                && world.counter("not_tcp", "pass") == not_tcp + 1
         }),
         "{:#}",
         world.status()["counters"]
     );
     assert_eq!(
-        counter(&world, "malformed", "drop"),
+        world.counter("malformed", "drop"),
         malformed,
         "no jumbo frame is malformed"
     );
@@ -853,20 +834,8 @@ fn links_are_checked_during_a_long_refresh() {
     );
     reload(&world);
     thread_sleep(Duration::from_secs(1));
-    let first = link_id(&world, &server_if).expect("the link is pinned");
-    let out = run(Command::new("bpftool").args(["link", "detach", "id", &first.to_string()]));
-    assert!(out.status.success(), "{}", text(&out));
-    let started = Instant::now();
-    assert!(
-        wait_until(Duration::from_secs(6), || link_id(&world, &server_if)
-            .is_some_and(|id| id != first)),
-        "the link was not re-attached during the refresh:\n{}",
-        agent.log()
-    );
-    eprintln!(
-        "re-attached {:?} after the detach, during a 12 s refresh",
-        started.elapsed()
-    );
+    let took = detach_and_wait_for_reattach(&world, &server_if, &agent, Duration::from_secs(6));
+    eprintln!("re-attached {took:?} after the detach, during a 12 s refresh");
     assert_denied(&world, a(CLIENT_B), &agent);
     assert_allowed(&world, a(CLIENT_A), &agent);
 }
