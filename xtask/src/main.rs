@@ -78,6 +78,7 @@ fn run(task: Task) -> Result<()> {
 }
 
 fn test(no_e2e: bool) -> Result<()> {
+    setup::ensure_test_tools()?;
     step("host unit tests");
     cargo(&["test", "--package", "allowlist-common"])?;
     cargo(&["test", "--package", "allowlist-user", "--lib", "--bins"])?;

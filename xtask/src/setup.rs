@@ -16,9 +16,9 @@ pub const BPF_TOOLCHAIN: &str = "bpf-debian";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
-/// Debian packages: the BPF compiler pair and LLVM for bpf-linker, clippy for the
-/// eBPF crate, bpftool for inspection, iproute2 for the namespace tests, prometheus
-/// for `promtool` (the alert-rule tests).
+/// Debian packages that building and running need: the BPF compiler pair and LLVM for
+/// bpf-linker, clippy for the eBPF crate, bpftool to inspect the pins, iproute2 for
+/// the demo's namespaces. None of them starts a service.
 const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -30,14 +30,79 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "bpftool",
     "iproute2",
-    "prometheus",
 ];
+
+/// The Debian package that carries `promtool`, which the alert-rule tests need. It
+/// also carries a Prometheus server that its install scripts enable and start, so it
+/// is never installed: `promtool` (a static binary) is taken out of the package.
+const PROMTOOL_PACKAGE: &str = "prometheus";
 
 pub fn ensure() -> Result<()> {
     put_cargo_bin_on_path();
     apt_packages()?;
     bpf_linker()?;
     toolchain_link()?;
+    Ok(())
+}
+
+/// What only the tests need, on top of [`ensure`]: `promtool`, extracted from
+/// Debian's package without running its install scripts (so no service is enabled or
+/// started) into $CARGO_HOME/bin. cargo-deb comes with `cargo xtask package`.
+pub fn ensure_test_tools() -> Result<()> {
+    let target = cargo_home().join("bin").join("promtool");
+    if on_path("promtool") || target.is_file() {
+        return Ok(());
+    }
+    eprintln!("setup: extracting promtool from Debian's {PROMTOOL_PACKAGE} package (no install scripts, no service)");
+    let dir = env::temp_dir().join(format!("allowlist-promtool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = extract_promtool(&dir, &target);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn extract_promtool(dir: &Path, target: &Path) -> Result<()> {
+    let download = || {
+        Command::new("apt-get")
+            .args(["download", PROMTOOL_PACKAGE])
+            .current_dir(dir)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !download() {
+        if !is_root() {
+            bail!(
+                "cannot download Debian's {PROMTOOL_PACKAGE} package for promtool (apt-get update needs root)"
+            );
+        }
+        run(
+            Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get update",
+        )?;
+        if !download() {
+            bail!("apt-get download {PROMTOOL_PACKAGE} failed");
+        }
+    }
+    let deb = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    let tree = dir.join("tree");
+    run(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree),
+        "dpkg-deb -x",
+    )?;
+    let promtool = tree.join("usr/bin/promtool");
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::copy(&promtool, target)
+        .with_context(|| format!("copying {} to {}", promtool.display(), target.display()))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
 
