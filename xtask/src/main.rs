@@ -48,6 +48,14 @@ enum Task {
     },
     /// The agent on its built-in demo, in a sandbox of network namespaces (needs root).
     Demo,
+    /// Build the agent with its XDP program and run it with the privileges it needs
+    /// (through `sudo -E` unless root), as aya-template's runner does:
+    /// `cargo xtask run -- --config deploy/allowlist.example.toml run`.
+    Run {
+        /// The agent's arguments.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -74,6 +82,7 @@ fn run(task: Task) -> Result<()> {
         Task::Package => package::run().map(|_| ()),
         Task::Bench { args } => bench::run(&args),
         Task::Demo => demo(),
+        Task::Run { args } => run_agent(&args),
     }
 }
 
@@ -147,6 +156,31 @@ fn clippy() -> Result<()> {
         .context("running clippy on the eBPF crate")?;
     if !status.success() {
         bail!("clippy on the eBPF crates failed");
+    }
+    Ok(())
+}
+
+fn run_agent(args: &[String]) -> Result<()> {
+    cargo(&["build", "--package", "allowlist-user"])?;
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
+    let binary = format!("{target}/debug/allowlist");
+    let mut command = if setup::is_root() {
+        Command::new(&binary)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg("-E").arg(&binary);
+        sudo
+    };
+    command.args(args);
+    // Ctrl-C goes to the agent (a SIGINT stops it, leaving the filter pinned); xtask
+    // waits for it.
+    // SAFETY: ignoring SIGINT in this process only.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let status = command
+        .status()
+        .with_context(|| format!("starting {binary}"))?;
+    if !status.success() {
+        bail!("allowlist {} exited with {status}", args.join(" "));
     }
     Ok(())
 }
