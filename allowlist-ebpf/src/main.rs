@@ -14,6 +14,7 @@
 //! walked only where the table says so. IPv6 sources are looked up in the trie.
 #![no_std]
 #![no_main]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod parse;
 
@@ -29,7 +30,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
-use crate::parse::{Cursor, Ipv4Fragment, L4, Source};
+use crate::parse::{
+    Cursor, IPPROTO_AH, IPPROTO_ESP, IPPROTO_GRE, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, L4,
+    Source,
+};
 
 #[btf_map]
 static ALLOW_V4: LpmTrie<[u8; 4], Rule, MAX_PREFIXES_V4> = LpmTrie::new();
@@ -58,13 +62,15 @@ static FRAGS_V6: LruHashMap<FragKeyV6, FragVerdict, MAX_TRACKED_FRAGMENTS> = Lru
 #[unsafe(no_mangle)]
 static DEBUG_EVENTS: Global<u32> = Global::new(0);
 
-const IPPROTO_TCP: u8 = 6;
 /// Protocols whose payload is another packet (IP-in-IP, IPv6-in-IPv4, GRE) or is
 /// encrypted (ESP), or is wrapped in an IPv4 AH header: the kernel may deliver what is
 /// inside to a protected port, and the program cannot see its port.
 #[inline(always)]
 fn is_opaque(proto: u8) -> bool {
-    matches!(proto, 4 | 41 | 47 | 50 | 51)
+    matches!(
+        proto,
+        IPPROTO_IPIP | IPPROTO_IPV6 | IPPROTO_GRE | IPPROTO_ESP | IPPROTO_AH
+    )
 }
 
 /// `frags`: the program takes multi-buffer frames, so it attaches in native mode on
@@ -151,57 +157,48 @@ fn judge(l4: L4) -> Reason {
             src,
             dst,
             proto,
-            fragment,
+            fragment_id,
+            later_fragment,
             dst_port,
         } => {
             let src_v = Source::V4(src);
-            match fragment {
-                Ipv4Fragment::None => judge_l4(src_v, proto, dst_port),
-                Ipv4Fragment::First { id } => {
-                    bump(&COUNTERS, counter::FRAGMENT);
-                    let reason = judge_l4(src_v, proto, dst_port);
-                    // Non-TCP later fragments pass on their own protocol number (the kernel
-                    // reassembles by it); a TCP datagram let through for its port is
-                    // remembered so that its later fragments can follow it.
-                    if reason == Reason::UnprotectedPort {
-                        let key = FragKeyV4 {
-                            src,
-                            dst,
-                            id,
-                            proto,
-                            _pad: 0,
-                        };
-                        let _ = FRAGS_V4.insert(
-                            key,
-                            FragVerdict {
-                                dst_port: dst_port as u32,
-                            },
-                            0,
-                        );
-                    }
-                    reason
+            let Some(id) = fragment_id else {
+                return judge_l4(src_v, proto, dst_port);
+            };
+            bump(&COUNTERS, counter::FRAGMENT);
+            let key = FragKeyV4 {
+                src,
+                dst,
+                id,
+                proto,
+                _pad: 0,
+            };
+            if later_fragment {
+                // Non-TCP later fragments pass on their own protocol number (the kernel
+                // reassembles by it); a TCP one needs its first fragment.
+                if proto != IPPROTO_TCP && !is_opaque(proto) {
+                    Reason::NotTcp
+                } else if allowed(src_v) {
+                    Reason::Allowlisted
+                } else if FRAGS_V4.get_ptr(key).is_some() {
+                    Reason::FragmentOfPassed
+                } else {
+                    Reason::FragmentUnknown
                 }
-                Ipv4Fragment::Later { id } => {
-                    bump(&COUNTERS, counter::FRAGMENT);
-                    if proto != IPPROTO_TCP && !is_opaque(proto) {
-                        Reason::NotTcp
-                    } else if allowed(src_v) {
-                        Reason::Allowlisted
-                    } else {
-                        let key = FragKeyV4 {
-                            src,
-                            dst,
-                            id,
-                            proto,
-                            _pad: 0,
-                        };
-                        if FRAGS_V4.get_ptr(key).is_some() {
-                            Reason::FragmentOfPassed
-                        } else {
-                            Reason::FragmentUnknown
-                        }
-                    }
+            } else {
+                let reason = judge_l4(src_v, proto, dst_port);
+                // A TCP datagram let through for its port is remembered so that its later
+                // fragments can follow it.
+                if reason == Reason::UnprotectedPort {
+                    let _ = FRAGS_V4.insert(
+                        key,
+                        FragVerdict {
+                            dst_port: dst_port as u32,
+                        },
+                        0,
+                    );
                 }
+                reason
             }
         }
         L4::Ipv6 {

@@ -22,11 +22,16 @@ const ETH_P_8021AD: u16 = 0x88A8;
 /// Pre-standard QinQ outer tag, still emitted by some switches.
 const ETH_P_QINQ_9100: u16 = 0x9100;
 
-const IPPROTO_TCP: u8 = 6;
+// IP protocol numbers (IANA): upper-layer protocols, then IPv6 extension headers.
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_GRE: u8 = 47;
+pub const IPPROTO_ESP: u8 = 50;
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 const IPPROTO_MH: u8 = 135;
 const IPPROTO_HIP: u8 = 139;
@@ -45,13 +50,6 @@ pub enum Source {
 /// broken after its source address.
 pub type ParseResult<T> = Result<T, Option<Source>>;
 
-#[derive(Clone, Copy)]
-pub enum Ipv4Fragment {
-    None,
-    First { id: u16 },
-    Later { id: u16 },
-}
-
 /// What the parser learned about a frame.
 pub enum L4 {
     NotIp,
@@ -61,7 +59,10 @@ pub enum L4 {
         src: [u8; 4],
         dst: [u8; 4],
         proto: u8,
-        fragment: Ipv4Fragment,
+        /// The identification, when the datagram is a fragment.
+        fragment_id: Option<u16>,
+        /// A fragment with a non-zero offset: its upper-layer header is elsewhere.
+        later_fragment: bool,
         /// The TCP destination port; 0 when not TCP or a later fragment.
         dst_port: u16,
     },
@@ -104,7 +105,14 @@ impl Cursor {
         }
     }
 
-    /// The one bounds-checked accessor: a `T` at `off` bytes into the frame.
+    /// The one bounds-checked accessor: a `T` at `off` bytes into the frame's first
+    /// buffer, or `None` past its end.
+    ///
+    /// Every `unsafe` read in this module is of a pointer from here, sound for the same
+    /// reasons: the bytes are inside the frame (checked against `data_end`, in a form
+    /// the verifier tracks), the frame stays in place for the whole run, and `T` is a
+    /// header of byte arrays (any bytes a value, alignment 1) but for the `u16`
+    /// EtherType of `EthHdr` and `VlanHdr`, which is read unaligned.
     #[inline(always)]
     fn ptr_at<T>(&self, off: usize) -> Option<*const T> {
         let ptr = self.start + off;
@@ -148,15 +156,16 @@ pub struct PlainIpv4 {
 
 /// The commonest frame, read in one pass: untagged Ethernet, an IPv4 header without
 /// options, not a fragment, lengths that fit the frame, and a whole TCP header if it
-/// is TCP. For such a frame [`packet`] finds the same facts (`Ipv4Fragment::None`)
-/// and makes no observation; `None` leaves every other frame to it.
+/// is TCP. For such a frame [`packet`] finds the same facts (not a fragment) and
+/// makes no observation; `None` leaves every other frame to it.
 #[inline(always)]
 pub fn plain_ipv4(cur: &Cursor) -> Option<PlainIpv4> {
     let eth: *const EthHdr = cur.ptr_at(0)?;
-    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
+    if ether_type(eth) != ETH_P_IP {
         return None;
     }
     let ip: *const Ipv4Hdr = cur.ptr_at(EthHdr::LEN)?;
+    // SAFETY: from `ptr_at`.
     let (vihl, tot_len, frags, proto, src) = unsafe {
         (
             (*ip).vihl,
@@ -202,14 +211,15 @@ pub fn packet(cur: &mut Cursor) -> ParseResult<L4> {
 #[inline(always)]
 fn ethernet(cur: &mut Cursor) -> Option<u16> {
     let eth: *const EthHdr = cur.ptr_at(0)?;
-    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let mut ether_type = self::ether_type(eth);
     cur.off = EthHdr::LEN;
     for _ in 0..MAX_VLAN_TAGS {
         if !is_vlan(ether_type) {
             break;
         }
         let vlan: *const VlanHdr = cur.ptr_at(cur.off)?;
-        ether_type = u16::from_be(unsafe { (*vlan).ether_type });
+        // SAFETY: from `ptr_at`; read unaligned.
+        ether_type = u16::from_be(unsafe { (&raw const (*vlan).ether_type).read_unaligned() });
         cur.off += VlanHdr::LEN;
         cur.vlan_tagged = true;
     }
@@ -217,6 +227,13 @@ fn ethernet(cur: &mut Cursor) -> Option<u16> {
         return None;
     }
     Some(ether_type)
+}
+
+/// The EtherType of an Ethernet header from `ptr_at`.
+#[inline(always)]
+fn ether_type(eth: *const EthHdr) -> u16 {
+    // SAFETY: from `ptr_at`; read unaligned.
+    u16::from_be(unsafe { (&raw const (*eth).ether_type).read_unaligned() })
 }
 
 #[inline(always)]
@@ -227,6 +244,7 @@ fn is_vlan(ether_type: u16) -> bool {
 #[inline(always)]
 fn ipv4(cur: &mut Cursor) -> ParseResult<L4> {
     let ip: *const Ipv4Hdr = cur.ptr_at(cur.off).ok_or(None)?;
+    // SAFETY: from `ptr_at`.
     let (vihl, tot_len, id, frags, proto, src, dst) = unsafe {
         (
             (*ip).vihl,
@@ -246,13 +264,7 @@ fn ipv4(cur: &mut Cursor) -> ParseResult<L4> {
     cur.ipv4_options = ihl > Ipv4Hdr::LEN;
     let more_fragments = frags & 0x2000 != 0;
     let offset = frags & 0x1FFF;
-    let fragment = if offset != 0 {
-        Ipv4Fragment::Later { id }
-    } else if more_fragments {
-        Ipv4Fragment::First { id }
-    } else {
-        Ipv4Fragment::None
-    };
+    let fragment_id = (more_fragments || offset != 0).then_some(id);
     let mut dst_port = 0;
     if proto == IPPROTO_TCP && offset == 0 {
         // The whole fixed TCP header must be inside this datagram (or first fragment):
@@ -266,7 +278,8 @@ fn ipv4(cur: &mut Cursor) -> ParseResult<L4> {
         src,
         dst,
         proto,
-        fragment,
+        fragment_id,
+        later_fragment: offset != 0,
         dst_port,
     })
 }
@@ -274,6 +287,7 @@ fn ipv4(cur: &mut Cursor) -> ParseResult<L4> {
 #[inline(always)]
 fn tcp_dst_port(cur: &Cursor, off: usize) -> Option<u16> {
     let tcp: *const TcpHdr = cur.ptr_at(off)?;
+    // SAFETY: from `ptr_at`.
     let (doff, dest) = unsafe { ((*tcp).doff(), (*tcp).dest) };
     if doff < 5 {
         return None;
@@ -284,6 +298,7 @@ fn tcp_dst_port(cur: &Cursor, off: usize) -> Option<u16> {
 #[inline(always)]
 fn ipv6(cur: &mut Cursor) -> ParseResult<L4> {
     let ip: *const Ipv6Hdr = cur.ptr_at(cur.off).ok_or(None)?;
+    // SAFETY: from `ptr_at`.
     let (vcf0, payload_len, mut next, src, dst) = unsafe {
         (
             (*ip).vcf[0],
@@ -308,6 +323,7 @@ fn ipv6(cur: &mut Cursor) -> ParseResult<L4> {
         let len = match next {
             IPPROTO_FRAGMENT => {
                 let frag: *const [u8; 8] = cur.ptr_at(ip_off + off).ok_or(broken)?;
+                // SAFETY: from `ptr_at`.
                 let frag = unsafe { *frag };
                 let offset_flags = u16::from_be_bytes([frag[2], frag[3]]);
                 fragment_id = Some(u32::from_be_bytes([frag[4], frag[5], frag[6], frag[7]]));
@@ -319,6 +335,7 @@ fn ipv6(cur: &mut Cursor) -> ParseResult<L4> {
             }
             IPPROTO_AH => {
                 let hdr: *const [u8; 2] = cur.ptr_at(ip_off + off).ok_or(broken)?;
+                // SAFETY: from `ptr_at`.
                 let hdr = unsafe { *hdr };
                 next = hdr[0];
                 (hdr[1] as usize + 2) * 4
@@ -326,6 +343,7 @@ fn ipv6(cur: &mut Cursor) -> ParseResult<L4> {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_HIP
             | IPPROTO_SHIM6 | IPPROTO_EXP1 | IPPROTO_EXP2 => {
                 let hdr: *const [u8; 2] = cur.ptr_at(ip_off + off).ok_or(broken)?;
+                // SAFETY: from `ptr_at`.
                 let hdr = unsafe { *hdr };
                 next = hdr[0];
                 (hdr[1] as usize + 1) * 8

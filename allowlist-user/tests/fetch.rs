@@ -5,6 +5,7 @@ use std::{path::Path, sync::Arc, time::Duration, time::Instant};
 use allowlist_tests::{
     connect_proxy::ConnectProxy,
     provider_server::{ProviderServer, Response, TestCa},
+    world::{DOCUMENT_PATH, provider_toml_with, static_provider_toml},
 };
 use allowlist_user::{
     config::{self, Config, FetchSettings, Proxy},
@@ -332,29 +333,10 @@ async fn the_server_can_run_on_a_given_listener() {
 
 fn refresh_config(server: &ProviderServer, state_dir: &Path) -> Config {
     let text = format!(
-        r#"
-interfaces = ["eth0"]
-state_dir = "{state}"
-
-[[provider]]
-name = "partner"
-[[provider.source]]
-url = "{url}"
-items = "ip_ranges"
-cidr = "range"
-where = {{ service = "INTERCOM-OUTBOUND" }}
-ca_file = "{ca}"
-timeout = "2s"
-retries = 1
-
-[[provider]]
-name = "office"
-[[provider.source]]
-static = ["203.0.113.0/24"]
-"#,
-        state = state_dir.display(),
-        url = server.url("/intercom-ip-ranges.json"),
-        ca = server.ca_file().display(),
+        "interfaces = [\"eth0\"]\nstate_dir = \"{}\"\n{}{}",
+        state_dir.display(),
+        provider_toml_with("partner", server, "2s", 1),
+        static_provider_toml("office", &["203.0.113.0/24"]),
     );
     config::parse(&text, Path::new("fetch-test.toml")).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -375,7 +357,7 @@ async fn refresh_keeps_the_last_good_set_when_the_provider_fails() {
     let dir = tempfile::tempdir().unwrap();
     let config = refresh_config(&server, dir.path());
     server.set(
-        "/intercom-ip-ranges.json",
+        DOCUMENT_PATH,
         Response::json(intercom_doc(&[
             "192.0.2.1/32",
             "192.0.2.2/32",
@@ -412,14 +394,14 @@ async fn refresh_keeps_the_last_good_set_when_the_provider_fails() {
     assert_eq!(report.get(id).unwrap().outcome, Outcome::NotModified);
     assert_eq!(
         server
-            .last_request("/intercom-ip-ranges.json")
+            .last_request(DOCUMENT_PATH)
             .unwrap()
             .header("if-none-match"),
         Some("\"d1\"")
     );
 
     // The provider breaks: the last good set stays in force, the error is reported.
-    server.set("/intercom-ip-ranges.json", Response::status(500));
+    server.set(DOCUMENT_PATH, Response::status(500));
     for round in 1..=2u32 {
         let report = r.refresh_all().await;
         let Outcome::Failed { error } = &report.get(id).unwrap().outcome else {
@@ -449,7 +431,7 @@ async fn refresh_refuses_malformed_empty_and_shrunken_lists() {
     let server = ProviderServer::start();
     let dir = tempfile::tempdir().unwrap();
     let config = refresh_config(&server, dir.path());
-    let path = "/intercom-ip-ranges.json";
+    let path = DOCUMENT_PATH;
     server.set(
         path,
         Response::json(intercom_doc(&[
@@ -720,7 +702,7 @@ async fn html_instead_of_json_is_named_with_its_content_type() {
     let dir = tempfile::tempdir().unwrap();
     let config = refresh_config(&server, dir.path());
     server.set(
-        "/intercom-ip-ranges.json",
+        DOCUMENT_PATH,
         Response::ok(
             "<!DOCTYPE html>\n<html><head><title>Sign in to the Wi-Fi</title></head></html>\n",
         )
@@ -741,7 +723,7 @@ async fn html_instead_of_json_is_named_with_its_content_type() {
 
     // HTML under a JSON content type (or none) is still named for what it is.
     server.set(
-        "/intercom-ip-ranges.json",
+        DOCUMENT_PATH,
         Response::ok("  <html><body>503 Service Temporarily Unavailable</body></html>")
             .header("Content-Type", "application/json"),
     );
@@ -756,7 +738,7 @@ async fn html_instead_of_json_is_named_with_its_content_type() {
 
     // Plain broken JSON keeps the parser's message.
     server.set(
-        "/intercom-ip-ranges.json",
+        DOCUMENT_PATH,
         Response::ok("{\"ip_ranges\": [").header("Content-Type", "application/json"),
     );
     let report = r.refresh_all().await;

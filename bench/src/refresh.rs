@@ -97,7 +97,7 @@ pub fn json_parse(rng: &mut StdRng, bytes: usize, rounds: usize) -> Result<JsonP
     let format = Format::Json(json::Selector {
         items: vec!["prefixes".into(), "ipv6_prefixes".into()],
         cidr: vec!["ip_prefix".into(), "ipv6_prefix".into()],
-        filters: vec![json::Filter {
+        filters: vec![json::RecordFilter {
             field: "service".into(),
             any_of: vec!["EC2".into()],
         }],

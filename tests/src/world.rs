@@ -745,6 +745,16 @@ pub const DOCUMENT_PATH: &str = "/intercom-ip-ranges.json";
 /// A `[[provider]]` named `name` whose one source is `provider`'s document, selected as
 /// the `intercom-*` presets select Intercom's (short timeout, no retries: tests).
 pub fn provider_toml(name: &str, provider: &ProviderServer) -> String {
+    provider_toml_with(name, provider, "1s", 0)
+}
+
+/// [`provider_toml`] with the source's own `timeout` (a duration, `"5s"`) and `retries`.
+pub fn provider_toml_with(
+    name: &str,
+    provider: &ProviderServer,
+    timeout: &str,
+    retries: u32,
+) -> String {
     format!(
         r#"
 [[provider]]
@@ -756,11 +766,20 @@ items = "ip_ranges"
 cidr = "range"
 where = {{ service = "INTERCOM-OUTBOUND" }}
 ca_file = "{}"
-timeout = "1s"
-retries = 0
+timeout = "{timeout}"
+retries = {retries}
 "#,
         provider.url(DOCUMENT_PATH),
         provider.ca_file().display()
+    )
+}
+
+/// A `[[provider]]` named `name` whose one source is the static list `prefixes`.
+pub fn static_provider_toml(name: &str, prefixes: &[&str]) -> String {
+    let list: Vec<String> = prefixes.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "\n[[provider]]\nname = \"{name}\"\n[[provider.source]]\nstatic = [{}]\n",
+        list.join(", ")
     )
 }
 

@@ -649,8 +649,7 @@ fn bad_input_exits_nonzero_and_attaches_nothing() {
         return;
     }
     let world = World::new();
-    let good_provider =
-        "[[provider]]\nname = \"office\"\n[[provider.source]]\nstatic = [\"192.0.2.0/24\"]\n";
+    let good_provider = &static_provider_toml("office", &["192.0.2.0/24"]);
     let cases: Vec<(&str, String, &[&str])> = vec![
         (
             "invalid field",

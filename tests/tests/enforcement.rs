@@ -596,7 +596,7 @@ fn a_reload_is_never_lost() {
     );
     world.write_config(&world.config(
         "refresh = \"1h\"",
-        &provider_toml("partner", &provider).replace("timeout = \"1s\"", "timeout = \"5s\""),
+        &provider_toml_with("partner", &provider, "5s", 0),
     ));
 
     // Right after start (before its handler would be in place if it were installed
@@ -824,7 +824,7 @@ fn links_are_checked_during_a_long_refresh() {
     );
     world.write_config(&world.config(
         "refresh = \"1h\"",
-        &provider_toml("partner", &provider).replace("timeout = \"1s\"", "timeout = \"30s\""),
+        &provider_toml_with("partner", &provider, "30s", 0),
     ));
     let agent = world.start_agent();
     let server_if = world.server_if.clone();

@@ -25,7 +25,7 @@ pub struct Selector {
     pub cidr: Vec<String>,
     /// Every filter must match a record for it to be selected.
     #[serde(rename = "where")]
-    pub filters: Vec<Filter>,
+    pub filters: Vec<RecordFilter>,
     /// A dotted path to the provider's version of the document, if any.
     pub serial: Option<String>,
 }
@@ -33,12 +33,15 @@ pub struct Selector {
 /// A record matches when the field (a dotted path inside the record) is a scalar equal
 /// to one of `any_of`, or an array containing one of them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Filter {
+pub struct RecordFilter {
     pub field: String,
     pub any_of: Vec<Value>,
 }
 
-impl Filter {
+/// The old name, still used by `config.rs`; to go when it says `RecordFilter`.
+pub type Filter = RecordFilter;
+
+impl RecordFilter {
     fn matches(&self, record: &Value) -> bool {
         match lookup(record, &self.field) {
             Ok(Value::Array(values)) => values.iter().any(|v| self.any_of.contains(v)),
@@ -160,7 +163,7 @@ mod tests {
             cidr: cidr.iter().map(|s| s.to_string()).collect(),
             filters: filters
                 .iter()
-                .map(|(field, values)| Filter {
+                .map(|(field, values)| RecordFilter {
                     field: field.to_string(),
                     any_of: values.iter().map(|v| json!(v)).collect(),
                 })
@@ -359,7 +362,7 @@ mod tests {
         let s = Selector {
             items: vec!["r".into()],
             cidr: vec!["c".into()],
-            filters: vec![Filter {
+            filters: vec![RecordFilter {
                 field: "active".into(),
                 any_of: vec![json!(true)],
             }],
@@ -367,7 +370,7 @@ mod tests {
         };
         assert_eq!(entries(&s, doc.clone()), ["192.0.2.0/25"]);
         let s = Selector {
-            filters: vec![Filter {
+            filters: vec![RecordFilter {
                 field: "n".into(),
                 any_of: vec![json!(2)],
             }],

@@ -48,6 +48,18 @@ pub fn v6(tags: &[u16], packet: Vec<u8>) -> Vec<u8> {
     ethernet(tags, ETH_P_IPV6, &packet)
 }
 
+/// `frame` with `bytes` written over it at `at`: one field broken afterwards.
+pub fn patch(mut frame: Vec<u8>, at: usize, bytes: &[u8]) -> Vec<u8> {
+    frame[at..at + bytes.len()].copy_from_slice(bytes);
+    frame
+}
+
+/// `frame` padded with zeros to `len` bytes, as a NIC pads a short frame.
+pub fn pad(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
+    frame.resize(len, 0);
+    frame
+}
+
 pub fn arp() -> Vec<u8> {
     // Request: who has 192.0.2.1, tell 192.0.2.2.
     let mut body = vec![0, 1, 8, 0, 6, 4, 0, 1];

@@ -9,13 +9,14 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use allowlist_common::{Reason, counter};
+use allowlist_common::{MAX_IPV6_EXT_HEADERS, Reason, counter};
 use allowlist_tests::netns::require_root;
 use allowlist_user::datapath::{self, Counters, LoadOptions, Maps};
 use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions, Xdp},
 };
+use etherparse::Ipv4Header;
 use frames::*;
 
 const PASS: u32 = 2; // XDP_PASS
@@ -57,11 +58,90 @@ fn bad6() -> Ipv6Addr {
     a6("2001:db8:2::1")
 }
 
+fn frame4(src: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
+    v4(&[], ipv4(src, proto, payload, |_| {}))
+}
+fn frame6(src: Ipv6Addr, chain: &[Ext], proto: u8, payload: &[u8]) -> Vec<u8> {
+    v6(&[], ipv6(src, chain, proto, payload))
+}
 fn syn4(src: Ipv4Addr, port: u16) -> Vec<u8> {
-    v4(&[], ipv4(src, TCP, &tcp_syn(port), |_| {}))
+    tagged_syn4(&[], src, port)
 }
 fn syn6(src: Ipv6Addr, port: u16) -> Vec<u8> {
-    v6(&[], ipv6(src, &[], TCP, &tcp_syn(port)))
+    tagged_syn6(&[], src, port)
+}
+fn tagged_syn4(tags: &[u16], src: Ipv4Addr, port: u16) -> Vec<u8> {
+    v4(tags, ipv4(src, TCP, &tcp_syn(port), |_| {}))
+}
+fn tagged_syn6(tags: &[u16], src: Ipv6Addr, port: u16) -> Vec<u8> {
+    v6(tags, ipv6(src, &[], TCP, &tcp_syn(port)))
+}
+/// A first IPv4 fragment holding a whole SYN to `port`.
+fn first4(src: Ipv4Addr, port: u16, id: u16) -> Vec<u8> {
+    v4(
+        &[],
+        ipv4(src, TCP, &tcp_syn(port), |ip| fragment(ip, id, 0, true)),
+    )
+}
+/// A later (last) IPv4 fragment of datagram `id`.
+fn later4(src: Ipv4Addr, proto: u8, id: u16) -> Vec<u8> {
+    v4(
+        &[],
+        ipv4(src, proto, &[0u8; 16], |ip| fragment(ip, id, 3, false)),
+    )
+}
+fn frag6(offset_units: u16, more: bool, id: u32) -> Ext {
+    Ext::Fragment {
+        offset_units,
+        more,
+        id,
+    }
+}
+/// A chain of `n` destination-options headers.
+fn chain(n: usize) -> Vec<Ext> {
+    vec![Ext::DestOpts; n]
+}
+
+/// A TCP segment of 8,000 bytes: with MTU 9000 it does not fit one page, so the
+/// kernel hands the program a multi-buffer frame whose payload continues in further
+/// buffers; lengths are checked against the whole frame, headers read from the first.
+fn jumbo_tcp() -> Vec<u8> {
+    let mut segment = tcp_syn(443);
+    segment.resize(8_000, 0x5a);
+    segment
+}
+/// A UDP datagram of 8,000 bytes (see [`jumbo_tcp`]).
+fn jumbo_udp() -> Vec<u8> {
+    let mut datagram = udp(443);
+    datagram.resize(8_000, 0x5a);
+    let len = (datagram.len() as u16).to_be_bytes();
+    datagram[4..6].copy_from_slice(&len);
+    datagram
+}
+
+/// IPv4 options NOP NOP NOP EOL.
+fn nop_options(ip: &mut Ipv4Header) {
+    ip.options = (&[1u8, 1, 1, 0][..]).try_into().unwrap();
+}
+/// 40 bytes of IPv4 options: IHL 15.
+fn max_options(ip: &mut Ipv4Header) {
+    ip.options = (&[1u8; 40][..]).try_into().unwrap();
+}
+fn dont_fragment(ip: &mut Ipv4Header) {
+    ip.dont_fragment = true;
+}
+
+fn monitor_on(m: &mut Maps) {
+    m.set_monitor(true).unwrap();
+}
+fn monitor_off(m: &mut Maps) {
+    m.set_monitor(false).unwrap();
+}
+fn ports_8443(m: &mut Maps) {
+    m.set_ports(&BTreeSet::from([8443])).unwrap();
+}
+fn ports_443(m: &mut Maps) {
+    m.set_ports(&BTreeSet::from([443])).unwrap();
 }
 
 /// What a case expects to see move.
@@ -126,763 +206,158 @@ fn drop(name: &'static str, frame: Vec<u8>, reason: Reason) -> Case {
     case(name, frame, DROP, Exit(reason))
 }
 
+/// The cases, one a line, in the order they run: some depend on the ones before (a
+/// later fragment on its first fragment).
+#[rustfmt::skip]
 fn cases() -> Vec<Case> {
-    let mut c = Vec::new();
+    vec![
+        // Allowed and denied SYNs.
+        pass("v4 SYN to 443 from an allowlisted /24", syn4(ok4(), 443), Allowlisted).hit(RULE_DOC_NET),
+        drop("v4 SYN to 443 from a source not listed", syn4(bad4(), 443), NotAllowlisted),
+        pass("v6 SYN to 443 from an allowlisted /48", syn6(ok6(), 443), Allowlisted).hit(RULE_V6),
+        drop("v6 SYN to 443 from a source not listed", syn6(bad6(), 443), NotAllowlisted),
 
-    // Allowed and denied SYNs.
-    c.push(
-        pass(
-            "v4 SYN to 443 from an allowlisted /24",
-            syn4(ok4(), 443),
-            Allowlisted,
-        )
-        .hit(RULE_DOC_NET),
-    );
-    c.push(drop(
-        "v4 SYN to 443 from a source not listed",
-        syn4(bad4(), 443),
-        NotAllowlisted,
-    ));
-    c.push(
-        pass(
-            "v6 SYN to 443 from an allowlisted /48",
-            syn6(ok6(), 443),
-            Allowlisted,
-        )
-        .hit(RULE_V6),
-    );
-    c.push(drop(
-        "v6 SYN to 443 from a source not listed",
-        syn6(bad6(), 443),
-        NotAllowlisted,
-    ));
+        // Prefix boundaries.
+        pass("first address of 198.51.100.128/25", syn4(a4("198.51.100.128"), 443), Allowlisted).hit(RULE_HALF),
+        pass("last address of 198.51.100.128/25", syn4(a4("198.51.100.255"), 443), Allowlisted).hit(RULE_HALF),
+        drop("address just below 198.51.100.128/25", syn4(a4("198.51.100.127"), 443), NotAllowlisted),
+        pass("exact /32 host", syn4(a4("203.0.113.7"), 443), Allowlisted).hit(RULE_HOST),
+        drop("address just after the /32 host", syn4(a4("203.0.113.8"), 443), NotAllowlisted),
+        pass("last address of 2001:db8:1::/48", syn6(a6("2001:db8:1:ffff:ffff:ffff:ffff:ffff"), 443), Allowlisted),
+        drop("first address after 2001:db8:1::/48", syn6(a6("2001:db8:2::"), 443), NotAllowlisted),
 
-    // Prefix boundaries.
-    c.push(
-        pass(
-            "first address of 198.51.100.128/25",
-            syn4(a4("198.51.100.128"), 443),
-            Allowlisted,
-        )
-        .hit(RULE_HALF),
-    );
-    c.push(
-        pass(
-            "last address of 198.51.100.128/25",
-            syn4(a4("198.51.100.255"), 443),
-            Allowlisted,
-        )
-        .hit(RULE_HALF),
-    );
-    c.push(drop(
-        "address just below 198.51.100.128/25",
-        syn4(a4("198.51.100.127"), 443),
-        NotAllowlisted,
-    ));
-    c.push(pass("exact /32 host", syn4(a4("203.0.113.7"), 443), Allowlisted).hit(RULE_HOST));
-    c.push(drop(
-        "address just after the /32 host",
-        syn4(a4("203.0.113.8"), 443),
-        NotAllowlisted,
-    ));
-    c.push(pass(
-        "last address of 2001:db8:1::/48",
-        syn6(a6("2001:db8:1:ffff:ffff:ffff:ffff:ffff"), 443),
-        Allowlisted,
-    ));
-    c.push(drop(
-        "first address after 2001:db8:1::/48",
-        syn6(a6("2001:db8:2::"), 443),
-        NotAllowlisted,
-    ));
+        // Prefixes shorter and longer than the fast table's /24 codes.
+        pass("first address of a /20 (whole /24 codes)", syn4(a4("198.18.0.0"), 443), Allowlisted).hit(RULE_SHORT),
+        pass("last address of a /20", syn4(a4("198.18.15.255"), 443), Allowlisted).hit(RULE_SHORT),
+        drop("first address after a /20", syn4(a4("198.18.16.0"), 443), NotAllowlisted),
+        pass("first address of a /26 in a /24 otherwise denied", syn4(a4("198.18.16.64"), 443), Allowlisted).hit(RULE_SPLIT),
+        pass("last address of that /26", syn4(a4("198.18.16.127"), 443), Allowlisted).hit(RULE_SPLIT),
+        drop("address just below the /26", syn4(a4("198.18.16.63"), 443), NotAllowlisted),
+        drop("address just above the /26", syn4(a4("198.18.16.128"), 443), NotAllowlisted),
+        drop("last address of the /24 holding the /26", syn4(a4("198.18.16.255"), 443), NotAllowlisted),
+        pass("a /24 inside a /20: the /24's rule", syn4(a4("198.18.4.1"), 443), Allowlisted).hit(RULE_NESTED_24),
+        pass("a /32 inside that /24: the /32's rule", syn4(a4("198.18.4.77"), 443), Allowlisted).hit(RULE_NESTED_32),
+        pass("the address after that /32: the /24's rule again", syn4(a4("198.18.4.78"), 443), Allowlisted).hit(RULE_NESTED_24),
+        pass("the /24 after it: the /20's rule", syn4(a4("198.18.5.77"), 443), Allowlisted).hit(RULE_SHORT),
+        pass("a rule id beyond the fast table's codes: the trie answers", syn4(a4("198.18.32.9"), 443), Allowlisted).hit(RULE_BEYOND_CODES),
+        drop("the /24 after that one", syn4(a4("198.18.33.9"), 443), NotAllowlisted),
 
-    // Prefixes shorter and longer than the fast table's /24 codes.
-    c.push(
-        pass(
-            "first address of a /20 (whole /24 codes)",
-            syn4(a4("198.18.0.0"), 443),
-            Allowlisted,
-        )
-        .hit(RULE_SHORT),
-    );
-    c.push(
-        pass(
-            "last address of a /20",
-            syn4(a4("198.18.15.255"), 443),
-            Allowlisted,
-        )
-        .hit(RULE_SHORT),
-    );
-    c.push(drop(
-        "first address after a /20",
-        syn4(a4("198.18.16.0"), 443),
-        NotAllowlisted,
-    ));
-    c.push(
-        pass(
-            "first address of a /26 in a /24 otherwise denied",
-            syn4(a4("198.18.16.64"), 443),
-            Allowlisted,
-        )
-        .hit(RULE_SPLIT),
-    );
-    c.push(
-        pass(
-            "last address of that /26",
-            syn4(a4("198.18.16.127"), 443),
-            Allowlisted,
-        )
-        .hit(RULE_SPLIT),
-    );
-    c.push(drop(
-        "address just below the /26",
-        syn4(a4("198.18.16.63"), 443),
-        NotAllowlisted,
-    ));
-    c.push(drop(
-        "address just above the /26",
-        syn4(a4("198.18.16.128"), 443),
-        NotAllowlisted,
-    ));
-    c.push(drop(
-        "last address of the /24 holding the /26",
-        syn4(a4("198.18.16.255"), 443),
-        NotAllowlisted,
-    ));
-    c.push(
-        pass(
-            "a /24 inside a /20: the /24's rule",
-            syn4(a4("198.18.4.1"), 443),
-            Allowlisted,
-        )
-        .hit(RULE_NESTED_24),
-    );
-    c.push(
-        pass(
-            "a /32 inside that /24: the /32's rule",
-            syn4(a4("198.18.4.77"), 443),
-            Allowlisted,
-        )
-        .hit(RULE_NESTED_32),
-    );
-    c.push(
-        pass(
-            "the address after that /32: the /24's rule again",
-            syn4(a4("198.18.4.78"), 443),
-            Allowlisted,
-        )
-        .hit(RULE_NESTED_24),
-    );
-    c.push(
-        pass(
-            "the /24 after it: the /20's rule",
-            syn4(a4("198.18.5.77"), 443),
-            Allowlisted,
-        )
-        .hit(RULE_SHORT),
-    );
-    c.push(
-        pass(
-            "a rule id beyond the fast table's codes: the trie answers",
-            syn4(a4("198.18.32.9"), 443),
-            Allowlisted,
-        )
-        .hit(RULE_BEYOND_CODES),
-    );
-    c.push(drop(
-        "the /24 after that one",
-        syn4(a4("198.18.33.9"), 443),
-        NotAllowlisted,
-    ));
+        // Traffic that cannot reach a protected port.
+        pass("v4 TCP to port 80 from anyone", syn4(bad4(), 80), UnprotectedPort),
+        pass("v6 TCP to port 80 from anyone", syn6(bad6(), 80), UnprotectedPort),
+        pass("UDP to 443 (QUIC) from anyone", frame4(bad4(), UDP, &udp(443)), NotTcp),
+        pass("v6 UDP to 443 from anyone", frame6(bad6(), &[], UDP, &udp(443)), NotTcp),
+        pass("ICMP echo", frame4(bad4(), 1, &icmp_echo()), NotTcp),
+        pass("ARP", arp(), NotIp),
 
-    // Traffic that cannot reach a protected port.
-    c.push(pass(
-        "v4 TCP to port 80 from anyone",
-        syn4(bad4(), 80),
-        UnprotectedPort,
-    ));
-    c.push(pass(
-        "v6 TCP to port 80 from anyone",
-        syn6(bad6(), 80),
-        UnprotectedPort,
-    ));
-    c.push(pass(
-        "UDP to 443 (QUIC) from anyone",
-        v4(&[], ipv4(bad4(), UDP, &udp(443), |_| {})),
-        NotTcp,
-    ));
-    c.push(pass(
-        "v6 UDP to 443 from anyone",
-        v6(&[], ipv6(bad6(), &[], UDP, &udp(443))),
-        NotTcp,
-    ));
-    c.push(pass(
-        "ICMP echo",
-        v4(&[], ipv4(bad4(), 1, &icmp_echo(), |_| {})),
-        NotTcp,
-    ));
-    c.push(pass("ARP", arp(), NotIp));
+        // Jumbo frames (MTU 9000, multi-buffer) and padded ones.
+        pass("jumbo v4 TCP segment of 8,000 bytes (multi-buffer) from an allowlisted source", frame4(ok4(), TCP, &jumbo_tcp()), Allowlisted).hit(RULE_DOC_NET),
+        drop("jumbo v4 TCP segment of 8,000 bytes from a source not listed", frame4(bad4(), TCP, &jumbo_tcp()), NotAllowlisted),
+        pass("jumbo v4 UDP datagram of 8,000 bytes from anyone", frame4(bad4(), UDP, &jumbo_udp()), NotTcp),
+        pass("jumbo v6 TCP segment of 8,000 bytes from an allowlisted source", frame6(ok6(), &[], TCP, &jumbo_tcp()), Allowlisted).hit(RULE_V6),
+        drop("jumbo v6 TCP segment of 8,000 bytes from a source not listed", frame6(bad6(), &[], TCP, &jumbo_tcp()), NotAllowlisted),
+        pass("jumbo v6 UDP datagram of 8,000 bytes from anyone", frame6(bad6(), &[], UDP, &jumbo_udp()), NotTcp),
+        drop("jumbo v4 frame shorter than its IPv4 total length, not listed", frame4(bad4(), UDP, &jumbo_udp())[..6_000].to_vec(), Malformed),
+        pass("allowlisted SYN with Ethernet padding", pad(syn4(ok4(), 443), 60), Allowlisted),
+        drop("denied SYN with Ethernet padding", pad(syn4(bad4(), 443), 60), NotAllowlisted),
 
-    // Jumbo frames (MTU 9000): 8,000 bytes do not fit one page, so the kernel hands
-    // the program a multi-buffer frame whose payload continues in further buffers;
-    // lengths are checked against the whole frame, headers read from the first.
-    let jumbo_tcp = || {
-        let mut segment = tcp_syn(443);
-        segment.resize(8_000, 0x5a);
-        segment
-    };
-    let jumbo_udp = || {
-        let mut datagram = udp(443);
-        datagram.resize(8_000, 0x5a);
-        let len = (datagram.len() as u16).to_be_bytes();
-        datagram[4..6].copy_from_slice(&len);
-        datagram
-    };
-    c.push(
-        pass(
-            "jumbo v4 TCP segment of 8,000 bytes (multi-buffer) from an allowlisted source",
-            v4(&[], ipv4(ok4(), TCP, &jumbo_tcp(), |_| {})),
-            Allowlisted,
-        )
-        .hit(RULE_DOC_NET),
-    );
-    c.push(drop(
-        "jumbo v4 TCP segment of 8,000 bytes from a source not listed",
-        v4(&[], ipv4(bad4(), TCP, &jumbo_tcp(), |_| {})),
-        NotAllowlisted,
-    ));
-    c.push(pass(
-        "jumbo v4 UDP datagram of 8,000 bytes from anyone",
-        v4(&[], ipv4(bad4(), UDP, &jumbo_udp(), |_| {})),
-        NotTcp,
-    ));
-    c.push(
-        pass(
-            "jumbo v6 TCP segment of 8,000 bytes from an allowlisted source",
-            v6(&[], ipv6(ok6(), &[], TCP, &jumbo_tcp())),
-            Allowlisted,
-        )
-        .hit(RULE_V6),
-    );
-    c.push(drop(
-        "jumbo v6 TCP segment of 8,000 bytes from a source not listed",
-        v6(&[], ipv6(bad6(), &[], TCP, &jumbo_tcp())),
-        NotAllowlisted,
-    ));
-    c.push(pass(
-        "jumbo v6 UDP datagram of 8,000 bytes from anyone",
-        v6(&[], ipv6(bad6(), &[], UDP, &jumbo_udp())),
-        NotTcp,
-    ));
-    let mut truncated = v4(&[], ipv4(bad4(), UDP, &jumbo_udp(), |_| {}));
-    truncated.truncate(6_000);
-    c.push(drop(
-        "jumbo v4 frame shorter than its IPv4 total length, not listed",
-        truncated,
-        Malformed,
-    ));
-    let mut padded = syn4(ok4(), 443);
-    padded.resize(60, 0);
-    c.push(pass(
-        "allowlisted SYN with Ethernet padding",
-        padded,
-        Allowlisted,
-    ));
-    let mut padded = syn4(bad4(), 443);
-    padded.resize(60, 0);
-    c.push(drop(
-        "denied SYN with Ethernet padding",
-        padded,
-        NotAllowlisted,
-    ));
+        // VLAN tags.
+        pass("802.1Q, allowlisted", tagged_syn4(&[TPID_8021Q], ok4(), 443), Allowlisted).observing(&["vlan_tagged"]),
+        drop("802.1Q, not listed", tagged_syn4(&[TPID_8021Q], bad4(), 443), NotAllowlisted).observing(&["vlan_tagged"]),
+        pass("QinQ 802.1ad+802.1Q, allowlisted", tagged_syn4(&[TPID_8021AD, TPID_8021Q], ok4(), 443), Allowlisted).observing(&["vlan_tagged"]),
+        drop("QinQ 802.1ad+802.1Q, not listed", tagged_syn4(&[TPID_8021AD, TPID_8021Q], bad4(), 443), NotAllowlisted).observing(&["vlan_tagged"]),
+        drop("QinQ 0x9100+802.1Q, not listed", tagged_syn4(&[TPID_QINQ_9100, TPID_8021Q], bad4(), 443), NotAllowlisted).observing(&["vlan_tagged"]),
+        drop("v6 in 802.1Q, not listed", tagged_syn6(&[TPID_8021Q], bad6(), 443), NotAllowlisted).observing(&["vlan_tagged"]),
+        pass("v6 in QinQ, allowlisted", tagged_syn6(&[TPID_8021AD, TPID_8021Q], ok6(), 443), Allowlisted).observing(&["vlan_tagged"]),
+        drop("three stacked VLAN tags (more than the parser walks)", tagged_syn4(&[TPID_8021AD, TPID_8021Q, TPID_8021Q], ok4(), 443), Malformed).observing(&["vlan_tagged"]),
+        drop("frame ends inside the VLAN tag", ethernet(&[TPID_8021Q], 0x0800, &[])[..16].to_vec(), Malformed),
 
-    // VLAN tags.
-    for (name, tags, ok) in [
-        ("802.1Q, allowlisted", &[TPID_8021Q][..], true),
-        ("802.1Q, not listed", &[TPID_8021Q][..], false),
-        (
-            "QinQ 802.1ad+802.1Q, allowlisted",
-            &[TPID_8021AD, TPID_8021Q][..],
-            true,
-        ),
-        (
-            "QinQ 802.1ad+802.1Q, not listed",
-            &[TPID_8021AD, TPID_8021Q][..],
-            false,
-        ),
-        (
-            "QinQ 0x9100+802.1Q, not listed",
-            &[TPID_QINQ_9100, TPID_8021Q][..],
-            false,
-        ),
-    ] {
-        let src = if ok { ok4() } else { bad4() };
-        let frame = v4(tags, ipv4(src, TCP, &tcp_syn(443), |_| {}));
-        let reason = if ok { Allowlisted } else { NotAllowlisted };
-        c.push(
-            case(name, frame, if ok { PASS } else { DROP }, Exit(reason))
-                .observing(&["vlan_tagged"]),
-        );
-    }
-    c.push(
-        case(
-            "v6 in 802.1Q, not listed",
-            v6(&[TPID_8021Q], ipv6(bad6(), &[], TCP, &tcp_syn(443))),
-            DROP,
-            Exit(NotAllowlisted),
-        )
-        .observing(&["vlan_tagged"]),
-    );
-    c.push(
-        case(
-            "v6 in QinQ, allowlisted",
-            v6(
-                &[TPID_8021AD, TPID_8021Q],
-                ipv6(ok6(), &[], TCP, &tcp_syn(443)),
-            ),
-            PASS,
-            Exit(Allowlisted),
-        )
-        .observing(&["vlan_tagged"]),
-    );
-    c.push(
-        case(
-            "three stacked VLAN tags (more than the parser walks)",
-            v4(
-                &[TPID_8021AD, TPID_8021Q, TPID_8021Q],
-                ipv4(ok4(), TCP, &tcp_syn(443), |_| {}),
-            ),
-            DROP,
-            Exit(Malformed),
-        )
-        .observing(&["vlan_tagged"]),
-    );
-    c.push(drop(
-        "frame ends inside the VLAN tag",
-        ethernet(&[TPID_8021Q], 0x0800, &[])[..16].to_vec(),
-        Malformed,
-    ));
+        // IPv4 header shapes. The common shape takes a shorter way through the parser
+        // (plain IPv4): the don't-fragment flag keeps a datagram on it.
+        drop("v4 with options, not listed", v4(&[], ipv4(bad4(), TCP, &tcp_syn(443), nop_options)), NotAllowlisted).observing(&["ipv4_options"]),
+        pass("v4 with options, allowlisted", v4(&[], ipv4(ok4(), TCP, &tcp_syn(443), nop_options)), Allowlisted).observing(&["ipv4_options"]),
+        drop("v4 SYN with don't-fragment set, not listed", v4(&[], ipv4(bad4(), TCP, &tcp_syn(443), dont_fragment)), NotAllowlisted),
+        pass("v4 SYN with don't-fragment set, allowlisted", v4(&[], ipv4(ok4(), TCP, &tcp_syn(443), dont_fragment)), Allowlisted).hit(RULE_DOC_NET),
+        drop("v4 with 40 bytes of options (IHL 15), not listed", v4(&[], ipv4(bad4(), TCP, &tcp_syn(443), max_options)), NotAllowlisted),
+        pass("v4 with IHL 15 to port 80", v4(&[], ipv4(bad4(), TCP, &tcp_syn(80), max_options)), UnprotectedPort),
+        drop("v4 IHL 0", patch(syn4(bad4(), 443), 14, &[0x40]), Malformed),
+        drop("v4 IHL 4", patch(syn4(bad4(), 443), 14, &[0x44]), Malformed),
+        pass("v4 IHL 4 from an allowlisted source", patch(syn4(ok4(), 443), 14, &[0x44]), Allowlisted),
+        drop("v4 total length beyond the frame", patch(syn4(bad4(), 443), 16, &200u16.to_be_bytes()), Malformed),
+        drop("v4 total length shorter than the header", patch(syn4(bad4(), 443), 16, &16u16.to_be_bytes()), Malformed),
+        drop("v4 EtherType with IP version 6", patch(syn4(bad4(), 443), 14, &[0x65]), Malformed),
+        drop("TCP data offset below 5", patch(syn4(bad4(), 443), 14 + 20 + 12, &[0x40]), Malformed),
 
-    // IPv4 header shapes.
-    let options =
-        |ip: &mut etherparse::Ipv4Header| ip.options = (&[1u8, 1, 1, 0][..]).try_into().unwrap(); // NOP NOP NOP EOL
-    c.push(
-        drop(
-            "v4 with options, not listed",
-            v4(&[], ipv4(bad4(), TCP, &tcp_syn(443), options)),
-            NotAllowlisted,
-        )
-        .observing(&["ipv4_options"]),
-    );
-    c.push(
-        pass(
-            "v4 with options, allowlisted",
-            v4(&[], ipv4(ok4(), TCP, &tcp_syn(443), options)),
-            Allowlisted,
-        )
-        .observing(&["ipv4_options"]),
-    );
-    // The common shape takes a shorter way through the parser (plain IPv4): the
-    // don't-fragment flag keeps a datagram on it.
-    let dont_fragment = |ip: &mut etherparse::Ipv4Header| ip.dont_fragment = true;
-    c.push(drop(
-        "v4 SYN with don't-fragment set, not listed",
-        v4(&[], ipv4(bad4(), TCP, &tcp_syn(443), dont_fragment)),
-        NotAllowlisted,
-    ));
-    c.push(
-        pass(
-            "v4 SYN with don't-fragment set, allowlisted",
-            v4(&[], ipv4(ok4(), TCP, &tcp_syn(443), dont_fragment)),
-            Allowlisted,
-        )
-        .hit(RULE_DOC_NET),
-    );
+        // Truncation at each header.
+        drop("frame ends inside the IPv4 header (before the source)", syn4(bad4(), 443)[..14 + 10].to_vec(), Malformed),
+        drop("frame ends inside the IPv4 header (after the source)", syn4(bad4(), 443)[..14 + 16].to_vec(), Malformed),
+        drop("frame ends inside the TCP header", syn4(bad4(), 443)[..14 + 20 + 10].to_vec(), Malformed),
+        pass("allowlisted frame ending inside the TCP header", syn4(ok4(), 443)[..14 + 20 + 10].to_vec(), Allowlisted),
+        drop("IPv4 length ends inside the TCP header", frame4(bad4(), TCP, &tcp_syn(443)[..10]), Malformed),
+        drop("frame ends inside the IPv6 header", syn6(bad6(), 443)[..14 + 30].to_vec(), Malformed),
+        drop("frame ends inside the TCP header after IPv6", syn6(bad6(), 443)[..14 + 40 + 6].to_vec(), Malformed),
+        drop("frame ends inside an IPv6 extension header", frame6(bad6(), &[Ext::HopByHop, Ext::DestOpts], TCP, &tcp_syn(443))[..14 + 40 + 8 + 1].to_vec(), Malformed),
+        drop("v6 EtherType with IP version 4", patch(syn6(bad6(), 443), 14, &[0x40]), Malformed),
+        drop("v6 payload length beyond the frame", patch(syn6(bad6(), 443), 14 + 4, &400u16.to_be_bytes()), Malformed),
 
-    let max_options =
-        |ip: &mut etherparse::Ipv4Header| ip.options = (&[1u8; 40][..]).try_into().unwrap();
-    c.push(drop(
-        "v4 with 40 bytes of options (IHL 15), not listed",
-        v4(&[], ipv4(bad4(), TCP, &tcp_syn(443), max_options)),
-        NotAllowlisted,
-    ));
-    c.push(pass(
-        "v4 with IHL 15 to port 80",
-        v4(&[], ipv4(bad4(), TCP, &tcp_syn(80), max_options)),
-        UnprotectedPort,
-    ));
-    for ihl in [0u8, 4] {
-        let mut frame = syn4(bad4(), 443);
-        frame[14] = 0x40 | ihl;
-        c.push(drop(
-            if ihl == 0 { "v4 IHL 0" } else { "v4 IHL 4" },
-            frame,
-            Malformed,
-        ));
-    }
-    let mut frame = syn4(ok4(), 443);
-    frame[14] = 0x44;
-    c.push(pass(
-        "v4 IHL 4 from an allowlisted source",
-        frame,
-        Allowlisted,
-    ));
-    let mut frame = syn4(bad4(), 443);
-    frame[16..18].copy_from_slice(&200u16.to_be_bytes());
-    c.push(drop("v4 total length beyond the frame", frame, Malformed));
-    let mut frame = syn4(bad4(), 443);
-    frame[16..18].copy_from_slice(&16u16.to_be_bytes());
-    c.push(drop(
-        "v4 total length shorter than the header",
-        frame,
-        Malformed,
-    ));
-    let mut frame = syn4(bad4(), 443);
-    frame[14] = 0x65; // version 6 in an IPv4 EtherType
-    c.push(drop("v4 EtherType with IP version 6", frame, Malformed));
-    let mut frame = syn4(bad4(), 443);
-    frame[14 + 20 + 12] = 0x40; // TCP data offset 4
-    c.push(drop("TCP data offset below 5", frame, Malformed));
+        // IPv4 fragments.
+        drop("v4 first fragment to 443, not listed", first4(bad4(), 443, 7), NotAllowlisted).observing(&["fragment"]),
+        drop("v4 later fragment of that datagram", later4(bad4(), TCP, 7), FragmentUnknown).observing(&["fragment"]),
+        pass("v4 first fragment to 80", first4(bad4(), 80, 8), UnprotectedPort).observing(&["fragment"]),
+        pass("v4 later fragment of the port-80 datagram", later4(bad4(), TCP, 8), FragmentOfPassed),
+        drop("v4 later TCP fragment with no first fragment", later4(bad4(), TCP, 9), FragmentUnknown),
+        pass("v4 later fragment from an allowlisted source", later4(ok4(), TCP, 10), Allowlisted),
+        pass("v4 later UDP fragment", later4(bad4(), UDP, 11), NotTcp),
+        drop("v4 later GRE fragment, not listed", later4(bad4(), 47, 12), FragmentUnknown),
+        drop("v4 tiny first fragment splitting the TCP header", v4(&[], ipv4(bad4(), TCP, &tcp_syn(443)[..8], |ip| fragment(ip, 13, 0, true))), Malformed),
 
-    // Truncation at each header.
-    c.push(drop(
-        "frame ends inside the IPv4 header (before the source)",
-        syn4(bad4(), 443)[..14 + 10].to_vec(),
-        Malformed,
-    ));
-    c.push(drop(
-        "frame ends inside the IPv4 header (after the source)",
-        syn4(bad4(), 443)[..14 + 16].to_vec(),
-        Malformed,
-    ));
-    c.push(drop(
-        "frame ends inside the TCP header",
-        syn4(bad4(), 443)[..14 + 20 + 10].to_vec(),
-        Malformed,
-    ));
-    c.push(pass(
-        "allowlisted frame ending inside the TCP header",
-        syn4(ok4(), 443)[..14 + 20 + 10].to_vec(),
-        Allowlisted,
-    ));
-    c.push(drop(
-        "IPv4 length ends inside the TCP header",
-        v4(&[], ipv4(bad4(), TCP, &tcp_syn(443)[..10], |_| {})),
-        Malformed,
-    ));
-    c.push(drop(
-        "frame ends inside the IPv6 header",
-        syn6(bad6(), 443)[..14 + 30].to_vec(),
-        Malformed,
-    ));
-    c.push(drop(
-        "frame ends inside the TCP header after IPv6",
-        syn6(bad6(), 443)[..14 + 40 + 6].to_vec(),
-        Malformed,
-    ));
-    let frame = v6(
-        &[],
-        ipv6(bad6(), &[Ext::HopByHop, Ext::DestOpts], TCP, &tcp_syn(443)),
-    );
-    c.push(drop(
-        "frame ends inside an IPv6 extension header",
-        frame[..14 + 40 + 8 + 1].to_vec(),
-        Malformed,
-    ));
-    let mut frame = syn6(bad6(), 443);
-    frame[14] = 0x40;
-    c.push(drop("v6 EtherType with IP version 4", frame, Malformed));
-    let mut frame = syn6(bad6(), 443);
-    frame[14 + 4..14 + 6].copy_from_slice(&400u16.to_be_bytes());
-    c.push(drop("v6 payload length beyond the frame", frame, Malformed));
+        // IPv6 extension headers, each in front of a SYN to 443.
+        drop("v6 hop-by-hop, then SYN to 443, not listed", frame6(bad6(), &[Ext::HopByHop], TCP, &tcp_syn(443)), NotAllowlisted).observing(&["ipv6_ext_headers"]),
+        pass("v6 hop-by-hop, then SYN to 443, allowlisted", frame6(ok6(), &[Ext::HopByHop], TCP, &tcp_syn(443)), Allowlisted).observing(&["ipv6_ext_headers"]),
+        drop("v6 routing, then SYN to 443, not listed", frame6(bad6(), &[Ext::Routing], TCP, &tcp_syn(443)), NotAllowlisted).observing(&["ipv6_ext_headers"]),
+        pass("v6 routing, then SYN to 443, allowlisted", frame6(ok6(), &[Ext::Routing], TCP, &tcp_syn(443)), Allowlisted).observing(&["ipv6_ext_headers"]),
+        drop("v6 destination options, then SYN to 443, not listed", frame6(bad6(), &[Ext::DestOpts], TCP, &tcp_syn(443)), NotAllowlisted).observing(&["ipv6_ext_headers"]),
+        pass("v6 destination options, then SYN to 443, allowlisted", frame6(ok6(), &[Ext::DestOpts], TCP, &tcp_syn(443)), Allowlisted).observing(&["ipv6_ext_headers"]),
+        drop("v6 authentication header, then SYN to 443, not listed", frame6(bad6(), &[Ext::Auth], TCP, &tcp_syn(443)), NotAllowlisted).observing(&["ipv6_ext_headers"]),
+        pass("v6 authentication header, then SYN to 443, allowlisted", frame6(ok6(), &[Ext::Auth], TCP, &tcp_syn(443)), Allowlisted).observing(&["ipv6_ext_headers"]),
+        drop("v6 atomic fragment header, then SYN to 443, not listed", frame6(bad6(), &[frag6(0, false, 99)], TCP, &tcp_syn(443)), NotAllowlisted).observing(&["ipv6_ext_headers"]),
+        pass("v6 atomic fragment header, then SYN to 443, allowlisted", frame6(ok6(), &[frag6(0, false, 99)], TCP, &tcp_syn(443)), Allowlisted).observing(&["ipv6_ext_headers"]),
+        drop("v6 chain at the bound, not listed", frame6(bad6(), &chain(MAX_IPV6_EXT_HEADERS), TCP, &tcp_syn(443)), NotAllowlisted),
+        pass("v6 chain at the bound to port 80", frame6(bad6(), &chain(MAX_IPV6_EXT_HEADERS), TCP, &tcp_syn(80)), UnprotectedPort),
+        drop("v6 chain longer than the bound", frame6(bad6(), &chain(MAX_IPV6_EXT_HEADERS + 1), TCP, &tcp_syn(80)), ExtHeaderLimit),
+        pass("v6 chain longer than the bound, allowlisted", frame6(ok6(), &chain(MAX_IPV6_EXT_HEADERS + 1), TCP, &tcp_syn(443)), Allowlisted),
+        pass("v6 no next header", frame6(bad6(), &[Ext::DestOpts], 59, &[]), NotTcp),
 
-    // IPv4 fragments.
-    let first_to = |src, port, id| {
-        v4(
-            &[],
-            ipv4(src, TCP, &tcp_syn(port), |ip| fragment(ip, id, 0, true)),
-        )
-    };
-    let later = |src, proto, id| {
-        v4(
-            &[],
-            ipv4(src, proto, &[0u8; 16], |ip| fragment(ip, id, 3, false)),
-        )
-    };
-    c.push(
-        drop(
-            "v4 first fragment to 443, not listed",
-            first_to(bad4(), 443, 7),
-            NotAllowlisted,
-        )
-        .observing(&["fragment"]),
-    );
-    c.push(
-        drop(
-            "v4 later fragment of that datagram",
-            later(bad4(), TCP, 7),
-            FragmentUnknown,
-        )
-        .observing(&["fragment"]),
-    );
-    c.push(
-        pass(
-            "v4 first fragment to 80",
-            first_to(bad4(), 80, 8),
-            UnprotectedPort,
-        )
-        .observing(&["fragment"]),
-    );
-    c.push(pass(
-        "v4 later fragment of the port-80 datagram",
-        later(bad4(), TCP, 8),
-        FragmentOfPassed,
-    ));
-    c.push(drop(
-        "v4 later TCP fragment with no first fragment",
-        later(bad4(), TCP, 9),
-        FragmentUnknown,
-    ));
-    c.push(pass(
-        "v4 later fragment from an allowlisted source",
-        later(ok4(), TCP, 10),
-        Allowlisted,
-    ));
-    c.push(pass(
-        "v4 later UDP fragment",
-        later(bad4(), UDP, 11),
-        NotTcp,
-    ));
-    c.push(drop(
-        "v4 later GRE fragment, not listed",
-        later(bad4(), 47, 12),
-        FragmentUnknown,
-    ));
-    c.push(drop(
-        "v4 tiny first fragment splitting the TCP header",
-        v4(
-            &[],
-            ipv4(bad4(), TCP, &tcp_syn(443)[..8], |ip| {
-                fragment(ip, 13, 0, true)
-            }),
-        ),
-        Malformed,
-    ));
+        // IPv6 fragments.
+        drop("v6 first fragment to 443, not listed", frame6(bad6(), &[frag6(0, true, 21)], TCP, &tcp_syn(443)), NotAllowlisted).observing(&["fragment"]),
+        drop("v6 later fragment of that datagram", frame6(bad6(), &[frag6(2, false, 21)], TCP, &[0; 16]), FragmentUnknown).observing(&["fragment"]),
+        pass("v6 first fragment to 80", frame6(bad6(), &[frag6(0, true, 22)], TCP, &tcp_syn(80)), UnprotectedPort),
+        pass("v6 later fragment of the port-80 datagram", frame6(bad6(), &[frag6(2, false, 22)], TCP, &[0; 16]), FragmentOfPassed),
+        pass("v6 first fragment of a UDP datagram", frame6(bad6(), &[frag6(0, true, 23)], UDP, &udp(53)), NotTcp),
+        pass("v6 later fragment of the UDP datagram", frame6(bad6(), &[frag6(2, false, 23)], UDP, &[0; 16]), FragmentOfPassed),
+        drop("v6 later fragment claiming UDP, no first fragment (the next header of a later fragment is not trusted)", frame6(bad6(), &[frag6(2, false, 24)], UDP, &[0; 16]), FragmentUnknown),
+        pass("v6 later fragment from an allowlisted source", frame6(ok6(), &[frag6(2, false, 25)], TCP, &[0; 16]), Allowlisted),
+        drop("v6 first fragment with the TCP header cut off", frame6(bad6(), &[frag6(0, true, 26)], TCP, &tcp_syn(443)[..8]), Malformed),
 
-    // IPv6 extension headers, each in front of a SYN to 443.
-    for (name, ext) in [
-        ("hop-by-hop", Ext::HopByHop),
-        ("routing", Ext::Routing),
-        ("destination options", Ext::DestOpts),
-        ("authentication header", Ext::Auth),
-        (
-            "atomic fragment header",
-            Ext::Fragment {
-                offset_units: 0,
-                more: false,
-                id: 99,
-            },
-        ),
-    ] {
-        let denied = v6(
-            &[],
-            ipv6(bad6(), std::slice::from_ref(&ext), TCP, &tcp_syn(443)),
-        );
-        let allowed = v6(
-            &[],
-            ipv6(ok6(), std::slice::from_ref(&ext), TCP, &tcp_syn(443)),
-        );
-        let leak = Box::leak(format!("v6 {name}, then SYN to 443, not listed").into_boxed_str());
-        c.push(drop(leak, denied, NotAllowlisted).observing(&["ipv6_ext_headers"]));
-        let leak = Box::leak(format!("v6 {name}, then SYN to 443, allowlisted").into_boxed_str());
-        c.push(pass(leak, allowed, Allowlisted).observing(&["ipv6_ext_headers"]));
-    }
-    let chain = |n: usize| vec![Ext::DestOpts; n];
-    let limit = allowlist_common::MAX_IPV6_EXT_HEADERS;
-    c.push(drop(
-        "v6 chain at the bound, not listed",
-        v6(&[], ipv6(bad6(), &chain(limit), TCP, &tcp_syn(443))),
-        NotAllowlisted,
-    ));
-    c.push(pass(
-        "v6 chain at the bound to port 80",
-        v6(&[], ipv6(bad6(), &chain(limit), TCP, &tcp_syn(80))),
-        UnprotectedPort,
-    ));
-    c.push(drop(
-        "v6 chain longer than the bound",
-        v6(&[], ipv6(bad6(), &chain(limit + 1), TCP, &tcp_syn(80))),
-        ExtHeaderLimit,
-    ));
-    c.push(pass(
-        "v6 chain longer than the bound, allowlisted",
-        v6(&[], ipv6(ok6(), &chain(limit + 1), TCP, &tcp_syn(443))),
-        Allowlisted,
-    ));
-    c.push(pass(
-        "v6 no next header",
-        v6(&[], ipv6(bad6(), &[Ext::DestOpts], 59, &[])),
-        NotTcp,
-    ));
+        // Tunnels and encrypted payloads.
+        drop("IP-in-IP, not listed", frame4(bad4(), 4, &[0; 40]), Tunnel),
+        drop("IPv6-in-IPv4, not listed", frame4(bad4(), 41, &[0; 40]), Tunnel),
+        drop("GRE, not listed", frame4(bad4(), 47, &[0; 40]), Tunnel),
+        drop("ESP, not listed", frame4(bad4(), 50, &[0; 40]), Tunnel),
+        drop("IPv4 AH, not listed", frame4(bad4(), 51, &[0; 40]), Tunnel),
+        pass("GRE from an allowlisted source", frame4(ok4(), 47, &[0; 40]), Allowlisted),
+        drop("v6 ESP, not listed", frame6(bad6(), &[], 50, &[0; 40]), Tunnel),
+        drop("IPv4-in-IPv6, not listed", frame6(bad6(), &[], 4, &[0; 40]), Tunnel),
 
-    // IPv6 fragments.
-    let frag = |offset_units, more, id| Ext::Fragment {
-        offset_units,
-        more,
-        id,
-    };
-    c.push(
-        drop(
-            "v6 first fragment to 443, not listed",
-            v6(&[], ipv6(bad6(), &[frag(0, true, 21)], TCP, &tcp_syn(443))),
-            NotAllowlisted,
-        )
-        .observing(&["fragment"]),
-    );
-    c.push(
-        drop(
-            "v6 later fragment of that datagram",
-            v6(&[], ipv6(bad6(), &[frag(2, false, 21)], TCP, &[0; 16])),
-            FragmentUnknown,
-        )
-        .observing(&["fragment"]),
-    );
-    c.push(pass(
-        "v6 first fragment to 80",
-        v6(&[], ipv6(bad6(), &[frag(0, true, 22)], TCP, &tcp_syn(80))),
-        UnprotectedPort,
-    ));
-    c.push(pass(
-        "v6 later fragment of the port-80 datagram",
-        v6(&[], ipv6(bad6(), &[frag(2, false, 22)], TCP, &[0; 16])),
-        FragmentOfPassed,
-    ));
-    c.push(pass(
-        "v6 first fragment of a UDP datagram",
-        v6(&[], ipv6(bad6(), &[frag(0, true, 23)], UDP, &udp(53))),
-        NotTcp,
-    ));
-    c.push(pass(
-        "v6 later fragment of the UDP datagram",
-        v6(&[], ipv6(bad6(), &[frag(2, false, 23)], UDP, &[0; 16])),
-        FragmentOfPassed,
-    ));
-    c.push(drop(
-        "v6 later fragment claiming UDP, no first fragment (the next header of a later fragment is not trusted)",
-        v6(&[], ipv6(bad6(), &[frag(2, false, 24)], UDP, &[0; 16])),
-        FragmentUnknown,
-    ));
-    c.push(pass(
-        "v6 later fragment from an allowlisted source",
-        v6(&[], ipv6(ok6(), &[frag(2, false, 25)], TCP, &[0; 16])),
-        Allowlisted,
-    ));
-    c.push(drop(
-        "v6 first fragment with the TCP header cut off",
-        v6(
-            &[],
-            ipv6(bad6(), &[frag(0, true, 26)], TCP, &tcp_syn(443)[..8]),
-        ),
-        Malformed,
-    ));
-
-    // Tunnels and encrypted payloads.
-    for (name, proto) in [
-        ("IP-in-IP", 4u8),
-        ("IPv6-in-IPv4", 41),
-        ("GRE", 47),
-        ("ESP", 50),
-        ("IPv4 AH", 51),
-    ] {
-        let leak = Box::leak(format!("{name}, not listed").into_boxed_str());
-        c.push(drop(
-            leak,
-            v4(&[], ipv4(bad4(), proto, &[0u8; 40], |_| {})),
-            Tunnel,
-        ));
-    }
-    c.push(pass(
-        "GRE from an allowlisted source",
-        v4(&[], ipv4(ok4(), 47, &[0u8; 40], |_| {})),
-        Allowlisted,
-    ));
-    c.push(drop(
-        "v6 ESP, not listed",
-        v6(&[], ipv6(bad6(), &[], 50, &[0u8; 40])),
-        Tunnel,
-    ));
-    c.push(drop(
-        "IPv4-in-IPv6, not listed",
-        v6(&[], ipv6(bad6(), &[], 4, &[0u8; 40])),
-        Tunnel,
-    ));
-
-    // Run-time settings.
-    c.push(
-        case(
-            "monitor mode: denied SYN passes and counts a would-drop",
-            syn4(bad4(), 443),
-            PASS,
-            WouldDrop(NotAllowlisted),
-        )
-        .with(
-            |m| m.set_monitor(true).unwrap(),
-            |m| m.set_monitor(false).unwrap(),
-        ),
-    );
-    c.push(
-        case(
-            "monitor mode: malformed frame passes and counts a would-drop",
-            syn4(bad4(), 443)[..14 + 20 + 10].to_vec(),
-            PASS,
-            WouldDrop(Malformed),
-        )
-        .with(
-            |m| m.set_monitor(true).unwrap(),
-            |m| m.set_monitor(false).unwrap(),
-        ),
-    );
-    c.push(
-        case(
-            "monitor mode: allowlisted SYN still counts as allowlisted",
-            syn4(ok4(), 443),
-            PASS,
-            Exit(Allowlisted),
-        )
-        .with(
-            |m| m.set_monitor(true).unwrap(),
-            |m| m.set_monitor(false).unwrap(),
-        ),
-    );
-    c.push(drop(
-        "back in enforce mode, denied SYN drops",
-        syn4(bad4(), 443),
-        NotAllowlisted,
-    ));
-    let ports_8443 = |m: &mut Maps| m.set_ports(&BTreeSet::from([8443])).unwrap();
-    let ports_443 = |m: &mut Maps| m.set_ports(&BTreeSet::from([443])).unwrap();
-    c.push(
-        pass(
-            "protected ports changed to {8443}: 443 no longer protected",
-            syn4(bad4(), 443),
-            UnprotectedPort,
-        )
-        .with(ports_8443, ports_443),
-    );
-    c.push(
-        drop(
-            "protected ports changed to {8443}: 8443 protected",
-            syn4(bad4(), 8443),
-            NotAllowlisted,
-        )
-        .with(ports_8443, ports_443),
-    );
-    c.push(drop(
-        "protected ports back to {443}",
-        syn4(bad4(), 443),
-        NotAllowlisted,
-    ));
-    c
+        // Run-time settings.
+        case("monitor mode: denied SYN passes and counts a would-drop", syn4(bad4(), 443), PASS, WouldDrop(NotAllowlisted)).with(monitor_on, monitor_off),
+        case("monitor mode: malformed frame passes and counts a would-drop", syn4(bad4(), 443)[..14 + 20 + 10].to_vec(), PASS, WouldDrop(Malformed)).with(monitor_on, monitor_off),
+        case("monitor mode: allowlisted SYN still counts as allowlisted", syn4(ok4(), 443), PASS, Exit(Allowlisted)).with(monitor_on, monitor_off),
+        drop("back in enforce mode, denied SYN drops", syn4(bad4(), 443), NotAllowlisted),
+        pass("protected ports changed to {8443}: 443 no longer protected", syn4(bad4(), 443), UnprotectedPort).with(ports_8443, ports_443),
+        drop("protected ports changed to {8443}: 8443 protected", syn4(bad4(), 8443), NotAllowlisted).with(ports_8443, ports_443),
+        drop("protected ports back to {443}", syn4(bad4(), 443), NotAllowlisted),
+    ]
 }
 
 struct Harness {

@@ -16,7 +16,7 @@ use allowlist_tests::{
     provider_server::Response,
     world::{
         self, CLIENT_A, CLIENT_A6, CLIENT_B, CLIENT_B6, CLIENT_C, DOCUMENT_PATH, World,
-        intercom_document, provider_toml,
+        intercom_document, provider_toml, static_provider_toml,
     },
 };
 
@@ -81,8 +81,7 @@ fn demo() -> Result<(), String> {
         provider.url(DOCUMENT_PATH)
     );
     let metrics = world.free_port();
-    let office =
-        "\n[[provider]]\nname = \"office\"\n[[provider.source]]\nstatic = [\"2001:db8:a::/64\"]\n";
+    let office = static_provider_toml("office", &["2001:db8:a::/64"]);
     let config = world.config(
         &format!("refresh = \"2s\"\nmetrics = \"127.0.0.1:{metrics}\""),
         &format!("{}{office}", provider_toml("intercom", &provider)),
