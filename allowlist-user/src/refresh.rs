@@ -7,8 +7,6 @@
 
 use std::{collections::HashSet, time::SystemTime};
 
-use allowlist_common::{MAX_PREFIXES_V4, MAX_PREFIXES_V6, maps};
-
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
@@ -17,6 +15,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::{
     config::{Config, Guards, Location, Source},
     fetch::{self, Conditional, FetchOutcome, Fetcher},
+    guards::{self, Refusal},
     prefixes::{self, Allowlist},
     source,
     state::{self, SourceState, StateError, StateStore, rfc3339},
@@ -271,7 +270,8 @@ impl Refresher {
                         prefixes::validate(&entries, &id, slot.source.trust(), &self.guards)
                             .map_err(|e| e.to_string())
                             .and_then(|valid| {
-                                check_capacity(&valid.prefixes, &HashSet::new(), &id)?;
+                                guards::capacity(&id, &valid.prefixes, &HashSet::new())
+                                    .map_err(|e| e.to_string())?;
                                 Ok(valid)
                             });
                     match valid {
@@ -435,15 +435,6 @@ async fn retrieve(
     }
 }
 
-/// Whether serial `new` is older than `old`: numerically when both are numbers, else
-/// as strings of equal length (ISO dates); other pairs are not comparable.
-pub fn serial_is_older(new: &str, old: &str) -> bool {
-    match (new.parse::<u128>(), old.parse::<u128>()) {
-        (Ok(n), Ok(o)) => n < o,
-        _ => new.len() == old.len() && new < old,
-    }
-}
-
 /// What judging one source's update needs besides the source.
 struct Context<'a> {
     guards: &'a Guards,
@@ -461,48 +452,6 @@ fn others_in_force(slots: &[Slot], except: usize) -> HashSet<IpNet> {
         .filter(|(i, _)| *i != except)
         .flat_map(|(_, s)| s.current.iter().copied())
         .collect()
-}
-
-/// Refuses a list that cannot fit in the maps beside the other sources' prefixes:
-/// the sync would fail, and the list must never become the last good one.
-fn check_capacity(new: &[IpNet], others: &HashSet<IpNet>, source_id: &str) -> Result<(), String> {
-    let is_v4 = |n: &&IpNet| matches!(n, IpNet::V4(_));
-    let own_v4 = new.iter().filter(is_v4).count();
-    let own_v6 = new.len() - own_v4;
-    let others_v4 = others.iter().filter(is_v4).count();
-    let others_v6 = others.len() - others_v4;
-    let added_v4 = new
-        .iter()
-        .filter(is_v4)
-        .filter(|n| !others.contains(n))
-        .count();
-    let added_v6 = new
-        .iter()
-        .filter(|n| !is_v4(n) && !others.contains(n))
-        .count();
-    for (family, own, needed, capacity, map) in [
-        (
-            "IPv4",
-            own_v4,
-            others_v4 + added_v4,
-            MAX_PREFIXES_V4,
-            maps::ALLOW_V4,
-        ),
-        (
-            "IPv6",
-            own_v6,
-            others_v6 + added_v6,
-            MAX_PREFIXES_V6,
-            maps::ALLOW_V6,
-        ),
-    ] {
-        if needed > capacity {
-            return Err(format!(
-                "source {source_id} lists {own} {family} prefixes after aggregation; with the other sources' the allowlist would need {needed} entries, and map {map} holds at most {capacity}: refused, the list in force stays (a list this large is likely broken; if it is genuine, select fewer ranges from it)"
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn apply(
@@ -565,9 +514,11 @@ fn apply(
             warn!(source = %id, %error, "refresh failed; keeping the list in force");
             Outcome::Failed { error }
         }
-        Err(Rejected::Refused(reason)) => {
-            warn!(source = %id, %reason, "update refused; keeping the list in force");
-            Outcome::Refused { reason }
+        Err(Rejected::Refused(refusal)) => {
+            warn!(source = %id, reason = %refusal, "update refused; keeping the list in force");
+            Outcome::Refused {
+                reason: refusal.to_string(),
+            }
         }
     };
     let status = &mut slot.status;
@@ -612,7 +563,7 @@ enum Accepted {
 
 enum Rejected {
     Failed(String),
-    Refused(String),
+    Refused(Refusal),
 }
 
 fn evaluate(
@@ -658,35 +609,21 @@ fn evaluate(
     warnings.extend(validated.warnings);
     let new = validated.prefixes;
 
-    if let (Some(new_serial), Some(old_serial)) = (
-        &parsed.serial,
-        slot.state.as_ref().and_then(|s| s.serial.as_ref()),
-    ) && serial_is_older(new_serial, old_serial)
-    {
-        return Err(Rejected::Refused(format!(
-            "the document's serial {new_serial} is older than the serial {old_serial} of the list in force"
-        )));
-    }
-    let forced = options.force || source.force;
-    if new.is_empty() && !guards.allow_empty && !forced {
-        return Err(Rejected::Refused(format!(
-            "the update selects no prefixes ({} entries read); refused: set guards.allow_empty, force = true on the source, or use --force",
-            parsed.entries.len()
-        )));
-    }
-    let last_good = matches!(slot.status.in_force, SetOrigin::State | SetOrigin::Fetched);
-    let allowed_empty = new.is_empty() && guards.allow_empty;
-    if last_good && !forced && !allowed_empty {
-        let fraction = prefixes::shrink_fraction(&slot.current, &new);
-        if fraction > guards.max_shrink {
-            return Err(Rejected::Refused(format!(
-                "the update would remove {:.1}% of the addresses in force (more than guards.max_shrink = {}%); refused: use force = true on the source or --force to accept it",
-                fraction * 100.0,
-                guards.max_shrink * 100.0
-            )));
-        }
-    }
-    check_capacity(&new, context.others, &source.id).map_err(Rejected::Refused)?;
+    let last_good = slot
+        .state
+        .as_ref()
+        .filter(|_| matches!(slot.status.in_force, SetOrigin::State | SetOrigin::Fetched));
+    let update = guards::Update {
+        source_id: &source.id,
+        new: &new,
+        entries: parsed.entries.len(),
+        new_serial: parsed.serial.as_deref(),
+        last_good: last_good.map(|_| slot.current.as_slice()),
+        last_serial: slot.state.as_ref().and_then(|s| s.serial.as_deref()),
+        others: context.others,
+        forced: options.force || source.force,
+    };
+    guards::check(guards, &update).map_err(Rejected::Refused)?;
     Ok(Accepted::Set(SourceState {
         version: state::STATE_VERSION,
         source_id: source.id.clone(),
@@ -1118,9 +1055,6 @@ as_of = "2026-11-02"
                 removed: 0
             }
         ));
-        assert!(serial_is_older("2025-07-24", "2025-07-25"));
-        assert!(!serial_is_older("100", "99"));
-        assert!(!serial_is_older("abc", "abcd"));
     }
 
     #[tokio::test]
