@@ -459,6 +459,7 @@ impl Agent {
         self.publish();
     }
 
+    /// Counts a refresh's results (the refresher logged them).
     fn record(&mut self, report: &RefreshReport) {
         for source in &report.sources {
             if source.save_failed {
@@ -471,18 +472,6 @@ impl Agent {
                     .or_default()
                     .entry(label.to_owned())
                     .or_default() += 1;
-            }
-            match &source.outcome {
-                Outcome::Failed { error } => {
-                    warn!(source = %source.id, %error, "refresh failed; keeping the last good list")
-                }
-                Outcome::Refused { reason } => {
-                    warn!(source = %source.id, %reason, "update refused; keeping the last good list")
-                }
-                Outcome::Updated { added, removed } => {
-                    info!(source = %source.id, added, removed, "list updated")
-                }
-                _ => {}
             }
         }
     }

@@ -1,24 +1,29 @@
-//! One refresh cycle with the fail-safe guards.
+//! One refresh cycle.
 //!
 //! Every source always has a set in force: its last good set (from disk or the last
 //! accepted fetch), else the preset's embedded snapshot, else its static list. A
 //! refresh only replaces that set with a fetched one that parses, validates and
-//! passes the guards; anything else keeps the set in force and is reported.
+//! passes the [guards](crate::guards); anything else keeps the set in force and is
+//! reported. What an operator sees of a source ([`SourceStatus`]) is derived from
+//! its set in force and the history of its refreshes, which a reload keeps.
 
-use std::{collections::HashSet, time::SystemTime};
+use std::{collections::HashSet, fmt, sync::Arc, time::SystemTime};
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use reqwest::Url;
+use serde::{Deserialize, Serialize, Serializer};
+use thiserror::Error;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
-    config::{Config, Guards, Location, Source},
-    fetch::{self, Conditional, FetchOutcome, Fetcher},
+    config::{Config, Guards, Location, Source, StaticList},
+    fetch::{self, Conditional, FetchError, FetchOutcome, Fetcher},
     guards::{self, Refusal},
-    prefixes::{self, Allowlist},
-    source,
-    state::{self, SourceState, StateError, StateStore, rfc3339},
+    prefixes::{self, Allowlist, PrefixError},
+    source::{self, SourceError},
+    state::{self, SavedList, StateError, StateStore},
+    status::SourceStatus,
 };
 
 /// Per-call overrides.
@@ -44,41 +49,35 @@ pub enum SetOrigin {
     Fetched,
 }
 
-/// What the operator sees for one source; serialisable for the CLI and status file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SourceStatus {
-    pub id: String,
-    pub provider: String,
-    /// `url`, `file` or `static`.
-    pub kind: String,
-    /// The URL or path (`static` for inline lists).
-    pub location: String,
-    pub in_force: SetOrigin,
-    /// The date of the snapshot or static list in force, if that is what is in force.
-    pub as_of: Option<String>,
-    /// When the set in force was fetched (state or fetch).
-    #[serde(with = "rfc3339::option")]
-    pub fetched_at: Option<SystemTime>,
-    #[serde(with = "rfc3339::option")]
-    pub last_attempt: Option<SystemTime>,
-    #[serde(with = "rfc3339::option")]
-    pub last_success: Option<SystemTime>,
-    /// When a fetch last changed the set in force.
-    #[serde(with = "rfc3339::option")]
-    pub last_change: Option<SystemTime>,
-    /// The error of the last attempt (fetch, parse, validation or guard), if it failed.
-    pub last_error: Option<String>,
-    /// Attempts in a row that did not succeed (failures and refusals).
-    pub consecutive_failures: u32,
-    /// Whether the last attempt was refused by a guard.
-    pub refused: bool,
-    /// Updates refused by a guard since start-up.
-    pub refusals: u64,
-    /// Attempts that failed (fetch, parse, validation) since start-up.
-    pub failures: u64,
-    pub prefixes_v4: usize,
-    pub prefixes_v6: usize,
-    pub serial: Option<String>,
+/// Why a fetched list could not be taken: the fetch, the document or its entries.
+#[derive(Debug, Error)]
+pub enum Failure {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("{error}{}", redirect_note(.redirected_to.as_ref()))]
+    Parse {
+        error: SourceError,
+        /// Where the document came from, when a redirect left the configured origin.
+        redirected_to: Option<Url>,
+    },
+    #[error(transparent)]
+    Invalid(#[from] PrefixError),
+    #[error("304 Not Modified, but no document is stored")]
+    NotModifiedWithoutDocument,
+    #[error("the fetch task did not complete")]
+    TaskLost,
+}
+
+fn redirect_note(url: Option<&Url>) -> String {
+    url.map(|url| format!(" (redirected to {url})"))
+        .unwrap_or_default()
+}
+
+/// Failures are equal when they say the same: the I/O errors inside have no equality.
+impl PartialEq for Failure {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
 }
 
 /// The result of one source in one refresh.
@@ -94,9 +93,20 @@ pub enum Outcome {
     /// 304 Not Modified.
     NotModified,
     /// Fetch, parse or validation failed; the set in force is kept.
-    Failed { error: String },
+    Failed {
+        #[serde(serialize_with = "as_text")]
+        error: Arc<Failure>,
+    },
     /// A guard refused the update; the set in force is kept.
-    Refused { reason: String },
+    Refused {
+        #[serde(serialize_with = "as_text")]
+        reason: Refusal,
+    },
+}
+
+/// Errors are serialised as their message.
+fn as_text<T: fmt::Display, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -147,37 +157,161 @@ impl RefreshReport {
     }
 }
 
+/// A source's set in force, and where it came from.
+enum InForce {
+    /// Nothing yet: a url or file source without saved list or snapshot.
+    Nothing,
+    /// The configuration's static list.
+    Static(StaticList),
+    /// A preset's embedded snapshot.
+    Snapshot(StaticList),
+    /// The last good list, saved by an earlier run.
+    Saved(SavedList),
+    /// The last good list, accepted by a fetch during this run.
+    Fetched(SavedList),
+}
+
+impl InForce {
+    fn origin(&self) -> SetOrigin {
+        match self {
+            InForce::Nothing => SetOrigin::None,
+            InForce::Static(_) => SetOrigin::Static,
+            InForce::Snapshot(_) => SetOrigin::Snapshot,
+            InForce::Saved(_) => SetOrigin::State,
+            InForce::Fetched(_) => SetOrigin::Fetched,
+        }
+    }
+
+    /// Aggregated.
+    fn prefixes(&self) -> &[IpNet] {
+        match self {
+            InForce::Nothing => &[],
+            InForce::Static(list) | InForce::Snapshot(list) => &list.prefixes,
+            InForce::Saved(list) | InForce::Fetched(list) => &list.prefixes,
+        }
+    }
+
+    /// The date of a static list or snapshot.
+    fn as_of(&self) -> Option<&str> {
+        match self {
+            InForce::Static(list) | InForce::Snapshot(list) => list.as_of.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The last good list, saved or fetched: what the guards protect, and the
+    /// validators of the next conditional request.
+    fn last_good(&self) -> Option<&SavedList> {
+        match self {
+            InForce::Saved(list) | InForce::Fetched(list) => Some(list),
+            _ => None,
+        }
+    }
+
+    fn last_good_mut(&mut self) -> Option<&mut SavedList> {
+        match self {
+            InForce::Saved(list) | InForce::Fetched(list) => Some(list),
+            _ => None,
+        }
+    }
+}
+
+/// What the refreshes of one source did. A reload keeps it while the source's
+/// definition stays.
+#[derive(Default)]
+struct History {
+    last_attempt: Option<SystemTime>,
+    last_success: Option<SystemTime>,
+    /// When a fetch last changed the set in force.
+    last_change: Option<SystemTime>,
+    last_error: Option<LastError>,
+    /// Attempts in a row that did not succeed (failures and refusals).
+    consecutive_failures: u32,
+    failures: u64,
+    refusals: u64,
+}
+
+/// Why the last attempt did not fully succeed.
+#[derive(Debug, Error)]
+enum LastError {
+    #[error(transparent)]
+    Failed(Arc<Failure>),
+    #[error(transparent)]
+    Refused(Refusal),
+    /// The list was accepted and is in force, but a restart would not find it.
+    #[error("the list is in force but could not be saved: {0}")]
+    NotSaved(StateError),
+}
+
+impl History {
+    fn record(&mut self, now: SystemTime, outcome: &Outcome, not_saved: Option<LastError>) {
+        self.last_attempt = Some(now);
+        match outcome {
+            Outcome::Failed { error } => {
+                self.last_error = Some(LastError::Failed(error.clone()));
+                self.consecutive_failures += 1;
+                self.failures += 1;
+            }
+            Outcome::Refused { reason } => {
+                self.last_error = Some(LastError::Refused(reason.clone()));
+                self.consecutive_failures += 1;
+                self.refusals += 1;
+            }
+            _ => {
+                self.last_error = not_saved;
+                self.last_success = Some(now);
+                self.consecutive_failures = 0;
+            }
+        }
+    }
+}
+
 struct Slot {
     source: Source,
     /// Digest of the source's definition, stored with its state.
     definition: String,
-    /// The set in force, aggregated.
-    current: Vec<IpNet>,
-    /// The last good fetched state, when the set in force came from a fetch.
-    state: Option<SourceState>,
-    status: SourceStatus,
+    in_force: InForce,
+    history: History,
 }
 
 impl Slot {
-    fn set(&mut self, prefixes: Vec<IpNet>, origin: SetOrigin, as_of: Option<String>) {
+    fn conditional(&self) -> Conditional {
+        self.in_force
+            .last_good()
+            .map(|list| Conditional {
+                etag: list.etag.clone(),
+                last_modified: list.last_modified.clone(),
+            })
+            .unwrap_or_default()
+    }
+
+    fn status(&self) -> SourceStatus {
+        let prefixes = self.in_force.prefixes();
         let v4 = prefixes
             .iter()
             .filter(|n| matches!(n, IpNet::V4(_)))
             .count();
-        self.status.prefixes_v4 = v4;
-        self.status.prefixes_v6 = prefixes.len() - v4;
-        self.status.in_force = origin;
-        self.status.as_of = as_of;
-        self.current = prefixes;
-    }
-
-    fn conditional(&self) -> Conditional {
-        match (&self.state, self.status.in_force) {
-            (Some(state), SetOrigin::State | SetOrigin::Fetched) => Conditional {
-                etag: state.etag.clone(),
-                last_modified: state.last_modified.clone(),
-            },
-            _ => Conditional::default(),
+        let last_good = self.in_force.last_good();
+        let history = &self.history;
+        SourceStatus {
+            id: self.source.id.clone(),
+            provider: self.source.provider.clone(),
+            kind: self.source.kind().to_owned(),
+            location: self.source.origin(),
+            in_force: self.in_force.origin(),
+            as_of: self.in_force.as_of().map(str::to_owned),
+            fetched_at: last_good.map(|list| list.fetched_at),
+            last_attempt: history.last_attempt,
+            last_success: history.last_success,
+            last_change: history.last_change,
+            last_error: history.last_error.as_ref().map(ToString::to_string),
+            consecutive_failures: history.consecutive_failures,
+            refused: matches!(history.last_error, Some(LastError::Refused(_))),
+            refusals: history.refusals,
+            failures: history.failures,
+            prefixes_v4: v4,
+            prefixes_v6: prefixes.len() - v4,
+            serial: last_good.and_then(|list| list.serial.clone()),
         }
     }
 }
@@ -205,28 +339,8 @@ impl Refresher {
             .sources()
             .map(|source| Slot {
                 definition: definition(source),
-                current: Vec::new(),
-                state: None,
-                status: SourceStatus {
-                    id: source.id.clone(),
-                    provider: source.provider.clone(),
-                    kind: source.kind().to_owned(),
-                    location: source.origin(),
-                    in_force: SetOrigin::None,
-                    as_of: None,
-                    fetched_at: None,
-                    last_attempt: None,
-                    last_success: None,
-                    last_change: None,
-                    last_error: None,
-                    consecutive_failures: 0,
-                    refused: false,
-                    refusals: 0,
-                    failures: 0,
-                    prefixes_v4: 0,
-                    prefixes_v6: 0,
-                    serial: None,
-                },
+                in_force: InForce::Nothing,
+                history: History::default(),
                 source: source.clone(),
             })
             .collect();
@@ -243,66 +357,59 @@ impl Refresher {
         })
     }
 
-    /// Puts every source's starting set in force, without any network: its last good
-    /// set from disk, else the preset's snapshot, else its static list. Returns
-    /// warnings (state files that were corrupt, written for another definition, or
-    /// refused by the current guards); none of them is fatal.
+    /// Puts every source's starting set in force, without any network: the last good
+    /// list it already has (after a reload), else its last good set from disk, else
+    /// the preset's snapshot, else its static list. Returns warnings (state files
+    /// that were corrupt, written for another definition, or refused by the current
+    /// guards); none of them is fatal.
     pub fn bootstrap(&mut self) -> Vec<String> {
         let mut warnings = Vec::new();
         for slot in &mut self.slots {
-            if let Location::Static(list) = &slot.source.location {
-                let (prefixes, as_of) = (list.prefixes.clone(), list.as_of.clone());
-                slot.set(prefixes, SetOrigin::Static, as_of);
+            let source = &slot.source;
+            let id = &source.id;
+            if let Location::Static(list) = &source.location {
+                slot.in_force = InForce::Static(list.clone());
                 continue;
             }
-            let id = slot.source.id.clone();
-            let loaded = match self.store.load(&id) {
-                Ok(Some(state)) if state.definition != slot.definition => {
+            let admit = |list| admit(list, source, &self.guards);
+            let last_good = match std::mem::replace(&mut slot.in_force, InForce::Nothing) {
+                InForce::Saved(list) => Some(admit(list).map(InForce::Saved)),
+                InForce::Fetched(list) => Some(admit(list).map(InForce::Fetched)),
+                _ => None,
+            };
+            let last_good = match last_good {
+                Some(Ok(kept)) => Some(kept),
+                Some(Err(err)) => {
                     warnings.push(format!(
-                        "source {id}: the saved list was fetched for a different definition of the source; ignoring it"
+                        "source {id}: the list in force is refused by the current guards: {err}"
                     ));
                     None
                 }
-                Ok(Some(state)) => {
-                    let entries: Vec<String> =
-                        state.prefixes.iter().map(ToString::to_string).collect();
-                    let valid =
-                        prefixes::validate(&entries, &id, slot.source.trust(), &self.guards)
-                            .map_err(|e| e.to_string())
-                            .and_then(|valid| {
-                                guards::capacity(&id, &valid.prefixes, &HashSet::new())
-                                    .map_err(|e| e.to_string())?;
-                                Ok(valid)
-                            });
-                    match valid {
-                        Ok(valid) => Some((state, valid.prefixes)),
+                None => match self.store.load(id) {
+                    Ok(Some(list)) if list.definition != slot.definition => {
+                        warnings.push(format!(
+                            "source {id}: the saved list was fetched for a different definition of the source; ignoring it"
+                        ));
+                        None
+                    }
+                    Ok(Some(list)) => match admit(list) {
+                        Ok(list) => Some(InForce::Saved(list)),
                         Err(err) => {
                             warnings.push(format!("source {id}: the saved list is refused by the current guards: {err}"));
                             None
                         }
+                    },
+                    Ok(None) => None,
+                    Err(err) => {
+                        warnings.push(format!("source {id}: {err}"));
+                        None
                     }
-                }
-                Ok(None) => None,
-                Err(err) => {
-                    warnings.push(format!("source {id}: {err}"));
-                    None
-                }
-            };
-            match loaded {
-                Some((state, prefixes)) => {
-                    slot.status.fetched_at = Some(state.fetched_at);
-                    slot.status.serial = state.serial.clone();
-                    slot.set(prefixes, SetOrigin::State, None);
-                    slot.state = Some(state);
-                }
-                None => match &slot.source.snapshot {
-                    Some(snapshot) => {
-                        let (prefixes, as_of) = (snapshot.prefixes.clone(), snapshot.as_of.clone());
-                        slot.set(prefixes, SetOrigin::Snapshot, as_of);
-                    }
-                    None => slot.set(Vec::new(), SetOrigin::None, None),
                 },
-            }
+            };
+            slot.in_force = last_good.unwrap_or_else(|| match &source.snapshot {
+                Some(snapshot) => InForce::Snapshot(snapshot.clone()),
+                None => InForce::Nothing,
+            });
         }
         for warning in &warnings {
             warn!("{warning}");
@@ -331,8 +438,10 @@ impl Refresher {
                 tasks
                     .spawn(async move { (index, retrieve(&fetcher, &source, &conditional).await) });
             }
-            let mut results: Vec<Option<Result<FetchOutcome, String>>> =
-                vec![None; self.slots.len()];
+            let mut results: Vec<Option<Result<FetchOutcome, FetchError>>> =
+                std::iter::repeat_with(|| None)
+                    .take(self.slots.len())
+                    .collect();
             while let Some(joined) = tasks.join_next().await {
                 match joined {
                     Ok((index, result)) => results[index] = Some(result),
@@ -352,8 +461,10 @@ impl Refresher {
                         save_failed: false,
                     }
                 } else {
-                    let result =
-                        result.unwrap_or_else(|| Err("the fetch task did not complete".to_owned()));
+                    let result = match result {
+                        Some(result) => result.map_err(Failure::from),
+                        None => Err(Failure::TaskLost),
+                    };
                     let context = Context {
                         guards: &self.guards,
                         others: &others,
@@ -378,7 +489,7 @@ impl Refresher {
                 .slots
                 .iter()
                 .filter(|s| s.source.rule_id == *rule_id)
-                .flat_map(|s| s.current.iter().copied())
+                .flat_map(|s| s.in_force.prefixes().iter().copied())
                 .collect();
             allowlist.push(name.clone(), *rule_id, &prefixes);
         }
@@ -387,14 +498,14 @@ impl Refresher {
 
     /// Every source's status, in configuration order.
     pub fn status(&self) -> Vec<SourceStatus> {
-        self.slots.iter().map(|s| s.status.clone()).collect()
+        self.slots.iter().map(Slot::status).collect()
     }
 
-    pub fn source_status(&self, id: &str) -> Option<&SourceStatus> {
+    pub fn source_status(&self, id: &str) -> Option<SourceStatus> {
         self.slots
             .iter()
             .find(|s| s.source.id == id)
-            .map(|s| &s.status)
+            .map(Slot::status)
     }
 
     /// The set in force of one source.
@@ -402,7 +513,7 @@ impl Refresher {
         self.slots
             .iter()
             .find(|s| s.source.id == id)
-            .map(|s| s.current.as_slice())
+            .map(|s| s.in_force.prefixes())
     }
 
     pub fn guards(&self) -> &Guards {
@@ -410,27 +521,36 @@ impl Refresher {
     }
 }
 
+/// A last good list, saved or kept across a reload, checked by the current guards
+/// (prefix lengths, capacity) before it is put in force again.
+fn admit(mut list: SavedList, source: &Source, guards: &Guards) -> Result<SavedList, Rejected> {
+    let entries: Vec<String> = list.prefixes.iter().map(ToString::to_string).collect();
+    let valid = prefixes::validate(&entries, &source.id, source.trust(), guards)
+        .map_err(Rejected::failed)?;
+    guards::capacity(&source.id, &valid.prefixes, &HashSet::new()).map_err(Rejected::Refused)?;
+    list.prefixes = valid.prefixes;
+    Ok(list)
+}
+
 /// Fetches a url source or reads a file source.
 async fn retrieve(
     fetcher: &Fetcher,
     source: &Source,
     conditional: &Conditional,
-) -> Result<FetchOutcome, String> {
+) -> Result<FetchOutcome, FetchError> {
     match &source.location {
-        Location::Url { url, .. } => fetcher
-            .fetch(url, &source.fetch, conditional)
-            .await
-            .map_err(|e| e.to_string()),
-        Location::File { path, .. } => fetch::read_file(path, source.fetch.max_bytes)
-            .await
-            .map(|bytes| FetchOutcome::Body {
-                bytes,
-                etag: None,
-                last_modified: None,
-                content_type: None,
-                final_url: None,
-            })
-            .map_err(|e| e.to_string()),
+        Location::Url { url, .. } => fetcher.fetch(url, &source.fetch, conditional).await,
+        Location::File { path, .. } => {
+            fetch::read_file(path, source.fetch.max_bytes)
+                .await
+                .map(|bytes| FetchOutcome::Body {
+                    bytes,
+                    etag: None,
+                    last_modified: None,
+                    content_type: None,
+                    final_url: None,
+                })
+        }
         Location::Static(_) => unreachable!("static sources are not fetched"),
     }
 }
@@ -450,60 +570,50 @@ fn others_in_force(slots: &[Slot], except: usize) -> HashSet<IpNet> {
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != except)
-        .flat_map(|(_, s)| s.current.iter().copied())
+        .flat_map(|(_, s)| s.in_force.prefixes().iter().copied())
         .collect()
 }
 
+/// Judges one source's fetch, puts an accepted list in force (and saves it), records
+/// the attempt in the source's history and logs it: the one place that does.
 fn apply(
     slot: &mut Slot,
-    result: Result<FetchOutcome, String>,
+    result: Result<FetchOutcome, Failure>,
     context: &Context<'_>,
     store: &StateStore,
 ) -> SourceReport {
     let now = context.now;
     let id = slot.source.id.clone();
     let mut warnings = Vec::new();
-    let mut save_failed = false;
-    slot.status.last_attempt = Some(now);
+    let mut not_saved = None;
     let outcome = match evaluate(slot, result, context, &mut warnings) {
         Ok(Accepted::NotModified) => {
-            if let Some(state) = &mut slot.state {
-                state.fetched_at = now;
+            if let Some(list) = slot.in_force.last_good_mut() {
+                list.fetched_at = now;
             }
-            slot.status.fetched_at = Some(now);
             Outcome::NotModified
         }
-        Ok(Accepted::Set(new_state)) => {
-            let changed = new_state.prefixes != slot.current;
-            let persisted = slot.status.in_force == SetOrigin::State
-                || slot.status.in_force == SetOrigin::Fetched;
-            let same_on_disk = persisted
-                && slot.state.as_ref().is_some_and(|old| {
-                    old.prefixes == new_state.prefixes
-                        && old.etag == new_state.etag
-                        && old.last_modified == new_state.last_modified
-                        && old.serial == new_state.serial
-                });
-            if !same_on_disk && let Err(err) = store.save(&new_state) {
-                save_failed = true;
-                warnings.push(format!(
-                    "the list is in force but could not be saved: {err}"
-                ));
+        Ok(Accepted::Set(list)) => {
+            let same_on_disk = slot.in_force.last_good().is_some_and(|old| {
+                old.prefixes == list.prefixes
+                    && old.etag == list.etag
+                    && old.last_modified == list.last_modified
+                    && old.serial == list.serial
+            });
+            if !same_on_disk && let Err(err) = store.save(&list) {
+                let err = LastError::NotSaved(err);
+                warnings.push(err.to_string());
+                not_saved = Some(err);
             }
-            let old: std::collections::HashSet<&IpNet> = slot.current.iter().collect();
-            let added = new_state
-                .prefixes
-                .iter()
-                .filter(|n| !old.contains(n))
-                .count();
-            let new: std::collections::HashSet<&IpNet> = new_state.prefixes.iter().collect();
-            let removed = slot.current.iter().filter(|n| !new.contains(n)).count();
-            slot.status.fetched_at = Some(now);
-            slot.status.serial = new_state.serial.clone();
-            slot.set(new_state.prefixes.clone(), SetOrigin::Fetched, None);
-            slot.state = Some(new_state);
+            let current = slot.in_force.prefixes();
+            let old: HashSet<&IpNet> = current.iter().collect();
+            let new: HashSet<&IpNet> = list.prefixes.iter().collect();
+            let added = list.prefixes.iter().filter(|n| !old.contains(n)).count();
+            let removed = current.iter().filter(|n| !new.contains(n)).count();
+            let changed = list.prefixes != current;
+            slot.in_force = InForce::Fetched(list);
             if changed {
-                slot.status.last_change = Some(now);
+                slot.history.last_change = Some(now);
                 info!(source = %id, added, removed, "list updated");
                 Outcome::Updated { added, removed }
             } else {
@@ -514,37 +624,13 @@ fn apply(
             warn!(source = %id, %error, "refresh failed; keeping the list in force");
             Outcome::Failed { error }
         }
-        Err(Rejected::Refused(refusal)) => {
-            warn!(source = %id, reason = %refusal, "update refused; keeping the list in force");
-            Outcome::Refused {
-                reason: refusal.to_string(),
-            }
+        Err(Rejected::Refused(reason)) => {
+            warn!(source = %id, %reason, "update refused; keeping the list in force");
+            Outcome::Refused { reason }
         }
     };
-    let status = &mut slot.status;
-    match &outcome {
-        Outcome::Failed { error } => {
-            status.last_error = Some(error.clone());
-            status.consecutive_failures += 1;
-            status.failures += 1;
-            status.refused = false;
-        }
-        Outcome::Refused { reason } => {
-            status.last_error = Some(reason.clone());
-            status.consecutive_failures += 1;
-            status.refusals += 1;
-            status.refused = true;
-        }
-        _ => {
-            status.last_error = warnings
-                .iter()
-                .find(|w| w.contains("could not be saved"))
-                .cloned();
-            status.last_success = Some(now);
-            status.consecutive_failures = 0;
-            status.refused = false;
-        }
-    }
+    let save_failed = not_saved.is_some();
+    slot.history.record(now, &outcome, not_saved);
     for warning in &warnings {
         warn!(source = %id, "{warning}");
     }
@@ -558,34 +644,36 @@ fn apply(
 
 enum Accepted {
     NotModified,
-    Set(SourceState),
+    Set(SavedList),
 }
 
+#[derive(Debug, Error)]
 enum Rejected {
-    Failed(String),
+    #[error(transparent)]
+    Failed(Arc<Failure>),
+    #[error(transparent)]
     Refused(Refusal),
+}
+
+impl Rejected {
+    fn failed(failure: impl Into<Failure>) -> Self {
+        Rejected::Failed(Arc::new(failure.into()))
+    }
 }
 
 fn evaluate(
     slot: &Slot,
-    result: Result<FetchOutcome, String>,
+    result: Result<FetchOutcome, Failure>,
     context: &Context<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<Accepted, Rejected> {
-    let Context {
-        guards,
-        options,
-        now,
-        ..
-    } = *context;
     let source = &slot.source;
+    let last_good = slot.in_force.last_good();
     let (bytes, etag, last_modified, content_type, final_url) =
-        match result.map_err(Rejected::Failed)? {
-            FetchOutcome::NotModified if slot.state.is_some() => return Ok(Accepted::NotModified),
+        match result.map_err(Rejected::failed)? {
+            FetchOutcome::NotModified if last_good.is_some() => return Ok(Accepted::NotModified),
             FetchOutcome::NotModified => {
-                return Err(Rejected::Failed(
-                    "304 Not Modified, but no document is stored".to_owned(),
-                ));
+                return Err(Rejected::failed(Failure::NotModifiedWithoutDocument));
             }
             FetchOutcome::Body {
                 bytes,
@@ -600,36 +688,33 @@ fn evaluate(
         Location::Static(_) => unreachable!("static sources are not fetched"),
     };
     let parsed = source::parse_fetched(format, &bytes, &source.id, content_type.as_deref())
-        .map_err(|e| match &final_url {
-            Some(url) => Rejected::Failed(format!("{e} (redirected to {url})")),
-            None => Rejected::Failed(e.to_string()),
+        .map_err(|error| {
+            Rejected::failed(Failure::Parse {
+                error,
+                redirected_to: final_url,
+            })
         })?;
-    let validated = prefixes::validate(&parsed.entries, &source.id, source.trust(), guards)
-        .map_err(|e| Rejected::Failed(e.to_string()))?;
+    let validated = prefixes::validate(&parsed.entries, &source.id, source.trust(), context.guards)
+        .map_err(Rejected::failed)?;
     warnings.extend(validated.warnings);
     let new = validated.prefixes;
-
-    let last_good = slot
-        .state
-        .as_ref()
-        .filter(|_| matches!(slot.status.in_force, SetOrigin::State | SetOrigin::Fetched));
     let update = guards::Update {
         source_id: &source.id,
         new: &new,
         entries: parsed.entries.len(),
         new_serial: parsed.serial.as_deref(),
-        last_good: last_good.map(|_| slot.current.as_slice()),
-        last_serial: slot.state.as_ref().and_then(|s| s.serial.as_deref()),
+        last_good: last_good.map(|list| list.prefixes.as_slice()),
+        last_serial: last_good.and_then(|list| list.serial.as_deref()),
         others: context.others,
-        forced: options.force || source.force,
+        forced: context.options.force || source.force,
     };
-    guards::check(guards, &update).map_err(Rejected::Refused)?;
-    Ok(Accepted::Set(SourceState {
+    guards::check(context.guards, &update).map_err(Rejected::Refused)?;
+    Ok(Accepted::Set(SavedList {
         version: state::STATE_VERSION,
         source_id: source.id.clone(),
         definition: slot.definition.clone(),
         prefixes: new,
-        fetched_at: now,
+        fetched_at: context.now,
         etag,
         last_modified,
         content_hash: state::content_hash(&bytes),
@@ -854,6 +939,7 @@ as_of = "2026-11-02"
             let Outcome::Failed { error } = &report.get("p/0").unwrap().outcome else {
                 panic!("{report:?}")
             };
+            let error = error.to_string();
             assert!(
                 error.contains("\"not-an-address\" is not an IP address"),
                 "{error}"
@@ -861,6 +947,7 @@ as_of = "2026-11-02"
             let Outcome::Failed { error } = &report.get("j/0").unwrap().outcome else {
                 panic!("{report:?}")
             };
+            let error = error.to_string();
             assert!(error.contains("cannot read the file"), "{error}");
             let status = r.source_status("p/0").unwrap();
             assert_eq!(status.consecutive_failures, round);
@@ -878,7 +965,7 @@ as_of = "2026-11-02"
         env.write("list.json", "{\"items\": [");
         let report = r.refresh_all().await;
         assert!(
-            matches!(&report.get("j/0").unwrap().outcome, Outcome::Failed { error } if error.contains("not valid JSON"))
+            matches!(&report.get("j/0").unwrap().outcome, Outcome::Failed { error } if error.to_string().contains("not valid JSON"))
         );
         // Recovery resets the failure count.
         env.write("list.txt", "192.0.2.0/24\n");
@@ -907,6 +994,7 @@ as_of = "2026-11-02"
         let Outcome::Refused { reason } = &report.get("p/0").unwrap().outcome else {
             panic!("{report:?}")
         };
+        let reason = reason.to_string();
         assert!(reason.contains("selects no prefixes"), "{reason}");
         let status = r.source_status("p/0").unwrap();
         assert!(status.refused);
@@ -960,6 +1048,7 @@ as_of = "2026-11-02"
         let Outcome::Refused { reason } = &report.get("p/0").unwrap().outcome else {
             panic!("{report:?}")
         };
+        let reason = reason.to_string();
         assert!(
             reason.contains("66.7%") && reason.contains("max_shrink"),
             "{reason}"
@@ -1040,6 +1129,7 @@ as_of = "2026-11-02"
         let Outcome::Refused { reason } = &report.get("j/0").unwrap().outcome else {
             panic!("{report:?}")
         };
+        let reason = reason.to_string();
         assert!(
             reason.contains("serial 9 is older than the serial 10"),
             "{reason}"
@@ -1103,6 +1193,25 @@ as_of = "2026-11-02"
         let report = r.refresh_all().await;
         let text = serde_json::to_string(&report).unwrap();
         assert!(text.contains("\"result\":\"updated\""), "{text}");
+        // Errors are typed inside, their message outside (`allowlist fetch --json`).
+        let refused = SourceReport {
+            id: "p/0".into(),
+            outcome: Outcome::Refused {
+                reason: Refusal::Empty { entries: 2 },
+            },
+            warnings: Vec::new(),
+            save_failed: false,
+        };
+        assert_eq!(
+            serde_json::to_value(&refused).unwrap(),
+            serde_json::json!({
+                "id": "p/0",
+                "result": "refused",
+                "reason": Refusal::Empty { entries: 2 }.to_string(),
+                "warnings": [],
+                "save_failed": false,
+            })
+        );
         // The agent's status file carries these; they must read back as written.
         let sources: Vec<SourceStatus> =
             serde_json::from_str(&serde_json::to_string(&r.status()).unwrap()).unwrap();
