@@ -7,7 +7,12 @@
 //! reported. What an operator sees of a source ([`SourceStatus`]) is derived from
 //! its set in force and the history of its refreshes, which a reload keeps.
 
-use std::{collections::HashSet, fmt, sync::Arc, time::SystemTime};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    sync::Arc,
+    time::SystemTime,
+};
 
 use ipnet::IpNet;
 use reqwest::Url;
@@ -417,6 +422,29 @@ impl Refresher {
         warnings
     }
 
+    /// Takes a new configuration (a reload). A source whose id and definition did
+    /// not change keeps the history of its refreshes and its last good list (checked
+    /// again by the new guards); the others start as [`Refresher::bootstrap`] starts
+    /// them. Returns bootstrap's warnings. On error nothing changed.
+    pub fn reconfigure(&mut self, config: &Config) -> Result<Vec<String>, StateError> {
+        let mut next = Refresher::new(config, self.fetcher.clone())?;
+        let mut previous: HashMap<String, Slot> = std::mem::take(&mut self.slots)
+            .into_iter()
+            .map(|slot| (slot.source.id.clone(), slot))
+            .collect();
+        for slot in &mut next.slots {
+            if let Some(old) = previous.remove(&slot.source.id)
+                && old.definition == slot.definition
+            {
+                slot.in_force = old.in_force;
+                slot.history = old.history;
+            }
+        }
+        let warnings = next.bootstrap();
+        *self = next;
+        Ok(warnings)
+    }
+
     /// Fetches every url and file source (concurrently) and applies what passes the
     /// guards.
     pub async fn refresh_all(&mut self) -> RefreshReport {
@@ -801,6 +829,17 @@ as_of = "2026-11-02"
             r.bootstrap();
             r
         }
+
+        /// `list.txt` holding `text`, `list.json` listing 198.51.100.0/24 (serial 1),
+        /// the config with `extra`, and a refresher that has read them once.
+        async fn refreshed(&self, text: &str, extra: &str) -> Refresher {
+            self.write("list.txt", text);
+            self.write("list.json", &json(1, &["198.51.100.0/24"]));
+            let config = self.config(extra);
+            let mut r = self.refresher(&config);
+            r.refresh_all().await;
+            r
+        }
     }
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
@@ -899,11 +938,7 @@ as_of = "2026-11-02"
     #[tokio::test]
     async fn identical_lists_do_not_rewrite_the_state_file() {
         let env = Env::new();
-        let config = env.config("");
-        env.write("list.txt", "192.0.2.0/24\n");
-        env.write("list.json", &json(1, &["198.51.100.0/24"]));
-        let mut r = env.refresher(&config);
-        r.refresh_all().await;
+        let mut r = env.refreshed("192.0.2.0/24\n", "").await;
         let state_file = StateStore::open(&env.path("state"))
             .unwrap()
             .path_for("p/0");
@@ -924,11 +959,7 @@ as_of = "2026-11-02"
     #[tokio::test]
     async fn failures_keep_the_last_good_list_and_are_reported() {
         let env = Env::new();
-        let config = env.config("");
-        env.write("list.txt", "192.0.2.0/24\n");
-        env.write("list.json", &json(1, &["198.51.100.0/24"]));
-        let mut r = env.refresher(&config);
-        r.refresh_all().await;
+        let mut r = env.refreshed("192.0.2.0/24\n", "").await;
         let good = r.allowlist();
 
         env.write("list.txt", "192.0.2.0/24\nnot-an-address\n");
@@ -984,11 +1015,7 @@ as_of = "2026-11-02"
     #[tokio::test]
     async fn empty_lists_are_refused_unless_allowed_or_forced() {
         let env = Env::new();
-        env.write("list.txt", "192.0.2.0/24\n");
-        env.write("list.json", &json(1, &["198.51.100.0/24"]));
-        let config = env.config("");
-        let mut r = env.refresher(&config);
-        r.refresh_all().await;
+        let mut r = env.refreshed("192.0.2.0/24\n", "").await;
         env.write("list.txt", "# nothing today\n");
         let report = r.refresh_all().await;
         let Outcome::Refused { reason } = &report.get("p/0").unwrap().outcome else {
@@ -1015,11 +1042,9 @@ as_of = "2026-11-02"
 
         // guards.allow_empty.
         let env = Env::new();
-        env.write("list.txt", "192.0.2.0/24\n");
-        env.write("list.json", &json(1, &["198.51.100.0/24"]));
-        let config = env.config("[guards]\nallow_empty = true");
-        let mut r = env.refresher(&config);
-        r.refresh_all().await;
+        let mut r = env
+            .refreshed("192.0.2.0/24\n", "[guards]\nallow_empty = true")
+            .await;
         env.write("list.txt", "");
         let report = r.refresh_all().await;
         assert_eq!(
@@ -1034,14 +1059,12 @@ as_of = "2026-11-02"
     #[tokio::test]
     async fn shrink_beyond_the_threshold_is_refused() {
         let env = Env::new();
-        env.write(
-            "list.txt",
-            "192.0.2.0/24\n198.51.100.0/24\n203.0.113.0/24\n203.0.113.0/24\n",
-        );
-        env.write("list.json", &json(1, &["198.51.100.0/24"]));
-        let config = env.config("");
-        let mut r = env.refresher(&config);
-        r.refresh_all().await;
+        let mut r = env
+            .refreshed(
+                "192.0.2.0/24\n198.51.100.0/24\n203.0.113.0/24\n203.0.113.0/24\n",
+                "",
+            )
+            .await;
         // 2 of 3 /24s gone: 66.7% > 50%.
         env.write("list.txt", "192.0.2.0/24\n");
         let report = r.refresh_all().await;
@@ -1111,6 +1134,71 @@ as_of = "2026-11-02"
             r.refresh_all().await.get("p/0").unwrap().outcome,
             Outcome::Updated { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_lists_and_history_of_unchanged_sources() {
+        let env = Env::new();
+        let mut r = env.refreshed("192.0.2.0/24\n", "").await;
+        let succeeded = r.source_status("p/0").unwrap().last_success;
+        assert!(succeeded.is_some());
+        env.write("list.txt", "not-an-address\n");
+        r.refresh_all().await;
+        // Only the list in memory is left: a reload must not lose it.
+        let store = StateStore::open(&env.path("state")).unwrap();
+        fs::remove_file(store.path_for("p/0")).unwrap();
+
+        let config = env.config("");
+        assert_eq!(r.reconfigure(&config).unwrap(), Vec::<String>::new());
+        let status = r.source_status("p/0").unwrap();
+        assert_eq!(
+            (
+                status.in_force,
+                status.last_success,
+                status.consecutive_failures,
+                status.failures
+            ),
+            (SetOrigin::Fetched, succeeded, 1, 1)
+        );
+        assert!(status.last_error.unwrap().contains("not-an-address"));
+        assert_eq!(r.source_prefixes("p/0").unwrap(), nets(&["192.0.2.0/24"]));
+        r.refresh_all().await;
+        assert_eq!(r.source_status("p/0").unwrap().consecutive_failures, 2);
+
+        // Stricter guards refuse the kept list as they would refuse a saved one; the
+        // history stays.
+        let mut strict = config.clone();
+        strict.guards.min_prefix_v4 = 25;
+        let warnings = r.reconfigure(&strict).unwrap();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w
+                    .starts_with("source p/0: the list in force is refused by the current guards")),
+            "{warnings:?}"
+        );
+        let status = r.source_status("p/0").unwrap();
+        assert_eq!(
+            (status.in_force, status.last_success, status.failures),
+            (SetOrigin::None, succeeded, 2)
+        );
+
+        // A source whose definition changed starts afresh.
+        let mut moved = config.clone();
+        if let Location::File { path, .. } = &mut moved.providers[0].sources[0].location {
+            *path = env.path("other.txt");
+        }
+        r.reconfigure(&moved).unwrap();
+        let status = r.source_status("p/0").unwrap();
+        assert_eq!(
+            (status.in_force, status.last_success, status.failures),
+            (SetOrigin::None, None, 0)
+        );
+        assert_eq!(
+            r.source_status("j/0").unwrap().in_force,
+            SetOrigin::State,
+            "j/0 did not change"
+        );
     }
 
     #[tokio::test]
