@@ -459,6 +459,7 @@ impl Agent {
         self.publish();
     }
 
+    /// Counts a refresh's results (the refresher logged them).
     fn record(&mut self, report: &RefreshReport) {
         for source in &report.sources {
             if source.save_failed {
@@ -471,18 +472,6 @@ impl Agent {
                     .or_default()
                     .entry(label.to_owned())
                     .or_default() += 1;
-            }
-            match &source.outcome {
-                Outcome::Failed { error } => {
-                    warn!(source = %source.id, %error, "refresh failed; keeping the last good list")
-                }
-                Outcome::Refused { reason } => {
-                    warn!(source = %source.id, %reason, "update refused; keeping the last good list")
-                }
-                Outcome::Updated { added, removed } => {
-                    info!(source = %source.id, added, removed, "list updated")
-                }
-                _ => {}
             }
         }
     }
@@ -565,15 +554,10 @@ impl Agent {
         // Interfaces already filtered stay filtered whatever happens to the others.
         let changes = self.filter.reconcile(&attach_specs(&new));
         report_interface_changes(&changes);
-        match Refresher::new(&new, Fetcher::default()) {
-            Ok(mut refresher) => {
-                // The lists fetched so far were saved: the new refresher starts from them.
-                refresher.bootstrap();
-                self.refresher = refresher;
-            }
-            Err(e) => {
-                error!(error = %e, "reload: cannot open the state directory; keeping the sources")
-            }
+        // The sources that did not change keep their lists and the history of their
+        // refreshes (last success, failures in a row, refusals).
+        if let Err(e) = self.refresher.reconfigure(&new) {
+            error!(error = %e, "reload: cannot open the state directory; keeping the sources");
         }
         info!(mode = ?new.mode, ports = ?new.ports, providers = new.providers.len(), "configuration reloaded");
         self.config = new;

@@ -21,9 +21,9 @@ use crate::{
     datapath::{self, Counters, Maps},
     fetch::Fetcher,
     prefixes, presets,
-    refresh::{Outcome, RefreshOptions, Refresher, SourceReport, SourceStatus},
+    refresh::{Outcome, RefreshOptions, Refresher, SourceReport},
     state,
-    status::AgentStatus,
+    status::{AgentStatus, SourceStatus},
 };
 
 /// Fails in one line when this user may not read one of the agent's directories

@@ -7,7 +7,8 @@
 //! - `fetch`: HTTPS retrieval with conditional GET, retries and limits.
 //! - `prefixes`: validation of entries, the merged set, and diffs.
 //! - `state`: the last good set of every source, kept on disk.
-//! - `refresh`: one refresh cycle, with the fail-safe guards.
+//! - `guards`: the fail-safe guards (serial, empty, shrink, capacity).
+//! - `refresh`: one refresh cycle, judged by the guards.
 //! - `datapath`: loading, attaching, pinning and syncing the XDP program's maps.
 //! - `link_events`: rtnetlink notifications that wake the agent's link check.
 //! - `metrics`, `cli`, `agent`: what the operator sees and runs.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod fetch;
+pub mod guards;
 mod link_events;
 pub mod metrics;
 pub mod prefixes;

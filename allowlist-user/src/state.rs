@@ -25,7 +25,7 @@ pub const STATE_VERSION: u32 = 1;
 
 /// The last good list of one source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SourceState {
+pub struct SavedList {
     pub version: u32,
     pub source_id: String,
     /// A digest of the source's definition (URL, format, selection): a state file
@@ -96,9 +96,9 @@ impl StateStore {
     /// Loads a source's state. `Ok(None)` when there is none; a corrupt file is moved
     /// aside to `*.corrupt` and reported as [`StateError::Corrupt`], which callers
     /// treat as absent.
-    pub fn load(&self, source_id: &str) -> Result<Option<SourceState>, StateError> {
+    pub fn load(&self, source_id: &str) -> Result<Option<SavedList>, StateError> {
         let path = self.path_for(source_id);
-        let state: Option<SourceState> = read_json(&path)?;
+        let state: Option<SavedList> = read_json(&path)?;
         match state {
             Some(s) if s.version != STATE_VERSION || s.source_id != source_id => {
                 let detail = format!(
@@ -112,7 +112,7 @@ impl StateStore {
     }
 
     /// Writes a source's state atomically.
-    pub fn save(&self, state: &SourceState) -> Result<(), StateError> {
+    pub fn save(&self, state: &SavedList) -> Result<(), StateError> {
         write_json_atomic(&self.path_for(&state.source_id), state)
     }
 }
@@ -547,8 +547,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn state(id: &str) -> SourceState {
-        SourceState {
+    fn state(id: &str) -> SavedList {
+        SavedList {
             version: STATE_VERSION,
             source_id: id.to_owned(),
             definition: "d".into(),

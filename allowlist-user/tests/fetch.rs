@@ -407,6 +407,7 @@ async fn refresh_keeps_the_last_good_set_when_the_provider_fails() {
         let Outcome::Failed { error } = &report.get(id).unwrap().outcome else {
             panic!("{report:?}")
         };
+        let error = error.to_string();
         assert!(error.contains("HTTP 500"), "{error}");
         let status = r.source_status(id).unwrap();
         assert_eq!(status.consecutive_failures, round);
@@ -451,7 +452,7 @@ async fn refresh_refuses_malformed_empty_and_shrunken_lists() {
     server.set(path, Response::json("{\"ip_ranges\": [{\"range\": "));
     let report = r.refresh_all().await;
     assert!(
-        matches!(&report.get(id).unwrap().outcome, Outcome::Failed { error } if error.contains("not valid JSON")),
+        matches!(&report.get(id).unwrap().outcome, Outcome::Failed { error } if error.to_string().contains("not valid JSON")),
         "{report:?}"
     );
     assert_eq!(r.allowlist(), good);
@@ -463,7 +464,7 @@ async fn refresh_refuses_malformed_empty_and_shrunken_lists() {
     );
     let report = r.refresh_all().await;
     assert!(
-        matches!(&report.get(id).unwrap().outcome, Outcome::Failed { error } if error.contains("has no field `range`")),
+        matches!(&report.get(id).unwrap().outcome, Outcome::Failed { error } if error.to_string().contains("has no field `range`")),
         "{report:?}"
     );
 
@@ -471,7 +472,7 @@ async fn refresh_refuses_malformed_empty_and_shrunken_lists() {
     server.set(path, Response::json(intercom_doc(&[])));
     let report = r.refresh_all().await;
     assert!(
-        matches!(&report.get(id).unwrap().outcome, Outcome::Refused { reason } if reason.contains("no prefixes")),
+        matches!(&report.get(id).unwrap().outcome, Outcome::Refused { reason } if reason.to_string().contains("no prefixes")),
         "{report:?}"
     );
     assert_eq!(r.allowlist(), good);
@@ -483,7 +484,7 @@ async fn refresh_refuses_malformed_empty_and_shrunken_lists() {
     );
     let report = r.refresh_all().await;
     assert!(
-        matches!(&report.get(id).unwrap().outcome, Outcome::Refused { reason } if reason.contains("max_shrink")),
+        matches!(&report.get(id).unwrap().outcome, Outcome::Refused { reason } if reason.to_string().contains("max_shrink")),
         "{report:?}"
     );
     let status = r.source_status(id).unwrap();
@@ -714,6 +715,7 @@ async fn html_instead_of_json_is_named_with_its_content_type() {
     let Outcome::Failed { error } = &report.get("partner/0").unwrap().outcome else {
         panic!("{report:?}")
     };
+    let error = error.to_string();
     assert!(
         error.contains(
             "the server sent HTML (Content-Type: text/html; charset=utf-8; a captive portal or an error page?) instead of JSON"
@@ -731,6 +733,7 @@ async fn html_instead_of_json_is_named_with_its_content_type() {
     let Outcome::Failed { error } = &report.get("partner/0").unwrap().outcome else {
         panic!("{report:?}")
     };
+    let error = error.to_string();
     assert!(
         error.contains("the server sent HTML (Content-Type: application/json;"),
         "{error}"
@@ -745,6 +748,7 @@ async fn html_instead_of_json_is_named_with_its_content_type() {
     let Outcome::Failed { error } = &report.get("partner/0").unwrap().outcome else {
         panic!("{report:?}")
     };
+    let error = error.to_string();
     assert!(
         error.contains("not valid JSON") && !error.contains("HTML"),
         "{error}"

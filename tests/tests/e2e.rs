@@ -419,6 +419,62 @@ fn provider_shrink_beyond_threshold_keeps_last_good_set() {
     );
 }
 
+/// A reload keeps the history of the sources whose definition did not change: a
+/// source that keeps failing still reports its last success (so
+/// `AllowlistSourceStale` can fire) and counts its failures across reloads.
+#[test]
+fn reload_keeps_the_history_of_unchanged_sources() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let port = world.free_port();
+    let provider = world.provider_publishing(
+        &["192.0.2.0/24"],
+        &format!("metrics = \"127.0.0.1:{port}\"\nrefresh = \"1h\""),
+    );
+    let agent = world.start_agent();
+    let last_success = source_status(&world, SOURCE)["last_success"].clone();
+    assert!(!last_success.is_null(), "no first fetch:\n{}", agent.log());
+    let stamp = format!(r#"allowlist_refresh_last_success_timestamp_seconds{{source="{SOURCE}"}}"#);
+    let in_a_row = format!(r#"allowlist_source_consecutive_failures{{source="{SOURCE}"}}"#);
+    let success_at = metric(&world.http_get(port, "/metrics").1, &stamp);
+    assert!(success_at.is_some(), "no {stamp} sample");
+
+    provider.set(DOCUMENT_PATH, Response::status(500));
+    let failures = |w: &World| {
+        w.status()["agent"]["refresh_results"][SOURCE]["failure"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    // Each reload refreshes at once (the interval is an hour): one failure each.
+    for round in 1..=2u64 {
+        let out = world.cli(&["reload"]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            wait_until(Duration::from_secs(10), || failures(&world) >= round),
+            "reload {round} did not refresh:\n{}",
+            agent.log()
+        );
+        let status = source_status(&world, SOURCE);
+        assert_eq!(
+            (
+                &status["consecutive_failures"],
+                &status["failures"],
+                &status["last_success"]
+            ),
+            (&round.into(), &round.into(), &last_success),
+            "after reload {round}: {status:#}\n{}",
+            agent.log()
+        );
+        assert!(!status["last_error"].is_null(), "{status:#}");
+        assert_eq!(status["prefixes_v4"], 1, "{status:#}");
+        let (_, metrics) = world.http_get(port, "/metrics");
+        assert_eq!(metric(&metrics, &stamp), success_at, "{metrics}");
+        assert_eq!(metric(&metrics, &in_a_row), Some(round as f64), "{metrics}");
+    }
+}
+
 /// Scenario 4: SIGTERM and SIGKILL leave the filter enforcing; a new agent adopts
 /// the pinned state; an allowed client connecting throughout never fails.
 #[test]
