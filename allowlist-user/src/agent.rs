@@ -44,26 +44,29 @@ const LINK_CHECK: Duration = Duration::from_secs(2);
 /// its age tells a live agent from a stopped or stuck one.
 pub const STATUS_HEARTBEAT: Duration = Duration::from_secs(30);
 
-/// The signals the agent acts on, installed before anything else so that none sent
-/// during start-up (a SIGHUP during the first fetch, say) is lost: each stream keeps
-/// one pending notification until the loop reads it.
-struct Signals {
-    hup: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
+/// The future that ends the agent: SIGTERM or SIGINT. Its handlers are installed
+/// when this is called (so call it first), not when it is first polled; it resolves
+/// to the signal's name. `main` passes it to [`run`], which hands it on to every
+/// long task (mini-redis' `server::run(listener, shutdown)`).
+pub fn shutdown_signal() -> Result<impl Future<Output = &'static str>> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
 }
 
-impl Signals {
-    fn install() -> Result<Self> {
-        let signals = Self {
-            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
-            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-        };
-        // A SIGHUP held since the process started is delivered to the handler now.
-        set_reload_signal_blocked(false);
-        Ok(signals)
-    }
+/// The reload signal's stream, installed before anything else so that no SIGHUP sent
+/// during start-up (during the first fetch, say) is lost: the stream keeps one
+/// pending notification until the loop reads it.
+fn reload_signal() -> Result<tokio::signal::unix::Signal> {
+    let hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // A SIGHUP held since the process started is delivered to the handler now.
+    set_reload_signal_blocked(false);
+    Ok(hup)
 }
 
 /// Blocks SIGHUP in the calling thread and every thread it starts later; call it
@@ -122,8 +125,14 @@ struct Agent {
     configured_pin_dir: std::path::PathBuf,
 }
 
-pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
-    let mut signals = Signals::install()?;
+/// `allowlist run`, until `shutdown` resolves (see [`shutdown_signal`]).
+pub async fn run(
+    config_path: &Path,
+    args: &RunArgs,
+    shutdown: impl Future<Output = &'static str>,
+) -> Result<()> {
+    let mut hup = reload_signal()?;
+    tokio::pin!(shutdown);
     let config = config::load(config_path)?;
     control::check_privileges().map_err(|e| anyhow!(e))?;
     let specs = attach_specs(&config);
@@ -152,11 +161,13 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
         .any(|s| s.in_force == SetOrigin::None)
     {
         info!("some sources have no saved list: fetching them before attaching");
-        Some(
-            refresher
-                .refresh_with(RefreshOptions { force: args.force })
-                .await,
-        )
+        tokio::select! {
+            report = refresher.refresh_with(RefreshOptions { force: args.force }) => Some(report),
+            signal = &mut shutdown => {
+                info!("{signal} during the first fetch; exiting, nothing was attached");
+                return Ok(());
+            }
+        }
     } else {
         None
     };
@@ -239,7 +250,7 @@ pub async fn run(config_path: &Path, args: &RunArgs) -> Result<()> {
 
     let refreshed = initial_refresh.is_some();
     let result = agent
-        .main_loop(&mut signals, args.force && !refreshed, refreshed)
+        .main_loop(&mut hup, shutdown, args.force && !refreshed, refreshed)
         .await;
     systemd::stopping();
     let _ = stop_tx.send(true);
@@ -336,7 +347,8 @@ impl Agent {
     /// `refreshed`: the lists were just fetched, so the first refresh waits an interval.
     async fn main_loop(
         &mut self,
-        signals: &mut Signals,
+        hup: &mut tokio::signal::unix::Signal,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = &'static str>>,
         force_first: bool,
         refreshed: bool,
     ) -> Result<()> {
@@ -387,8 +399,7 @@ impl Agent {
                                 };
                                 tokio::select! {
                                     report = &mut refresh => break report,
-                                    _ = signals.term.recv() => { info!("SIGTERM during a refresh"); return Ok(()); }
-                                    _ = signals.int.recv() => { info!("SIGINT during a refresh"); return Ok(()); }
+                                    signal = &mut shutdown => { info!("{signal} during a refresh"); return Ok(()); }
                                     _ = link_event => check_links_only(&mut self.filter, &self.config, &self.shared),
                                     _ = link_check.tick() => check_links_only(&mut self.filter, &self.config, &self.shared),
                                     _ = heartbeat.tick() => republish(&self.shared, &self.config.state_dir, None),
@@ -403,7 +414,7 @@ impl Agent {
                         self.sync();
                     }
                 }
-                _ = signals.hup.recv() => {
+                _ = hup.recv() => {
                     systemd::reloading();
                     self.reload();
                     systemd::ready(&self.summary());
@@ -417,8 +428,7 @@ impl Agent {
                 }
                 _ = link_check.tick() => self.check_links(),
                 _ = heartbeat.tick() => self.publish(),
-                _ = signals.term.recv() => { info!("SIGTERM"); return Ok(()); }
-                _ = signals.int.recv() => { info!("SIGINT"); return Ok(()); }
+                signal = &mut shutdown => { info!("{signal}"); return Ok(()); }
             }
         }
     }

@@ -48,7 +48,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     if let Command::Run(args) = &cli.command {
-        return runtime.block_on(agent::run(&cli.config, args));
+        return runtime.block_on(async {
+            let shutdown = agent::shutdown_signal()?;
+            agent::run(&cli.config, args, shutdown).await
+        });
     }
     let config = commands::load_config(&cli.config)?;
     match cli.command {

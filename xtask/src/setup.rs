@@ -53,7 +53,9 @@ pub fn ensure_test_tools() -> Result<()> {
     if on_path("promtool") || target.is_file() {
         return Ok(());
     }
-    eprintln!("setup: extracting promtool from Debian's {PROMTOOL_PACKAGE} package (no install scripts, no service)");
+    eprintln!(
+        "setup: extracting promtool from Debian's {PROMTOOL_PACKAGE} package (no install scripts, no service)"
+    );
     let dir = env::temp_dir().join(format!("allowlist-promtool-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
