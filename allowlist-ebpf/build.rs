@@ -1,0 +1,16 @@
+//! Rebuilds the XDP program when the `bpf-linker` binary changes, as aya-template
+//! does: the crate depends on that linker without cargo knowing it (artifact
+//! dependencies would say it, but are unstable). A linker put earlier on PATH than
+//! the one recorded here is not noticed; watching all of PATH would rebuild far too
+//! often.
+
+fn main() {
+    match which::which("bpf-linker") {
+        Ok(linker) => println!("cargo:rerun-if-changed={}", linker.display()),
+        Err(e) => {
+            println!(
+                "cargo:warning=bpf-linker not found on PATH ({e}): run `cargo xtask setup`"
+            );
+        }
+    }
+}
