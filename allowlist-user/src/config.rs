@@ -74,7 +74,28 @@ pub struct Interface {
     pub mode: AttachMode,
 }
 
-pub use crate::datapath::AttachMode;
+/// How XDP attaches to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) XDP where the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    /// Native XDP only: fail if the driver lacks it.
+    Native,
+    /// Generic (skb) XDP: works on every interface, slower.
+    Skb,
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        })
+    }
+}
 
 /// Whether disallowed packets are dropped or only counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -97,6 +118,15 @@ pub struct Guards {
     pub min_prefix_v6: u8,
     /// Accept an update that leaves a source empty.
     pub allow_empty: bool,
+}
+
+impl From<&Guards> for prefixes::Floors {
+    fn from(guards: &Guards) -> Self {
+        prefixes::Floors {
+            v4: guards.min_prefix_v4,
+            v6: guards.min_prefix_v6,
+        }
+    }
 }
 
 impl Default for Guards {
