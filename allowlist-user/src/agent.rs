@@ -26,7 +26,7 @@ use crate::{
     cli::RunArgs,
     config::{self, Config, Mode},
     control,
-    datapath::{self, AttachSpec, Filter, InterfaceState, LoadOptions},
+    datapath::{self, Filter, InterfaceState, LoadOptions},
     fetch::Fetcher,
     link_events::LinkEvents,
     metrics::{self, SharedStatus},
@@ -96,17 +96,6 @@ fn set_reload_signal_blocked(blocked: bool) {
     }
 }
 
-pub fn attach_specs(config: &Config) -> Vec<AttachSpec> {
-    config
-        .interfaces
-        .iter()
-        .map(|i| AttachSpec {
-            name: i.name.clone(),
-            mode: i.mode,
-        })
-        .collect()
-}
-
 struct Agent {
     config: Config,
     filter: Filter,
@@ -135,7 +124,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let config = config::load(config_path)?;
     control::check_privileges().map_err(|e| anyhow!(e))?;
-    let specs = attach_specs(&config);
+    let specs = config.interfaces.clone();
     datapath::check_interfaces(&specs)?;
     state::prepare_dir(&config.state_dir)?;
     let configured_pin_dir = config.pin_dir.clone();
@@ -276,7 +265,7 @@ pub async fn run(
 /// The link check while a refresh holds the sources: re-attaches and reports like
 /// [`Agent::check_links`], and updates the interfaces in the published status.
 fn check_links_only(filter: &mut Filter, config: &Config, shared: &SharedStatus) {
-    let changes = filter.reconcile(&attach_specs(config));
+    let changes = filter.reconcile(&config.interfaces);
     if changes.is_empty() {
         return;
     }
@@ -461,7 +450,7 @@ impl Agent {
     /// re-attaches where a link was detached or its device re-created, follows renamed
     /// devices, and reports (log, status, metrics, /healthz) where it cannot.
     fn check_links(&mut self) {
-        let changes = self.filter.reconcile(&attach_specs(&self.config));
+        let changes = self.filter.reconcile(&self.config.interfaces);
         if changes.is_empty() {
             return;
         }
@@ -562,7 +551,7 @@ impl Agent {
             error!(error = %format!("{e:#}"), "reload: could not apply ports and mode");
         }
         // Interfaces already filtered stay filtered whatever happens to the others.
-        let changes = self.filter.reconcile(&attach_specs(&new));
+        let changes = self.filter.reconcile(&new.interfaces);
         report_interface_changes(&changes);
         // The sources that did not change keep their lists and the history of their
         // refreshes (last success, failures in a row, refusals).

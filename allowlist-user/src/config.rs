@@ -1,9 +1,13 @@
-//! The configuration file: parsed into raw serde structs, then validated into a
-//! [`Config`] that can't be wrong. Every error names the file, the line and column,
-//! the field, and what is wrong with it.
+//! The configuration file: read by serde into a raw form whose field types check
+//! their own values, then resolved into a [`Config`] that can't be wrong by one pass
+//! that checks what ties keys together. Every error names the file, the line and
+//! column, the field (one path style: `provider[0].source[1].url`), and what is
+//! wrong with it.
 
 use std::{
+    collections::BTreeMap,
     fmt,
+    marker::PhantomData,
     net::SocketAddr,
     ops::Range,
     path::{Path, PathBuf},
@@ -12,12 +16,16 @@ use std::{
 
 use ipnet::IpNet;
 use reqwest::Url;
-use serde::{Deserialize, Serialize};
-use toml::{Spanned, Value};
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{self, IntoDeserializer, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer},
+};
+use toml::Spanned;
+use toml_edit::{ArrayOfTables, ImDocument, Item, Key, Table, Value};
 
 use crate::{
-    prefixes::{self, Trust},
-    presets::{self, PresetSource},
+    prefixes::{self, PrefixError, Trust},
+    presets::{self, Preset},
     source::{
         Format,
         json::{Filter, Selector},
@@ -47,8 +55,8 @@ pub enum ConfigError {
         path: PathBuf,
         line: usize,
         column: usize,
-        /// The field, as a dotted path (`provider.partner.source[0].url`); empty for
-        /// TOML syntax errors.
+        /// The field, as a path (`provider[0].source[1].url`); empty for TOML syntax
+        /// errors.
         field: String,
         message: String,
     },
@@ -74,10 +82,31 @@ pub struct Interface {
     pub mode: AttachMode,
 }
 
-pub use crate::datapath::AttachMode;
+/// How XDP attaches to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) XDP where the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    /// Native XDP only: fail if the driver lacks it.
+    Native,
+    /// Generic (skb) XDP: works on every interface, slower.
+    Skb,
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        })
+    }
+}
 
 /// Whether disallowed packets are dropped or only counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
@@ -86,17 +115,30 @@ pub enum Mode {
 }
 
 /// The guard rails applied to every update of a fetched list.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Guards {
     /// The largest fraction of a source's addresses (per address family) that one
     /// update may remove.
+    #[serde(deserialize_with = "via::<Fraction, _, _>")]
     pub max_shrink: f64,
     /// Broader IPv4 prefixes are refused.
+    #[serde(deserialize_with = "via::<PrefixLen<32>, _, _>")]
     pub min_prefix_v4: u8,
     /// Broader IPv6 prefixes are refused.
+    #[serde(deserialize_with = "via::<PrefixLen<128>, _, _>")]
     pub min_prefix_v6: u8,
     /// Accept an update that leaves a source empty.
     pub allow_empty: bool,
+}
+
+impl From<&Guards> for prefixes::Floors {
+    fn from(guards: &Guards) -> Self {
+        prefixes::Floors {
+            v4: guards.min_prefix_v4,
+            v6: guards.min_prefix_v6,
+        }
+    }
 }
 
 impl Default for Guards {
@@ -110,12 +152,12 @@ impl Default for Guards {
     }
 }
 
-/// How a URL source is fetched.
 /// The longest Retry-After honoured whatever the refresh interval: a source with no
 /// saved list is fetched before the filter attaches, and a start must not wait on a
 /// provider for long (systemd's TimeoutStartSec is 10 min).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
+/// How a URL source is fetched.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FetchSettings {
     pub timeout: Duration,
@@ -353,104 +395,539 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Validates a configuration read from `origin`.
 pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-    let cx = Cx { text, origin };
-    let raw: RawConfig = toml::from_str(text).map_err(|err| {
-        let span = err.span().unwrap_or(0..0);
-        let field = key_at(text, span.start);
-        cx.error(span, field, err.message().trim_end())
-    })?;
-    cx.resolve(raw)
+    let problem = match toml::from_str::<RawConfig>(text) {
+        Ok(raw) => match resolve(raw, origin) {
+            Ok(config) => return Ok(config),
+            Err(problem) => problem,
+        },
+        Err(err) => Problem {
+            span: err.span(),
+            key: None,
+            message: err.message().trim_end().to_owned(),
+        },
+    };
+    Err(problem.locate(text, origin))
 }
 
-/// The dotted key written on the line holding `offset` (`guards.max_shrink`,
-/// `provider.source.url`), for errors that serde reports with a position only.
-fn key_at(text: &str, offset: usize) -> String {
-    let offset = offset.min(text.len());
-    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let Some((key, _)) = line.split_once('=') else {
-        return String::new();
-    };
-    let key = key.trim();
-    let table = text[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|header| header.trim_matches(|c| c == '[' || c == ']').trim());
-    match table {
-        Some(table) => format!("{table}.{key}"),
-        None => key.to_owned(),
+// ---------------------------------------------------------------------------------
+// Errors: where in the document, turned into a line, a column and a field path in
+// one place.
+
+/// What is wrong, and where: the value, key or table at `span`, or its `key`.
+struct Problem {
+    /// `None`: the document itself.
+    span: Option<Range<usize>>,
+    /// A key of the table at `span`, set (the error points at its value) or missing.
+    key: Option<&'static str>,
+    message: String,
+}
+
+impl Problem {
+    fn at(span: Range<usize>, message: impl Into<String>) -> Self {
+        let (span, key, message) = (Some(span), None, message.into());
+        Problem { span, key, message }
     }
+
+    fn key(table: Option<Range<usize>>, key: &'static str, message: impl Into<String>) -> Self {
+        let (span, key, message) = (table, Some(key), message.into());
+        Problem { span, key, message }
+    }
+
+    fn locate(self, text: &str, origin: &Path) -> ConfigError {
+        let document = ImDocument::parse(text).ok();
+        let root = document.as_ref().map(|d| Node::Table(d.as_table()));
+        let (mut field, node) = match (root, &self.span) {
+            (Some(root), Some(span)) => find(root, span).unwrap_or((String::new(), root)),
+            (root, _) => (String::new(), root.unwrap_or(Node::Other)),
+        };
+        let mut at = self.span;
+        if let Some(key) = self.key {
+            field = format!("{field}.{key}");
+            at = node.value_span(key).or(at);
+        }
+        let field = field.strip_prefix('.').unwrap_or(&field).to_owned();
+        let before = &text[..at.map_or(0, |span| span.start).min(text.len())];
+        ConfigError::Invalid {
+            path: origin.to_owned(),
+            line: before.matches('\n').count() + 1,
+            column: before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1,
+            field,
+            message: self.message,
+        }
+    }
+}
+
+/// A child's path segment (`.key` or `[index]`), its spans (key, value) and itself.
+type Child<'a> = (String, [Option<Range<usize>>; 2], Node<'a>);
+
+/// A part of the parsed document, as [`find`] walks it.
+#[derive(Clone, Copy)]
+enum Node<'a> {
+    Table(&'a Table),
+    Tables(&'a ArrayOfTables),
+    Value(&'a Value),
+    Other,
+}
+
+impl<'a> Node<'a> {
+    fn of(item: &'a Item) -> Self {
+        match item {
+            Item::Table(table) => Node::Table(table),
+            Item::ArrayOfTables(tables) => Node::Tables(tables),
+            Item::Value(value) => Node::Value(value),
+            Item::None => Node::Other,
+        }
+    }
+
+    fn children(self) -> Vec<Child<'a>> {
+        let entry = |(key, item): (&Key, &'a Item)| {
+            let spans = [key.span(), item.span()];
+            (format!(".{}", key.get()), spans, Node::of(item))
+        };
+        match self {
+            Node::Table(table) => (table.iter())
+                .filter_map(|(k, _)| table.get_key_value(k))
+                .map(entry)
+                .collect(),
+            Node::Value(Value::InlineTable(table)) => (table.iter())
+                .filter_map(|(k, _)| table.get_key_value(k))
+                .map(entry)
+                .collect(),
+            Node::Tables(tables) => (tables.iter().enumerate())
+                .map(|(i, t)| (format!("[{i}]"), [None, t.span()], Node::Table(t)))
+                .collect(),
+            Node::Value(Value::Array(values)) => (values.iter().enumerate())
+                .map(|(i, v)| (format!("[{i}]"), [None, v.span()], Node::Value(v)))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The span of the value of `key`, if this is a table that has it.
+    fn value_span(self, key: &str) -> Option<Range<usize>> {
+        match self {
+            Node::Table(table) => table.get(key)?.span(),
+            Node::Value(Value::InlineTable(table)) => table.get(key)?.span(),
+            _ => None,
+        }
+    }
+}
+
+/// The deepest key, table or value below `node` whose span holds `span`, and its
+/// path (`.provider[0].source[1].url`, `.ports[1]`: one style for every error).
+fn find<'a>(node: Node<'a>, span: &Range<usize>) -> Option<(String, Node<'a>)> {
+    let holds = |s: &Range<usize>| s.start <= span.start && span.end <= s.end;
+    node.children()
+        .into_iter()
+        .find_map(|(segment, spans, child)| match find(child, span) {
+            Some((rest, found)) => Some((segment + &rest, found)),
+            None => spans
+                .iter()
+                .flatten()
+                .any(holds)
+                .then_some((segment, child)),
+        })
+}
+
+// ---------------------------------------------------------------------------------
+// Values: each type checks one value. Their errors get the value's span from
+// toml_edit, so they name the line, column and field like every other error.
+
+/// Reads an `R` and checks it into a `T` inside the deserializer's newtype hook, where
+/// toml_edit gives an error the value's span, in a list as in a table (a plain
+/// `#[serde(try_from)]` on a list item would get the whole list's span).
+fn checked<'de, R, T, D>(d: D, check: impl FnOnce(R) -> Result<T, String>) -> Result<T, D::Error>
+where
+    R: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    struct Check<R, F>(F, PhantomData<R>);
+    impl<'de, R, T, F> Visitor<'de> for Check<R, F>
+    where
+        R: Deserialize<'de>,
+        F: FnOnce(R) -> Result<T, String>,
+    {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a value")
+        }
+        fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+            (self.0)(R::deserialize(d)?).map_err(de::Error::custom)
+        }
+    }
+    d.deserialize_newtype_struct("checked", Check(check, PhantomData))
+}
+
+/// Newtypes that check one value as serde reads it: `Name(Kept) from Raw = check;`.
+macro_rules! checked {
+    ($($(#[$doc:meta])* $name:ident($kept:ty) from $raw:ty = $check:expr;)*) => {$(
+        $(#[$doc])*
+        struct $name($kept);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                checked::<$raw, _, _>(d, $check).map($name)
+            }
+        }
+
+        impl From<$name> for $kept {
+            fn from(value: $name) -> $kept {
+                value.0
+            }
+        }
+    )*};
+}
+
+checked! {
+    /// A TCP port.
+    Port(u16) from i64 = |n| match u16::try_from(n) {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(format!("{n} is not a TCP port (1..=65535)")),
+    };
+    /// Attempts after the first one.
+    Retries(u32) from i64 = |n| match u32::try_from(n) {
+        Ok(retries) if retries <= 20 => Ok(retries),
+        _ => Err(format!("{n} is not a retry count (0..=20)")),
+    };
+    /// The most a document may weigh.
+    MaxBytes(u64) from i64 = |n| match u64::try_from(n) {
+        Ok(bytes) if bytes > 0 => Ok(bytes),
+        _ => Err(format!("{n} is not a positive byte count")),
+    };
+    /// A fraction between 0 and 1.
+    Fraction(f64) from f64 = |x| match x {
+        x if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("{x} is not a fraction between 0 and 1")),
+    };
+    /// The refresh interval: [`MIN_REFRESH`] or longer.
+    Refresh(Duration) from String = |text| match duration(&text)? {
+        d if d < MIN_REFRESH => Err(format!("{text:?} is shorter than the minimum of 1s")),
+        d => Ok(d),
+    };
+    /// A request timeout, longer than 0s.
+    Timeout(Duration) from String = |text| match duration(&text)? {
+        d if d.is_zero() => Err("must be longer than 0s".to_owned()),
+        d => Ok(d),
+    };
+    /// The metrics listener's address and port.
+    Listen(SocketAddr) from String = |text| text.parse().map_err(|_| {
+        format!("{text:?} is not an address and port such as \"127.0.0.1:9975\"")
+    });
+    /// A source URL: https, or http (which the source must accept with `insecure_http`).
+    SourceUrl(Url) from String = |text| {
+        let url = Url::parse(&text).map_err(|err| format!("{text:?} is not a URL: {err}"))?;
+        match url.scheme() {
+            _ if url.host_str().is_none_or(str::is_empty) => Err("the URL has no host".to_owned()),
+            "https" | "http" => Ok(url),
+            other => Err(format!("unsupported scheme {other:?}: use https")),
+        }
+    };
+    /// A network interface's name, as the kernel allows it.
+    IfName(String) from String = interface_name;
+    /// A provider's name: it names state files and metric labels.
+    ProviderName(String) from String = |name| {
+        let allowed = |c: char| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-');
+        if name.is_empty() || !name.chars().all(allowed) {
+            return Err(format!(
+                "{name:?} is not a valid provider name: use lowercase letters, digits, '_' and '-'"
+            ));
+        }
+        Ok(name)
+    };
+    /// A built-in provider, by name.
+    PresetRef(&'static Preset) from String = |name| presets::find(&name).ok_or_else(|| {
+        let known = presets::names().join(", ");
+        format!("unknown preset {name:?}; known presets: {known}")
+    });
+    /// Record fields that may hold the prefix (`cidr`): one or more, none empty.
+    FieldNames(Vec<String>) from OneOrMany<String> = |OneOrMany(names)| {
+        if names.iter().any(String::is_empty) {
+            return Err("field names can't be empty".to_owned());
+        }
+        Ok(names)
+    };
+}
+
+/// A prefix length of an address family of `BITS` bits.
+struct PrefixLen<const BITS: u8>(u8);
+
+impl<'de, const BITS: u8> Deserialize<'de> for PrefixLen<BITS> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |n: i64| match u8::try_from(n) {
+            Ok(len) if len <= BITS => Ok(PrefixLen(len)),
+            _ => Err(format!("{n} is not a prefix length (0..={BITS})")),
+        })
+    }
+}
+
+impl<const BITS: u8> From<PrefixLen<BITS>> for u8 {
+    fn from(len: PrefixLen<BITS>) -> u8 {
+        len.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Proxy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked(d, |text: String| Proxy::parse(&text))
+    }
+}
+
+/// For `deserialize_with` on a field that [`Config`] keeps in its plain type `U`:
+/// reads the checking type `T`.
+fn via<'de, T: Deserialize<'de> + Into<U>, U, D: Deserializer<'de>>(d: D) -> Result<U, D::Error> {
+    T::deserialize(d).map(Into::into)
+}
+
+fn interface_name(name: String) -> Result<String, String> {
+    match name.len() {
+        1..=15 if !name.contains(['/', ' ', '\0']) => Ok(name),
+        _ => Err(format!("{name:?} is not a valid interface name")),
+    }
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|err| format!("{text:?} is not a duration such as \"30s\" or \"1h\" ({err})"))
+}
+
+/// A value or a non-empty list of them (`items = "prefixes"` or
+/// `items = ["prefixes", "ipv6_prefixes"]`), read as cargo reads its string-or-list
+/// keys.
+struct OneOrMany<T>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OneOrManyVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for OneOrManyVisitor<T> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                let mut all = Vec::new();
+                while let Some(one) = seq.next_element()? {
+                    all.push(one);
+                }
+                if all.is_empty() {
+                    return Err(de::Error::custom("the list is empty"));
+                }
+                Ok(all)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<T>, E> {
+                T::deserialize(v.into_deserializer()).map(|one| vec![one])
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Vec<T>, E> {
+                T::deserialize(v.into_deserializer()).map(|one| vec![one])
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Vec<T>, E> {
+                T::deserialize(v.into_deserializer()).map(|one| vec![one])
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Vec<T>, E> {
+                T::deserialize(v.into_deserializer()).map(|one| vec![one])
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Vec<T>, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(|one| vec![one])
+            }
+        }
+        d.deserialize_any(OneOrManyVisitor(PhantomData))
+            .map(OneOrMany)
+    }
+}
+
+/// A value a `where` filter compares a record's field with.
+struct Scalar(serde_json::Value);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl Visitor<'_> for ScalarVisitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.into()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.into()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.into()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.into()))
+            }
+        }
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Interface {
+    /// A name (`"eth0"`, mode `auto`) or a table (`{ name = "eth0", mode = "skb" }`),
+    /// read as cargo reads its string-or-table keys.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct InterfaceTable {
+            name: IfName,
+            #[serde(default)]
+            mode: AttachMode,
+        }
+        struct InterfaceVisitor;
+        impl<'de> Visitor<'de> for InterfaceVisitor {
+            type Value = Interface;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an interface name or a table { name = \"eth0\", mode = \"auto\" }")
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Interface, E> {
+                let name = interface_name(name.to_owned()).map_err(E::custom)?;
+                let mode = AttachMode::Auto;
+                Ok(Interface { name, mode })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Interface, A::Error> {
+                let table = InterfaceTable::deserialize(MapAccessDeserializer::new(map))?;
+                let (IfName(name), mode) = (table.name, table.mode);
+                Ok(Interface { name, mode })
+            }
+        }
+        d.deserialize_any(InterfaceVisitor)
+    }
+}
+
+/// A list that can't be empty.
+struct NonEmpty<T>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for NonEmpty<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Vec::deserialize(d)? {
+            list if list.is_empty() => Err(de::Error::custom("the list is empty")),
+            list => Ok(NonEmpty(list)),
+        }
+    }
+}
+
+/// How a url or file source's document is read.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FormatName {
+    Json,
+    Text,
 }
 
 // ---------------------------------------------------------------------------------
 // The raw form, as serde reads it.
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    interfaces: Option<Spanned<Vec<Spanned<Value>>>>,
-    ports: Option<Spanned<Vec<Spanned<i64>>>>,
-    mode: Option<Spanned<String>>,
-    refresh: Option<Spanned<String>>,
+    interfaces: Option<NonEmpty<Spanned<Interface>>>,
+    ports: Option<NonEmpty<Port>>,
+    #[serde(default)]
+    mode: Mode,
+    refresh: Option<Refresh>,
     state_dir: Option<PathBuf>,
     pin_dir: Option<PathBuf>,
-    metrics: Option<Spanned<String>>,
-    proxy: Option<Spanned<String>>,
-    guards: Option<RawGuards>,
+    metrics: Option<Listen>,
+    proxy: Option<Proxy>,
+    #[serde(default)]
+    guards: Guards,
     #[serde(default)]
     provider: Vec<Spanned<RawProvider>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGuards {
-    max_shrink: Option<Spanned<f64>>,
-    min_prefix_v4: Option<Spanned<i64>>,
-    min_prefix_v6: Option<Spanned<i64>>,
-    allow_empty: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
-    name: Spanned<String>,
-    preset: Option<Spanned<String>>,
+    name: ProviderName,
+    preset: Option<PresetRef>,
     #[serde(default)]
     source: Vec<Spanned<RawSource>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSource {
-    url: Option<Spanned<String>>,
-    file: Option<Spanned<PathBuf>>,
+    url: Option<SourceUrl>,
+    file: Option<PathBuf>,
     #[serde(rename = "static")]
     inline: Option<Spanned<Vec<Spanned<String>>>>,
-    format: Option<Spanned<String>>,
-    items: Option<Spanned<Value>>,
-    cidr: Option<Spanned<Value>>,
+    format: Option<FormatName>,
+    items: Option<OneOrMany<String>>,
+    cidr: Option<FieldNames>,
     #[serde(rename = "where")]
-    filter: Option<Spanned<toml::Table>>,
-    serial: Option<Spanned<String>>,
-    as_of: Option<Spanned<String>>,
-    reference: Option<Spanned<String>>,
-    timeout: Option<Spanned<String>>,
-    max_bytes: Option<Spanned<i64>>,
-    insecure_http: Option<Spanned<bool>>,
-    ca_file: Option<Spanned<PathBuf>>,
-    retries: Option<Spanned<i64>>,
-    proxy: Option<Spanned<String>>,
-    force: Option<bool>,
+    filter: Option<BTreeMap<String, OneOrMany<Scalar>>>,
+    serial: Option<String>,
+    as_of: Option<String>,
+    reference: Option<String>,
+    timeout: Option<Timeout>,
+    max_bytes: Option<MaxBytes>,
+    insecure_http: Option<bool>,
+    ca_file: Option<PathBuf>,
+    retries: Option<Retries>,
+    proxy: Option<Proxy>,
+    #[serde(default)]
+    force: bool,
 }
 
 // ---------------------------------------------------------------------------------
-// Validation.
+// The resolve pass: the rules that tie keys together.
 
-struct Cx<'a> {
-    text: &'a str,
-    origin: &'a Path,
+fn resolve(raw: RawConfig, origin: &Path) -> Result<Config, Problem> {
+    let Some(NonEmpty(listed)) = raw.interfaces else {
+        let message = "missing: list the interfaces XDP attaches to, e.g. interfaces = [\"eth0\"]";
+        return Err(Problem::key(None, "interfaces", message));
+    };
+    let mut interfaces: Vec<Interface> = Vec::new();
+    for interface in listed {
+        let name = &interface.get_ref().name;
+        if interfaces.iter().any(|i| &i.name == name) {
+            let message = format!("interface {name:?} is listed twice");
+            return Err(Problem::at(interface.span(), message));
+        }
+        interfaces.push(interface.into_inner());
+    }
+    let mut ports: Vec<u16> = raw.ports.map_or(vec![443], |NonEmpty(ports)| {
+        ports.into_iter().map(u16::from).collect()
+    });
+    ports.sort_unstable();
+    ports.dedup();
+    let refresh = raw.refresh.map_or(DEFAULT_REFRESH, Duration::from);
+    let defaults = Defaults {
+        guards: &raw.guards,
+        fetch: FetchSettings {
+            retry_after_limit: refresh.min(MAX_RETRY_AFTER),
+            proxy: raw.proxy.unwrap_or_default(),
+            ..FetchSettings::default()
+        },
+    };
+    if raw.provider.is_empty() {
+        let message = "no [[provider]] is configured: nothing would be allowed";
+        return Err(Problem::key(None, "provider", message));
+    }
+    let mut providers: Vec<Provider> = Vec::new();
+    for (index, provider) in raw.provider.into_iter().enumerate() {
+        let ProviderName(name) = &provider.get_ref().name;
+        if let Some(first) = providers.iter().find(|p| &p.name == name) {
+            let message = format!(
+                "duplicate provider name {name:?} (also provider[{}]): names must be unique",
+                first.rule_id
+            );
+            return Err(Problem::key(Some(provider.span()), "name", message));
+        }
+        providers.push(resolve_provider(index, provider, &defaults)?);
+    }
+    Ok(Config {
+        path: origin.to_owned(),
+        interfaces,
+        ports,
+        mode: raw.mode,
+        refresh,
+        state_dir: raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+        pin_dir: raw.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+        metrics: raw.metrics.map(SocketAddr::from),
+        guards: raw.guards,
+        providers,
+    })
 }
 
 /// What the top-level keys give every source.
@@ -460,785 +937,237 @@ struct Defaults<'a> {
     fetch: FetchSettings,
 }
 
-impl Cx<'_> {
-    fn error(
-        &self,
-        span: Range<usize>,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        let offset = span.start.min(self.text.len());
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        ConfigError::Invalid {
-            path: self.origin.to_owned(),
-            line,
-            column,
-            field: field.into(),
-            message: message.into(),
-        }
+fn resolve_provider(
+    index: usize,
+    raw: Spanned<RawProvider>,
+    defaults: &Defaults<'_>,
+) -> Result<Provider, Problem> {
+    let span = raw.span();
+    let RawProvider {
+        name: ProviderName(name),
+        preset,
+        source,
+    } = raw.into_inner();
+    let rule_id = u32::try_from(index).expect("fewer than 2^32 providers");
+    if source.is_empty() && preset.is_none() {
+        let message = "has neither a `preset` nor any [[provider.source]]";
+        return Err(Problem::at(span, message));
     }
+    let mut sources = Vec::new();
+    if let Some(PresetRef(preset)) = preset {
+        let source = preset_source(&name, rule_id, preset, defaults)
+            .map_err(|message| Problem::key(Some(span.clone()), "preset", message))?;
+        sources.push(source);
+    }
+    for (i, source) in source.into_iter().enumerate() {
+        let id = format!("{name}/{i}");
+        sources.push(resolve_source(&name, rule_id, id, source, defaults)?);
+    }
+    Ok(Provider {
+        preset: preset.map(|PresetRef(p)| p.name.to_owned()),
+        name,
+        rule_id,
+        sources,
+    })
+}
 
-    fn resolve(&self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let whole = 0..0;
-        let interfaces =
-            match raw.interfaces {
-                Some(list) => self.interfaces(list)?,
-                None => return Err(self.error(
-                    whole,
-                    "interfaces",
-                    "missing: list the interfaces XDP attaches to, e.g. interfaces = [\"eth0\"]",
-                )),
-            };
-        let ports = self.ports(raw.ports)?;
-        let mode = match raw.mode {
-            None => Mode::Enforce,
-            Some(m) => match m.get_ref().as_str() {
-                "enforce" => Mode::Enforce,
-                "monitor" => Mode::Monitor,
-                other => {
-                    return Err(self.error(
-                        m.span(),
-                        "mode",
-                        format!("unknown mode {other:?}: expected \"enforce\" or \"monitor\""),
-                    ));
-                }
-            },
-        };
-        let refresh = match raw.refresh {
-            None => DEFAULT_REFRESH,
-            Some(r) => {
-                let d = self.duration(&r, "refresh")?;
-                if d < MIN_REFRESH {
-                    return Err(self.error(
-                        r.span(),
-                        "refresh",
-                        format!("{:?} is shorter than the minimum of 1s", r.get_ref()),
-                    ));
-                }
-                d
-            }
-        };
-        let metrics = match raw.metrics {
-            None => None,
-            Some(m) => Some(m.get_ref().parse::<SocketAddr>().map_err(|_| {
-                self.error(
-                    m.span(),
-                    "metrics",
+/// A preset's source: its URL and selection, or its list, and its dated snapshot.
+fn preset_source(
+    provider: &str,
+    rule_id: u32,
+    preset: &Preset,
+    defaults: &Defaults<'_>,
+) -> Result<Source, String> {
+    let snapshot = match &preset.snapshot {
+        None => None,
+        Some(snapshot) => Some(StaticList {
+            prefixes: snapshot
+                .prefixes(preset.name, defaults.guards)
+                .map_err(|err| {
                     format!(
-                        "{:?} is not an address and port such as \"127.0.0.1:9975\"",
-                        m.get_ref()
-                    ),
-                )
-            })?),
-        };
-        let guards = self.guards(raw.guards)?;
-        let proxy = match &raw.proxy {
-            None => Proxy::Environment,
-            Some(p) => self.proxy(p, "proxy")?,
-        };
-        let defaults = Defaults {
-            guards: &guards,
-            fetch: FetchSettings {
-                retry_after_limit: refresh.min(MAX_RETRY_AFTER),
-                proxy,
-                ..FetchSettings::default()
-            },
-        };
-        if raw.provider.is_empty() {
-            return Err(self.error(
-                whole,
-                "provider",
-                "no [[provider]] is configured: nothing would be allowed",
-            ));
-        }
-        let mut providers: Vec<Provider> = Vec::new();
-        for (index, provider) in raw.provider.into_iter().enumerate() {
-            let name = &provider.get_ref().name;
-            if let Some(first) = providers.iter().find(|p| &p.name == name.get_ref()) {
-                return Err(self.error(
-                    name.span(),
-                    format!("provider[{index}].name"),
-                    format!(
-                        "duplicate provider name {:?} (also provider[{}]): names must be unique",
-                        name.get_ref(),
-                        first.rule_id
-                    ),
-                ));
-            }
-            providers.push(self.provider(index, provider, &defaults)?);
-        }
-        Ok(Config {
-            path: self.origin.to_owned(),
-            interfaces,
-            ports,
-            mode,
-            refresh,
-            state_dir: raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
-            pin_dir: raw.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
-            metrics,
-            guards,
-            providers,
-        })
-    }
-
-    fn interfaces(
-        &self,
-        list: Spanned<Vec<Spanned<Value>>>,
-    ) -> Result<Vec<Interface>, ConfigError> {
-        let span = list.span();
-        let list = list.into_inner();
-        if list.is_empty() {
-            return Err(self.error(
-                span,
-                "interfaces",
-                "the list is empty: name at least one interface",
-            ));
-        }
-        let mut out: Vec<Interface> = Vec::new();
-        for (i, item) in list.into_iter().enumerate() {
-            let field = format!("interfaces[{i}]");
-            let span = item.span();
-            let bad = |what: &str| self.error(span.clone(), &field, what);
-            let iface = match item.into_inner() {
-                Value::String(name) => Interface {
-                    name,
-                    mode: AttachMode::Auto,
-                },
-                Value::Table(mut table) => {
-                    let name = match table.remove("name") {
-                        Some(Value::String(name)) => name,
-                        Some(_) => return Err(bad("`name` must be a string")),
-                        None => {
-                            return Err(bad(
-                                "missing `name`: use { name = \"eth0\", mode = \"native\" }",
-                            ));
-                        }
-                    };
-                    let mode = match table.remove("mode") {
-                        None => AttachMode::Auto,
-                        Some(Value::String(m)) => match m.as_str() {
-                            "auto" => AttachMode::Auto,
-                            "native" => AttachMode::Native,
-                            "skb" => AttachMode::Skb,
-                            other => {
-                                return Err(bad(&format!(
-                                    "unknown mode {other:?}: expected \"auto\", \"native\" or \"skb\""
-                                )));
-                            }
-                        },
-                        Some(_) => {
-                            return Err(bad(
-                                "`mode` must be a string: \"auto\", \"native\" or \"skb\"",
-                            ));
-                        }
-                    };
-                    if let Some(key) = table.keys().next() {
-                        return Err(bad(&format!(
-                            "unknown key `{key}`: expected `name` and `mode`"
-                        )));
-                    }
-                    Interface { name, mode }
-                }
-                _ => {
-                    return Err(bad(
-                        "expected an interface name or a table { name = \"eth0\", mode = \"auto\" }",
-                    ));
-                }
-            };
-            if iface.name.is_empty()
-                || iface.name.len() > 15
-                || iface.name.contains(['/', ' ', '\0'])
-            {
-                return Err(bad(&format!(
-                    "{:?} is not a valid interface name",
-                    iface.name
-                )));
-            }
-            if out.iter().any(|o| o.name == iface.name) {
-                return Err(bad(&format!("interface {:?} is listed twice", iface.name)));
-            }
-            out.push(iface);
-        }
-        Ok(out)
-    }
-
-    fn ports(&self, ports: Option<Spanned<Vec<Spanned<i64>>>>) -> Result<Vec<u16>, ConfigError> {
-        let Some(ports) = ports else {
-            return Ok(vec![443]);
-        };
-        if ports.get_ref().is_empty() {
-            return Err(self.error(
-                ports.span(),
-                "ports",
-                "the list is empty: name at least one TCP port",
-            ));
-        }
-        let mut out = Vec::new();
-        for (i, port) in ports.into_inner().into_iter().enumerate() {
-            match u16::try_from(*port.get_ref()) {
-                Ok(p) if p != 0 => out.push(p),
-                _ => {
-                    return Err(self.error(
-                        port.span(),
-                        format!("ports[{i}]"),
-                        format!("{} is not a TCP port (1..=65535)", port.get_ref()),
-                    ));
-                }
-            }
-        }
-        out.sort_unstable();
-        out.dedup();
-        Ok(out)
-    }
-
-    fn proxy(&self, value: &Spanned<String>, field: &str) -> Result<Proxy, ConfigError> {
-        Proxy::parse(value.get_ref()).map_err(|message| self.error(value.span(), field, message))
-    }
-
-    fn duration(&self, value: &Spanned<String>, field: &str) -> Result<Duration, ConfigError> {
-        humantime::parse_duration(value.get_ref()).map_err(|err| {
-            self.error(
-                value.span(),
-                field,
-                format!(
-                    "{:?} is not a duration such as \"30s\" or \"1h\" ({err})",
-                    value.get_ref()
-                ),
-            )
-        })
-    }
-
-    fn guards(&self, raw: Option<RawGuards>) -> Result<Guards, ConfigError> {
-        let mut guards = Guards::default();
-        let Some(raw) = raw else { return Ok(guards) };
-        if let Some(s) = raw.max_shrink {
-            let v = *s.get_ref();
-            if !(0.0..=1.0).contains(&v) {
-                return Err(self.error(
-                    s.span(),
-                    "guards.max_shrink",
-                    format!("{v} is not a fraction between 0 and 1"),
-                ));
-            }
-            guards.max_shrink = v;
-        }
-        for (value, slot, max, field) in [
-            (
-                raw.min_prefix_v4,
-                &mut guards.min_prefix_v4,
-                32,
-                "guards.min_prefix_v4",
-            ),
-            (
-                raw.min_prefix_v6,
-                &mut guards.min_prefix_v6,
-                128,
-                "guards.min_prefix_v6",
-            ),
-        ] {
-            if let Some(v) = value {
-                match u8::try_from(*v.get_ref()) {
-                    Ok(len) if len <= max => *slot = len,
-                    _ => {
-                        return Err(self.error(
-                            v.span(),
-                            field,
-                            format!("{} is not a prefix length (0..={max})", v.get_ref()),
-                        ));
-                    }
-                }
-            }
-        }
-        if let Some(allow) = raw.allow_empty {
-            guards.allow_empty = allow;
-        }
-        Ok(guards)
-    }
-
-    fn provider(
-        &self,
-        index: usize,
-        raw: Spanned<RawProvider>,
-        defaults: &Defaults<'_>,
-    ) -> Result<Provider, ConfigError> {
-        let span = raw.span();
-        let raw = raw.into_inner();
-        let name = raw.name.get_ref().clone();
-        let valid = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-        if !valid {
-            return Err(self.error(
-                raw.name.span(),
-                format!("provider[{index}].name"),
-                format!("{name:?} is not a valid provider name: use lowercase letters, digits, '_' and '-'"),
-            ));
-        }
-        let rule_id = u32::try_from(index).expect("fewer than 2^32 providers");
-        let field = format!("provider.{name}");
-        let mut sources = Vec::new();
-        if let Some(preset_name) = &raw.preset {
-            let Some(preset) = presets::find(preset_name.get_ref()) else {
-                return Err(self.error(
-                    preset_name.span(),
-                    format!("{field}.preset"),
-                    format!(
-                        "unknown preset {:?}; known presets: {}",
-                        preset_name.get_ref(),
-                        presets::names().join(", ")
-                    ),
-                ));
-            };
-            sources.push(self.preset_source(
-                &name,
-                rule_id,
-                preset,
-                defaults,
-                preset_name.span(),
-                &field,
-            )?);
-        }
-        if raw.source.is_empty() && raw.preset.is_none() {
-            return Err(self.error(
-                span,
-                field,
-                "has neither a `preset` nor any [[provider.source]]",
-            ));
-        }
-        for (i, source) in raw.source.into_iter().enumerate() {
-            let field = format!("{field}.source[{i}]");
-            sources.push(self.source(
-                &name,
-                rule_id,
-                format!("{name}/{i}"),
-                source,
-                defaults,
-                &field,
-            )?);
-        }
-        Ok(Provider {
-            name,
-            rule_id,
-            preset: raw.preset.map(|p| p.into_inner()),
-            sources,
-        })
-    }
-
-    fn preset_source(
-        &self,
-        provider: &str,
-        rule_id: u32,
-        preset: &presets::Preset,
-        defaults: &Defaults<'_>,
-        span: Range<usize>,
-        field: &str,
-    ) -> Result<Source, ConfigError> {
-        let snapshot = match &preset.snapshot {
-            None => None,
-            Some(snap) => {
-                let entries: Vec<String> = snap.entries.iter().map(|e| e.to_string()).collect();
-                let validated =
-                    prefixes::validate(&entries, preset.name, Trust::Operator, defaults.guards)
-                        .map_err(|err| {
-                            self.error(
-                                span.clone(),
-                                format!("{field}.preset"),
-                                format!(
-                                    "the built-in list of {} is refused by [guards]: {err}",
-                                    preset.name
-                                ),
-                            )
-                        })?;
-                Some(StaticList {
-                    prefixes: validated.prefixes,
-                    as_of: Some(snap.as_of.to_owned()),
-                    reference: Some(snap.reference.to_owned()),
-                })
-            }
-        };
-        let location = match preset.source {
-            PresetSource::Json {
-                url,
-                items,
-                cidr,
-                filter,
-                serial,
-            } => Location::Url {
-                url: Url::parse(url).expect("preset URLs are valid"),
-                format: Format::Json(Selector {
-                    items: items.iter().map(|s| s.to_string()).collect(),
-                    cidr: cidr.iter().map(|s| s.to_string()).collect(),
-                    filters: filter
-                        .map(|(field, value)| Filter {
-                            field: field.to_owned(),
-                            any_of: vec![serde_json::Value::String(value.to_owned())],
-                        })
-                        .into_iter()
-                        .collect(),
-                    serial: serial.map(str::to_owned),
-                }),
-            },
-            PresetSource::Static => {
-                Location::Static(snapshot.clone().expect("static presets have a list"))
-            }
-        };
-        let snapshot = if matches!(location, Location::Static(_)) {
-            None
-        } else {
-            snapshot
-        };
-        Ok(Source {
-            id: format!("{provider}/{}", preset.name),
-            provider: provider.to_owned(),
-            rule_id,
-            location,
-            fetch: defaults.fetch.clone(),
-            force: false,
-            snapshot,
-        })
-    }
-
-    fn source(
-        &self,
-        provider: &str,
-        rule_id: u32,
-        id: String,
-        raw: Spanned<RawSource>,
-        defaults: &Defaults<'_>,
-        field: &str,
-    ) -> Result<Source, ConfigError> {
-        let span = raw.span();
-        let raw = raw.into_inner();
-        let f = |key: &str| format!("{field}.{key}");
-        let kinds = usize::from(raw.url.is_some())
-            + usize::from(raw.file.is_some())
-            + usize::from(raw.inline.is_some());
-        if kinds != 1 {
-            return Err(self.error(
-                span,
-                field,
-                "a source needs exactly one of `url`, `file` or `static`",
-            ));
-        }
-        // Keys that only make sense for some kinds.
-        let url_only: [(&str, Option<Range<usize>>); 6] = [
-            ("timeout", raw.timeout.as_ref().map(|s| s.span())),
-            ("max_bytes", raw.max_bytes.as_ref().map(|s| s.span())),
-            (
-                "insecure_http",
-                raw.insecure_http.as_ref().map(|s| s.span()),
-            ),
-            ("ca_file", raw.ca_file.as_ref().map(|s| s.span())),
-            ("retries", raw.retries.as_ref().map(|s| s.span())),
-            ("proxy", raw.proxy.as_ref().map(|s| s.span())),
-        ];
-        if raw.url.is_none() {
-            for (key, span) in &url_only {
-                if let Some(span) = span {
-                    if *key == "max_bytes" && raw.file.is_some() {
-                        continue;
-                    }
-                    return Err(self.error(span.clone(), f(key), "only applies to `url` sources"));
-                }
-            }
-        }
-        let fetched_only: [(&str, Option<Range<usize>>); 5] = [
-            ("format", raw.format.as_ref().map(|s| s.span())),
-            ("items", raw.items.as_ref().map(|s| s.span())),
-            ("cidr", raw.cidr.as_ref().map(|s| s.span())),
-            ("where", raw.filter.as_ref().map(|s| s.span())),
-            ("serial", raw.serial.as_ref().map(|s| s.span())),
-        ];
-        if raw.inline.is_some() {
-            for (key, span) in &fetched_only {
-                if let Some(span) = span {
-                    return Err(self.error(
-                        span.clone(),
-                        f(key),
-                        "does not apply to a `static` list",
-                    ));
-                }
-            }
-        } else {
-            for (key, span) in [
-                ("as_of", raw.as_of.as_ref()),
-                ("reference", raw.reference.as_ref()),
-            ] {
-                if let Some(value) = span {
-                    return Err(self.error(value.span(), f(key), "only applies to `static` lists"));
-                }
-            }
-        }
-
-        let mut fetch = defaults.fetch.clone();
-        if let Some(t) = &raw.timeout {
-            fetch.timeout = self.duration(t, &f("timeout"))?;
-            if fetch.timeout.is_zero() {
-                return Err(self.error(t.span(), f("timeout"), "must be longer than 0s"));
-            }
-        }
-        if let Some(m) = &raw.max_bytes {
-            fetch.max_bytes = u64::try_from(*m.get_ref())
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| {
-                    self.error(
-                        m.span(),
-                        f("max_bytes"),
-                        format!("{} is not a positive byte count", m.get_ref()),
+                        "the built-in list of {} is refused by [guards]: {err}",
+                        preset.name
                     )
-                })?;
+                })?,
+            as_of: Some(snapshot.as_of.to_owned()),
+            reference: Some(snapshot.reference.to_owned()),
+        }),
+    };
+    let (location, snapshot) = match preset.location() {
+        Some((url, format)) => (Location::Url { url, format }, snapshot),
+        None => {
+            let list = snapshot.expect("a static preset has a list");
+            (Location::Static(list), None)
         }
-        if let Some(r) = &raw.retries {
-            fetch.retries = u32::try_from(*r.get_ref())
-                .ok()
-                .filter(|&n| n <= 20)
-                .ok_or_else(|| {
-                    self.error(
-                        r.span(),
-                        f("retries"),
-                        format!("{} is not a retry count (0..=20)", r.get_ref()),
-                    )
-                })?;
-        }
-        if let Some(p) = &raw.proxy {
-            fetch.proxy = self.proxy(p, &f("proxy"))?;
-        }
-        fetch.insecure_http = raw.insecure_http.as_ref().is_some_and(|b| *b.get_ref());
-        fetch.ca_file = raw.ca_file.map(|p| p.into_inner());
+    };
+    Ok(Source {
+        id: format!("{provider}/{}", preset.name),
+        provider: provider.to_owned(),
+        rule_id,
+        location,
+        fetch: defaults.fetch.clone(),
+        force: false,
+        snapshot,
+    })
+}
 
-        let location = if let Some(list) = raw.inline {
+fn resolve_source(
+    provider: &str,
+    rule_id: u32,
+    id: String,
+    raw: Spanned<RawSource>,
+    defaults: &Defaults<'_>,
+) -> Result<Source, Problem> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let kind = match (&raw.url, &raw.file, &raw.inline) {
+        (Some(_), None, None) => "url",
+        (None, Some(_), None) => "file",
+        (None, None, Some(_)) => "static",
+        _ => {
+            let message = "a source needs exactly one of `url`, `file` or `static`";
+            return Err(Problem::at(span, message));
+        }
+    };
+    // Which keys apply to which kinds of source.
+    let (url, fetched, listed): (&[&str], &[&str], &[&str]) =
+        (&["url"], &["url", "file"], &["static"]);
+    let keys = [
+        ("timeout", raw.timeout.is_some(), url),
+        ("insecure_http", raw.insecure_http.is_some(), url),
+        ("ca_file", raw.ca_file.is_some(), url),
+        ("retries", raw.retries.is_some(), url),
+        ("proxy", raw.proxy.is_some(), url),
+        ("max_bytes", raw.max_bytes.is_some(), fetched),
+        ("format", raw.format.is_some(), fetched),
+        ("items", raw.items.is_some(), fetched),
+        ("cidr", raw.cidr.is_some(), fetched),
+        ("where", raw.filter.is_some(), fetched),
+        ("serial", raw.serial.is_some(), fetched),
+        ("as_of", raw.as_of.is_some(), listed),
+        ("reference", raw.reference.is_some(), listed),
+    ];
+    if let Some(&(key, _, kinds)) = keys
+        .iter()
+        .find(|(_, set, kinds)| *set && !kinds.contains(&kind))
+    {
+        let message = match kinds {
+            [only] => format!("only applies to `{only}` sources"),
+            _ => "does not apply to a `static` list".to_owned(),
+        };
+        return Err(Problem::key(Some(span), key, message));
+    }
+    let location = match (&raw.url, &raw.file, &raw.inline) {
+        (Some(SourceUrl(url)), _, _) => {
+            if url.scheme() == "http" && raw.insecure_http != Some(true) {
+                let message = "plain http is refused: no list is signed, so integrity rests on TLS; use https, or set insecure_http = true to accept the risk";
+                return Err(Problem::key(Some(span), "url", message));
+            }
+            let format = raw.format(url.path(), &span)?;
+            Location::Url {
+                url: url.clone(),
+                format,
+            }
+        }
+        (_, Some(path), _) => {
+            let format = raw.format(&path.to_string_lossy(), &span)?;
+            Location::File {
+                path: path.clone(),
+                format,
+            }
+        }
+        (_, _, Some(list)) => {
             let entries: Vec<String> = list.get_ref().iter().map(|e| e.get_ref().clone()).collect();
             let validated = prefixes::validate(&entries, &id, Trust::Operator, defaults.guards)
                 .map_err(|err| {
-                    let bad = match &err {
-                        prefixes::PrefixError::Unparseable { entry, .. }
-                        | prefixes::PrefixError::TooBroad { entry, .. } => entry,
-                    };
-                    let at = list
+                    let (PrefixError::Unparseable { entry, .. }
+                    | PrefixError::TooBroad { entry, .. }) = &err;
+                    let bad = list
                         .get_ref()
                         .iter()
-                        .find(|e| e.get_ref().trim() == bad.trim())
-                        .map_or(list.span(), |e| e.span());
-                    self.error(at, f("static"), err.to_string())
+                        .find(|e| e.get_ref().trim() == entry.trim());
+                    Problem::at(bad.map_or(list.span(), Spanned::span), err.to_string())
                 })?;
             Location::Static(StaticList {
                 prefixes: validated.prefixes,
-                as_of: raw.as_of.map(|s| s.into_inner()),
-                reference: raw.reference.map(|s| s.into_inner()),
+                as_of: raw.as_of.clone(),
+                reference: raw.reference.clone(),
             })
-        } else if let Some(url_text) = raw.url {
-            let url = Url::parse(url_text.get_ref()).map_err(|err| {
-                self.error(
-                    url_text.span(),
-                    f("url"),
-                    format!("{:?} is not a URL: {err}", url_text.get_ref()),
-                )
-            })?;
-            match url.scheme() {
-                "https" => {}
-                "http" if fetch.insecure_http => {}
-                "http" => {
-                    return Err(self.error(
-                        url_text.span(),
-                        f("url"),
-                        "plain http is refused: no list is signed, so integrity rests on TLS; use https, or set insecure_http = true to accept the risk",
-                    ));
-                }
-                other => {
-                    return Err(self.error(
-                        url_text.span(),
-                        f("url"),
-                        format!("unsupported scheme {other:?}: use https"),
-                    ));
-                }
-            }
-            if url.host_str().is_none_or(str::is_empty) {
-                return Err(self.error(url_text.span(), f("url"), "the URL has no host"));
-            }
-            let format = self.format(
-                &raw.format,
-                raw.items,
-                raw.cidr,
-                raw.filter,
-                raw.serial,
-                url.path(),
-                span.clone(),
-                field,
-            )?;
-            Location::Url { url, format }
-        } else {
-            let path = raw.file.expect("one kind is set");
-            let format = self.format(
-                &raw.format,
-                raw.items,
-                raw.cidr,
-                raw.filter,
-                raw.serial,
-                &path.get_ref().to_string_lossy(),
-                span.clone(),
-                field,
-            )?;
-            Location::File {
-                path: path.into_inner(),
-                format,
-            }
-        };
-        Ok(Source {
-            id,
-            provider: provider.to_owned(),
-            rule_id,
-            location,
-            fetch,
-            force: raw.force.unwrap_or(false),
-            snapshot: None,
-        })
-    }
+        }
+        (None, None, None) => unreachable!("one kind is set"),
+    };
+    let fetch = &defaults.fetch;
+    Ok(Source {
+        id,
+        provider: provider.to_owned(),
+        rule_id,
+        location,
+        fetch: FetchSettings {
+            timeout: raw.timeout.map_or(fetch.timeout, Duration::from),
+            max_bytes: raw.max_bytes.map_or(fetch.max_bytes, u64::from),
+            insecure_http: raw.insecure_http.unwrap_or(false),
+            ca_file: raw.ca_file,
+            retries: raw.retries.map_or(fetch.retries, u32::from),
+            retry_after_limit: fetch.retry_after_limit,
+            proxy: raw.proxy.unwrap_or_else(|| fetch.proxy.clone()),
+        },
+        force: raw.force,
+        snapshot: None,
+    })
+}
 
-    #[expect(clippy::too_many_arguments, reason = "the raw keys of one source")]
-    fn format(
-        &self,
-        format: &Option<Spanned<String>>,
-        items: Option<Spanned<Value>>,
-        cidr: Option<Spanned<Value>>,
-        filter: Option<Spanned<toml::Table>>,
-        serial: Option<Spanned<String>>,
-        location: &str,
-        span: Range<usize>,
-        field: &str,
-    ) -> Result<Format, ConfigError> {
-        let f = |key: &str| format!("{field}.{key}");
-        let name = match format {
-            Some(fmt) => match fmt.get_ref().as_str() {
-                "json" | "text" => fmt.get_ref().clone(),
-                other => {
-                    return Err(self.error(
-                        fmt.span(),
-                        f("format"),
-                        format!("unknown format {other:?}: expected \"json\" or \"text\""),
-                    ));
-                }
-            },
+impl RawSource {
+    /// The format of a url or file source: named, or inferred from the URL path or
+    /// file name `location`, with the JSON selection.
+    fn format(&self, location: &str, source: &Range<usize>) -> Result<Format, Problem> {
+        let lower = location.to_ascii_lowercase();
+        let name = match self.format {
+            Some(name) => name,
+            None if lower.ends_with(".json") => FormatName::Json,
+            None if lower.ends_with(".txt") => FormatName::Text,
             None => {
-                let lower = location.to_ascii_lowercase();
-                if lower.ends_with(".json") {
-                    "json".to_owned()
-                } else if lower.ends_with(".txt") {
-                    "text".to_owned()
-                } else {
-                    return Err(self.error(span, f("format"), format!("cannot infer the format of {location:?}: set format = \"json\" or \"text\"")));
-                }
+                let message = format!(
+                    "cannot infer the format of {location:?}: set format = \"json\" or \"text\""
+                );
+                return Err(Problem::key(Some(source.clone()), "format", message));
             }
         };
-        if name == "text" {
-            for (key, value) in [
-                ("items", items.map(|v| v.span())),
-                ("cidr", cidr.map(|v| v.span())),
-                ("where", filter.map(|v| v.span())),
-                ("serial", serial.map(|v| v.span())),
-            ] {
-                if let Some(span) = value {
-                    return Err(self.error(span, f(key), "only applies to JSON sources"));
+        if name == FormatName::Text {
+            let json_only = [
+                ("items", self.items.is_some()),
+                ("cidr", self.cidr.is_some()),
+                ("where", self.filter.is_some()),
+                ("serial", self.serial.is_some()),
+            ];
+            return match json_only.iter().find(|(_, set)| *set) {
+                Some(&(key, _)) => {
+                    let message = "only applies to JSON sources";
+                    Err(Problem::key(Some(source.clone()), key, message))
                 }
-            }
-            return Ok(Format::Text);
+                None => Ok(Format::Text),
+            };
         }
-        let items = match items {
+        let items = match &self.items {
             None => vec![String::new()],
-            Some(v) => self.strings(v, &f("items"), true)?,
+            Some(OneOrMany(items)) => (items.iter())
+                .map(|path| if path == "." { "" } else { path }.to_owned())
+                .collect(),
         };
-        let items = items
-            .into_iter()
-            .map(|p| if p == "." { String::new() } else { p })
+        let filters = (self.filter.iter().flatten())
+            .map(|(field, OneOrMany(values))| Filter {
+                field: field.clone(),
+                any_of: values.iter().map(|Scalar(v)| v.clone()).collect(),
+            })
             .collect();
-        let cidr = match cidr {
-            None => Vec::new(),
-            Some(v) => self.strings(v, &f("cidr"), false)?,
-        };
-        let mut filters = Vec::new();
-        if let Some(table) = filter {
-            let span = table.span();
-            for (key, value) in table.into_inner() {
-                let scalar = |v: Value| -> Result<serde_json::Value, ConfigError> {
-                    match v {
-                        Value::String(s) => Ok(s.into()),
-                        Value::Integer(i) => Ok(i.into()),
-                        Value::Boolean(b) => Ok(b.into()),
-                        Value::Float(x) => Ok(x.into()),
-                        other => Err(self.error(
-                            span.clone(),
-                            f(&format!("where.{key}")),
-                            format!("expected a string, number or boolean (or a list of them), found {}", other.type_str()),
-                        )),
-                    }
-                };
-                let any_of = match value {
-                    Value::Array(values) => values
-                        .into_iter()
-                        .map(scalar)
-                        .collect::<Result<Vec<_>, _>>()?,
-                    v => vec![scalar(v)?],
-                };
-                if any_of.is_empty() {
-                    return Err(self.error(
-                        span.clone(),
-                        f(&format!("where.{key}")),
-                        "the list of accepted values is empty",
-                    ));
-                }
-                filters.push(Filter { field: key, any_of });
-            }
-        }
         Ok(Format::Json(Selector {
             items,
-            cidr,
+            cidr: self
+                .cidr
+                .as_ref()
+                .map_or_else(Vec::new, |FieldNames(c)| c.clone()),
             filters,
-            serial: serial.map(|s| s.into_inner()),
+            serial: self.serial.clone(),
         }))
-    }
-
-    /// A string or a non-empty list of strings.
-    fn strings(
-        &self,
-        value: Spanned<Value>,
-        field: &str,
-        allow_empty_string: bool,
-    ) -> Result<Vec<String>, ConfigError> {
-        let span = value.span();
-        let list = match value.into_inner() {
-            Value::String(s) => vec![s],
-            Value::Array(values) => values
-                .into_iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s),
-                    other => Err(self.error(
-                        span.clone(),
-                        field,
-                        format!("expected strings, found {}", other.type_str()),
-                    )),
-                })
-                .collect::<Result<_, _>>()?,
-            other => {
-                return Err(self.error(
-                    span,
-                    field,
-                    format!(
-                        "expected a string or a list of strings, found {}",
-                        other.type_str()
-                    ),
-                ));
-            }
-        };
-        if list.is_empty() {
-            return Err(self.error(span, field, "the list is empty"));
-        }
-        if !allow_empty_string && list.iter().any(String::is_empty) {
-            return Err(self.error(span, field, "field names can't be empty"));
-        }
-        Ok(list)
     }
 }
 
@@ -1564,11 +1493,11 @@ items = "."
     fn type_errors_name_the_field() {
         let (msg, line, _) = parse_err("interfaces = [\"eth0\"]\nports = [\"https\"]\n");
         assert_eq!(line, 2, "{msg}");
-        assert!(msg.contains(":2:") && msg.contains("ports: "), "{msg}");
+        assert!(msg.contains(":2:") && msg.contains("ports[0]: "), "{msg}");
         let (msg, _, _) = parse_err(
             "interfaces = [\"eth0\"]\n[[provider]]\nname = \"a\"\n[[provider.source]]\nretries = \"three\"\n",
         );
-        assert!(msg.contains("provider.source.retries: "), "{msg}");
+        assert!(msg.contains("provider[0].source[0].retries: "), "{msg}");
     }
 
     #[test]
@@ -1585,7 +1514,7 @@ items = "."
                 "interfaces = [\"eth0\"]\nmode = \"drop\"\n",
                 2,
                 "mode",
-                "unknown mode \"drop\"",
+                "unknown variant `drop`",
             ),
             (
                 "interfaces = [\"eth0\"]\nrefresh = \"500ms\"\n",
@@ -1620,8 +1549,8 @@ items = "."
             (
                 "interfaces = [{ name = \"eth0\", mode = \"fast\" }]\n",
                 1,
-                "interfaces[0]",
-                "unknown mode \"fast\"",
+                "interfaces[0].mode",
+                "unknown variant `fast`",
             ),
             (
                 "interfaces = [\"eth0\", \"eth0\"]\n",
@@ -1661,79 +1590,79 @@ items = "."
             (
                 "[[provider]]\nname = \"a\"\n",
                 2,
-                "provider.a",
+                "provider[0]",
                 "neither a `preset` nor any [[provider.source]]",
             ),
             (
                 "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"http://example.com/ips.json\"\n",
                 5,
-                "provider.a.source[0].url",
+                "provider[0].source[0].url",
                 "plain http is refused",
             ),
             (
                 "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"ftp://example.com/ips.json\"\n",
                 5,
-                "provider.a.source[0].url",
+                "provider[0].source[0].url",
                 "unsupported scheme",
             ),
             (
                 "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://example.com/ips\"\n",
                 4,
-                "provider.a.source[0].format",
+                "provider[0].source[0].format",
                 "cannot infer the format",
             ),
             (
                 "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://example.com/ips\"\nformat = \"xml\"\n",
                 6,
-                "provider.a.source[0].format",
-                "unknown format \"xml\"",
+                "provider[0].source[0].format",
+                "unknown variant `xml`",
             ),
             (
                 "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://example.com/ips.txt\"\nitems = \"x\"\n",
                 6,
-                "provider.a.source[0].items",
+                "provider[0].source[0].items",
                 "only applies to JSON",
             ),
             (
                 "[[provider]]\nname = \"a\"\n[[provider.source]]\nstatic = [\"192.0.2.0/24\"]\ntimeout = \"1s\"\n",
                 6,
-                "provider.a.source[0].timeout",
+                "provider[0].source[0].timeout",
                 "only applies to `url`",
             ),
             (
                 "[[provider]]\nname = \"a\"\n[[provider.source]]\nstatic = [\"192.0.2.0/24\"]\nurl = \"https://example.com/x.json\"\n",
                 4,
-                "provider.a.source[0]",
+                "provider[0].source[0]",
                 "exactly one of",
             ),
             (
                 "[[provider]]\nname = \"a\"\n[[provider.source]]\nstatic = [\"192.0.2.0/24\",\n  \"not-an-ip\"]\n",
                 6,
-                "provider.a.source[0].static",
+                "provider[0].source[0].static[1]",
                 "\"not-an-ip\" is not an IP address",
             ),
             (
                 "[[provider]]\nname = \"a\"\n[[provider.source]]\nstatic = [\"4.0.0.0/6\"]\n",
                 5,
-                "provider.a.source[0].static",
+                "provider[0].source[0].static[0]",
                 "broader than the /8 floor",
             ),
             (
                 "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://e.com/x.json\"\nwhere = { a = [[1]] }\n",
                 6,
-                "provider.a.source[0].where.a",
+                "provider[0].source[0].where.a[0]",
                 "expected a string, number or boolean",
             ),
             (
                 "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://e.com/x.json\"\ncidr = []\n",
                 6,
-                "provider.a.source[0].cidr",
+                "provider[0].source[0].cidr",
                 "empty",
             ),
             (
                 "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://e.com/x.json\"\nretries = -1\n",
                 6,
-                "provider.a.source[0].retries",
+                "provider[0].source[0].retries",
                 "not a retry count",
             ),
         ];
@@ -1749,7 +1678,7 @@ items = "."
         let (msg, line, field) = parse_err(&format!(
             "{MINIMAL}[[provider]]\nname = \"a\"\npreset = \"intercom-mars\"\n"
         ));
-        assert_eq!((line, field.as_str()), (4, "provider.a.preset"));
+        assert_eq!((line, field.as_str()), (4, "provider[0].preset"));
         assert!(msg.contains("unknown preset \"intercom-mars\""), "{msg}");
         for known in [
             "intercom-us",
@@ -1841,21 +1770,21 @@ proxy = "none"
                 format!("{MINIMAL}{source}proxy = \"http://\"\n"),
                 6,
                 9,
-                "provider.a.source[0].proxy",
+                "provider[0].source[0].proxy",
                 "not a proxy URL",
             ),
             (
                 format!("{MINIMAL}{source}proxy = \"http://proxy.internal:3128/path\"\n"),
                 6,
                 9,
-                "provider.a.source[0].proxy",
+                "provider[0].source[0].proxy",
                 "no path",
             ),
             (
                 format!("{MINIMAL}{source}proxy = \"\"\n"),
                 6,
                 9,
-                "provider.a.source[0].proxy",
+                "provider[0].source[0].proxy",
                 "not a proxy URL",
             ),
             (
@@ -1864,7 +1793,7 @@ proxy = "none"
                 ),
                 6,
                 9,
-                "provider.a.source[0].proxy",
+                "provider[0].source[0].proxy",
                 "only applies to `url` sources",
             ),
         ];

@@ -6,8 +6,6 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::config::Guards;
-
 /// Who wrote a list: the bogon filter applies only to lists fetched from a provider;
 /// an operator may allowlist an office RFC 1918 range in a static or file source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +14,14 @@ pub enum Trust {
     Remote,
     /// Written by the operator (static list, local file, built-in snapshot).
     Operator,
+}
+
+/// The broadest prefixes a source may hold, per address family (`guards.min_prefix_v4`
+/// and `guards.min_prefix_v6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Floors {
+    pub v4: u8,
+    pub v6: u8,
 }
 
 /// Why a source's entries were rejected (the whole source is rejected).
@@ -92,8 +98,9 @@ pub fn validate(
     entries: &[String],
     source_id: &str,
     trust: Trust,
-    guards: &Guards,
+    floors: impl Into<Floors>,
 ) -> Result<Validated, PrefixError> {
+    let floors = floors.into();
     let mut prefixes = Vec::with_capacity(entries.len());
     let mut warnings = Vec::new();
     for entry in entries {
@@ -104,8 +111,8 @@ pub fn validate(
             });
         };
         let (floor, family) = match net {
-            IpNet::V4(_) => (guards.min_prefix_v4, 4),
-            IpNet::V6(_) => (guards.min_prefix_v6, 6),
+            IpNet::V4(_) => (floors.v4, 4),
+            IpNet::V6(_) => (floors.v6, 6),
         };
         if net.prefix_len() < floor {
             return Err(PrefixError::TooBroad {
@@ -310,6 +317,9 @@ pub fn diff(old: &BTreeMap<IpNet, u32>, new: &BTreeMap<IpNet, u32>) -> Diff {
 mod tests {
     use super::*;
 
+    /// The default `[guards]` floors.
+    const FLOORS: Floors = Floors { v4: 8, v6: 19 };
+
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
     }
@@ -319,7 +329,7 @@ mod tests {
     }
 
     fn ok(list: &[&str], trust: Trust) -> Validated {
-        validate(&entries(list), "p/0", trust, &Guards::default()).unwrap()
+        validate(&entries(list), "p/0", trust, FLOORS).unwrap()
     }
 
     #[test]
@@ -363,7 +373,7 @@ mod tests {
                 &entries(&["192.0.2.1", bad]),
                 "partner/0",
                 Trust::Remote,
-                &Guards::default(),
+                FLOORS,
             )
             .unwrap_err();
             assert_eq!(
@@ -379,24 +389,12 @@ mod tests {
 
     #[test]
     fn prefixes_broader_than_the_floor_are_refused() {
-        let err = validate(
-            &entries(&["4.0.0.0/7"]),
-            "p/0",
-            Trust::Remote,
-            &Guards::default(),
-        )
-        .unwrap_err();
+        let err = validate(&entries(&["4.0.0.0/7"]), "p/0", Trust::Remote, FLOORS).unwrap_err();
         assert_eq!(
             err.to_string(),
             "source p/0: prefix 4.0.0.0/7 is broader than the /8 floor (guards.min_prefix_v4)"
         );
-        let err = validate(
-            &entries(&["2600::/18"]),
-            "p/0",
-            Trust::Operator,
-            &Guards::default(),
-        )
-        .unwrap_err();
+        let err = validate(&entries(&["2600::/18"]), "p/0", Trust::Operator, FLOORS).unwrap_err();
         assert!(matches!(
             err,
             PrefixError::TooBroad {
@@ -405,15 +403,7 @@ mod tests {
                 ..
             }
         ));
-        assert!(
-            validate(
-                &entries(&["0.0.0.0/0"]),
-                "p/0",
-                Trust::Operator,
-                &Guards::default()
-            )
-            .is_err()
-        );
+        assert!(validate(&entries(&["0.0.0.0/0"]), "p/0", Trust::Operator, FLOORS).is_err());
         // At the floor is fine.
         assert_eq!(
             ok(&["4.0.0.0/8", "2600::/19"], Trust::Remote)
@@ -421,11 +411,8 @@ mod tests {
                 .len(),
             2
         );
-        let strict = Guards {
-            min_prefix_v4: 24,
-            ..Guards::default()
-        };
-        assert!(validate(&entries(&["192.0.2.0/23"]), "p/0", Trust::Remote, &strict).is_err());
+        let strict = Floors { v4: 24, ..FLOORS };
+        assert!(validate(&entries(&["192.0.2.0/23"]), "p/0", Trust::Remote, strict).is_err());
     }
 
     #[test]

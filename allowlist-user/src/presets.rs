@@ -4,6 +4,17 @@
 
 use std::fmt;
 
+use ipnet::IpNet;
+use reqwest::Url;
+
+use crate::{
+    prefixes::{self, Floors, PrefixError, Trust},
+    source::{
+        Format,
+        json::{Filter, Selector},
+    },
+};
+
 /// A built-in provider, used as `preset = "<name>"` in the configuration.
 #[derive(Debug)]
 pub struct Preset {
@@ -50,6 +61,47 @@ impl Preset {
             PresetSource::Json { url, .. } => vec![url],
             PresetSource::Static => Vec::new(),
         }
+    }
+
+    /// Where the preset's list is published and how it is read; `None` for a static
+    /// preset, whose snapshot is the list.
+    pub fn location(&self) -> Option<(Url, Format)> {
+        let PresetSource::Json {
+            url,
+            items,
+            cidr,
+            filter,
+            serial,
+        } = self.source
+        else {
+            return None;
+        };
+        let selector = Selector {
+            items: items.iter().map(|s| s.to_string()).collect(),
+            cidr: cidr.iter().map(|s| s.to_string()).collect(),
+            filters: (filter.iter())
+                .map(|&(field, value)| Filter {
+                    field: field.to_owned(),
+                    any_of: vec![value.into()],
+                })
+                .collect(),
+            serial: serial.map(str::to_owned),
+        };
+        let url = Url::parse(url).expect("preset URLs are valid");
+        Some((url, Format::Json(selector)))
+    }
+}
+
+impl Snapshot {
+    /// The list, validated (as an operator's list) against the prefix floors and
+    /// aggregated; `source_id` names it in an error.
+    pub fn prefixes(
+        &self,
+        source_id: &str,
+        floors: impl Into<Floors>,
+    ) -> Result<Vec<IpNet>, PrefixError> {
+        let entries: Vec<String> = self.entries.iter().map(|e| e.to_string()).collect();
+        prefixes::validate(&entries, source_id, Trust::Operator, floors).map(|v| v.prefixes)
     }
 }
 
@@ -358,7 +410,6 @@ static PRESETS: &[Preset] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prefixes;
     use std::collections::HashSet;
 
     #[test]

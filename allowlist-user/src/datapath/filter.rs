@@ -9,7 +9,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::CString,
-    fmt,
     path::{Path, PathBuf},
 };
 
@@ -26,7 +25,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DatapathError, LoadOptions, Maps,
+    AttachMode, DatapathError, Interface, LoadOptions, Maps,
     link::{self, LinkState},
     loader,
     pins::{self, ExpectedMap},
@@ -34,44 +33,13 @@ use super::{
     sync::{self, SyncReport},
 };
 
-/// How XDP attaches to an interface.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// Native (driver) XDP where the driver supports it, generic otherwise.
-    #[default]
-    Auto,
-    /// Native XDP only: fail if the driver lacks it.
-    Native,
-    /// Generic (skb) XDP: works on every interface, slower.
-    Skb,
-}
-
-impl AttachMode {
-    fn xdp_mode(self) -> XdpMode {
-        match self {
-            AttachMode::Auto => XdpMode::Default,
-            AttachMode::Native => XdpMode::Driver,
-            AttachMode::Skb => XdpMode::Skb,
-        }
+/// The XDP mode aya attaches in for a configured mode.
+fn xdp_mode(mode: AttachMode) -> XdpMode {
+    match mode {
+        AttachMode::Auto => XdpMode::Default,
+        AttachMode::Native => XdpMode::Driver,
+        AttachMode::Skb => XdpMode::Skb,
     }
-}
-
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AttachMode::Auto => "auto",
-            AttachMode::Native => "native",
-            AttachMode::Skb => "skb",
-        })
-    }
-}
-
-/// An interface to attach to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AttachSpec {
-    pub name: String,
-    pub mode: AttachMode,
 }
 
 /// How one configured interface stands: filtered through a live link of this
@@ -93,7 +61,7 @@ pub struct InterfaceState {
 }
 
 impl InterfaceState {
-    fn new(spec: &AttachSpec) -> Self {
+    fn new(spec: &Interface) -> Self {
         Self {
             name: spec.name.clone(),
             mode: spec.mode,
@@ -105,7 +73,7 @@ impl InterfaceState {
         }
     }
 
-    fn failed(spec: &AttachSpec, error: String) -> Self {
+    fn failed(spec: &Interface, error: String) -> Self {
         Self {
             error: Some(error),
             ..Self::new(spec)
@@ -129,7 +97,7 @@ pub struct Filter {
 }
 
 /// Fails unless every interface exists, naming the ones that do.
-pub fn check_interfaces(interfaces: &[AttachSpec]) -> Result<(), DatapathError> {
+pub fn check_interfaces(interfaces: &[Interface]) -> Result<(), DatapathError> {
     for spec in interfaces {
         let c = CString::new(spec.name.as_str()).map_err(|_| DatapathError::MissingInterface {
             name: spec.name.clone(),
@@ -267,7 +235,7 @@ impl Filter {
     /// otherwise a new link is created and pinned. If this load created the pins and
     /// an interface cannot be attached, every pin is removed again: a failed start
     /// leaves nothing behind. Links to interfaces no longer listed are unpinned last.
-    pub fn attach(&mut self, interfaces: &[AttachSpec]) -> Result<(), DatapathError> {
+    pub fn attach(&mut self, interfaces: &[Interface]) -> Result<(), DatapathError> {
         self.reconcile(interfaces);
         if let Some(failed) = self.interfaces.iter().find(|i| !i.attached) {
             let error = DatapathError::Attach {
@@ -295,7 +263,7 @@ impl Filter {
     /// changed, with their previous state.
     pub fn reconcile(
         &mut self,
-        interfaces: &[AttachSpec],
+        interfaces: &[Interface],
     ) -> Vec<(Option<InterfaceState>, InterfaceState)> {
         let previous = std::mem::take(&mut self.interfaces);
         let mut states = Vec::with_capacity(interfaces.len());
@@ -321,7 +289,7 @@ impl Filter {
         changes
     }
 
-    fn remove_stale_links(&self, interfaces: &[AttachSpec]) {
+    fn remove_stale_links(&self, interfaces: &[Interface]) {
         let wanted: BTreeSet<&str> = interfaces.iter().map(|s| s.name.as_str()).collect();
         for stale in pins::pinned_links(&self.pin_dir).unwrap_or_default() {
             if wanted.contains(stale.as_str()) {
@@ -340,7 +308,7 @@ impl Filter {
     }
 
     /// One interface: keep, adopt, follow or (re)create its link.
-    fn ensure(&mut self, spec: &AttachSpec, all: &[AttachSpec]) -> InterfaceState {
+    fn ensure(&mut self, spec: &Interface, all: &[Interface]) -> InterfaceState {
         let pin = pins::link_pin(&self.pin_dir, &spec.name);
         let device = link::ifindex(&spec.name);
         match link::read(&pin) {
@@ -410,7 +378,7 @@ impl Filter {
     }
 
     /// A live link: runs this program (swapped in atomically if another build's runs).
-    fn keep(&mut self, spec: &AttachSpec, pin: &Path, on: u32, program_id: u32) -> InterfaceState {
+    fn keep(&mut self, spec: &Interface, pin: &Path, on: u32, program_id: u32) -> InterfaceState {
         let mut adopted = false;
         if program_id != self.program_id {
             if let Err(e) = self.replace_in_link(pin) {
@@ -441,9 +409,9 @@ impl Filter {
     /// moves to the new name and the link is kept.
     fn follow(
         &mut self,
-        spec: &AttachSpec,
+        spec: &Interface,
         device: Option<u32>,
-        all: &[AttachSpec],
+        all: &[Interface],
     ) -> Option<InterfaceState> {
         let device = device?;
         for other in pins::pinned_links(&self.pin_dir).ok()? {
@@ -490,10 +458,10 @@ impl Filter {
 
     /// Attaches through a new link and pins it. `auto` falls back to generic (skb)
     /// XDP where the driver refuses native XDP (at MTU 9000, say).
-    fn attach_new(&mut self, spec: &AttachSpec, pin: &Path) -> Result<AttachMode, DatapathError> {
+    fn attach_new(&mut self, spec: &Interface, pin: &Path) -> Result<AttachMode, DatapathError> {
         let name = spec.name.clone();
         let program = self.program()?;
-        let (link_id, mode) = match program.attach(&name, spec.mode.xdp_mode()) {
+        let (link_id, mode) = match program.attach(&name, xdp_mode(spec.mode)) {
             Ok(id) => (id, spec.mode),
             Err(native) if spec.mode == AttachMode::Auto => {
                 let id = program.attach(&name, XdpMode::Skb).map_err(|source| {

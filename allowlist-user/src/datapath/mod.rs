@@ -16,8 +16,10 @@ use aya::{
 };
 use thiserror::Error;
 
+use crate::config::{AttachMode, Interface};
+
 pub use fast::FastReport;
-pub use filter::{AttachMode, AttachSpec, Filter, InterfaceState, check_interfaces};
+pub use filter::{Filter, InterfaceState, check_interfaces};
 pub use link::{LinkState, read as read_link};
 pub use maps::{Counters, Maps};
 pub use pins::{
