@@ -69,17 +69,19 @@ pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 /// the system's Python), linked as $CARGO_HOME/bin/kubernetes-validate.
 fn kubernetes_validate() -> Result<()> {
     let link = cargo_home().join("bin").join("kubernetes-validate");
-    let wanted = format!("kubernetes-validate {KUBERNETES_VALIDATE_VERSION}");
+    // `--version` prints the version alone.
     let current = Command::new(&link)
         .arg("--version")
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    if current.as_deref() == Some(wanted.as_str()) {
+    if current.as_deref() == Some(KUBERNETES_VALIDATE_VERSION) {
         return Ok(());
     }
-    eprintln!("setup: installing {wanted} (PyPI) in a virtualenv under $CARGO_HOME");
+    eprintln!(
+        "setup: installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} (PyPI) in a virtualenv under $CARGO_HOME"
+    );
     let venv = cargo_home()
         .join("venvs")
         .join(format!("kubernetes-validate-{KUBERNETES_VALIDATE_VERSION}"));
