@@ -33,9 +33,11 @@ use allowlist_tests::{
 use serde::Deserialize as _;
 use serde_yaml_ng::Value;
 
-/// The image as `cargo xtask image` left it: its tag and its archive.
+/// The image as `cargo xtask image` left it: its tag, its ID (what the containers
+/// run, should another build retag it meanwhile) and its archive.
 struct Image {
     tag: String,
+    id: String,
     archive: PathBuf,
 }
 
@@ -68,6 +70,7 @@ fn image() -> &'static Image {
         assert!(archive.ends_with(".oci.tar"), "{}", describe(&out));
         Image {
             tag: tag.to_owned(),
+            id: podman_ok(&["image", "inspect", "--format", "{{.Id}}", tag]),
             archive: PathBuf::from(archive),
         }
     })
@@ -167,15 +170,13 @@ fn archive_loads_and_holds_the_agent_and_exactly_the_libraries_it_links() {
         return;
     }
     let image = image();
-    let built = podman_ok(&["image", "inspect", "--format", "{{.Id}}", &image.tag]);
-
     // `podman load` into an empty store gives the same image under the same name.
     let store = ScratchStore::new();
     let archive = image.archive.to_str().expect("a UTF-8 path");
     let loaded = store.podman_ok(&["load", "--input", archive]);
     assert!(loaded.contains(&image.tag), "podman load: {loaded}");
     let id = store.podman_ok(&["image", "inspect", "--format", "{{.Id}}", &image.tag]);
-    assert_eq!(id, built, "the archive holds the built image");
+    assert_eq!(id, image.id, "the archive holds the built image");
     let config: serde_json::Value = serde_json::from_str(&store.podman_ok(&[
         "image",
         "inspect",
@@ -446,7 +447,7 @@ impl Node {
             };
             cmd.arg(format!("--volume={}:{at}{options}", source.display()));
         }
-        cmd.args(extra).arg(&image().tag).args(args);
+        cmd.args(extra).arg(&image().id).args(args);
         cmd
     }
 
