@@ -11,6 +11,31 @@ use std::{
     process::{Command, Output},
 };
 
+/// The repository of the image `cargo xtask image` builds, tagged with the version;
+/// the DaemonSet and the kustomization name it.
+pub const IMAGE_REPOSITORY: &str = "localhost/allowlist";
+
+/// The image `cargo xtask image` builds from this version of the agent.
+pub fn image_tag() -> String {
+    format!("{IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// A tool on PATH, or where `cargo xtask test` installs the tools it takes out of
+/// Debian's or PyPI's packages ($CARGO_HOME/bin).
+pub fn tool(name: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    }) {
+        return Some(path);
+    }
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    Some(home.join("bin").join(name)).filter(|p| p.is_file())
+}
+
 /// The workspace root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

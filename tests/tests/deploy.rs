@@ -2,8 +2,9 @@
 //! example configuration, the systemd unit, the Debian package metadata, the
 //! Kubernetes manifests and the Prometheus alerts. The configurations are checked by
 //! the agent's own parser, the command lines by the agent binary, the unit by
-//! `systemd-analyze verify` and the alerts by `promtool`. All fast; the package
-//! itself is built and installed in package.rs.
+//! `systemd-analyze verify`, the manifests by the Kubernetes API's schemas
+//! (`kubernetes-validate`) and the alerts by `promtool`. All fast; the package itself
+//! is built and installed in package.rs, the image built and run in image.rs.
 
 use std::{
     collections::BTreeSet,
@@ -11,7 +12,7 @@ use std::{
     process::Command,
 };
 
-use allowlist_tests::{describe, repo, run, world::binary};
+use allowlist_tests::{IMAGE_REPOSITORY, describe, image_tag, repo, run, tool, world::binary};
 use allowlist_user::config::{self, Config, Location, Proxy};
 use serde::Deserialize as _;
 use serde_yaml_ng::Value;
@@ -690,10 +691,25 @@ fn kubernetes_manifests_agree_with_the_agent_and_each_other() {
         );
     }
 
+    // The image `cargo xtask image` builds, at this version; the kustomization's
+    // `images:` entry is where users put their registry's name instead.
     let container = k8s.container();
+    assert_eq!(
+        str_of(&container["image"], "image"),
+        image_tag(),
+        "the DaemonSet names the image `cargo xtask image` builds"
+    );
+    let images = kustomization["images"]
+        .as_sequence()
+        .expect("kustomization images");
     assert!(
-        str_of(&container["image"], "image").contains("allowlist"),
-        "an image placeholder"
+        images
+            .iter()
+            .any(|i| i["name"].as_str() == Some(IMAGE_REPOSITORY)
+                && i["newTag"].as_str() == Some(env!("CARGO_PKG_VERSION"))
+                && i["newName"].is_null()),
+        "kustomization.yaml's images: {IMAGE_REPOSITORY} at {}: {images:?}",
+        env!("CARGO_PKG_VERSION")
     );
     // args: `--config <the ConfigMap's file>`, the `run` subcommand and its
     // `--metrics` on the pod's IP (the node's primary address, with hostNetwork).
@@ -867,6 +883,153 @@ fn kubernetes_manifests_agree_with_the_agent_and_each_other() {
     assert_eq!(resolve_port(&service_port["targetPort"], &container), port);
 }
 
+/// The Kubernetes release whose API schemas the manifests are checked against: the
+/// newest that `kubernetes-validate` (pinned in xtask/src/setup.rs) bundles.
+const KUBERNETES_VERSION: &str = "1.37.0";
+
+/// Kinds the Kubernetes API has no schema for: skipped by name, with the reason.
+const WITHOUT_SCHEMA: &[(&str, &str, &str)] = &[(
+    "monitoring.coreos.com/v1",
+    "ServiceMonitor",
+    "a Prometheus Operator CRD: its schema comes with the operator, not with Kubernetes",
+)];
+
+/// `kubernetes-validate --strict` against `KUBERNETES_VERSION` on `files`; panics
+/// unless each of `expected` (kind, name) passed, and nothing but the kinds of
+/// `WITHOUT_SCHEMA` went unchecked.
+fn validate(tool: &Path, files: &[PathBuf], expected: &[(String, String)]) {
+    let out = run(Command::new(tool)
+        .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+        .args(files));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "kubernetes-validate: {}",
+        describe(&out)
+    );
+    for line in text.lines().filter(|l| !l.starts_with("INFO")) {
+        assert!(
+            WITHOUT_SCHEMA.iter().any(|(api, kind, _)| {
+                line.contains(&format!("for kind {kind} with api version {api} "))
+            }),
+            "kubernetes-validate: {line}"
+        );
+    }
+    for (kind, name) in expected {
+        let passed = format!("passed for resource {}/{name} ", kind.to_lowercase());
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("INFO") && l.contains(&passed)),
+            "{kind} {name} was not validated:\n{text}"
+        );
+    }
+}
+
+/// (kind, name) of every document in `docs` that the API has a schema for.
+fn schema_checked<'a>(docs: impl Iterator<Item = &'a Value>) -> Vec<(String, String)> {
+    docs.filter_map(|doc| {
+        let api = str_of(&doc["apiVersion"], "apiVersion");
+        let kind = str_of(&doc["kind"], "kind");
+        let name = str_of(&doc["metadata"]["name"], "metadata.name");
+        if let Some((_, _, why)) = WITHOUT_SCHEMA
+            .iter()
+            .find(|(a, k, _)| *a == api && *k == kind)
+        {
+            eprintln!("SKIPPED the schema of {kind} {name}: {why}");
+            return None;
+        }
+        Some((kind.to_owned(), name.to_owned()))
+    })
+    .collect()
+}
+
+#[test]
+fn kubernetes_manifests_match_the_api_schemas() {
+    // On PATH, or where `cargo xtask test` puts it: a virtualenv under $CARGO_HOME.
+    let Some(validate_tool) = tool("kubernetes-validate") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubernetes-validate is missing: `cargo xtask test` installs it (PyPI, in a virtualenv)"
+        );
+        eprintln!(
+            "SKIPPED: kubernetes-validate is missing (`cargo xtask test` installs it); \
+             the manifests were checked against each other only"
+        );
+        return;
+    };
+    let k8s = Kubernetes::load();
+    let dir = deploy("kubernetes");
+    let files: BTreeSet<&str> = k8s.docs.iter().map(|(f, _)| f.as_str()).collect();
+    let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
+    let expected = schema_checked(k8s.docs.iter().map(|(_, d)| d));
+    assert!(
+        expected.iter().any(|(kind, _)| kind == "DaemonSet"),
+        "{expected:?}"
+    );
+    validate(&validate_tool, &files, &expected);
+
+    // The check bites: a misspelt field in the DaemonSet is refused.
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let daemonset = read(&dir.join("daemonset.yaml"));
+    let field = "readOnlyRootFilesystem: true";
+    assert!(daemonset.contains(field));
+    let broken = scratch.path().join("daemonset.yaml");
+    std::fs::write(
+        &broken,
+        daemonset.replace(field, "readOnlyRootFileSystem: true"),
+    )
+    .expect("write the broken copy");
+    let out = run(Command::new(&validate_tool)
+        .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+        .arg(&broken));
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("readOnlyRootFileSystem"),
+        "a misspelt securityContext field must fail: {}",
+        describe(&out)
+    );
+
+    // What `kubectl apply -k` applies: the kustomization, rendered by kubectl's own
+    // kustomize.
+    let Some(kubectl) = tool("kubectl") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubectl is missing: this kind of machine comes with it"
+        );
+        eprintln!("SKIPPED: kubectl is missing; the kustomization was not rendered");
+        return;
+    };
+    let out = run(Command::new(kubectl).arg("kustomize").arg(&dir));
+    assert!(
+        out.status.success(),
+        "kubectl kustomize: {}",
+        describe(&out)
+    );
+    let rendered = scratch.path().join("rendered.yaml");
+    std::fs::write(&rendered, &out.stdout).expect("write the rendered kustomization");
+    let docs = yaml_docs(&rendered);
+    let expected = schema_checked(docs.iter());
+    assert_eq!(
+        expected.len(),
+        strings(&k8s.kustomization["resources"]).len(),
+        "one document per resource: {expected:?}"
+    );
+    validate(&validate_tool, &[rendered], &expected);
+    let daemonset = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("DaemonSet"))
+        .expect("a rendered DaemonSet");
+    assert_eq!(
+        daemonset["spec"]["template"]["spec"]["containers"][0]["image"].as_str(),
+        Some(image_tag().as_str()),
+        "the rendered DaemonSet runs the image `cargo xtask image` builds"
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // The Prometheus alerts.
 
@@ -942,21 +1105,11 @@ fn prometheus_alerts_use_the_agents_metrics() {
     }
 }
 
-/// promtool: on PATH, or where `cargo xtask test` puts it ($CARGO_HOME/bin, taken
-/// out of Debian's prometheus package without installing the server).
-fn promtool() -> Option<PathBuf> {
-    if let Some(path) = on_path("promtool") {
-        return Some(path);
-    }
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
-    Some(home.join("bin").join("promtool")).filter(|p| p.is_file())
-}
-
 #[test]
 fn promtool_checks_the_alerts_and_runs_their_unit_tests() {
-    let Some(promtool) = promtool() else {
+    // On PATH, or where `cargo xtask test` puts it: taken out of Debian's prometheus
+    // package without installing the server.
+    let Some(promtool) = tool("promtool") else {
         assert!(
             std::env::var_os("CI").is_none(),
             "promtool is missing: `cargo xtask test` installs it (extracted from Debian's prometheus package)"

@@ -1,10 +1,11 @@
 //! Project tasks that a build script can't do: toolchain set-up, tests that need root
-//! and network namespaces, the demo, benchmarks and packaging.
+//! and network namespaces, the demo, benchmarks, the Debian package and the image.
 //!
 //! Every command runs `setup` first, so a fresh machine of this kind needs nothing but
 //! `cargo xtask <command>`.
 
 mod bench;
+mod image;
 mod package;
 mod setup;
 
@@ -39,6 +40,10 @@ enum Task {
     },
     /// Build the Debian package (target/debian/allowlist_<version>_<arch>.deb).
     Package,
+    /// Build the OCI image `localhost/allowlist:<version>` with podman, from scratch
+    /// and without network, and save it as target/image/allowlist-<version>.oci.tar
+    /// (needs root).
+    Image,
     /// Benchmarks (needs root): decision cost per packet beside an empty program and
     /// the textbook filter, refresh costs, agent memory; writes target/bench/results.md.
     Bench {
@@ -80,6 +85,7 @@ fn run(task: Task) -> Result<()> {
         Task::Clippy => clippy(),
         Task::Test { no_e2e } => test(no_e2e),
         Task::Package => package::run().map(|_| ()),
+        Task::Image => image::run(),
         Task::Bench { args } => bench::run(&args),
         Task::Demo => demo(),
         Task::Run { args } => run_agent(&args),

@@ -47,45 +47,92 @@ pub fn ensure() -> Result<()> {
 
 /// What only the tests need, on top of [`ensure`]: `promtool`, extracted from
 /// Debian's package without running its install scripts (so no service is enabled or
-/// started) into $CARGO_HOME/bin. cargo-deb comes with `cargo xtask package`.
+/// started) into $CARGO_HOME/bin; `kubernetes-validate` with the Kubernetes API
+/// schemas, in a virtualenv of its own; and the image test's podman and runc
+/// ([`crate::image::ensure_tools`]). cargo-deb comes with `cargo xtask package`.
 pub fn ensure_test_tools() -> Result<()> {
-    let target = cargo_home().join("bin").join("promtool");
-    if on_path("promtool") || target.is_file() {
+    let promtool = cargo_home().join("bin").join("promtool");
+    if !on_path("promtool") && !promtool.is_file() {
+        eprintln!(
+            "setup: extracting promtool from Debian's {PROMTOOL_PACKAGE} package (no install scripts, no service)"
+        );
+        extract_from_deb(PROMTOOL_PACKAGE, "usr/bin/promtool", &promtool)?;
+    }
+    kubernetes_validate()?;
+    crate::image::ensure_tools()
+}
+
+/// The `kubernetes-validate` release whose bundled schemas the deployment test uses.
+pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// `kubernetes-validate` from PyPI, pinned, in a virtualenv under $CARGO_HOME (never
+/// the system's Python), linked as $CARGO_HOME/bin/kubernetes-validate.
+fn kubernetes_validate() -> Result<()> {
+    let link = cargo_home().join("bin").join("kubernetes-validate");
+    // `--version` prints the version alone.
+    let current = Command::new(&link)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if current.as_deref() == Some(KUBERNETES_VALIDATE_VERSION) {
         return Ok(());
     }
     eprintln!(
-        "setup: extracting promtool from Debian's {PROMTOOL_PACKAGE} package (no install scripts, no service)"
+        "setup: installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} (PyPI) in a virtualenv under $CARGO_HOME"
     );
-    let dir = env::temp_dir().join(format!("allowlist-promtool-{}", std::process::id()));
+    let venv = cargo_home()
+        .join("venvs")
+        .join(format!("kubernetes-validate-{KUBERNETES_VALIDATE_VERSION}"));
+    let _ = std::fs::remove_dir_all(&venv);
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "python3 -m venv",
+    )?;
+    run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!(
+                "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+            )),
+        "pip install kubernetes-validate",
+    )?;
+    if let Some(parent) = link.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(venv.join("bin/kubernetes-validate"), &link)
+        .with_context(|| format!("linking {}", link.display()))
+}
+
+/// Copies `member` (a path inside the package, such as `usr/bin/promtool`) out of
+/// Debian's `package` to `target`, executable, without installing the package: its
+/// maintainer scripts never run.
+pub fn extract_from_deb(package: &str, member: &str, target: &Path) -> Result<()> {
+    let dir = env::temp_dir().join(format!("allowlist-deb-{package}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let result = extract_promtool(&dir, &target);
+    let result = extract_into(&dir, package, member, target);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn extract_promtool(dir: &Path, target: &Path) -> Result<()> {
+fn extract_into(dir: &Path, package: &str, member: &str, target: &Path) -> Result<()> {
     let download = || {
         Command::new("apt-get")
-            .args(["download", PROMTOOL_PACKAGE])
+            .args(["download", package])
             .current_dir(dir)
             .status()
             .is_ok_and(|s| s.success())
     };
     if !download() {
         if !is_root() {
-            bail!(
-                "cannot download Debian's {PROMTOOL_PACKAGE} package for promtool (apt-get update needs root)"
-            );
+            bail!("cannot download Debian's {package} package (apt-get update needs root)");
         }
-        run(
-            Command::new("apt-get")
-                .arg("update")
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            "apt-get update",
-        )?;
+        apt_update()?;
         if !download() {
-            bail!("apt-get download {PROMTOOL_PACKAGE} failed");
+            bail!("apt-get download {package} failed");
         }
     }
     let deb = std::fs::read_dir(dir)?
@@ -97,12 +144,12 @@ fn extract_promtool(dir: &Path, target: &Path) -> Result<()> {
         Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree),
         "dpkg-deb -x",
     )?;
-    let promtool = tree.join("usr/bin/promtool");
+    let file = tree.join(member);
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::copy(&promtool, target)
-        .with_context(|| format!("copying {} to {}", promtool.display(), target.display()))?;
+    std::fs::copy(&file, target)
+        .with_context(|| format!("copying {} to {}", file.display(), target.display()))?;
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
@@ -113,7 +160,7 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn cargo_home() -> PathBuf {
+pub fn cargo_home() -> PathBuf {
     env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -135,7 +182,19 @@ fn put_cargo_bin_on_path() {
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(APT_PACKAGES, Recommends::Install)
+}
+
+/// Whether `apt-get install` also installs the packages' recommendations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Recommends {
+    Install,
+    Skip,
+}
+
+/// Installs those of `packages` that are missing (apt-get update first).
+pub fn apt_install(packages: &[&str], recommends: Recommends) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !dpkg_installed(p))
@@ -150,15 +209,14 @@ fn apt_packages() -> Result<()> {
             missing.join(" ")
         );
     }
+    apt_update()?;
+    let mut install = Command::new("apt-get");
+    install.args(["install", "-y"]);
+    if recommends == Recommends::Skip {
+        install.arg("--no-install-recommends");
+    }
     run(
-        Command::new("apt-get")
-            .arg("update")
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-        "apt-get update",
-    )?;
-    run(
-        Command::new("apt-get")
-            .args(["install", "-y"])
+        install
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
         "apt-get install",
@@ -168,6 +226,15 @@ fn apt_packages() -> Result<()> {
         bail!("apt-get did not install {}", still.join(" "));
     }
     Ok(())
+}
+
+fn apt_update() -> Result<()> {
+    run(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get update",
+    )
 }
 
 fn dpkg_installed(package: &str) -> bool {
@@ -219,12 +286,12 @@ fn toolchain_link() -> Result<()> {
     )
 }
 
-fn on_path(name: &str) -> bool {
+pub fn on_path(name: &str) -> bool {
     env::var_os("PATH")
         .is_some_and(|p| env::split_paths(&p).any(|d| Path::new(&d).join(name).is_file()))
 }
 
-fn run(cmd: &mut Command, what: &str) -> Result<()> {
+pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let status = cmd.status().with_context(|| format!("starting {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");
