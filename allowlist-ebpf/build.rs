@@ -8,9 +8,7 @@ fn main() {
     match which::which("bpf-linker") {
         Ok(linker) => println!("cargo:rerun-if-changed={}", linker.display()),
         Err(e) => {
-            println!(
-                "cargo:warning=bpf-linker not found on PATH ({e}): run `cargo xtask setup`"
-            );
+            println!("cargo:warning=bpf-linker not found on PATH ({e}): run `cargo xtask setup`");
         }
     }
 }

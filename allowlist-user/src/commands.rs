@@ -17,7 +17,7 @@ use tracing::warn;
 
 use crate::{
     config::{self, Config},
-    control,
+    control::{self, LockHolder},
     datapath::{self, Counters, Maps},
     fetch::Fetcher,
     prefixes, presets,
@@ -85,6 +85,8 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
 #[derive(Serialize)]
 struct StatusOutput {
     agent_pid: Option<i32>,
+    /// An agent holds the lock but runs in another PID namespace (a container).
+    agent_elsewhere: bool,
     /// Interfaces whose pinned link is attached to a device.
     attached: Vec<String>,
     /// Pinned links that filter nothing (their device was deleted, or they were
@@ -130,7 +132,12 @@ fn counters_output(c: &Counters) -> CountersOutput {
 pub fn status(config: &Config, json: bool) -> Result<()> {
     check_readable(config)?;
     let agent = AgentStatus::read(&config.state_dir)?;
-    let pid = control::running_agent(&config.state_dir);
+    let holder = control::lock_holder(&config.state_dir);
+    let pid = match holder {
+        LockHolder::Agent(pid) => Some(pid),
+        LockHolder::Nobody | LockHolder::Elsewhere { .. } => None,
+    };
+    let agent_elsewhere = matches!(holder, LockHolder::Elsewhere { .. });
     let pinned = datapath::pinned_links(&config.pin_dir).unwrap_or_default();
     let (attached, defunct): (Vec<String>, Vec<String>) = pinned.into_iter().partition(|name| {
         datapath::read_link(&datapath::link_pin(&config.pin_dir, name))
@@ -161,6 +168,7 @@ pub fn status(config: &Config, json: bool) -> Result<()> {
     };
     let out = StatusOutput {
         agent_pid: pid,
+        agent_elsewhere,
         attached,
         defunct,
         counters: counters.as_ref().map(counters_output),
@@ -198,6 +206,12 @@ fn render_status(out: &StatusOutput) -> String {
         }
         (Some(pid), None) => {
             let _ = writeln!(s, "agent:      running (pid {pid}), no status written yet");
+        }
+        (None, _) if out.agent_elsewhere => {
+            let _ = writeln!(
+                s,
+                "agent:      running in another PID namespace (a container?); signal or stop it there"
+            );
         }
         (None, _) => {
             let _ = writeln!(s, "agent:      not running");
@@ -581,15 +595,28 @@ pub fn reload(config: &Config) -> Result<()> {
 
 pub fn detach(config: &Config) -> Result<()> {
     control::check_privileges().map_err(|e| anyhow!(e))?;
-    let removed = datapath::remove_pins(&config.pin_dir)?;
-    // The agent's own descriptors keep the links alive: it must go too.
-    if let Some(pid) = control::running_agent(&config.state_dir) {
-        control::signal(pid, libc::SIGTERM)?;
-        if !control::wait_for_exit(&config.state_dir, Duration::from_secs(10)) {
-            bail!("the agent (pid {pid}) did not exit within 10 s after SIGTERM");
+    // The agent goes first: its descriptors keep the links alive, and while it runs it
+    // would attach again what the pins' removal detached. It exits leaving its pins.
+    match control::lock_holder(&config.state_dir) {
+        LockHolder::Nobody => {}
+        LockHolder::Agent(pid) => {
+            control::signal(pid, libc::SIGTERM)?;
+            if !control::wait_for_exit(&config.state_dir, Duration::from_secs(10)) {
+                bail!(
+                    "the agent (pid {pid}) did not exit within 10 s after SIGTERM; nothing was detached"
+                );
+            }
+            println!("stopped the agent (pid {pid})");
         }
-        println!("stopped the agent (pid {pid})");
+        LockHolder::Elsewhere { pid_file_says } => {
+            return Err(control::ControlError::RunningElsewhere {
+                state_dir: config.state_dir.clone(),
+                pid_file_says,
+            })
+            .context("nothing was detached");
+        }
     }
+    let removed = datapath::remove_pins(&config.pin_dir)?;
     if removed.is_empty() {
         println!("nothing was pinned under {}", config.pin_dir.display());
     } else {

@@ -38,6 +38,16 @@ pub enum ControlError {
     },
     #[error("no agent is running with state_dir {}", .0.display())]
     NotRunning(PathBuf),
+    #[error(
+        "an agent holds the lock on {}, but it is not a process of this PID namespace (its pid file says {}, which here is {}): it runs in another container or PID namespace; signal or stop it there",
+        state_dir.display(),
+        describe_pid(*pid_file_says),
+        if *pid_file_says == Some(1) { "this namespace's init" } else { "another process or none" }
+    )]
+    RunningElsewhere {
+        state_dir: PathBuf,
+        pid_file_says: Option<i32>,
+    },
     #[error("cannot signal pid {pid}")]
     Signal {
         pid: i32,
@@ -172,24 +182,64 @@ impl Drop for AgentLock {
     }
 }
 
-/// The pid of the agent running with `state_dir`, if one is. A pid file that is a
-/// symlink, or that neither root nor this user owns, names no agent.
-pub fn running_agent(state_dir: &Path) -> Option<i32> {
+/// Who holds the agent lock of a `state_dir`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockHolder {
+    /// Nobody: no agent runs (a pid file left behind is stale).
+    Nobody,
+    /// The agent, a process of this PID namespace.
+    Agent(i32),
+    /// A process this PID namespace cannot see (the agent in another container, say):
+    /// the pid in its file means nothing here, and must never be signalled.
+    Elsewhere { pid_file_says: Option<i32> },
+}
+
+/// Who holds the lock on `state_dir`'s pid file. The pid in the file is believed
+/// only if that process (in this PID namespace) has the very file open: a pid from
+/// another PID namespace names another process here. A pid file that is a symlink,
+/// or that neither root nor this user owns, names no agent.
+pub fn lock_holder(state_dir: &Path) -> LockHolder {
     let path = state_dir.join(PID_FILE);
-    let mut file = OpenOptions::new()
+    let Ok(mut file) = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
-        .ok()?;
-    let meta = file.metadata().ok()?;
+    else {
+        return LockHolder::Nobody;
+    };
+    let Ok(meta) = file.metadata() else {
+        return LockHolder::Nobody;
+    };
     if !meta.is_file() || (meta.uid() != 0 && meta.uid() != euid()) {
-        return None;
+        return LockHolder::Nobody;
     }
     // If we can take the lock, nobody holds it: the pid file is stale.
     if try_lock(&file).unwrap_or(false) {
-        return None;
+        return LockHolder::Nobody;
     }
-    read_pid(&mut file).filter(|pid| *pid > 0)
+    let pid = read_pid(&mut file).filter(|pid| *pid > 0);
+    match pid {
+        Some(pid) if has_open(pid, &meta) => LockHolder::Agent(pid),
+        _ => LockHolder::Elsewhere { pid_file_says: pid },
+    }
+}
+
+/// Whether process `pid` has the file `file` (by device and inode) open.
+fn has_open(pid: i32, file: &fs::Metadata) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        fs::metadata(fd.path()).is_ok_and(|m| m.dev() == file.dev() && m.ino() == file.ino())
+    })
+}
+
+/// The pid of the agent running with `state_dir`, if one runs in this PID namespace.
+pub fn running_agent(state_dir: &Path) -> Option<i32> {
+    match lock_holder(state_dir) {
+        LockHolder::Agent(pid) => Some(pid),
+        LockHolder::Nobody | LockHolder::Elsewhere { .. } => None,
+    }
 }
 
 pub fn signal(pid: i32, signal: libc::c_int) -> Result<(), ControlError> {
@@ -205,17 +255,24 @@ pub fn signal(pid: i32, signal: libc::c_int) -> Result<(), ControlError> {
 
 /// Signals the running agent; an error when none runs.
 pub fn signal_agent(state_dir: &Path, sig: libc::c_int) -> Result<i32, ControlError> {
-    let pid =
-        running_agent(state_dir).ok_or_else(|| ControlError::NotRunning(state_dir.to_owned()))?;
-    signal(pid, sig)?;
-    Ok(pid)
+    match lock_holder(state_dir) {
+        LockHolder::Agent(pid) => {
+            signal(pid, sig)?;
+            Ok(pid)
+        }
+        LockHolder::Nobody => Err(ControlError::NotRunning(state_dir.to_owned())),
+        LockHolder::Elsewhere { pid_file_says } => Err(ControlError::RunningElsewhere {
+            state_dir: state_dir.to_owned(),
+            pid_file_says,
+        }),
+    }
 }
 
 /// Waits until the agent with `state_dir` has exited (its lock released).
 pub fn wait_for_exit(state_dir: &Path, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if running_agent(state_dir).is_none() {
+        if lock_holder(state_dir) == LockHolder::Nobody {
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));

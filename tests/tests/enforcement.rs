@@ -839,3 +839,63 @@ fn links_are_checked_during_a_long_refresh() {
     assert_denied(&world, a(CLIENT_B), &agent);
     assert_allowed(&world, a(CLIENT_A), &agent);
 }
+
+/// An agent in another PID namespace (a container): the pid in its pid file names
+/// another process here. `detach` and `reload` refuse to signal it (and detach
+/// changes nothing); `status` says where the agent is.
+#[test]
+fn an_agent_in_another_pid_namespace_is_never_signalled_by_pid() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let _provider = world.provider_publishing(&["192.0.2.0/24"], "refresh = \"1h\"");
+    let log = world.dir.path().join("agent-pidns.log");
+    // sh is PID 1 of the new namespace, the agent PID 2: here, PID 2 is kthreadd,
+    // which a stray SIGTERM cannot hurt.
+    let mut command = world.server.command("unshare");
+    command
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(r#""$0" "$@" & wait"#)
+        .arg(binary());
+    let agent = world.spawn_agent_with(command, &[], &log);
+    assert!(
+        wait_until(Duration::from_secs(20), || world.xdp_attached()
+            && world.status()["agent"]["pid"].as_u64() == Some(2)),
+        "{}",
+        agent.log()
+    );
+
+    let out = world.cli(&["status"]);
+    assert!(
+        text(&out).contains("running in another PID namespace"),
+        "{}",
+        text(&out)
+    );
+    for args in [&["detach"][..], &["reload"]] {
+        let out = world.cli(args);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("not a process of this PID namespace"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    assert!(world.xdp_attached(), "detach must change nothing");
+    assert!(
+        world
+            .pin_dir
+            .join(format!("link_{}", world.server_if))
+            .exists()
+    );
+    assert_denied(&world, a(CLIENT_B), &agent);
+    assert_allowed(&world, a(CLIENT_A), &agent);
+}
