@@ -7,8 +7,6 @@ use std::{
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-pub const DEFAULT_CONFIG: &str = "/etc/allowlist/allowlist.toml";
-
 #[derive(Debug, Parser)]
 #[command(
     name = "allowlist",
@@ -18,7 +16,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/allowlist/allowlist.toml";
 )]
 pub struct Cli {
     /// The configuration file.
-    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_CONFIG, env = "ALLOWLIST_CONFIG")]
+    #[arg(long, global = true, value_name = "PATH", default_value = crate::config::DEFAULT_PATH, env = "ALLOWLIST_CONFIG")]
     pub config: PathBuf,
 
     /// Log format.

@@ -629,19 +629,8 @@ pub fn detach(config: &Config) -> Result<()> {
 }
 
 pub fn presets() {
-    for p in presets::all() {
-        println!("{:<20} {}", p.name, p.description);
-        for url in p.urls() {
-            println!("{:<20}   {url}", "");
-        }
-        if let Some(s) = &p.snapshot {
-            println!(
-                "{:<20}   embedded snapshot as of {} ({} addresses)",
-                "",
-                s.as_of,
-                s.entries.len()
-            );
-        }
+    for preset in presets::all() {
+        println!("{preset}");
     }
 }
 

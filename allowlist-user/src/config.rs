@@ -28,7 +28,7 @@ use crate::{
     presets::{self, Preset},
     source::{
         Format,
-        json::{Filter, Selector},
+        json::{RecordFilter, Selector},
     },
 };
 
@@ -1154,7 +1154,7 @@ impl RawSource {
                 .collect(),
         };
         let filters = (self.filter.iter().flatten())
-            .map(|(field, OneOrMany(values))| Filter {
+            .map(|(field, OneOrMany(values))| RecordFilter {
                 field: field.clone(),
                 any_of: values.iter().map(|Scalar(v)| v.clone()).collect(),
             })
@@ -1284,7 +1284,7 @@ static = ["203.0.113.0/24", "2001:db8::/48"]
             &Selector {
                 items: vec!["ip_ranges".into()],
                 cidr: vec!["range".into()],
-                filters: vec![Filter {
+                filters: vec![RecordFilter {
                     field: "service".into(),
                     any_of: vec!["INTERCOM-OUTBOUND".into()]
                 }],

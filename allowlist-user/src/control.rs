@@ -234,14 +234,6 @@ fn has_open(pid: i32, file: &fs::Metadata) -> bool {
     })
 }
 
-/// The pid of the agent running with `state_dir`, if one runs in this PID namespace.
-pub fn running_agent(state_dir: &Path) -> Option<i32> {
-    match lock_holder(state_dir) {
-        LockHolder::Agent(pid) => Some(pid),
-        LockHolder::Nobody | LockHolder::Elsewhere { .. } => None,
-    }
-}
-
 pub fn signal(pid: i32, signal: libc::c_int) -> Result<(), ControlError> {
     // SAFETY: kill has no memory-safety preconditions.
     if unsafe { libc::kill(pid, signal) } != 0 {
@@ -367,7 +359,7 @@ mod tests {
         assert_eq!(fs::read_to_string(&target).unwrap(), "precious contents\n");
         assert!(fs::symlink_metadata(&path).unwrap().is_symlink());
         // Nor does the CLI read a pid to signal through it.
-        assert_eq!(running_agent(&d.state), None);
+        assert_eq!(lock_holder(&d.state), LockHolder::Nobody);
     }
 
     #[test]

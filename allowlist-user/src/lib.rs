@@ -13,20 +13,22 @@
 //! - `link_events`: rtnetlink notifications that wake the agent's link check.
 //! - `metrics`, `cli`, `agent`: what the operator sees and runs.
 
+// Public: what the binary (`main.rs`), the verdict and fetch tests, the deployment
+// tests and the benchmarks use. The rest is the agent's own.
 pub mod agent;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod control;
+mod control;
 pub mod datapath;
 pub mod fetch;
-pub mod guards;
+mod guards;
 mod link_events;
-pub mod metrics;
-pub mod prefixes;
-pub mod presets;
+mod metrics;
+mod prefixes;
+mod presets;
 pub mod refresh;
 pub mod source;
-pub mod state;
-pub mod status;
+mod state;
+mod status;
 mod systemd;

@@ -11,7 +11,7 @@ use crate::{
     prefixes::{self, Floors, PrefixError, Trust},
     source::{
         Format,
-        json::{Filter, Selector},
+        json::{RecordFilter, Selector},
     },
 };
 
@@ -80,7 +80,7 @@ impl Preset {
             items: items.iter().map(|s| s.to_string()).collect(),
             cidr: cidr.iter().map(|s| s.to_string()).collect(),
             filters: (filter.iter())
-                .map(|&(field, value)| Filter {
+                .map(|&(field, value)| RecordFilter {
                     field: field.to_owned(),
                     any_of: vec![value.into()],
                 })
@@ -106,18 +106,19 @@ impl Snapshot {
 }
 
 impl fmt::Display for Preset {
+    /// What `allowlist presets` prints for it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:<18} {}", self.name, self.description)?;
+        write!(f, "{:<20} {}", self.name, self.description)?;
         for url in self.urls() {
-            write!(f, "\n{:<18}   {url}", "")?;
+            write!(f, "\n{:<20}   {url}", "")?;
         }
         if let Some(snapshot) = &self.snapshot {
             write!(
                 f,
-                "\n{:<18}   snapshot of {} entries as of {} ({})",
+                "\n{:<20}   embedded snapshot as of {} ({} addresses; {})",
                 "",
-                snapshot.entries.len(),
                 snapshot.as_of,
+                snapshot.entries.len(),
                 snapshot.reference
             )?;
         }

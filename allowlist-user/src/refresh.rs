@@ -543,10 +543,6 @@ impl Refresher {
             .find(|s| s.source.id == id)
             .map(|s| s.in_force.prefixes())
     }
-
-    pub fn guards(&self) -> &Guards {
-        &self.guards
-    }
 }
 
 /// A last good list, saved or kept across a reload, checked by the current guards

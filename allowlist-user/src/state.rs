@@ -83,10 +83,6 @@ impl StateStore {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The file holding a source's state.
     pub fn path_for(&self, source_id: &str) -> PathBuf {
         self.dir
@@ -643,8 +639,9 @@ mod tests {
     #[test]
     fn unwritable_directory_is_an_error_not_a_panic() {
         let tmp = tempfile::tempdir().unwrap();
-        let store = StateStore::open(&tmp.path().join("s")).unwrap();
-        fs::remove_dir(store.dir()).unwrap();
+        let dir = tmp.path().join("s");
+        let store = StateStore::open(&dir).unwrap();
+        fs::remove_dir(&dir).unwrap();
         let err = store.save(&state("p/0")).unwrap_err();
         assert!(err.to_string().starts_with("cannot write"), "{err}");
     }

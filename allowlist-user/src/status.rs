@@ -159,12 +159,6 @@ impl AgentStatus {
             .unwrap_or(0)
     }
 
-    /// Healthy: attached to every configured interface and the last map sync
-    /// succeeded.
-    pub fn healthy(&self) -> bool {
-        self.problems().is_empty()
-    }
-
     /// What keeps the agent from being healthy, one line each.
     pub fn problems(&self) -> Vec<String> {
         let mut problems: Vec<String> = self

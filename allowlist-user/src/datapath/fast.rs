@@ -23,8 +23,8 @@ use std::{
     sync::atomic::{AtomicU8, Ordering},
 };
 
-use allowlist_common::{Rule, fast, maps as names};
-use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
+use allowlist_common::{fast, maps as names};
+use aya::maps::{HashMap, MapData, MapError};
 use ipnet::{IpNet, Ipv4Net};
 use serde::Serialize;
 
@@ -249,36 +249,6 @@ impl Session<'_> {
         for block in keys {
             if block > LAST_BLOCK || self.table.load(block) != fast::GROUP {
                 self.remove_group(block, &mut report)?;
-            }
-        }
-        Ok(report)
-    }
-
-    /// Makes the codes of `blocks` what the trie answers, asking the trie address by
-    /// address (for single-prefix changes; a sync computes codes from its sets).
-    pub fn refresh_from_trie(
-        &mut self,
-        trie: &LpmTrie<MapData, [u8; 4], Rule>,
-        blocks: &Blocks,
-    ) -> Result<FastReport, DatapathError> {
-        let lookup = |addr: u32, len: u32| match trie.get(&Key::new(len, addr.to_be_bytes()), 0) {
-            Ok(rule) => Ok(fast::allow(rule.rule)),
-            Err(MapError::KeyNotFound) => Ok(fast::DENY),
-            Err(e) => Err(map_err(names::ALLOW_V4)(e)),
-        };
-        let mut report = FastReport::default();
-        for &(lo, hi) in blocks.ranges() {
-            for block in lo..=hi {
-                let direct = lookup(block << 8, 24)?;
-                let mut group = [direct; 256];
-                for (host, code) in group.iter_mut().enumerate() {
-                    *code = lookup(block << 8 | host as u32, 32)?;
-                }
-                if group.iter().all(|c| *c == direct) {
-                    self.write(block, direct, None, &mut report)?;
-                } else {
-                    self.write(block, fast::GROUP, Some(&group), &mut report)?;
-                }
             }
         }
         Ok(report)

@@ -19,7 +19,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{
     DatapathError,
-    fast::{Blocks, FastReport, FastV4, Session},
+    fast::{FastReport, FastV4, Session},
 };
 
 pub struct Maps {
@@ -158,32 +158,6 @@ impl Maps {
         self.settings
             .set(0, next, 0)
             .map_err(map_err(names::SETTINGS))
-    }
-
-    /// Inserts or overwrites one prefix, and brings the fast table's codes of its /24s
-    /// in line by asking the trie (a sync changes many prefixes at once more cheaply).
-    pub fn upsert(&mut self, net: IpNet, rule: u32) -> Result<(), DatapathError> {
-        self.trie_upsert(net, rule)?;
-        self.refresh_fast_from_trie(net)
-    }
-
-    /// Removes one prefix (absent: not an error), then brings the fast table in line.
-    pub fn remove(&mut self, net: IpNet) -> Result<(), DatapathError> {
-        self.trie_remove(net)?;
-        self.refresh_fast_from_trie(net)
-    }
-
-    fn refresh_fast_from_trie(&mut self, net: IpNet) -> Result<(), DatapathError> {
-        if net.addr().is_ipv6() {
-            return Ok(());
-        }
-        let fast = self
-            .fast_v4
-            .as_mut()
-            .ok_or_else(|| DatapathError::MissingMap(names::FAST_V4.to_owned()))?;
-        fast.session()?
-            .refresh_from_trie(&self.allow_v4, &Blocks::of([&net]))?;
-        Ok(())
     }
 
     /// The fast table, mapped for writing until the session is dropped.

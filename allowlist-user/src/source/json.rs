@@ -38,9 +38,6 @@ pub struct RecordFilter {
     pub any_of: Vec<Value>,
 }
 
-/// The old name, still used by `config.rs`; to go when it says `RecordFilter`.
-pub type Filter = RecordFilter;
-
 impl RecordFilter {
     fn matches(&self, record: &Value) -> bool {
         match lookup(record, &self.field) {
@@ -446,12 +443,12 @@ mod tests {
     #[test]
     fn byte_order_mark_is_tolerated() {
         let body = b"\xEF\xBB\xBF[\"192.0.2.1\"]";
-        let got = super::super::parse(
+        let got = super::super::parse_document(
             &super::super::Format::Json(sel(&[""], &[], &[])),
             body,
             "p/0",
         )
         .unwrap();
-        assert_eq!(got, ["192.0.2.1"]);
+        assert_eq!(got.entries, ["192.0.2.1"]);
     }
 }

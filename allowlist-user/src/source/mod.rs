@@ -22,16 +22,6 @@ pub enum Format {
     Text,
 }
 
-impl Format {
-    /// The short name used in the configuration (`json`, `text`).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Format::Json(_) => "json",
-            Format::Text => "text",
-        }
-    }
-}
-
 /// Raw entries read from a document, and the provider's version of it if it has one.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Parsed {
@@ -86,11 +76,6 @@ pub enum SourceError {
         index: usize,
         fields: String,
     },
-}
-
-/// Reads the raw entries of a document.
-pub fn parse(format: &Format, body: &[u8], source_id: &str) -> Result<Vec<String>, SourceError> {
-    parse_document(format, body, source_id).map(|parsed| parsed.entries)
 }
 
 /// Reads the raw entries of a document and its serial, if the format selects one.

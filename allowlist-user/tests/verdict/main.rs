@@ -370,23 +370,21 @@ impl Harness {
         let (ebpf, mut maps) =
             datapath::load_unpinned(&LoadOptions::default()).expect("load the XDP program");
         maps.set_ports(&BTreeSet::from([443])).unwrap();
-        maps.upsert("192.0.2.0/24".parse().unwrap(), RULE_DOC_NET)
-            .unwrap();
-        maps.upsert("198.51.100.128/25".parse().unwrap(), RULE_HALF)
-            .unwrap();
-        maps.upsert("203.0.113.7/32".parse().unwrap(), RULE_HOST)
-            .unwrap();
-        maps.upsert("2001:db8:1::/48".parse().unwrap(), RULE_V6)
-            .unwrap();
-        for (net, rule) in [
+        let desired: std::collections::BTreeMap<ipnet::IpNet, u32> = [
+            ("192.0.2.0/24", RULE_DOC_NET),
+            ("198.51.100.128/25", RULE_HALF),
+            ("203.0.113.7/32", RULE_HOST),
+            ("2001:db8:1::/48", RULE_V6),
             ("198.18.0.0/20", RULE_SHORT),
             ("198.18.16.64/26", RULE_SPLIT),
             ("198.18.4.0/24", RULE_NESTED_24),
             ("198.18.4.77/32", RULE_NESTED_32),
             ("198.18.32.0/24", RULE_BEYOND_CODES),
-        ] {
-            maps.upsert(net.parse().unwrap(), rule).unwrap();
-        }
+        ]
+        .into_iter()
+        .map(|(net, rule)| (net.parse().unwrap(), rule))
+        .collect();
+        datapath::sync::resync(&mut maps, &desired).expect("fill the maps");
         Self { ebpf, maps }
     }
 
