@@ -14,9 +14,19 @@
 //! walked only where the table says so. IPv6 sources are looked up in the trie.
 #![no_std]
 #![no_main]
+#![cfg_attr(
+    not(target_arch = "bpf"),
+    allow(
+        unused_crate_dependencies,
+        reason = "the host build (allowlist-user's build-dependency) only tracks changes; aya-build builds the program for BPF"
+    )
+)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod parse;
+
+// The library target exists only for allowlist-user's build-dependency (see lib.rs).
+use allowlist_ebpf as _;
 
 use allowlist_common::{
     FragKeyV4, FragKeyV6, FragVerdict, MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_RULES,
@@ -77,7 +87,7 @@ fn is_opaque(proto: u8) -> bool {
 /// interfaces with an MTU above a page (9000, say); headers are always in the first
 /// buffer, and lengths are checked against the whole frame.
 #[xdp(frags)]
-pub fn allowlist(ctx: XdpContext) -> u32 {
+fn allowlist(ctx: XdpContext) -> u32 {
     let reason = classify(&ctx);
     finish(&ctx, reason)
 }

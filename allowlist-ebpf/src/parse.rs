@@ -23,15 +23,15 @@ const ETH_P_8021AD: u16 = 0x88A8;
 const ETH_P_QINQ_9100: u16 = 0x9100;
 
 // IP protocol numbers (IANA): upper-layer protocols, then IPv6 extension headers.
-pub const IPPROTO_IPIP: u8 = 4;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_IPV6: u8 = 41;
-pub const IPPROTO_GRE: u8 = 47;
-pub const IPPROTO_ESP: u8 = 50;
+pub(crate) const IPPROTO_IPIP: u8 = 4;
+pub(crate) const IPPROTO_TCP: u8 = 6;
+pub(crate) const IPPROTO_IPV6: u8 = 41;
+pub(crate) const IPPROTO_GRE: u8 = 47;
+pub(crate) const IPPROTO_ESP: u8 = 50;
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
-pub const IPPROTO_AH: u8 = 51;
+pub(crate) const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 const IPPROTO_MH: u8 = 135;
 const IPPROTO_HIP: u8 = 139;
@@ -41,17 +41,17 @@ const IPPROTO_EXP2: u8 = 254;
 
 /// A source address, read before a failure or a decision.
 #[derive(Clone, Copy)]
-pub enum Source {
+pub(crate) enum Source {
     V4([u8; 4]),
     V6([u8; 16]),
 }
 
 /// `Err(None)`: no source address could be read. `Err(Some(src))`: the frame is
 /// broken after its source address.
-pub type ParseResult<T> = Result<T, Option<Source>>;
+pub(crate) type ParseResult<T> = Result<T, Option<Source>>;
 
 /// What the parser learned about a frame.
-pub enum L4 {
+pub(crate) enum L4 {
     NotIp,
     /// The IPv6 extension-header chain is longer than the parser walks.
     TooManyExtHeaders(Source),
@@ -81,19 +81,19 @@ pub enum L4 {
 
 /// Where the parser is in the frame, and what it has seen on the way (observations
 /// that the program counts beside the verdict).
-pub struct Cursor {
+pub(crate) struct Cursor {
     /// The whole frame's length, all buffers (see [`Cursor::with_frame_len`]).
     frame_len: usize,
     start: usize,
     end: usize,
     off: usize,
-    pub vlan_tagged: bool,
-    pub ipv4_options: bool,
-    pub ipv6_ext_headers: bool,
+    pub(crate) vlan_tagged: bool,
+    pub(crate) ipv4_options: bool,
+    pub(crate) ipv6_ext_headers: bool,
 }
 
 impl Cursor {
-    pub fn new(ctx: &XdpContext) -> Self {
+    pub(crate) fn new(ctx: &XdpContext) -> Self {
         Self {
             frame_len: 0,
             start: ctx.data(),
@@ -141,7 +141,7 @@ impl Cursor {
     /// Learns the whole frame's length from the kernel: a helper call, so only the
     /// general parser pays it, not the short way of the commonest frames.
     #[inline(always)]
-    pub fn with_frame_len(mut self, ctx: &XdpContext) -> Self {
+    pub(crate) fn with_frame_len(mut self, ctx: &XdpContext) -> Self {
         // SAFETY: ctx is this program's context, valid for the whole run.
         self.frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
         self
@@ -149,11 +149,11 @@ impl Cursor {
 }
 
 /// The facts of the commonest frame, read in one pass.
-pub struct PlainIpv4 {
-    pub src: [u8; 4],
-    pub proto: u8,
+pub(crate) struct PlainIpv4 {
+    pub(crate) src: [u8; 4],
+    pub(crate) proto: u8,
     /// The TCP destination port; 0 when not TCP.
-    pub dst_port: u16,
+    pub(crate) dst_port: u16,
 }
 
 /// The commonest frame, read in one pass: untagged Ethernet, an IPv4 header without
@@ -161,7 +161,7 @@ pub struct PlainIpv4 {
 /// is TCP. For such a frame [`packet`] finds the same facts (not a fragment) and
 /// makes no observation; `None` leaves every other frame to it.
 #[inline(always)]
-pub fn plain_ipv4(cur: &Cursor) -> Option<PlainIpv4> {
+pub(crate) fn plain_ipv4(cur: &Cursor) -> Option<PlainIpv4> {
     let eth: *const EthHdr = cur.ptr_at(0)?;
     if ether_type(eth) != ETH_P_IP {
         return None;
@@ -199,7 +199,7 @@ pub fn plain_ipv4(cur: &Cursor) -> Option<PlainIpv4> {
     })
 }
 
-pub fn packet(cur: &mut Cursor) -> ParseResult<L4> {
+pub(crate) fn packet(cur: &mut Cursor) -> ParseResult<L4> {
     let ether_type = ethernet(cur).ok_or(None)?;
     match ether_type {
         ETH_P_IP => ipv4(cur),

@@ -114,6 +114,19 @@ fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
         })
 }
 
+/// Logs to stderr, human-readable or JSON; `RUST_LOG` sets the level (info).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

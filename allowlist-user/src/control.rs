@@ -24,7 +24,7 @@ use thiserror::Error;
 const PID_FILE: &str = "allowlist.pid";
 
 #[derive(Debug, Error)]
-pub enum ControlError {
+pub(crate) enum ControlError {
     /// `pid` is `None` when the holder is unknown (the `pin_dir` lock carries no pid).
     #[error("another agent ({}) holds the lock on {}", describe_pid(*pid), path.display())]
     AlreadyRunning { pid: Option<i32>, path: PathBuf },
@@ -58,7 +58,7 @@ pub enum ControlError {
 
 /// Held by the running agent; released (and the pid file removed) on drop.
 #[derive(Debug)]
-pub struct AgentLock {
+pub(crate) struct AgentLock {
     pid_file: File,
     pid_path: PathBuf,
     _pin_dir: File,
@@ -149,7 +149,7 @@ fn read_pid(file: &mut File) -> Option<i32> {
 }
 
 /// Takes the agent locks; fails if another agent holds either.
-pub fn acquire(state_dir: &Path, pin_dir: &Path) -> Result<AgentLock, ControlError> {
+pub(crate) fn acquire(state_dir: &Path, pin_dir: &Path) -> Result<AgentLock, ControlError> {
     let pid_path = state_dir.join(PID_FILE);
     let mut pid_file = open_pid_file(&pid_path)?;
     if !try_lock(&pid_file).map_err(io_err(&pid_path))? {
@@ -184,7 +184,7 @@ impl Drop for AgentLock {
 
 /// Who holds the agent lock of a `state_dir`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LockHolder {
+pub(crate) enum LockHolder {
     /// Nobody: no agent runs (a pid file left behind is stale).
     Nobody,
     /// The agent, a process of this PID namespace.
@@ -198,7 +198,7 @@ pub enum LockHolder {
 /// only if that process (in this PID namespace) has the very file open: a pid from
 /// another PID namespace names another process here. A pid file that is a symlink,
 /// or that neither root nor this user owns, names no agent.
-pub fn lock_holder(state_dir: &Path) -> LockHolder {
+pub(crate) fn lock_holder(state_dir: &Path) -> LockHolder {
     let path = state_dir.join(PID_FILE);
     let Ok(mut file) = OpenOptions::new()
         .read(true)
@@ -234,7 +234,7 @@ fn has_open(pid: i32, file: &fs::Metadata) -> bool {
     })
 }
 
-pub fn signal(pid: i32, signal: libc::c_int) -> Result<(), ControlError> {
+pub(crate) fn signal(pid: i32, signal: libc::c_int) -> Result<(), ControlError> {
     // SAFETY: kill has no memory-safety preconditions.
     if unsafe { libc::kill(pid, signal) } != 0 {
         return Err(ControlError::Signal {
@@ -246,7 +246,7 @@ pub fn signal(pid: i32, signal: libc::c_int) -> Result<(), ControlError> {
 }
 
 /// Signals the running agent; an error when none runs.
-pub fn signal_agent(state_dir: &Path, sig: libc::c_int) -> Result<i32, ControlError> {
+pub(crate) fn signal_agent(state_dir: &Path, sig: libc::c_int) -> Result<i32, ControlError> {
     match lock_holder(state_dir) {
         LockHolder::Agent(pid) => {
             signal(pid, sig)?;
@@ -261,7 +261,7 @@ pub fn signal_agent(state_dir: &Path, sig: libc::c_int) -> Result<i32, ControlEr
 }
 
 /// Waits until the agent with `state_dir` has exited (its lock released).
-pub fn wait_for_exit(state_dir: &Path, timeout: Duration) -> bool {
+pub(crate) fn wait_for_exit(state_dir: &Path, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if lock_holder(state_dir) == LockHolder::Nobody {
@@ -288,13 +288,13 @@ fn has_capability(cap: u32) -> bool {
 }
 
 /// Whether this process may use bpf() on pinned objects: CAP_BPF or CAP_SYS_ADMIN.
-pub fn can_use_bpf() -> bool {
+pub(crate) fn can_use_bpf() -> bool {
     has_capability(CAP_BPF) || has_capability(CAP_SYS_ADMIN)
 }
 
 /// Whether this process may load XDP programs: root, or CAP_BPF (or CAP_SYS_ADMIN)
 /// together with CAP_NET_ADMIN in the effective set.
-pub fn check_privileges() -> Result<(), String> {
+pub(crate) fn check_privileges() -> Result<(), String> {
     if has_capability(CAP_NET_ADMIN) && can_use_bpf() {
         Ok(())
     } else {

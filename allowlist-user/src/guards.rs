@@ -40,7 +40,7 @@ pub enum Refusal {
 
 /// One source's update, as the guards see it.
 #[derive(Debug, Clone, Copy)]
-pub struct Update<'a> {
+pub(crate) struct Update<'a> {
     pub source_id: &'a str,
     /// The validated, aggregated prefixes of the update.
     pub new: &'a [IpNet],
@@ -58,7 +58,7 @@ pub struct Update<'a> {
 }
 
 /// Every guard, in order: serial, empty, shrink, capacity.
-pub fn check(guards: &Guards, update: &Update<'_>) -> Result<(), Refusal> {
+pub(crate) fn check(guards: &Guards, update: &Update<'_>) -> Result<(), Refusal> {
     serial(update.new_serial, update.last_serial)?;
     empty(guards, update.new, update.entries, update.forced)?;
     if let Some(last_good) = update.last_good {
@@ -69,7 +69,7 @@ pub fn check(guards: &Guards, update: &Update<'_>) -> Result<(), Refusal> {
 
 /// Whether serial `new` is older than `old`: numerically when both are numbers, else
 /// as strings of equal length (ISO dates); other pairs are not comparable.
-pub fn serial_is_older(new: &str, old: &str) -> bool {
+pub(crate) fn serial_is_older(new: &str, old: &str) -> bool {
     match (new.parse::<u128>(), old.parse::<u128>()) {
         (Ok(n), Ok(o)) => n < o,
         _ => new.len() == old.len() && new < old,
@@ -77,7 +77,7 @@ pub fn serial_is_older(new: &str, old: &str) -> bool {
 }
 
 /// Refuses a document older than the list in force.
-pub fn serial(new: Option<&str>, old: Option<&str>) -> Result<(), Refusal> {
+pub(crate) fn serial(new: Option<&str>, old: Option<&str>) -> Result<(), Refusal> {
     match (new, old) {
         (Some(new), Some(old)) if serial_is_older(new, old) => Err(Refusal::OlderSerial {
             new: new.to_owned(),
@@ -88,7 +88,12 @@ pub fn serial(new: Option<&str>, old: Option<&str>) -> Result<(), Refusal> {
 }
 
 /// Refuses an empty update unless `allow_empty` or forced.
-pub fn empty(guards: &Guards, new: &[IpNet], entries: usize, forced: bool) -> Result<(), Refusal> {
+pub(crate) fn empty(
+    guards: &Guards,
+    new: &[IpNet],
+    entries: usize,
+    forced: bool,
+) -> Result<(), Refusal> {
     if new.is_empty() && !guards.allow_empty && !forced {
         return Err(Refusal::Empty { entries });
     }
@@ -97,7 +102,7 @@ pub fn empty(guards: &Guards, new: &[IpNet], entries: usize, forced: bool) -> Re
 
 /// Refuses an update that removes more than `max_shrink` of the addresses of the last
 /// good list, unless forced or an allowed empty list.
-pub fn shrink(
+pub(crate) fn shrink(
     guards: &Guards,
     last_good: &[IpNet],
     new: &[IpNet],
@@ -118,7 +123,11 @@ pub fn shrink(
 
 /// Refuses a list that cannot fit in the maps beside the other sources' prefixes:
 /// the sync would fail, and the list must never become the last good one.
-pub fn capacity(source_id: &str, new: &[IpNet], others: &HashSet<IpNet>) -> Result<(), Refusal> {
+pub(crate) fn capacity(
+    source_id: &str,
+    new: &[IpNet],
+    others: &HashSet<IpNet>,
+) -> Result<(), Refusal> {
     let is_v4 = |n: &&IpNet| matches!(n, IpNet::V4(_));
     let own_v4 = new.iter().filter(is_v4).count();
     let own_v6 = new.len() - own_v4;

@@ -12,6 +12,13 @@
 //! - `datapath`: loading, attaching, pinning and syncing the XDP program's maps.
 //! - `link_events`: rtnetlink notifications that wake the agent's link check.
 //! - `metrics`, `cli`, `agent`: what the operator sees and runs.
+#![cfg_attr(
+    test,
+    allow(
+        unused_crate_dependencies,
+        reason = "the dev-dependencies serve the integration tests"
+    )
+)]
 
 // Public: what the binary (`main.rs`), the verdict and fetch tests, the deployment
 // tests and the benchmarks use. The rest is the agent's own.

@@ -13,12 +13,12 @@ use std::{
 
 use tokio::io::{Interest, unix::AsyncFd};
 
-pub struct LinkEvents {
+pub(crate) struct LinkEvents {
     socket: AsyncFd<OwnedFd>,
 }
 
 impl LinkEvents {
-    pub fn subscribe() -> io::Result<Self> {
+    pub(crate) fn subscribe() -> io::Result<Self> {
         // SAFETY: plain socket(2); the result is checked before use.
         let fd = unsafe {
             libc::socket(
@@ -55,7 +55,7 @@ impl LinkEvents {
     }
 
     /// Waits for the next batch of link notifications and drains it.
-    pub async fn changed(&self) -> io::Result<()> {
+    pub(crate) async fn changed(&self) -> io::Result<()> {
         let mut guard = self.socket.readable().await?;
         let mut buf = [0u8; 8192];
         loop {

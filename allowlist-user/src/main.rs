@@ -1,12 +1,15 @@
+#![allow(
+    unused_crate_dependencies,
+    reason = "the binary is a thin main over the library, whose dependencies these are"
+)]
 use std::process::ExitCode;
 
 use allowlist_user::{
     agent,
-    cli::{Cli, Command, LogFormat},
+    cli::{Cli, Command},
     commands,
 };
 use clap::Parser as _;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     // Until the agent installs its handler, SIGHUP's default action would kill it: a
@@ -17,24 +20,13 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Run(_)) {
         agent::release_reload_signal();
     }
-    init_logging(cli.log_format);
+    allowlist_user::cli::init_logging(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("allowlist: {err:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -26,7 +26,7 @@ use tokio::{net::TcpListener, sync::Semaphore, time::Instant};
 use crate::{datapath::Maps, status::AgentStatus};
 
 /// What the agent shares with the endpoint.
-pub type SharedStatus = Arc<RwLock<Option<AgentStatus>>>;
+pub(crate) type SharedStatus = Arc<RwLock<Option<AgentStatus>>>;
 
 #[derive(Debug)]
 struct AgentCollector {
@@ -329,7 +329,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Serves until `shutdown` resolves. Only a failure to bind is an error: a failed
 /// accept is logged and retried.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     status: SharedStatus,
     pin_dir: PathBuf,

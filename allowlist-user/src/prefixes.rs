@@ -42,7 +42,7 @@ pub enum PrefixError {
 
 /// The prefixes of one source after validation, with what was changed or dropped.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Validated {
+pub(crate) struct Validated {
     /// Aggregated: sorted, without duplicates or overlaps.
     pub prefixes: Vec<IpNet>,
     /// Entries normalised or dropped, one human-readable line each.
@@ -51,7 +51,7 @@ pub struct Validated {
 
 /// Parses one entry: a bare address (to /32 or /128) or a CIDR prefix. The flag is
 /// true when host bits were set and have been cleared.
-pub fn parse_entry(entry: &str) -> Option<(IpNet, bool)> {
+pub(crate) fn parse_entry(entry: &str) -> Option<(IpNet, bool)> {
     let entry = entry.trim();
     if let Ok(net) = entry.parse::<IpNet>() {
         let trunc = net.trunc();
@@ -84,7 +84,7 @@ const BOGONS: &[(&str, &str)] = &[
 ];
 
 /// What kind of bogon the prefix overlaps, if any.
-pub fn bogon(net: &IpNet) -> Option<&'static str> {
+pub(crate) fn bogon(net: &IpNet) -> Option<&'static str> {
     BOGONS.iter().find_map(|&(bogon, what)| {
         let bogon: IpNet = bogon.parse().expect("valid bogon table");
         (bogon.contains(net) || net.contains(&bogon)).then_some(what)
@@ -94,7 +94,7 @@ pub fn bogon(net: &IpNet) -> Option<&'static str> {
 /// Validates a source's raw entries. Unparseable entries and prefixes broader than the
 /// floors fail the whole source; host bits are cleared and, for remote sources, bogons
 /// dropped, each with a warning. The result is aggregated.
-pub fn validate(
+pub(crate) fn validate(
     entries: &[String],
     source_id: &str,
     trust: Trust,
@@ -140,13 +140,13 @@ pub fn validate(
 }
 
 /// Number of addresses in a prefix (saturating at `u128::MAX` for `::/0`).
-pub fn prefix_size(net: &IpNet) -> u128 {
+pub(crate) fn prefix_size(net: &IpNet) -> u128 {
     let host_bits = u32::from(net.max_prefix_len() - net.prefix_len());
     1u128.checked_shl(host_bits).unwrap_or(u128::MAX)
 }
 
 /// Addresses covered by IPv4 and IPv6 prefixes, overlaps counted once.
-pub fn address_counts(prefixes: &[IpNet]) -> (u128, u128) {
+pub(crate) fn address_counts(prefixes: &[IpNet]) -> (u128, u128) {
     IpNet::aggregate(&prefixes.to_vec())
         .iter()
         .fold((0u128, 0u128), |(v4, v6), net| match net {
@@ -167,7 +167,7 @@ fn range(net: &IpNet) -> (bool, u128, u128) {
 }
 
 /// Addresses (IPv4, IPv6) covered by `old` that `new` no longer covers.
-pub fn removed_addresses(old: &[IpNet], new: &[IpNet]) -> (u128, u128) {
+pub(crate) fn removed_addresses(old: &[IpNet], new: &[IpNet]) -> (u128, u128) {
     let old: Vec<_> = IpNet::aggregate(&old.to_vec()).iter().map(range).collect();
     let new: Vec<_> = IpNet::aggregate(&new.to_vec()).iter().map(range).collect();
     let mut removed = (0u128, 0u128);
@@ -201,7 +201,7 @@ pub fn removed_addresses(old: &[IpNet], new: &[IpNet]) -> (u128, u128) {
 
 /// The fraction (0..=1) of the addresses of `old` that `new` removes, the larger of
 /// the IPv4 and the IPv6 fractions (so a /48 can't mask the loss of every IPv4 host).
-pub fn shrink_fraction(old: &[IpNet], new: &[IpNet]) -> f64 {
+pub(crate) fn shrink_fraction(old: &[IpNet], new: &[IpNet]) -> f64 {
     let (old4, old6) = address_counts(old);
     let (rem4, rem6) = removed_addresses(old, new);
     let frac = |removed: u128, total: u128| {
@@ -268,14 +268,14 @@ impl Allowlist {
 
 /// What to change in the map to go from one set of entries to another.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Diff {
+pub(crate) struct Diff {
     /// New prefixes and prefixes whose rule id changed.
     pub upserts: Vec<(IpNet, u32)>,
     pub removals: Vec<IpNet>,
 }
 
 impl Diff {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.upserts.is_empty() && self.removals.is_empty()
     }
 }
@@ -283,7 +283,7 @@ impl Diff {
 /// The changes that turn `old` into `new`; unchanged entries appear in neither list.
 /// One pass over both maps in key order (the agent diffs sets of 100,000 prefixes to
 /// apply a handful of changes).
-pub fn diff(old: &BTreeMap<IpNet, u32>, new: &BTreeMap<IpNet, u32>) -> Diff {
+pub(crate) fn diff(old: &BTreeMap<IpNet, u32>, new: &BTreeMap<IpNet, u32>) -> Diff {
     let mut diff = Diff::default();
     let mut old = old.iter().peekable();
     let mut new = new.iter().peekable();

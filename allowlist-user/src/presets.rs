@@ -127,17 +127,17 @@ impl fmt::Display for Preset {
 }
 
 /// Every built-in preset.
-pub fn all() -> &'static [Preset] {
+pub(crate) fn all() -> &'static [Preset] {
     PRESETS
 }
 
 /// The preset of that name.
-pub fn find(name: &str) -> Option<&'static Preset> {
+pub(crate) fn find(name: &str) -> Option<&'static Preset> {
     PRESETS.iter().find(|p| p.name == name)
 }
 
 /// The names of all presets, for error messages.
-pub fn names() -> Vec<&'static str> {
+pub(crate) fn names() -> Vec<&'static str> {
     PRESETS.iter().map(|p| p.name).collect()
 }
 

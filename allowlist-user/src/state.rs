@@ -21,11 +21,11 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use thiserror::Error;
 
 /// Bumped when the file layout changes incompatibly.
-pub const STATE_VERSION: u32 = 1;
+pub(crate) const STATE_VERSION: u32 = 1;
 
 /// The last good list of one source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SavedList {
+pub(crate) struct SavedList {
     pub version: u32,
     pub source_id: String,
     /// A digest of the source's definition (URL, format, selection): a state file
@@ -69,14 +69,14 @@ pub enum StateError {
 
 /// The state directory.
 #[derive(Debug, Clone)]
-pub struct StateStore {
+pub(crate) struct StateStore {
     dir: PathBuf,
 }
 
 impl StateStore {
     /// Opens the directory, creating it (see [`prepare_dir`]) if it is missing, and
     /// refuses it if it is not safe.
-    pub fn open(dir: &Path) -> Result<Self, StateError> {
+    pub(crate) fn open(dir: &Path) -> Result<Self, StateError> {
         prepare_dir(dir)?;
         Ok(StateStore {
             dir: dir.to_owned(),
@@ -84,7 +84,7 @@ impl StateStore {
     }
 
     /// The file holding a source's state.
-    pub fn path_for(&self, source_id: &str) -> PathBuf {
+    pub(crate) fn path_for(&self, source_id: &str) -> PathBuf {
         self.dir
             .join(format!("source-{}.json", sanitize(source_id)))
     }
@@ -92,7 +92,7 @@ impl StateStore {
     /// Loads a source's state. `Ok(None)` when there is none; a corrupt file is moved
     /// aside to `*.corrupt` and reported as [`StateError::Corrupt`], which callers
     /// treat as absent.
-    pub fn load(&self, source_id: &str) -> Result<Option<SavedList>, StateError> {
+    pub(crate) fn load(&self, source_id: &str) -> Result<Option<SavedList>, StateError> {
         let path = self.path_for(source_id);
         let state: Option<SavedList> = read_json(&path)?;
         match state {
@@ -108,14 +108,14 @@ impl StateStore {
     }
 
     /// Writes a source's state atomically.
-    pub fn save(&self, state: &SavedList) -> Result<(), StateError> {
+    pub(crate) fn save(&self, state: &SavedList) -> Result<(), StateError> {
         write_json_atomic(&self.path_for(&state.source_id), state)
     }
 }
 
 /// Maps a source id to a file name component, without collisions: ASCII letters,
 /// digits, `-` and `_` are kept, everything else becomes `%XX`.
-pub fn sanitize(id: &str) -> String {
+pub(crate) fn sanitize(id: &str) -> String {
     let mut out = String::with_capacity(id.len());
     for byte in id.bytes() {
         if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
@@ -149,7 +149,7 @@ fn move_aside(path: &Path, detail: String) -> StateError {
 /// Reads a JSON file: `Ok(None)` if it doesn't exist; unparseable contents are moved
 /// aside to `*.corrupt` and reported; a file the agent did not write (see
 /// [`open_trusted`]) is refused and left in place.
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
     let bytes = match read_trusted(path) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return Ok(None),
@@ -166,7 +166,7 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateErr
 }
 
 /// The contents of a state file, if it exists and is trusted (see [`open_trusted`]).
-pub fn read_trusted(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
+pub(crate) fn read_trusted(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
     let Some(mut file) = open_trusted(path)? else {
         return Ok(None);
     };
@@ -183,7 +183,7 @@ pub fn read_trusted(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
 /// opened (not the path, which could change in between): a regular file (a directory
 /// is a read error, EISDIR), owned by the agent's user or root, not writable by group
 /// or others. `Ok(None)` if there is none.
-pub fn open_trusted(path: &Path) -> Result<Option<File>, StateError> {
+pub(crate) fn open_trusted(path: &Path) -> Result<Option<File>, StateError> {
     let untrusted = |reason: String| StateError::Untrusted {
         path: path.to_owned(),
         reason,
@@ -285,7 +285,7 @@ fn link_target(path: &Path) -> String {
 /// every directory above it must be owned by root or this user and not writable by
 /// group or others unless it has the sticky bit (like /tmp). Errors name the path, its
 /// owner and mode, and the fix.
-pub fn prepare_dir(dir: &Path) -> Result<(), StateError> {
+pub(crate) fn prepare_dir(dir: &Path) -> Result<(), StateError> {
     let dir = std::path::absolute(dir).map_err(|source| StateError::CreateDir {
         path: dir.to_owned(),
         error: source,
@@ -306,7 +306,7 @@ pub fn prepare_dir(dir: &Path) -> Result<(), StateError> {
 /// The read-only check of [`prepare_dir`] for the CLI, which may run as another user
 /// than the agent: a missing directory passes (there is nothing to read), and the
 /// directory may be root's as well as this user's.
-pub fn check_dir(dir: &Path) -> Result<(), StateError> {
+pub(crate) fn check_dir(dir: &Path) -> Result<(), StateError> {
     let dir = std::path::absolute(dir).map_err(|source| StateError::Read {
         path: dir.to_owned(),
         error: source,
@@ -442,14 +442,14 @@ fn verify_dir(dir: &Path, own: bool) -> Result<(), StateError> {
 /// Writes `value` as JSON to `path` atomically: a temporary file in the same
 /// directory (mode 0600), written, fsynced, renamed over `path`, then the directory
 /// fsynced.
-pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     let mut bytes = serde_json::to_vec_pretty(value).expect("state serialises");
     bytes.push(b'\n');
     write_atomic(path, &bytes)
 }
 
 /// Writes bytes to `path` atomically (see [`write_json_atomic`]).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let err = |source| StateError::Write {
         path: path.to_owned(),
@@ -492,33 +492,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
 }
 
 /// SHA-256 of a document, in hex.
-pub fn content_hash(bytes: &[u8]) -> String {
+pub(crate) fn content_hash(bytes: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Serialises a `SystemTime` as an RFC 3339 string (UTC, seconds).
-pub mod rfc3339 {
+pub(crate) mod rfc3339 {
     use std::time::SystemTime;
 
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
-    pub fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_rfc3339_seconds(*time))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
     }
 
     /// The same for `Option<SystemTime>` (`null` when absent).
-    pub mod option {
+    pub(crate) mod option {
         use std::time::SystemTime;
 
         use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
-        pub fn serialize<S: Serializer>(
+        pub(crate) fn serialize<S: Serializer>(
             time: &Option<SystemTime>,
             s: S,
         ) -> Result<S::Ok, S::Error> {
@@ -528,7 +528,7 @@ pub mod rfc3339 {
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
             d: D,
         ) -> Result<Option<SystemTime>, D::Error> {
             Option::<String>::deserialize(d)?

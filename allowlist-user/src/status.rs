@@ -15,10 +15,10 @@ use crate::{
     state::{self, StateError, rfc3339},
 };
 
-pub const STATUS_FILE: &str = "status.json";
+pub(crate) const STATUS_FILE: &str = "status.json";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AgentStatus {
+pub(crate) struct AgentStatus {
     pub version: String,
     pub pid: u32,
     pub config: PathBuf,
@@ -84,7 +84,7 @@ pub struct SourceStatus {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ProviderStatus {
+pub(crate) struct ProviderStatus {
     pub name: String,
     pub rule_id: u32,
     pub prefixes_v4: usize,
@@ -92,7 +92,7 @@ pub struct ProviderStatus {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SyncStatus {
+pub(crate) struct SyncStatus {
     #[serde(with = "rfc3339")]
     pub at: SystemTime,
     pub error: Option<String>,
@@ -103,7 +103,7 @@ pub struct SyncStatus {
 }
 
 impl SyncStatus {
-    pub fn ok(report: &SyncReport) -> Self {
+    pub(crate) fn ok(report: &SyncReport) -> Self {
         Self {
             at: SystemTime::now(),
             error: None,
@@ -114,7 +114,7 @@ impl SyncStatus {
         }
     }
 
-    pub fn failed(error: String) -> Self {
+    pub(crate) fn failed(error: String) -> Self {
         Self {
             at: SystemTime::now(),
             error: Some(error),
@@ -127,23 +127,23 @@ impl SyncStatus {
 }
 
 impl AgentStatus {
-    pub fn path(state_dir: &Path) -> PathBuf {
+    pub(crate) fn path(state_dir: &Path) -> PathBuf {
         state_dir.join(STATUS_FILE)
     }
 
-    pub fn write(&self, state_dir: &Path) -> Result<(), StateError> {
+    pub(crate) fn write(&self, state_dir: &Path) -> Result<(), StateError> {
         state::write_json_atomic(&Self::path(state_dir), self)
     }
 
     /// The agent's status, if it has written one; an error if `state_dir` is not safe
     /// (see [`state::check_dir`]) or the file is not the agent's.
-    pub fn read(state_dir: &Path) -> Result<Option<Self>, StateError> {
+    pub(crate) fn read(state_dir: &Path) -> Result<Option<Self>, StateError> {
         state::check_dir(state_dir)?;
         state::read_json(&Self::path(state_dir))
     }
 
     /// Provider name by rule id.
-    pub fn provider_name(&self, rule: u32) -> Option<&str> {
+    pub(crate) fn provider_name(&self, rule: u32) -> Option<&str> {
         self.providers
             .iter()
             .find(|p| p.rule_id == rule)
@@ -151,7 +151,7 @@ impl AgentStatus {
     }
 
     /// How many hit counters (indexed by rule id) cover every provider.
-    pub fn rule_slots(&self) -> usize {
+    pub(crate) fn rule_slots(&self) -> usize {
         self.providers
             .iter()
             .map(|p| p.rule_id as usize + 1)
@@ -160,7 +160,7 @@ impl AgentStatus {
     }
 
     /// What keeps the agent from being healthy, one line each.
-    pub fn problems(&self) -> Vec<String> {
+    pub(crate) fn problems(&self) -> Vec<String> {
         let mut problems: Vec<String> = self
             .interfaces
             .iter()

@@ -27,12 +27,12 @@ fn send_to(path: &std::ffi::OsStr, message: &str) {
 }
 
 /// The filter is attached and the agent acts on signals.
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     send(&format!("READY=1\nSTATUS={status}"));
 }
 
 /// A reload has begun; [`ready`] ends it.
-pub fn reloading() {
+pub(crate) fn reloading() {
     // SAFETY: clock_gettime writes into the struct it is given.
     let now = unsafe {
         let mut ts: libc::timespec = std::mem::zeroed();
@@ -43,7 +43,7 @@ pub fn reloading() {
     send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
 }
 
-pub fn stopping() {
+pub(crate) fn stopping() {
     send("STOPPING=1");
 }
 

@@ -1,4 +1,8 @@
 //! Fetching and refreshing against a local HTTPS provider with a test CA.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test is its own crate and uses only some of the package's dependencies"
+)]
 
 use std::{path::Path, sync::Arc, time::Duration, time::Instant};
 

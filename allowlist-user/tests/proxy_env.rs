@@ -1,6 +1,10 @@
 //! Without a `proxy` key, fetches follow the environment (HTTPS_PROXY, NO_PROXY), as
 //! the agent does under systemd with `Environment=` in a drop-in; `proxy = "none"`
 //! ignores it. A test binary of its own: it sets process-wide environment variables.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test is its own crate and uses only some of the package's dependencies"
+)]
 
 use std::time::Duration;
 

@@ -14,7 +14,7 @@ use std::{
 use allowlist_tests::netns::{Netns, unique_id};
 use anyhow::{Context as _, Result, bail};
 
-pub struct Memory {
+pub(crate) struct Memory {
     pub prefixes: u64,
     /// /proc/<pid>/status fields, in kB.
     pub vm_rss: u64,
@@ -53,7 +53,7 @@ impl Drop for Run {
 
 /// Starts `agent` with a `file` source holding `document` (one prefix a line), waits
 /// until its maps hold the list, and reads its memory.
-pub fn resident_memory(agent: &Path, document: &str) -> Result<Memory> {
+pub(crate) fn resident_memory(agent: &Path, document: &str) -> Result<Memory> {
     let id = unique_id();
     let netns = Netns::new(&format!("{id}-bench"));
     let (outer, inner) = (format!("{id}a"), format!("{id}b"));

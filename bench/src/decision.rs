@@ -34,20 +34,20 @@ use ipnet::IpNet;
 /// The baselines, built by build.rs from `allowlist-bench-ebpf`.
 static BASELINES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/allowlist-bench"));
 
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
+pub(crate) const XDP_DROP: u32 = 1;
+pub(crate) const XDP_PASS: u32 = 2;
 
 const SERVER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shape {
+pub(crate) enum Shape {
     TcpSyn(u16),
     Udp(u16),
 }
 
-pub fn frame(src: IpAddr, shape: Shape) -> Vec<u8> {
+pub(crate) fn frame(src: IpAddr, shape: Shape) -> Vec<u8> {
     let eth = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
     let ip = match src {
         IpAddr::V4(src) => eth.ipv4(src.octets(), SERVER_V4.octets(), 64),
@@ -68,7 +68,7 @@ pub fn frame(src: IpAddr, shape: Shape) -> Vec<u8> {
 }
 
 /// The program under test and its two baselines, one instance per allowlist.
-pub struct Programs {
+pub(crate) struct Programs {
     /// Keeps the allowlist program loaded.
     allowlist: Ebpf,
     /// Keeps the map descriptors open (the kernel-memory figures read their fdinfo).
@@ -79,7 +79,7 @@ pub struct Programs {
 impl Programs {
     /// Loads the allowlist program (maps filled the way the agent fills them at start)
     /// and the baselines (the textbook trie filled with the same prefixes).
-    pub fn load(list: &BTreeMap<IpNet, u32>) -> Result<Self> {
+    pub(crate) fn load(list: &BTreeMap<IpNet, u32>) -> Result<Self> {
         if BASELINES.is_empty() {
             bail!("this build carries no baseline programs (built with AYA_BUILD_SKIP=1)");
         }
@@ -125,7 +125,7 @@ impl Programs {
         })
     }
 
-    pub fn program(&self, which: Program) -> &Xdp {
+    pub(crate) fn program(&self, which: Program) -> &Xdp {
         let (ebpf, name) = self.locate(which);
         ebpf.program(name)
             .expect("loaded above")
@@ -134,7 +134,7 @@ impl Programs {
     }
 
     /// Attaches `which` to `interface` (generic XDP), for as long as `self` lives.
-    pub fn attach(&mut self, which: Program, interface: &str) -> Result<()> {
+    pub(crate) fn attach(&mut self, which: Program, interface: &str) -> Result<()> {
         let (_, name) = self.locate(which);
         let ebpf = match which {
             Program::Allowlist => &mut self.allowlist,
@@ -157,19 +157,19 @@ impl Programs {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Program {
+pub(crate) enum Program {
     Empty,
     Textbook,
     Allowlist,
 }
 
 impl Program {
-    pub const ALL: [Program; 3] = [Program::Empty, Program::Textbook, Program::Allowlist];
+    pub(crate) const ALL: [Program; 3] = [Program::Empty, Program::Textbook, Program::Allowlist];
 }
 
 /// Mean nanoseconds per run over `frames`, each run `repeat` times; fails unless
 /// every frame got `expect` (so that a case measures the path it names).
-pub fn measure(program: &Xdp, frames: &[Vec<u8>], repeat: u32, expect: u32) -> Result<f64> {
+pub(crate) fn measure(program: &Xdp, frames: &[Vec<u8>], repeat: u32, expect: u32) -> Result<f64> {
     let mut total_ns = 0u128;
     for frame in frames {
         crate::check_interrupted()?;
@@ -190,7 +190,7 @@ pub fn measure(program: &Xdp, frames: &[Vec<u8>], repeat: u32, expect: u32) -> R
 
 /// Runs `f` on a thread inside a throwaway network namespace in which every program of
 /// `instances` is attached to an interface of its own (see the module comment).
-pub fn run_attached(
+pub(crate) fn run_attached(
     instances: &mut [Programs],
     f: impl FnOnce(&[Programs]) -> Result<()> + Send,
 ) -> Result<()> {

@@ -10,16 +10,16 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 /// How many providers (rule ids) the random prefixes are spread over.
-pub const RULES: u32 = 8;
+pub(crate) const RULES: u32 = 8;
 
-pub fn rng(seed: u64) -> StdRng {
+pub(crate) fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
 
 /// `n` distinct IPv4 prefixes of random lengths in `lengths`, at random addresses
 /// (nested and overlapping prefixes included, as in merged real lists), each with a
 /// random rule id below [`RULES`].
-pub fn v4_prefixes(
+pub(crate) fn v4_prefixes(
     rng: &mut StdRng,
     n: usize,
     lengths: std::ops::RangeInclusive<u8>,
@@ -38,7 +38,7 @@ pub fn v4_prefixes(
 /// `n` IPv4 prefixes as the agent holds them after merging a provider's list: no
 /// prefix inside another, no two that merge into a shorter one (so that the agent's
 /// maps hold exactly `n`).
-pub fn v4_aggregated(
+pub(crate) fn v4_aggregated(
     rng: &mut StdRng,
     n: usize,
     lengths: std::ops::RangeInclusive<u8>,
@@ -55,7 +55,7 @@ pub fn v4_aggregated(
 }
 
 /// `n` distinct IPv6 prefixes of random lengths in `lengths` inside 2000::/3.
-pub fn v6_prefixes(
+pub(crate) fn v6_prefixes(
     rng: &mut StdRng,
     n: usize,
     lengths: std::ops::RangeInclusive<u8>,
@@ -76,13 +76,13 @@ fn global_unicast(rng: &mut StdRng) -> Ipv6Addr {
 }
 
 /// Longest-prefix membership, computed the slow obvious way: one hash set per length.
-pub struct Membership {
+pub(crate) struct Membership {
     v4: Vec<HashSet<u32>>,
     v6: Vec<HashSet<u128>>,
 }
 
 impl Membership {
-    pub fn new(list: &BTreeMap<IpNet, u32>) -> Self {
+    pub(crate) fn new(list: &BTreeMap<IpNet, u32>) -> Self {
         let mut v4 = vec![HashSet::new(); 33];
         let mut v6 = vec![HashSet::new(); 129];
         for net in list.keys() {
@@ -98,14 +98,14 @@ impl Membership {
         Self { v4, v6 }
     }
 
-    pub fn contains_v4(&self, addr: u32) -> bool {
+    pub(crate) fn contains_v4(&self, addr: u32) -> bool {
         (0..=32usize).any(|len| {
             let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
             self.v4[len].contains(&(addr & mask))
         })
     }
 
-    pub fn contains_v6(&self, addr: u128) -> bool {
+    pub(crate) fn contains_v6(&self, addr: u128) -> bool {
         (0..=128usize).any(|len| {
             let mask = if len == 0 {
                 0
@@ -119,7 +119,7 @@ impl Membership {
 
 /// `n` addresses inside prefixes of `list` (the family's prefixes picked uniformly,
 /// the host inside each uniformly).
-pub fn allowed_v4(rng: &mut StdRng, list: &BTreeMap<IpNet, u32>, n: usize) -> Vec<Ipv4Addr> {
+pub(crate) fn allowed_v4(rng: &mut StdRng, list: &BTreeMap<IpNet, u32>, n: usize) -> Vec<Ipv4Addr> {
     let nets: Vec<Ipv4Net> = list
         .keys()
         .filter_map(|n| match n {
@@ -141,7 +141,7 @@ pub fn allowed_v4(rng: &mut StdRng, list: &BTreeMap<IpNet, u32>, n: usize) -> Ve
         .collect()
 }
 
-pub fn allowed_v6(rng: &mut StdRng, list: &BTreeMap<IpNet, u32>, n: usize) -> Vec<Ipv6Addr> {
+pub(crate) fn allowed_v6(rng: &mut StdRng, list: &BTreeMap<IpNet, u32>, n: usize) -> Vec<Ipv6Addr> {
     let nets: Vec<Ipv6Net> = list
         .keys()
         .filter_map(|n| match n {
@@ -165,7 +165,7 @@ pub fn allowed_v6(rng: &mut StdRng, list: &BTreeMap<IpNet, u32>, n: usize) -> Ve
 
 /// `n` allowed addresses whose /24 holds a prefix longer than /24 (the fast table
 /// splits it into a group), and `n` whose /24 does not.
-pub fn allowed_v4_by_block(
+pub(crate) fn allowed_v4_by_block(
     rng: &mut StdRng,
     list: &BTreeMap<IpNet, u32>,
     n: usize,
@@ -194,7 +194,7 @@ pub fn allowed_v4_by_block(
 }
 
 /// `n` random addresses that no prefix of `list` covers.
-pub fn denied_v4(rng: &mut StdRng, members: &Membership, n: usize) -> Vec<Ipv4Addr> {
+pub(crate) fn denied_v4(rng: &mut StdRng, members: &Membership, n: usize) -> Vec<Ipv4Addr> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let addr = rng.random::<u32>();
@@ -205,7 +205,7 @@ pub fn denied_v4(rng: &mut StdRng, members: &Membership, n: usize) -> Vec<Ipv4Ad
     out
 }
 
-pub fn denied_v6(rng: &mut StdRng, members: &Membership, n: usize) -> Vec<Ipv6Addr> {
+pub(crate) fn denied_v6(rng: &mut StdRng, members: &Membership, n: usize) -> Vec<Ipv6Addr> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let addr = global_unicast(rng);
@@ -217,7 +217,7 @@ pub fn denied_v6(rng: &mut StdRng, members: &Membership, n: usize) -> Vec<Ipv6Ad
 }
 
 /// The text of a `format = "text"` source: one prefix a line.
-pub fn text_document(list: &BTreeMap<IpNet, u32>) -> String {
+pub(crate) fn text_document(list: &BTreeMap<IpNet, u32>) -> String {
     let mut out = String::with_capacity(list.len() * 20);
     for net in list.keys() {
         out.push_str(&net.to_string());
@@ -229,7 +229,7 @@ pub fn text_document(list: &BTreeMap<IpNet, u32>) -> String {
 /// A document shaped like AWS's ip-ranges.json (records with `ip_prefix` or
 /// `ipv6_prefix`, `region`, `service`, `network_border_group`, pretty-printed with
 /// four spaces as AWS serves it) of at least `bytes` bytes.
-pub fn aws_document(rng: &mut StdRng, bytes: usize) -> Vec<u8> {
+pub(crate) fn aws_document(rng: &mut StdRng, bytes: usize) -> Vec<u8> {
     const REGIONS: [&str; 8] = [
         "us-east-1",
         "us-west-2",

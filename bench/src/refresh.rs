@@ -16,7 +16,7 @@ use rand::{Rng, rngs::StdRng};
 
 use crate::lists;
 
-pub struct FullLoad {
+pub(crate) struct FullLoad {
     pub time: Duration,
     pub report: SyncReport,
 }
@@ -24,7 +24,7 @@ pub struct FullLoad {
 /// Loads the program with fresh maps and fills them with `list` the way the agent
 /// does at its first start (`sync::resync`: read the empty tries, rebuild the fast
 /// table from them, apply the set). The median of `rounds` loads.
-pub fn full_load(list: &BTreeMap<IpNet, u32>, rounds: usize) -> Result<FullLoad> {
+pub(crate) fn full_load(list: &BTreeMap<IpNet, u32>, rounds: usize) -> Result<FullLoad> {
     let mut runs = Vec::new();
     for _ in 0..rounds {
         let (_ebpf, mut maps) = datapath::load_unpinned(&LoadOptions::default())?;
@@ -39,14 +39,14 @@ pub fn full_load(list: &BTreeMap<IpNet, u32>, rounds: usize) -> Result<FullLoad>
     Ok(runs.swap_remove(runs.len() / 2))
 }
 
-pub struct DiffApply {
+pub(crate) struct DiffApply {
     pub times: Vec<Duration>,
     pub report: SyncReport,
 }
 
 /// Applies a diff of `changes` prefixes (a third added, a third removed, a third moved
 /// to another rule) to `list`, and back, `rounds` times each way.
-pub fn diff_apply(
+pub(crate) fn diff_apply(
     rng: &mut StdRng,
     list: &BTreeMap<IpNet, u32>,
     changes: usize,
@@ -84,7 +84,7 @@ pub fn diff_apply(
     Ok(DiffApply { times, report })
 }
 
-pub struct JsonParse {
+pub(crate) struct JsonParse {
     pub bytes: usize,
     pub entries: usize,
     pub times: Vec<Duration>,
@@ -92,7 +92,7 @@ pub struct JsonParse {
 
 /// Parses an AWS-shaped document of about `bytes` bytes with the agent's JSON source
 /// parser (selection: both prefix arrays, EC2 records only).
-pub fn json_parse(rng: &mut StdRng, bytes: usize, rounds: usize) -> Result<JsonParse> {
+pub(crate) fn json_parse(rng: &mut StdRng, bytes: usize, rounds: usize) -> Result<JsonParse> {
     let body = lists::aws_document(rng, bytes);
     let format = Format::Json(json::Selector {
         items: vec!["prefixes".into(), "ipv6_prefixes".into()],

@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// One decision case: the same frames judged by the three programs.
-pub struct Case {
+pub(crate) struct Case {
     pub name: &'static str,
     pub list: String,
     /// Which loaded instance (list size) judges it.
@@ -27,7 +27,7 @@ pub struct Case {
 }
 
 impl Case {
-    pub fn new(
+    pub(crate) fn new(
         name: &'static str,
         list: &str,
         instance: usize,
@@ -46,17 +46,17 @@ impl Case {
         }
     }
 
-    pub fn median(&self, program: Program) -> f64 {
+    pub(crate) fn median(&self, program: Program) -> f64 {
         median(&self.ns[program as usize])
     }
 
     /// The program's median over the empty program's median.
-    pub fn ratio(&self, program: Program) -> f64 {
+    pub(crate) fn ratio(&self, program: Program) -> f64 {
         self.median(program) / self.median(Program::Empty)
     }
 
     /// The spread of the allowlist program's rounds, as (min, max).
-    pub fn spread(&self, program: Program) -> (f64, f64) {
+    pub(crate) fn spread(&self, program: Program) -> (f64, f64) {
         let v = &self.ns[program as usize];
         let min = v.iter().copied().fold(f64::INFINITY, f64::min);
         let max = v.iter().copied().fold(0.0, f64::max);
@@ -65,12 +65,12 @@ impl Case {
 }
 
 /// Kernel memory of one of the allowlist program's maps (`memlock` in fdinfo).
-pub struct MapMemory {
+pub(crate) struct MapMemory {
     pub name: String,
     pub bytes: u64,
 }
 
-pub struct Report {
+pub(crate) struct Report {
     pub frames: usize,
     pub repeat: u32,
     pub rounds: usize,
@@ -96,7 +96,7 @@ fn mib(bytes: u64) -> String {
 }
 
 impl Report {
-    pub fn new(frames: usize, repeat: u32, rounds: usize) -> Self {
+    pub(crate) fn new(frames: usize, repeat: u32, rounds: usize) -> Self {
         Self {
             frames,
             repeat,
@@ -112,7 +112,7 @@ impl Report {
     }
 
     /// The figures: decision cost per packet, then the refresh figures.
-    pub fn table(&self) -> String {
+    pub(crate) fn table(&self) -> String {
         let mut t = String::new();
         let _ = writeln!(
             t,
@@ -198,7 +198,7 @@ impl Report {
         t
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# allowlist benchmarks\n");
         let _ = writeln!(
@@ -298,7 +298,7 @@ fn kernel_release() -> String {
 
 /// `memlock` of every map of the allowlist program this process holds (the last
 /// instance loaded, by map name).
-pub fn kernel_memory() -> Result<Vec<MapMemory>> {
+pub(crate) fn kernel_memory() -> Result<Vec<MapMemory>> {
     let mut by_name = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir("/proc/self/fdinfo")? {
         let entry = entry?;

@@ -1,5 +1,12 @@
 //! End-to-end test support: network namespaces, real TCP traffic, the real agent
 //! binary, a local HTTPS provider server and a CONNECT proxy.
+#![cfg_attr(
+    test,
+    allow(
+        unused_crate_dependencies,
+        reason = "the dev-dependencies serve the integration tests"
+    )
+)]
 
 pub mod connect_proxy;
 pub mod netns;

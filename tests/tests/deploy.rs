@@ -5,6 +5,10 @@
 //! `systemd-analyze verify`, the manifests by the Kubernetes API's schemas
 //! (`kubernetes-validate`) and the alerts by `promtool`. All fast; the package itself
 //! is built and installed in package.rs, the image built and run in image.rs.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test is its own crate and uses only some of the package's dependencies"
+)]
 
 use std::{
     collections::BTreeSet,

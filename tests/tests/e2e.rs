@@ -1,5 +1,9 @@
 //! End-to-end scenarios: real namespaces, real TCP, the real agent binary, a real
 //! HTTPS provider. Each test builds its own world and removes it, even on failure.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test is its own crate and uses only some of the package's dependencies"
+)]
 
 use std::{
     net::IpAddr,

@@ -3,6 +3,10 @@
 //! agent started under `ip netns exec`, a pin directory planted by another user.
 //! Each scenario checks the traffic and what `status`, `/healthz`, the metrics and
 //! the log say.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test is its own crate and uses only some of the package's dependencies"
+)]
 
 use std::{
     net::IpAddr,

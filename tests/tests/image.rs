@@ -8,6 +8,10 @@
 //! real traffic; a stopped pod leaves the filter enforcing; `detach`, from the image,
 //! removes it. Needs root. Every container, pin and namespace is removed, even when a
 //! test fails.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test is its own crate and uses only some of the package's dependencies"
+)]
 
 use std::{
     collections::BTreeSet,

@@ -2,6 +2,10 @@
 //! into the allowlist, nor make the agent (root) write through a link: a world-writable
 //! `state_dir`, a state file of another user's, a symlink planted as the pid file.
 //! Each test builds its own world and removes it, even on failure.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test is its own crate and uses only some of the package's dependencies"
+)]
 
 use std::{
     fs,

@@ -1,6 +1,10 @@
 //! The metrics port survives clients that open connections and never send anything
 //! (issue 9, defect 8): they must neither exhaust the agent's descriptors nor end the
 //! metrics server, and an accept error (EMFILE) must not end it either.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test is its own crate and uses only some of the package's dependencies"
+)]
 
 use std::{
     io::{Read as _, Write as _},

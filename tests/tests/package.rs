@@ -4,6 +4,10 @@
 //! fails. Needs root; refuses to touch an existing installation.
 //!
 //! `ALLOWLIST_DEB=<path>` tests that package instead of building one.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test is its own crate and uses only some of the package's dependencies"
+)]
 
 use std::{
     os::unix::fs::PermissionsExt as _,

@@ -6,7 +6,7 @@
 use anyhow::{Context as _, Result, bail};
 use std::{path::PathBuf, process::Command};
 
-pub fn run(extra: &[String]) -> Result<()> {
+pub(crate) fn run(extra: &[String]) -> Result<()> {
     crate::require_root("the benchmarks load XDP programs and create network namespaces")?;
     crate::step("building the agent and the benchmarks (release)");
     crate::cargo(&[

@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::setup::{self, Recommends};
 
 /// The image's name; the DaemonSet and the kustomization name it with the version.
-pub const REPOSITORY: &str = "localhost/allowlist";
+pub(crate) const REPOSITORY: &str = "localhost/allowlist";
 
 /// What podman runs with, from Debian: conmon, the OCI runtime, the containers
 /// configuration (seccomp profile, policy.json) and podman's libraries. None of their
@@ -45,7 +45,7 @@ const PODMAN_PACKAGE: &str = "podman";
 
 /// podman (on PATH, or taken out of Debian's package into $CARGO_HOME/bin) and what
 /// it runs with. Idempotent.
-pub fn ensure_tools() -> Result<()> {
+pub(crate) fn ensure_tools() -> Result<()> {
     setup::apt_install(APT_PACKAGES, Recommends::Skip)?;
     let podman = setup::cargo_home().join("bin").join("podman");
     if setup::on_path("podman") || podman.is_file() {
@@ -58,7 +58,7 @@ pub fn ensure_tools() -> Result<()> {
 }
 
 /// Builds the image and its archive, and prints the tag and the archive's path last.
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     if !setup::is_root() {
         bail!("podman builds the image as root: run `sudo -E cargo xtask image`");
     }

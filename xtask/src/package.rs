@@ -24,7 +24,7 @@ const EXPECTED_FILES: &[&str] = &[
 const EXPECTED_CONTROL: &[&str] = &["conffiles", "postinst", "prerm", "postrm"];
 
 /// Builds the package and returns its path.
-pub fn run() -> Result<PathBuf> {
+pub(crate) fn run() -> Result<PathBuf> {
     super::step("release build of the agent (with its XDP program)");
     super::cargo(&["build", "--release", "--package", "allowlist-user"])?;
     ensure_cargo_deb()?;

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-pub const BPF_TOOLCHAIN: &str = "bpf-debian";
+pub(crate) const BPF_TOOLCHAIN: &str = "bpf-debian";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
@@ -37,7 +37,7 @@ const APT_PACKAGES: &[&str] = &[
 /// is never installed: `promtool` (a static binary) is taken out of the package.
 const PROMTOOL_PACKAGE: &str = "prometheus";
 
-pub fn ensure() -> Result<()> {
+pub(crate) fn ensure() -> Result<()> {
     put_cargo_bin_on_path();
     apt_packages()?;
     bpf_linker()?;
@@ -50,7 +50,7 @@ pub fn ensure() -> Result<()> {
 /// started) into $CARGO_HOME/bin; `kubernetes-validate` with the Kubernetes API
 /// schemas, in a virtualenv of its own; and the image test's podman and runc
 /// ([`crate::image::ensure_tools`]). cargo-deb comes with `cargo xtask package`.
-pub fn ensure_test_tools() -> Result<()> {
+pub(crate) fn ensure_test_tools() -> Result<()> {
     let promtool = cargo_home().join("bin").join("promtool");
     if !on_path("promtool") && !promtool.is_file() {
         eprintln!(
@@ -63,7 +63,7 @@ pub fn ensure_test_tools() -> Result<()> {
 }
 
 /// The `kubernetes-validate` release whose bundled schemas the deployment test uses.
-pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+pub(crate) const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
 /// `kubernetes-validate` from PyPI, pinned, in a virtualenv under $CARGO_HOME (never
 /// the system's Python), linked as $CARGO_HOME/bin/kubernetes-validate.
@@ -109,7 +109,7 @@ fn kubernetes_validate() -> Result<()> {
 /// Copies `member` (a path inside the package, such as `usr/bin/promtool`) out of
 /// Debian's `package` to `target`, executable, without installing the package: its
 /// maintainer scripts never run.
-pub fn extract_from_deb(package: &str, member: &str, target: &Path) -> Result<()> {
+pub(crate) fn extract_from_deb(package: &str, member: &str, target: &Path) -> Result<()> {
     let dir = env::temp_dir().join(format!("allowlist-deb-{package}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -155,12 +155,12 @@ fn extract_into(dir: &Path, package: &str, member: &str, target: &Path) -> Resul
     Ok(())
 }
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
-pub fn cargo_home() -> PathBuf {
+pub(crate) fn cargo_home() -> PathBuf {
     env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -187,13 +187,13 @@ fn apt_packages() -> Result<()> {
 
 /// Whether `apt-get install` also installs the packages' recommendations.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Recommends {
+pub(crate) enum Recommends {
     Install,
     Skip,
 }
 
 /// Installs those of `packages` that are missing (apt-get update first).
-pub fn apt_install(packages: &[&str], recommends: Recommends) -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str], recommends: Recommends) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
@@ -286,12 +286,12 @@ fn toolchain_link() -> Result<()> {
     )
 }
 
-pub fn on_path(name: &str) -> bool {
+pub(crate) fn on_path(name: &str) -> bool {
     env::var_os("PATH")
         .is_some_and(|p| env::split_paths(&p).any(|d| Path::new(&d).join(name).is_file()))
 }
 
-pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<()> {
     let status = cmd.status().with_context(|| format!("starting {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status})");

@@ -60,20 +60,20 @@ impl std::ops::AddAssign for FastReport {
 /// The prefixes the trie holds, as maps of prefix → rule id: where several maps list
 /// a prefix, the first one's rule is the trie's (during a sync the trie holds the
 /// union of the old and the new set, with the new rules: `[desired, current]`).
-pub type Layers<'a> = [&'a BTreeMap<IpNet, u32>];
+pub(super) type Layers<'a> = [&'a BTreeMap<IpNet, u32>];
 
 /// The blocks a set of prefixes touches, as sorted, disjoint, inclusive ranges.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Blocks(Vec<(u32, u32)>);
+pub(super) struct Blocks(Vec<(u32, u32)>);
 
 impl Blocks {
     /// Every block.
-    pub fn all() -> Self {
+    pub(super) fn all() -> Self {
         Self(vec![(0, LAST_BLOCK)])
     }
 
     /// The blocks the IPv4 prefixes among `nets` overlap.
-    pub fn of<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> Self {
+    pub(super) fn of<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> Self {
         let mut ranges: Vec<(u32, u32)> = nets
             .into_iter()
             .filter_map(|net| match net {
@@ -92,11 +92,11 @@ impl Blocks {
         Self(merged)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn ranges(&self) -> &[(u32, u32)] {
+    pub(super) fn ranges(&self) -> &[(u32, u32)] {
         &self.0
     }
 }
@@ -182,18 +182,18 @@ fn chunk_codes(layers: &Layers<'_>, index: u32) -> Chunk {
 }
 
 /// The fast table's two maps.
-pub struct FastV4 {
+pub(super) struct FastV4 {
     table: MapData,
     groups: HashMap<MapData, u32, fast::Group>,
 }
 
 impl FastV4 {
-    pub fn new(table: MapData, groups: HashMap<MapData, u32, fast::Group>) -> Self {
+    pub(super) fn new(table: MapData, groups: HashMap<MapData, u32, fast::Group>) -> Self {
         Self { table, groups }
     }
 
     /// Maps the table for writing, until the session is dropped.
-    pub fn session(&mut self) -> Result<Session<'_>, DatapathError> {
+    pub(super) fn session(&mut self) -> Result<Session<'_>, DatapathError> {
         Ok(Session {
             table: Mapping::new(&self.table)?,
             groups: &mut self.groups,
@@ -202,14 +202,14 @@ impl FastV4 {
 }
 
 /// The table mapped for writing, and the group map.
-pub struct Session<'a> {
+pub(super) struct Session<'a> {
     table: Mapping,
     groups: &'a mut HashMap<MapData, u32, fast::Group>,
 }
 
 impl Session<'_> {
     /// Makes the codes of `blocks` what `layers` (the trie's content) says.
-    pub fn refresh(
+    pub(super) fn refresh(
         &mut self,
         layers: &Layers<'_>,
         blocks: &Blocks,
@@ -239,7 +239,7 @@ impl Session<'_> {
     }
 
     /// Makes every code what `layers` says, and deletes groups no code points at.
-    pub fn rebuild(&mut self, layers: &Layers<'_>) -> Result<FastReport, DatapathError> {
+    pub(super) fn rebuild(&mut self, layers: &Layers<'_>) -> Result<FastReport, DatapathError> {
         let mut report = self.refresh(layers, &Blocks::all())?;
         let keys: Vec<u32> = self
             .groups

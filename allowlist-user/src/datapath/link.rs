@@ -108,7 +108,7 @@ pub fn read(pin: &Path) -> io::Result<LinkState> {
 }
 
 /// The index of the interface called `name` in this network namespace.
-pub fn ifindex(name: &str) -> Option<u32> {
+pub(super) fn ifindex(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
     // SAFETY: c is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -116,7 +116,7 @@ pub fn ifindex(name: &str) -> Option<u32> {
 }
 
 /// The current name of interface `index`.
-pub fn ifname(index: u32) -> Option<String> {
+pub(super) fn ifname(index: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname requires.
     let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };

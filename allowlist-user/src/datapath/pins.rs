@@ -254,7 +254,7 @@ fn create_private_dir(dir: &Path) -> Result<(), DatapathError> {
 /// writable by no one else (the bpffs root may be world-writable with the sticky
 /// bit, as a bpffs mounted without `mode=` is). Whoever controls the directory can
 /// unpin the links, and the filter detaches.
-pub fn check_ownership(dir: &Path) -> Result<(), DatapathError> {
+pub(super) fn check_ownership(dir: &Path) -> Result<(), DatapathError> {
     use std::os::unix::fs::MetadataExt as _;
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -333,7 +333,7 @@ fn mount_bpffs(target: &Path) -> Result<(), DatapathError> {
 }
 
 /// What this build's object file declares for a map.
-pub struct ExpectedMap {
+pub(super) struct ExpectedMap {
     pub name: String,
     pub map_type: u32,
     pub key_size: u32,
@@ -343,7 +343,10 @@ pub struct ExpectedMap {
 
 /// Refuses pinned maps that another build of the program left with a different
 /// layout: the program would misread them.
-pub fn check_compatible(pin_dir: &Path, expected: &[ExpectedMap]) -> Result<(), DatapathError> {
+pub(super) fn check_compatible(
+    pin_dir: &Path,
+    expected: &[ExpectedMap],
+) -> Result<(), DatapathError> {
     for want in expected {
         let path = map_pin(pin_dir, &want.name);
         if !path.exists() {

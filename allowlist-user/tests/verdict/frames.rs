@@ -8,16 +8,16 @@ use etherparse::{
 };
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-pub const TPID_8021Q: u16 = 0x8100;
-pub const TPID_8021AD: u16 = 0x88A8;
-pub const TPID_QINQ_9100: u16 = 0x9100;
+pub(crate) const TPID_8021Q: u16 = 0x8100;
+pub(crate) const TPID_8021AD: u16 = 0x88A8;
+pub(crate) const TPID_QINQ_9100: u16 = 0x9100;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_ARP: u16 = 0x0806;
 
 /// Ethernet header, then a VLAN tag per entry of `tags` (each the TPID of that tag),
 /// then `payload` whose EtherType is `ether_type`.
-pub fn ethernet(tags: &[u16], ether_type: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn ethernet(tags: &[u16], ether_type: u16, payload: &[u8]) -> Vec<u8> {
     let first = tags.first().copied().unwrap_or(ether_type);
     let mut out = Ethernet2Header {
         source: [0x02, 0, 0, 0, 0, 1],
@@ -40,27 +40,27 @@ pub fn ethernet(tags: &[u16], ether_type: u16, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-pub fn v4(tags: &[u16], packet: Vec<u8>) -> Vec<u8> {
+pub(crate) fn v4(tags: &[u16], packet: Vec<u8>) -> Vec<u8> {
     ethernet(tags, ETH_P_IP, &packet)
 }
 
-pub fn v6(tags: &[u16], packet: Vec<u8>) -> Vec<u8> {
+pub(crate) fn v6(tags: &[u16], packet: Vec<u8>) -> Vec<u8> {
     ethernet(tags, ETH_P_IPV6, &packet)
 }
 
 /// `frame` with `bytes` written over it at `at`: one field broken afterwards.
-pub fn patch(mut frame: Vec<u8>, at: usize, bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn patch(mut frame: Vec<u8>, at: usize, bytes: &[u8]) -> Vec<u8> {
     frame[at..at + bytes.len()].copy_from_slice(bytes);
     frame
 }
 
 /// `frame` padded with zeros to `len` bytes, as a NIC pads a short frame.
-pub fn pad(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
+pub(crate) fn pad(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
     frame.resize(len, 0);
     frame
 }
 
-pub fn arp() -> Vec<u8> {
+pub(crate) fn arp() -> Vec<u8> {
     // Request: who has 192.0.2.1, tell 192.0.2.2.
     let mut body = vec![0, 1, 8, 0, 6, 4, 0, 1];
     body.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 192, 0, 2, 2]);
@@ -68,13 +68,13 @@ pub fn arp() -> Vec<u8> {
     ethernet(&[], ETH_P_ARP, &body)
 }
 
-pub fn tcp_syn(dst_port: u16) -> Vec<u8> {
+pub(crate) fn tcp_syn(dst_port: u16) -> Vec<u8> {
     let mut tcp = TcpHeader::new(40000, dst_port, 1, 64240);
     tcp.syn = true;
     tcp.to_bytes().to_vec()
 }
 
-pub fn udp(dst_port: u16) -> Vec<u8> {
+pub(crate) fn udp(dst_port: u16) -> Vec<u8> {
     let mut out = UdpHeader {
         source_port: 40000,
         destination_port: dst_port,
@@ -87,13 +87,13 @@ pub fn udp(dst_port: u16) -> Vec<u8> {
     out
 }
 
-pub fn icmp_echo() -> Vec<u8> {
+pub(crate) fn icmp_echo() -> Vec<u8> {
     vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0]
 }
 
 /// IPv4 header around `payload`; `edit` may change fields (options, fragments) before
 /// the lengths and checksum are computed.
-pub fn ipv4(
+pub(crate) fn ipv4(
     src: Ipv4Addr,
     proto: u8,
     payload: &[u8],
@@ -108,7 +108,7 @@ pub fn ipv4(
     out
 }
 
-pub fn fragment(ip: &mut Ipv4Header, id: u16, offset_units: u16, more: bool) {
+pub(crate) fn fragment(ip: &mut Ipv4Header, id: u16, offset_units: u16, more: bool) {
     ip.identification = id;
     ip.fragment_offset = IpFragOffset::try_new(offset_units).unwrap();
     ip.more_fragments = more;
@@ -116,7 +116,7 @@ pub fn fragment(ip: &mut Ipv4Header, id: u16, offset_units: u16, more: bool) {
 
 /// An IPv6 extension header in a chain.
 #[derive(Clone)]
-pub enum Ext {
+pub(crate) enum Ext {
     HopByHop,
     Routing,
     DestOpts,
@@ -177,7 +177,7 @@ impl Ext {
 }
 
 /// IPv6 header, the extension headers of `chain` in order, then `proto` and `payload`.
-pub fn ipv6(src: Ipv6Addr, chain: &[Ext], proto: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn ipv6(src: Ipv6Addr, chain: &[Ext], proto: u8, payload: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
     for (i, ext) in chain.iter().enumerate() {
         let next = chain.get(i + 1).map_or(proto, Ext::number);

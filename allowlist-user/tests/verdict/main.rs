@@ -1,6 +1,10 @@
 //! Verdict tests: the real compiled XDP program, loaded into the kernel, judges crafted
 //! frames through BPF_PROG_TEST_RUN. Each case asserts the action and the one exit
 //! counter that moved. Needs root (CAP_BPF, CAP_NET_ADMIN).
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test is its own crate and uses only some of the package's dependencies"
+)]
 
 mod frames;
 

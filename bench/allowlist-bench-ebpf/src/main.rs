@@ -11,8 +11,18 @@
 //! covers it; only the BPF build is ever loaded.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(
+    not(target_arch = "bpf"),
+    allow(
+        unused_crate_dependencies,
+        reason = "the host build is an empty main for clippy; only the BPF build is loaded"
+    )
+)]
 
 use core::mem::size_of;
+
+// The library target exists only for the bench crate's build-dependency (lib.rs).
+use allowlist_bench_ebpf as _;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -39,12 +49,12 @@ static TEXTBOOK_V4: LpmTrie<[u8; 4], u32, MAX_PREFIXES> = LpmTrie::new();
 static TEXTBOOK_V6: LpmTrie<[u8; 16], u32, MAX_PREFIXES> = LpmTrie::new();
 
 #[xdp]
-pub fn empty(_ctx: XdpContext) -> u32 {
+fn empty(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
 #[xdp]
-pub fn textbook(ctx: XdpContext) -> u32 {
+fn textbook(ctx: XdpContext) -> u32 {
     match try_textbook(&ctx) {
         Ok(action) => action,
         Err(()) => xdp_action::XDP_DROP,

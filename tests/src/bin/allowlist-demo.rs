@@ -4,6 +4,10 @@
 //! A local HTTPS "Intercom" publishes a demo list; the agent protects a web server on
 //! :443; clients from listed and unlisted addresses connect; the provider changes its
 //! list and then breaks; the counters show what the filter did.
+#![allow(
+    unused_crate_dependencies,
+    reason = "a binary of the test-support crate, which uses only some of its dependencies"
+)]
 
 use std::{
     net::IpAddr,
