@@ -636,6 +636,9 @@ checked! {
     };
     /// A built-in provider, by name.
     PresetRef(&'static Preset) from String = |name| presets::find(&name).ok_or_else(|| {
+        if let Some(why) = presets::retired(&name) {
+            return format!("preset {name:?} was removed: {why}");
+        }
         let known = presets::names().join(", ");
         format!("unknown preset {name:?}; known presets: {known}")
     });
@@ -1400,7 +1403,8 @@ static = ["203.0.113.0/24", "2001:db8::/48"]
         assert_eq!(config.state_dir, Path::new(DEFAULT_STATE_DIR));
         assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
         assert_eq!(config.metrics, None);
-        assert_eq!(config.source("s/stripe-webhooks").unwrap().snapshot, None);
+        let snapshot = config.source("s/stripe-webhooks").unwrap().snapshot.clone();
+        assert_eq!(snapshot.unwrap().as_of.as_deref(), Some("2026-01-26"));
     }
 
     #[test]
@@ -1870,6 +1874,57 @@ proxy = "none"
         ));
         assert_eq!((line, field.as_str()), (5, "provider[0].ca_file"));
         assert!(msg.contains("freshworks-us is a static list"), "{msg}");
+    }
+
+    #[test]
+    fn a_retired_preset_names_its_replacements() {
+        let (msg, line, field) = parse_err(&format!(
+            "{MINIMAL}[[provider]]\nname = \"a\"\npreset = \"atlassian-egress\"\n"
+        ));
+        assert_eq!((line, field.as_str()), (4, "provider[0].preset"));
+        for replacement in [
+            "atlassian-jira",
+            "atlassian-confluence",
+            "atlassian-bitbucket",
+        ] {
+            assert!(msg.contains(replacement), "{msg}");
+            assert!(presets::find(replacement).is_some());
+        }
+        assert!(msg.contains("\"atlassian-egress\" was removed"), "{msg}");
+    }
+
+    #[test]
+    fn where_keys_must_all_hold() {
+        let config = parse_ok(&format!(
+            r#"{MINIMAL}[[provider]]
+name = "atlassian"
+[[provider.source]]
+url = "https://mirror.internal/ip-ranges.json"
+items = "items"
+cidr = "cidr"
+where = {{ direction = "egress", product = ["jira", "confluence"] }}
+"#
+        ));
+        let Location::Url {
+            format: Format::Json(selector),
+            ..
+        } = &config.source("atlassian/0").unwrap().location
+        else {
+            panic!("not a JSON url source")
+        };
+        assert_eq!(
+            selector.filters,
+            [
+                RecordFilter {
+                    field: "direction".into(),
+                    any_of: vec!["egress".into()],
+                },
+                RecordFilter {
+                    field: "product".into(),
+                    any_of: vec!["jira".into(), "confluence".into()],
+                },
+            ]
+        );
     }
 
     #[test]
