@@ -189,12 +189,12 @@ impl fmt::Display for Preset {
 }
 
 /// Every built-in preset.
-pub(crate) fn all() -> &'static [Preset] {
+pub fn all() -> &'static [Preset] {
     PRESETS
 }
 
 /// The preset of that name.
-pub(crate) fn find(name: &str) -> Option<&'static Preset> {
+pub fn find(name: &str) -> Option<&'static Preset> {
     PRESETS.iter().find(|p| p.name == name)
 }
 
