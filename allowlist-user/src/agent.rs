@@ -30,6 +30,7 @@ use crate::{
     fetch::Fetcher,
     link_events::LinkEvents,
     metrics::{self, SharedStatus},
+    presets,
     refresh::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
     state,
     status::{AgentStatus, ProviderStatus, SyncStatus},
@@ -57,6 +58,19 @@ pub fn shutdown_signal() -> Result<impl Future<Output = &'static str>> {
             _ = int.recv() => "SIGINT",
         }
     })
+}
+
+/// Says which presets have no embedded snapshot: until their first fetch succeeds
+/// they admit nothing (a host that boots without network drops their senders).
+fn warn_presets_without_snapshot(config: &Config) {
+    for provider in &config.providers {
+        let Some(name) = &provider.preset else {
+            continue;
+        };
+        if presets::find(name).is_some_and(|p| p.snapshot.is_none()) {
+            warn!(provider = %provider.name, preset = %name, "the preset has no embedded snapshot: its senders are dropped until its first fetch succeeds");
+        }
+    }
 }
 
 /// The reload signal's stream, installed before anything else so that no SIGHUP sent
@@ -123,6 +137,7 @@ pub async fn run(
     let mut hup = reload_signal()?;
     tokio::pin!(shutdown);
     let config = config::load(config_path)?;
+    warn_presets_without_snapshot(&config);
     control::check_privileges().map_err(|e| anyhow!(e))?;
     let specs = config.interfaces.clone();
     datapath::check_interfaces(&specs)?;

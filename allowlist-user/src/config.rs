@@ -636,6 +636,9 @@ checked! {
     };
     /// A built-in provider, by name.
     PresetRef(&'static Preset) from String = |name| presets::find(&name).ok_or_else(|| {
+        if let Some(why) = presets::retired(&name) {
+            return format!("preset {name:?} was removed: {why}");
+        }
         let known = presets::names().join(", ");
         format!("unknown preset {name:?}; known presets: {known}")
     });
@@ -842,6 +845,25 @@ struct RawProvider {
     preset: Option<PresetRef>,
     #[serde(default)]
     source: Vec<Spanned<RawSource>>,
+    // Where a preset's document is fetched from and how (a mirror, a proxy that
+    // re-serves it): the url source keys. The preset's selection stays.
+    url: Option<SourceUrl>,
+    ca_file: Option<PathBuf>,
+    timeout: Option<Timeout>,
+    retries: Option<Retries>,
+    max_bytes: Option<MaxBytes>,
+    insecure_http: Option<bool>,
+    proxy: Option<Proxy>,
+    // What a preset decides itself: read only to be refused with a message.
+    items: Option<de::IgnoredAny>,
+    cidr: Option<de::IgnoredAny>,
+    #[serde(rename = "where")]
+    filter: Option<de::IgnoredAny>,
+    format: Option<de::IgnoredAny>,
+    serial: Option<de::IgnoredAny>,
+    #[serde(rename = "static")]
+    inline: Option<de::IgnoredAny>,
+    file: Option<de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -943,39 +965,100 @@ fn resolve_provider(
     defaults: &Defaults<'_>,
 ) -> Result<Provider, Problem> {
     let span = raw.span();
-    let RawProvider {
-        name: ProviderName(name),
-        preset,
-        source,
-    } = raw.into_inner();
+    let raw = raw.into_inner();
     let rule_id = u32::try_from(index).expect("fewer than 2^32 providers");
-    if source.is_empty() && preset.is_none() {
+    if raw.source.is_empty() && raw.preset.is_none() {
         let message = "has neither a `preset` nor any [[provider.source]]";
         return Err(Problem::at(span, message));
     }
+    // Which keys of a provider apply with a preset, and which a preset decides.
+    let fetch_keys = [
+        ("url", raw.url.is_some()),
+        ("ca_file", raw.ca_file.is_some()),
+        ("timeout", raw.timeout.is_some()),
+        ("retries", raw.retries.is_some()),
+        ("max_bytes", raw.max_bytes.is_some()),
+        ("insecure_http", raw.insecure_http.is_some()),
+        ("proxy", raw.proxy.is_some()),
+    ];
+    let decided = [
+        ("items", raw.items.is_some()),
+        ("cidr", raw.cidr.is_some()),
+        ("where", raw.filter.is_some()),
+        ("format", raw.format.is_some()),
+        ("serial", raw.serial.is_some()),
+        ("static", raw.inline.is_some()),
+        ("file", raw.file.is_some()),
+    ];
+    let first_set = |keys: &[(&'static str, bool)]| keys.iter().find(|(_, set)| *set).map(|k| k.0);
+    let preset = raw.preset.map(|PresetRef(p)| p);
+    if let Some(key) = first_set(&decided) {
+        let message = match preset {
+            Some(p) => format!(
+                "does not apply with a `preset`: {} decides how its document is read; only where it is fetched from (url, ca_file, timeout, retries, max_bytes, insecure_http, proxy) may change. For a list of your own, add a [[provider.source]]",
+                p.name
+            ),
+            None => "belongs in a [[provider.source]]".to_owned(),
+        };
+        return Err(Problem::key(Some(span), key, message));
+    }
+    match (preset, first_set(&fetch_keys)) {
+        (None, Some(key)) => {
+            let message = "applies to a `preset`'s document only: a list of your own goes in a [[provider.source]]";
+            return Err(Problem::key(Some(span), key, message));
+        }
+        (Some(p), Some(key)) if p.location().is_none() => {
+            let message = format!("{} is a static list: there is no document to fetch", p.name);
+            return Err(Problem::key(Some(span), key, message));
+        }
+        _ => {}
+    }
+    if let Some(SourceUrl(url)) = &raw.url
+        && url.scheme() == "http"
+        && raw.insecure_http != Some(true)
+    {
+        return Err(Problem::key(Some(span), "url", PLAIN_HTTP));
+    }
+    let ProviderName(name) = raw.name;
     let mut sources = Vec::new();
-    if let Some(PresetRef(preset)) = preset {
-        let source = preset_source(&name, rule_id, preset, defaults)
+    if let Some(preset) = preset {
+        let fetch = &defaults.fetch;
+        let fetch = FetchSettings {
+            timeout: raw.timeout.map_or(fetch.timeout, Duration::from),
+            max_bytes: raw.max_bytes.map_or(fetch.max_bytes, u64::from),
+            insecure_http: raw.insecure_http.unwrap_or(false),
+            ca_file: raw.ca_file,
+            retries: raw.retries.map_or(fetch.retries, u32::from),
+            retry_after_limit: fetch.retry_after_limit,
+            proxy: raw.proxy.unwrap_or_else(|| fetch.proxy.clone()),
+        };
+        let url = raw.url.map(Url::from);
+        let source = preset_source(&name, rule_id, preset, url, fetch, defaults)
             .map_err(|message| Problem::key(Some(span.clone()), "preset", message))?;
         sources.push(source);
     }
-    for (i, source) in source.into_iter().enumerate() {
+    for (i, source) in raw.source.into_iter().enumerate() {
         let id = format!("{name}/{i}");
         sources.push(resolve_source(&name, rule_id, id, source, defaults)?);
     }
     Ok(Provider {
-        preset: preset.map(|PresetRef(p)| p.name.to_owned()),
+        preset: preset.map(|p| p.name.to_owned()),
         name,
         rule_id,
         sources,
     })
 }
 
-/// A preset's source: its URL and selection, or its list, and its dated snapshot.
+const PLAIN_HTTP: &str = "plain http is refused: no list is signed, so integrity rests on TLS; use https, or set insecure_http = true to accept the risk";
+
+/// A preset's source: its URL (or `url`, the same document from another place) and
+/// selection, or its list, and its dated snapshot.
 fn preset_source(
     provider: &str,
     rule_id: u32,
     preset: &Preset,
+    url: Option<Url>,
+    fetch: FetchSettings,
     defaults: &Defaults<'_>,
 ) -> Result<Source, String> {
     let snapshot = match &preset.snapshot {
@@ -994,7 +1077,10 @@ fn preset_source(
         }),
     };
     let (location, snapshot) = match preset.location() {
-        Some((url, format)) => (Location::Url { url, format }, snapshot),
+        Some((published, format)) => {
+            let url = url.unwrap_or(published);
+            (Location::Url { url, format }, snapshot)
+        }
         None => {
             let list = snapshot.expect("a static preset has a list");
             (Location::Static(list), None)
@@ -1005,7 +1091,7 @@ fn preset_source(
         provider: provider.to_owned(),
         rule_id,
         location,
-        fetch: defaults.fetch.clone(),
+        fetch,
         force: false,
         snapshot,
     })
@@ -1317,7 +1403,8 @@ static = ["203.0.113.0/24", "2001:db8::/48"]
         assert_eq!(config.state_dir, Path::new(DEFAULT_STATE_DIR));
         assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
         assert_eq!(config.metrics, None);
-        assert_eq!(config.source("s/stripe-webhooks").unwrap().snapshot, None);
+        let snapshot = config.source("s/stripe-webhooks").unwrap().snapshot.clone();
+        assert_eq!(snapshot.unwrap().as_of.as_deref(), Some("2026-01-26"));
     }
 
     #[test]
@@ -1690,6 +1777,154 @@ items = "."
         ] {
             assert!(msg.contains(known), "{msg}");
         }
+    }
+
+    #[test]
+    fn a_presets_document_from_another_place() {
+        let config = parse_ok(&format!(
+            r#"{MINIMAL}[[provider]]
+name = "github"
+preset = "github-hooks"
+url = "https://mirror.internal.example/github-meta.json"   # optional
+ca_file = "/etc/allowlist/mirror-ca.pem"                    # optional
+timeout = "5s"
+retries = 1
+max_bytes = 4096
+proxy = "none"
+"#
+        ));
+        let source = config.source("github/github-hooks").unwrap();
+        let (_, format) = presets::find("github-hooks").unwrap().location().unwrap();
+        assert_eq!(
+            source.location,
+            Location::Url {
+                url: Url::parse("https://mirror.internal.example/github-meta.json").unwrap(),
+                format,
+            }
+        );
+        assert_eq!(
+            source.fetch,
+            FetchSettings {
+                timeout: Duration::from_secs(5),
+                max_bytes: 4096,
+                ca_file: Some("/etc/allowlist/mirror-ca.pem".into()),
+                retries: 1,
+                proxy: Proxy::Direct,
+                retry_after_limit: MAX_RETRY_AFTER,
+                ..FetchSettings::default()
+            }
+        );
+        assert_eq!(
+            source.snapshot,
+            parse_ok(&format!(
+                "{MINIMAL}[[provider]]\nname = \"github\"\npreset = \"github-hooks\"\n"
+            ))
+            .source("github/github-hooks")
+            .unwrap()
+            .snapshot,
+            "the snapshot stays"
+        );
+
+        // Plain http only with insecure_http.
+        let http = "[[provider]]\nname = \"s\"\npreset = \"stripe-webhooks\"\nurl = \"http://mirror.internal/ips.json\"\n";
+        let (msg, line, field) = parse_err(&format!("{MINIMAL}{http}"));
+        assert_eq!((line, field.as_str()), (5, "provider[0].url"), "{msg}");
+        assert!(msg.contains("plain http is refused"), "{msg}");
+        let config = parse_ok(&format!("{MINIMAL}{http}insecure_http = true\n"));
+        assert!(
+            config
+                .source("s/stripe-webhooks")
+                .unwrap()
+                .fetch
+                .insecure_http
+        );
+    }
+
+    #[test]
+    fn keys_a_preset_decides_are_refused() {
+        for (key, value) in [
+            ("items", "\"hooks\""),
+            ("cidr", "\"range\""),
+            ("where", "{ service = \"X\" }"),
+            ("format", "\"json\""),
+            ("serial", "\"version\""),
+            ("static", "[\"192.0.2.1\"]"),
+            ("file", "\"/tmp/list.txt\""),
+        ] {
+            let (msg, line, field) = parse_err(&format!(
+                "{MINIMAL}[[provider]]\nname = \"github\"\npreset = \"github-hooks\"\n{key} = {value}\n"
+            ));
+            assert_eq!((line, field.as_str()), (5, &*format!("provider[0].{key}")));
+            assert!(
+                msg.starts_with(&format!(
+                    "/etc/allowlist/allowlist.toml:5:{}: provider[0].{key}: does not apply with a `preset`: github-hooks decides",
+                    key.len() + 4
+                )),
+                "{msg}"
+            );
+        }
+        // Fetch keys without a preset, or with a static one.
+        let (msg, line, field) = parse_err(&format!(
+            "{MINIMAL}[[provider]]\nname = \"p\"\nurl = \"https://ranges.example.net/a.json\"\n[[provider.source]]\nstatic = [\"192.0.2.1\"]\n"
+        ));
+        assert_eq!((line, field.as_str()), (4, "provider[0].url"));
+        assert!(msg.contains("goes in a [[provider.source]]"), "{msg}");
+        let (msg, line, field) = parse_err(&format!(
+            "{MINIMAL}[[provider]]\nname = \"f\"\npreset = \"freshworks-us\"\nca_file = \"/etc/ca.pem\"\n"
+        ));
+        assert_eq!((line, field.as_str()), (5, "provider[0].ca_file"));
+        assert!(msg.contains("freshworks-us is a static list"), "{msg}");
+    }
+
+    #[test]
+    fn a_retired_preset_names_its_replacements() {
+        let (msg, line, field) = parse_err(&format!(
+            "{MINIMAL}[[provider]]\nname = \"a\"\npreset = \"atlassian-egress\"\n"
+        ));
+        assert_eq!((line, field.as_str()), (4, "provider[0].preset"));
+        for replacement in [
+            "atlassian-jira",
+            "atlassian-confluence",
+            "atlassian-bitbucket",
+        ] {
+            assert!(msg.contains(replacement), "{msg}");
+            assert!(presets::find(replacement).is_some());
+        }
+        assert!(msg.contains("\"atlassian-egress\" was removed"), "{msg}");
+    }
+
+    #[test]
+    fn where_keys_must_all_hold() {
+        let config = parse_ok(&format!(
+            r#"{MINIMAL}[[provider]]
+name = "atlassian"
+[[provider.source]]
+url = "https://mirror.internal/ip-ranges.json"
+items = "items"
+cidr = "cidr"
+where = {{ direction = "egress", product = ["jira", "confluence"] }}
+"#
+        ));
+        let Location::Url {
+            format: Format::Json(selector),
+            ..
+        } = &config.source("atlassian/0").unwrap().location
+        else {
+            panic!("not a JSON url source")
+        };
+        assert_eq!(
+            selector.filters,
+            [
+                RecordFilter {
+                    field: "direction".into(),
+                    any_of: vec!["egress".into()],
+                },
+                RecordFilter {
+                    field: "product".into(),
+                    any_of: vec!["jira".into(), "confluence".into()],
+                },
+            ]
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ mod guards;
 mod link_events;
 mod metrics;
 mod prefixes;
-mod presets;
+pub mod presets;
 pub mod refresh;
 pub mod source;
 mod state;

@@ -1,6 +1,8 @@
-//! Built-in providers: where each publishes its list, how to read it, and, where the
-//! provider publishes no machine-readable list or one may be unreachable at boot, a
-//! dated snapshot to start from.
+//! Built-in providers: where each publishes its list, how to read it, and a dated
+//! snapshot of it: in force until the first successful fetch, or, where the provider
+//! publishes no machine-readable list, the list itself.
+
+mod snapshots;
 
 use std::fmt;
 
@@ -11,7 +13,7 @@ use crate::{
     prefixes::{self, Floors, PrefixError, Trust},
     source::{
         Format,
-        json::{RecordFilter, Selector},
+        json::{RecordFilter, Selector, display_path},
     },
 };
 
@@ -35,8 +37,9 @@ pub enum PresetSource {
         items: &'static [&'static str],
         /// Empty: the items are strings.
         cidr: &'static [&'static str],
-        /// Field and value a record must hold (scalar equal or array containing).
-        filter: Option<(&'static str, &'static str)>,
+        /// Fields and values a record must all hold (each a scalar equal to the
+        /// value or an array containing it).
+        filters: &'static [(&'static str, &'static str)],
         /// Path of the provider's document version, if it has one.
         serial: Option<&'static str>,
     },
@@ -44,12 +47,12 @@ pub enum PresetSource {
     Static,
 }
 
-/// A dated list copied from the provider's documentation.
+/// A dated list copied from the provider's document or documentation.
 #[derive(Debug)]
 pub struct Snapshot {
     /// When the list was copied (or the date the provider gives it).
     pub as_of: &'static str,
-    /// The page it was copied from.
+    /// The document or page it was copied from.
     pub reference: &'static str,
     pub entries: &'static [&'static str],
 }
@@ -70,7 +73,7 @@ impl Preset {
             url,
             items,
             cidr,
-            filter,
+            filters,
             serial,
         } = self.source
         else {
@@ -79,7 +82,7 @@ impl Preset {
         let selector = Selector {
             items: items.iter().map(|s| s.to_string()).collect(),
             cidr: cidr.iter().map(|s| s.to_string()).collect(),
-            filters: (filter.iter())
+            filters: (filters.iter())
                 .map(|&(field, value)| RecordFilter {
                     field: field.to_owned(),
                     any_of: vec![value.into()],
@@ -89,6 +92,32 @@ impl Preset {
         };
         let url = Url::parse(url).expect("preset URLs are valid");
         Some((url, Format::Json(selector)))
+    }
+
+    /// What the preset selects in its document, as `allowlist presets` shows it:
+    /// `items[].cidr where direction has "egress" and product has "jira"`.
+    pub fn selects(&self) -> String {
+        let PresetSource::Json {
+            items,
+            cidr,
+            filters,
+            ..
+        } = self.source
+        else {
+            return "the list itself (static)".to_owned();
+        };
+        let mut shown = (items.iter())
+            .map(|path| match cidr {
+                [] => display_path(path).to_owned(),
+                _ => format!("{}[].{}", display_path(path), cidr.join("|")),
+            })
+            .collect::<Vec<_>>()
+            .join(" + ");
+        for (i, (field, value)) in filters.iter().enumerate() {
+            let joint = if i == 0 { "where" } else { "and" };
+            shown.push_str(&format!(" {joint} {field} has {value:?}"));
+        }
+        shown
     }
 }
 
@@ -103,36 +132,69 @@ impl Snapshot {
         let entries: Vec<String> = self.entries.iter().map(|e| e.to_string()).collect();
         prefixes::validate(&entries, source_id, Trust::Operator, floors).map(|v| v.prefixes)
     }
+
+    /// Its size: `6 prefixes (4 IPv4 covering 10240 addresses, 2 IPv6)`.
+    pub fn size(&self) -> String {
+        let nets: Vec<IpNet> = (self.entries.iter())
+            .map(|e| e.parse().expect("snapshot entries are prefixes"))
+            .collect();
+        let v4: Vec<_> = (nets.iter())
+            .filter_map(|n| match n {
+                IpNet::V4(v4) => Some(v4),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        let addresses: u64 = v4.iter().map(|n| 1u64 << (32 - n.prefix_len())).sum();
+        let prefixes = |n: usize| if n == 1 { "prefix" } else { "prefixes" };
+        let mut size = format!(
+            "{} {} ({} IPv4 covering {addresses} addresses",
+            nets.len(),
+            prefixes(nets.len()),
+            v4.len()
+        );
+        let v6 = nets.len() - v4.len();
+        if v6 > 0 {
+            size.push_str(&format!(", {v6} IPv6"));
+        }
+        size.push(')');
+        size
+    }
 }
 
 impl fmt::Display for Preset {
-    /// What `allowlist presets` prints for it.
+    /// What `allowlist presets` prints for it: name, description, URL, what it
+    /// selects, and its snapshot's date and size.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:<20} {}", self.name, self.description)?;
+        write!(f, "{:<22} {}", self.name, self.description)?;
         for url in self.urls() {
-            write!(f, "\n{:<20}   {url}", "")?;
+            write!(f, "\n{:<22}   {url}", "")?;
         }
-        if let Some(snapshot) = &self.snapshot {
-            write!(
+        write!(f, "\n{:<22}   selects: {}", "", self.selects())?;
+        match &self.snapshot {
+            Some(snapshot) => write!(
                 f,
-                "\n{:<20}   embedded snapshot as of {} ({} addresses; {})",
+                "\n{:<22}   snapshot as of {}: {}; {}",
                 "",
                 snapshot.as_of,
-                snapshot.entries.len(),
+                snapshot.size(),
                 snapshot.reference
-            )?;
+            ),
+            None => write!(
+                f,
+                "\n{:<22}   no snapshot: nothing is allowed for it until its first fetch succeeds",
+                ""
+            ),
         }
-        Ok(())
     }
 }
 
 /// Every built-in preset.
-pub(crate) fn all() -> &'static [Preset] {
+pub fn all() -> &'static [Preset] {
     PRESETS
 }
 
 /// The preset of that name.
-pub(crate) fn find(name: &str) -> Option<&'static Preset> {
+pub fn find(name: &str) -> Option<&'static Preset> {
     PRESETS.iter().find(|p| p.name == name)
 }
 
@@ -141,8 +203,19 @@ pub(crate) fn names() -> Vec<&'static str> {
     PRESETS.iter().map(|p| p.name).collect()
 }
 
-const INTERCOM_REFERENCE: &str = "https://developers.intercom.com/docs/webhooks";
-const INTERCOM_AS_OF: &str = "2025-07-25";
+/// Why a preset that no longer exists was removed, and what replaces it.
+pub(crate) fn retired(name: &str) -> Option<&'static str> {
+    RETIRED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, why)| *why)
+}
+
+const RETIRED: &[(&str, &str)] = &[(
+    "atlassian-egress",
+    "it admitted every Atlassian egress range, 91% of them shared e-mail senders; use the product that sends your webhooks: atlassian-jira (also Jira Service Management), atlassian-confluence, atlassian-bitbucket, atlassian-opsgenie, atlassian-statuspage or atlassian-trello",
+)];
+
 const FRESHWORKS_REFERENCE: &str =
     "Freshworks help centre, \"IP Allowlisting for Freshchat\" (NAT IPs per region)";
 const FRESHWORKS_AS_OF: &str = "2026-11";
@@ -152,7 +225,7 @@ const fn intercom(url: &'static str) -> PresetSource {
         url,
         items: &["ip_ranges"],
         cidr: &["range"],
-        filter: Some(("service", "INTERCOM-OUTBOUND")),
+        filters: &[("service", "INTERCOM-OUTBOUND")],
         serial: Some("date"),
     }
 }
@@ -166,50 +239,77 @@ const fn strings(
         url,
         items,
         cidr: &[],
-        filter: None,
+        filters: &[],
         serial,
     }
 }
 
+/// Atlassian's `items[]` whose `direction` contains `egress` and whose `product`
+/// contains `product`.
+const fn atlassian(product: &'static [(&'static str, &'static str)]) -> PresetSource {
+    PresetSource::Json {
+        url: ATLASSIAN_URL,
+        items: &["items"],
+        cidr: &["cidr"],
+        filters: product,
+        serial: Some("syncToken"),
+    }
+}
+
+const ATLASSIAN_URL: &str = "https://ip-ranges.atlassian.com/";
+
+const fn dated(
+    as_of: &'static str,
+    reference: &'static str,
+    entries: &'static [&'static str],
+) -> Option<Snapshot> {
+    Some(Snapshot {
+        as_of,
+        reference,
+        entries,
+    })
+}
+
+const ATLASSIAN_AS_OF: &str = "2026-01-20";
+const ATLASSIAN_REFERENCE: &str = "https://ip-ranges.atlassian.com/ (syncToken 1768869839)";
 const DATADOG_ITEMS: &[&str] = &["webhooks.prefixes_ipv4", "webhooks.prefixes_ipv6"];
+const PAGERDUTY_AS_OF: &str = "2026-08-19";
+const PAGERDUTY_REFERENCE: &str = "PagerDuty developer documentation, \"Webhook IPs\" (the list served at ip-safelists/webhooks-<region>-service-region-json)";
+const SVIX_URL: &str = "https://docs.svix.com/webhook-ips.json";
+const SVIX_AS_OF: &str = "2026-05-20";
+const SENTRY_URL: &str = "https://docs.sentry.io/api/ip-ranges";
+const STATIC_AS_OF: &str = "2026-11";
 
 static PRESETS: &[Preset] = &[
     Preset {
         name: "intercom-us",
         description: "Intercom outbound (webhooks, Canvas Kit, data connectors), US region",
         source: intercom("https://static.intercomcdn.com/intercom-ips/us/intercom-ip-ranges.json"),
-        snapshot: Some(Snapshot {
-            as_of: INTERCOM_AS_OF,
-            reference: INTERCOM_REFERENCE,
-            entries: &[
-                "34.231.68.152/32",
-                "34.197.76.213/32",
-                "35.171.78.91/32",
-                "35.169.138.21/32",
-                "52.70.27.159/32",
-                "52.44.63.161/32",
-            ],
-        }),
+        snapshot: dated(
+            "2026-01-29",
+            "https://static.intercomcdn.com/intercom-ips/us/intercom-ip-ranges.json",
+            snapshots::INTERCOM_US,
+        ),
     },
     Preset {
         name: "intercom-eu",
         description: "Intercom outbound (webhooks, Canvas Kit, data connectors), Europe region",
         source: intercom("https://static.intercomcdn.com/intercom-ips/eu/intercom-ip-ranges.json"),
-        snapshot: Some(Snapshot {
-            as_of: INTERCOM_AS_OF,
-            reference: INTERCOM_REFERENCE,
-            entries: &["54.217.125.63/32", "54.246.173.113/32", "54.216.9.3/32"],
-        }),
+        snapshot: dated(
+            "2026-01-29",
+            "https://static.intercomcdn.com/intercom-ips/eu/intercom-ip-ranges.json",
+            snapshots::INTERCOM_EU,
+        ),
     },
     Preset {
         name: "intercom-au",
         description: "Intercom outbound (webhooks, Canvas Kit, data connectors), Australia region",
         source: intercom("https://static.intercomcdn.com/intercom-ips/au/intercom-ip-ranges.json"),
-        snapshot: Some(Snapshot {
-            as_of: INTERCOM_AS_OF,
-            reference: INTERCOM_REFERENCE,
-            entries: &["52.63.36.185/32", "3.104.68.152/32", "52.64.2.165/32"],
-        }),
+        snapshot: dated(
+            "2026-01-29",
+            "https://static.intercomcdn.com/intercom-ips/au/intercom-ip-ranges.json",
+            snapshots::INTERCOM_AU,
+        ),
     },
     Preset {
         name: "freshworks-us",
@@ -306,25 +406,81 @@ static PRESETS: &[Preset] = &[
             &["WEBHOOKS"],
             None,
         ),
-        snapshot: None,
+        snapshot: dated(
+            "2026-01-26",
+            "https://stripe.com/files/ips/ips_webhooks.json",
+            snapshots::STRIPE_WEBHOOKS,
+        ),
     },
     Preset {
         name: "github-hooks",
         description: "GitHub webhook senders (the `hooks` list of the meta API)",
         source: strings("https://api.github.com/meta", &["hooks"], None),
-        snapshot: None,
+        snapshot: dated(
+            "2026-01-29",
+            "https://api.github.com/meta",
+            snapshots::GITHUB_HOOKS,
+        ),
     },
     Preset {
-        name: "atlassian-egress",
-        description: "Atlassian cloud egress (Jira, Confluence, Bitbucket webhooks)",
-        source: PresetSource::Json {
-            url: "https://ip-ranges.atlassian.com/",
-            items: &["items"],
-            cidr: &["cidr"],
-            filter: Some(("direction", "egress")),
-            serial: Some("syncToken"),
-        },
-        snapshot: None,
+        name: "atlassian-jira",
+        description: "Atlassian cloud egress of Jira (and Jira Service Management): webhooks, automation",
+        source: atlassian(&[("direction", "egress"), ("product", "jira")]),
+        snapshot: dated(
+            ATLASSIAN_AS_OF,
+            ATLASSIAN_REFERENCE,
+            snapshots::ATLASSIAN_JIRA_CONFLUENCE_OPSGENIE,
+        ),
+    },
+    Preset {
+        name: "atlassian-confluence",
+        description: "Atlassian cloud egress of Confluence: webhooks, automation",
+        source: atlassian(&[("direction", "egress"), ("product", "confluence")]),
+        snapshot: dated(
+            ATLASSIAN_AS_OF,
+            ATLASSIAN_REFERENCE,
+            snapshots::ATLASSIAN_JIRA_CONFLUENCE_OPSGENIE,
+        ),
+    },
+    Preset {
+        name: "atlassian-bitbucket",
+        description: "Atlassian cloud egress of Bitbucket Cloud: webhooks, pipelines",
+        source: atlassian(&[("direction", "egress"), ("product", "bitbucket")]),
+        snapshot: dated(
+            ATLASSIAN_AS_OF,
+            ATLASSIAN_REFERENCE,
+            snapshots::ATLASSIAN_BITBUCKET,
+        ),
+    },
+    Preset {
+        name: "atlassian-opsgenie",
+        description: "Atlassian cloud egress of Opsgenie: webhook integrations",
+        source: atlassian(&[("direction", "egress"), ("product", "opsgenie")]),
+        snapshot: dated(
+            ATLASSIAN_AS_OF,
+            ATLASSIAN_REFERENCE,
+            snapshots::ATLASSIAN_JIRA_CONFLUENCE_OPSGENIE,
+        ),
+    },
+    Preset {
+        name: "atlassian-statuspage",
+        description: "Atlassian cloud egress of Statuspage: webhook notifications",
+        source: atlassian(&[("direction", "egress"), ("product", "statuspage")]),
+        snapshot: dated(
+            ATLASSIAN_AS_OF,
+            ATLASSIAN_REFERENCE,
+            snapshots::ATLASSIAN_STATUSPAGE_TRELLO,
+        ),
+    },
+    Preset {
+        name: "atlassian-trello",
+        description: "Atlassian cloud egress of Trello: webhooks",
+        source: atlassian(&[("direction", "egress"), ("product", "trello")]),
+        snapshot: dated(
+            ATLASSIAN_AS_OF,
+            ATLASSIAN_REFERENCE,
+            snapshots::ATLASSIAN_STATUSPAGE_TRELLO,
+        ),
     },
     Preset {
         name: "pagerduty-us",
@@ -334,7 +490,11 @@ static PRESETS: &[Preset] = &[
             &[""],
             None,
         ),
-        snapshot: None,
+        snapshot: dated(
+            PAGERDUTY_AS_OF,
+            PAGERDUTY_REFERENCE,
+            snapshots::PAGERDUTY_US,
+        ),
     },
     Preset {
         name: "pagerduty-eu",
@@ -344,7 +504,11 @@ static PRESETS: &[Preset] = &[
             &[""],
             None,
         ),
-        snapshot: None,
+        snapshot: dated(
+            PAGERDUTY_AS_OF,
+            PAGERDUTY_REFERENCE,
+            snapshots::PAGERDUTY_EU,
+        ),
     },
     Preset {
         name: "datadog-us1",
@@ -354,7 +518,11 @@ static PRESETS: &[Preset] = &[
             DATADOG_ITEMS,
             Some("version"),
         ),
-        snapshot: None,
+        snapshot: dated(
+            "2024-10-17",
+            "https://ip-ranges.datadoghq.com/ (version 59)",
+            snapshots::DATADOG_US1,
+        ),
     },
     Preset {
         name: "datadog-us3",
@@ -397,6 +565,26 @@ static PRESETS: &[Preset] = &[
         snapshot: None,
     },
     Preset {
+        name: "datadog-ap2",
+        description: "Datadog webhooks, site AP2 (ap2.datadoghq.com)",
+        source: strings(
+            "https://ip-ranges.ap2.datadoghq.com/",
+            DATADOG_ITEMS,
+            Some("version"),
+        ),
+        snapshot: None,
+    },
+    Preset {
+        name: "datadog-uk1",
+        description: "Datadog webhooks, site UK1 (uk1.datadoghq.com)",
+        source: strings(
+            "https://ip-ranges.uk1.datadoghq.com/",
+            DATADOG_ITEMS,
+            Some("version"),
+        ),
+        snapshot: None,
+    },
+    Preset {
         name: "datadog-gov",
         description: "Datadog webhooks, site US1-FED (ddog-gov.com)",
         source: strings(
@@ -406,12 +594,109 @@ static PRESETS: &[Preset] = &[
         ),
         snapshot: None,
     },
+    Preset {
+        name: "datadog-us2-gov",
+        description: "Datadog webhooks, site US2-FED (us2.ddog-gov.com)",
+        source: strings(
+            "https://ip-ranges.us2.ddog-gov.com/",
+            DATADOG_ITEMS,
+            Some("version"),
+        ),
+        snapshot: None,
+    },
+    Preset {
+        name: "svix-us",
+        description: "Svix webhooks (Clerk, Resend and others), US region",
+        source: strings(SVIX_URL, &["us"], None),
+        snapshot: dated(SVIX_AS_OF, SVIX_URL, snapshots::SVIX_US),
+    },
+    Preset {
+        name: "svix-us-east",
+        description: "Svix webhooks (Clerk, Resend and others), US East region",
+        source: strings(SVIX_URL, &["us-east"], None),
+        snapshot: dated(SVIX_AS_OF, SVIX_URL, snapshots::SVIX_US_EAST),
+    },
+    Preset {
+        name: "svix-eu",
+        description: "Svix webhooks (Clerk, Resend and others), EU region",
+        source: strings(SVIX_URL, &["eu"], None),
+        snapshot: dated(SVIX_AS_OF, SVIX_URL, snapshots::SVIX_EU),
+    },
+    Preset {
+        name: "svix-au",
+        description: "Svix webhooks (Clerk, Resend and others), Australia region",
+        source: strings(SVIX_URL, &["au"], None),
+        snapshot: dated(SVIX_AS_OF, SVIX_URL, snapshots::SVIX_AU),
+    },
+    Preset {
+        name: "svix-ca",
+        description: "Svix webhooks (Clerk, Resend and others), Canada region",
+        source: strings(SVIX_URL, &["ca"], None),
+        snapshot: dated(SVIX_AS_OF, SVIX_URL, snapshots::SVIX_CA),
+    },
+    Preset {
+        name: "sentry-us",
+        description: "Sentry outbound requests (webhooks, integrations), US region",
+        source: strings(SENTRY_URL, &["data.outbound_requests.us"], None),
+        snapshot: dated("2026", SENTRY_URL, snapshots::SENTRY_US),
+    },
+    Preset {
+        name: "sentry-eu",
+        description: "Sentry outbound requests (webhooks, integrations), EU region",
+        source: strings(SENTRY_URL, &["data.outbound_requests.eu"], None),
+        snapshot: dated("2026", SENTRY_URL, snapshots::SENTRY_EU),
+    },
+    Preset {
+        name: "zendesk",
+        description: "Zendesk egress (webhooks, targets), every account (`ips.egress.all`)",
+        source: strings("https://support.zendesk.com/ips", &["ips.egress.all"], None),
+        snapshot: dated(
+            "2026-01",
+            "https://support.zendesk.com/ips",
+            snapshots::ZENDESK,
+        ),
+    },
+    Preset {
+        name: "hcp-terraform",
+        description: "HCP Terraform notifications (run and workspace webhooks)",
+        source: strings(
+            "https://app.terraform.io/api/meta/ip-ranges",
+            &["notifications"],
+            None,
+        ),
+        snapshot: dated(
+            "2026-01",
+            "https://app.terraform.io/api/meta/ip-ranges",
+            snapshots::HCP_TERRAFORM,
+        ),
+    },
+    Preset {
+        name: "telegram-bot",
+        description: "Telegram Bot API webhooks (static list)",
+        source: PresetSource::Static,
+        snapshot: dated(
+            STATIC_AS_OF,
+            "https://core.telegram.org/bots/webhooks (\"149.154.160.0/20 and 91.108.4.0/22\")",
+            &["149.154.160.0/20", "91.108.4.0/22"],
+        ),
+    },
+    Preset {
+        name: "gitlab-com",
+        description: "GitLab.com webhooks (static list)",
+        source: PresetSource::Static,
+        snapshot: dated(
+            STATIC_AS_OF,
+            "https://docs.gitlab.com/user/gitlab_com/ (IP range: webhooks)",
+            &["34.74.90.64/28", "34.74.226.0/24"],
+        ),
+    },
 ];
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
+    use crate::config::Guards;
+    use std::collections::{BTreeSet, HashSet};
 
     #[test]
     fn names_are_unique_and_well_formed() {
@@ -425,6 +710,7 @@ mod tests {
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             );
             assert!(preset.urls().iter().all(|u| u.starts_with("https://")));
+            assert!(retired(preset.name).is_none(), "{}", preset.name);
             if matches!(preset.source, PresetSource::Static) {
                 assert!(
                     preset.snapshot.is_some(),
@@ -435,36 +721,248 @@ mod tests {
         }
         assert!(find("intercom-us").is_some());
         assert!(find("intercom").is_none());
+        assert!(find("atlassian-egress").is_none());
+    }
+
+    fn snapshot(name: &str) -> BTreeSet<&'static str> {
+        let preset = find(name).unwrap_or_else(|| panic!("no preset {name}"));
+        let snapshot = preset.snapshot.as_ref().unwrap();
+        snapshot.entries.iter().copied().collect()
+    }
+
+    fn set(entries: &[&'static str]) -> BTreeSet<&'static str> {
+        entries.iter().copied().collect()
+    }
+
+    /// The seeds the project was created from (Intercom's webhook page, seed 001: the
+    /// legacy static IPs, which the 2026-01-29 documents' outbound ranges equal;
+    /// Freshworks' help centre, seed 004), address for address.
+    #[test]
+    fn snapshots_match_the_seeds() {
+        assert_eq!(
+            snapshot("intercom-us"),
+            set(&[
+                "34.231.68.152/32",
+                "34.197.76.213/32",
+                "35.171.78.91/32",
+                "35.169.138.21/32",
+                "52.70.27.159/32",
+                "52.44.63.161/32",
+            ])
+        );
+        assert_eq!(
+            snapshot("intercom-eu"),
+            set(&["54.217.125.63/32", "54.246.173.113/32", "54.216.9.3/32"])
+        );
+        assert_eq!(
+            snapshot("intercom-au"),
+            set(&["52.63.36.185/32", "3.104.68.152/32", "52.64.2.165/32"])
+        );
+        let range = |prefix: &str, last: std::ops::RangeInclusive<u8>| {
+            last.map(|i| format!("{prefix}.{i}/32")).collect::<Vec<_>>()
+        };
+        let owned = |name| {
+            snapshot(name)
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<BTreeSet<String>>()
+        };
+        let listed = |fixed: &[&str], more: Vec<String>| {
+            (fixed.iter().map(|s| s.to_string()))
+                .chain(more)
+                .collect::<BTreeSet<String>>()
+        };
+        assert_eq!(
+            owned("freshworks-us"),
+            listed(
+                &[
+                    "52.1.37.96/32",
+                    "52.1.32.88/32",
+                    "18.208.240.77/32",
+                    "52.201.75.8/32",
+                    "34.231.139.135/32",
+                    "34.231.245.167/32"
+                ],
+                range("44.206.73", 232..=239)
+            )
+        );
+        assert_eq!(
+            owned("freshworks-eu"),
+            listed(
+                &[
+                    "18.184.146.22/32",
+                    "18.197.127.133/32",
+                    "3.71.140.232/32",
+                    "52.29.254.13/32",
+                    "52.57.253.205/32",
+                    "18.194.170.216/32"
+                ],
+                range("3.74.148", 8..=11)
+            )
+        );
+        assert_eq!(
+            owned("freshworks-in"),
+            listed(
+                &[
+                    "13.232.152.211/32",
+                    "52.66.184.184/32",
+                    "35.154.161.243/32",
+                    "13.126.85.255/32",
+                    "13.234.127.182/32"
+                ],
+                range("43.204.166", 208..=211)
+            )
+        );
+        assert_eq!(
+            owned("freshworks-au"),
+            listed(
+                &[
+                    "3.105.197.171/32",
+                    "13.210.157.231/32",
+                    "54.206.10.178/32",
+                    "3.104.16.220/32",
+                    "13.238.97.24/32",
+                    "13.238.188.219/32"
+                ],
+                range("3.26.254", 196..=199)
+            )
+        );
+    }
+
+    /// Every snapshot is dated, names its reference, and is a list the default
+    /// guards accept as it is: canonical prefixes, no duplicates, no bogons.
+    #[test]
+    fn snapshots_are_dated_canonical_and_admitted() {
+        for preset in all() {
+            let Some(snapshot) = &preset.snapshot else {
+                continue;
+            };
+            let name = preset.name;
+            assert!(!snapshot.as_of.is_empty() && !snapshot.reference.is_empty());
+            assert!(snapshot.as_of.starts_with("20"), "{name}");
+            let mut seen = HashSet::new();
+            for entry in snapshot.entries {
+                let (net, normalised) = prefixes::parse_entry(entry).unwrap();
+                assert!(!normalised, "{name}: {entry}");
+                assert_eq!(net.to_string(), *entry, "{name}: written as parsed");
+                assert!(prefixes::bogon(&net).is_none(), "{name}: {entry}");
+                assert!(seen.insert(net), "{name}: {entry} twice");
+            }
+            let admitted = snapshot.prefixes(name, &Guards::default()).unwrap();
+            assert!(!admitted.is_empty(), "{name}");
+        }
+    }
+
+    /// Every preset whose provider publishes a list has a snapshot, except the
+    /// Datadog sites no copy of whose document was at hand.
+    #[test]
+    fn only_datadog_sites_without_a_copy_lack_a_snapshot() {
+        let without: Vec<&str> = (all().iter())
+            .filter(|p| p.snapshot.is_none())
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(
+            without,
+            [
+                "datadog-us3",
+                "datadog-us5",
+                "datadog-eu1",
+                "datadog-ap1",
+                "datadog-ap2",
+                "datadog-uk1",
+                "datadog-gov",
+                "datadog-us2-gov"
+            ]
+        );
+    }
+
+    /// Atlassian by product: egress AND the product, never the shared e-mail senders.
+    #[test]
+    fn atlassian_presets_select_egress_of_one_product() {
+        for product in [
+            "jira",
+            "confluence",
+            "bitbucket",
+            "opsgenie",
+            "statuspage",
+            "trello",
+        ] {
+            let preset = find(&format!("atlassian-{product}")).unwrap();
+            let Some((_, Format::Json(selector))) = preset.location() else {
+                panic!("{product}")
+            };
+            let filters: Vec<(String, Vec<serde_json::Value>)> = (selector.filters.iter())
+                .map(|f| (f.field.clone(), f.any_of.clone()))
+                .collect();
+            assert_eq!(
+                filters,
+                [
+                    ("direction".to_owned(), vec!["egress".into()]),
+                    ("product".to_owned(), vec![product.into()])
+                ]
+            );
+            assert_eq!(selector.serial.as_deref(), Some("syncToken"));
+        }
+        // Jira's 2026-01-20 egress: 6,624 IPv4 addresses (not the 77,878 of every
+        // egress range).
+        let jira = find("atlassian-jira").unwrap().snapshot.as_ref().unwrap();
+        assert_eq!(
+            jira.size(),
+            "98 prefixes (39 IPv4 covering 6624 addresses, 59 IPv6)"
+        );
     }
 
     #[test]
-    fn snapshots_match_the_seeds() {
-        let count = |name| find(name).unwrap().snapshot.as_ref().unwrap().entries.len();
-        assert_eq!(
-            [
-                count("intercom-us"),
-                count("intercom-eu"),
-                count("intercom-au")
-            ],
-            [6, 3, 3]
+    fn presets_print_their_url_selection_and_snapshot() {
+        let shown = find("atlassian-bitbucket").unwrap().to_string();
+        assert!(
+            shown.contains("https://ip-ranges.atlassian.com/"),
+            "{shown}"
         );
-        assert_eq!(
-            [
-                count("freshworks-us"),
-                count("freshworks-eu"),
-                count("freshworks-in"),
-                count("freshworks-au")
-            ],
-            [14, 10, 9, 10]
+        assert!(
+            shown.contains(
+                "selects: items[].cidr where direction has \"egress\" and product has \"bitbucket\""
+            ),
+            "{shown}"
         );
+        assert!(
+            shown.contains("snapshot as of 2026-01-20: 92 prefixes"),
+            "{shown}"
+        );
+        let shown = find("datadog-us1").unwrap().to_string();
+        assert!(
+            shown.contains("selects: webhooks.prefixes_ipv4 + webhooks.prefixes_ipv6"),
+            "{shown}"
+        );
+        let shown = find("pagerduty-us").unwrap().to_string();
+        assert!(shown.contains("selects: ."), "{shown}");
+        assert!(
+            shown.contains("13 prefixes (13 IPv4 covering 13 addresses)"),
+            "{shown}"
+        );
+        let shown = find("datadog-ap2").unwrap().to_string();
+        assert!(shown.contains("no snapshot"), "{shown}");
+        let shown = find("telegram-bot").unwrap().to_string();
+        assert!(shown.contains("the list itself (static)"), "{shown}");
+    }
+
+    /// The README's preset table is what `allowlist presets` says: every preset, its
+    /// selection, and its snapshot's date and size.
+    #[test]
+    fn the_readme_table_lists_every_preset() {
+        let readme = include_str!("../../README.md");
         for preset in all() {
-            if let Some(snapshot) = &preset.snapshot {
-                for entry in snapshot.entries {
-                    let (net, normalised) = prefixes::parse_entry(entry).unwrap();
-                    assert!(!normalised, "{entry}");
-                    assert_eq!(net.prefix_len(), 32, "{entry}");
-                    assert!(prefixes::bogon(&net).is_none(), "{entry}");
-                }
+            let row = (readme.lines())
+                .find(|l| l.starts_with(&format!("| `{}` |", preset.name)))
+                .unwrap_or_else(|| panic!("README has no row for {}", preset.name));
+            assert!(
+                row.contains(&format!("`{}`", preset.selects())),
+                "{row}: {}",
+                preset.selects()
+            );
+            match &preset.snapshot {
+                Some(s) => assert!(row.contains(&format!("{}: {}", s.as_of, s.size())), "{row}"),
+                None => assert!(row.contains("none"), "{row}"),
             }
         }
     }

@@ -868,7 +868,7 @@ as_of = "2026-11-02"
                 intercom.as_of.as_deref(),
                 intercom.prefixes_v4
             ),
-            (SetOrigin::Snapshot, Some("2025-07-25"), 3)
+            (SetOrigin::Snapshot, Some("2026-01-29"), 3)
         );
         assert_eq!(r.source_status("p/0").unwrap().in_force, SetOrigin::None);
         let allowlist = r.allowlist();

@@ -7,7 +7,8 @@
 //!   PagerDuty's top-level array (path `""` or `"."`);
 //! - several paths concatenated: Datadog `webhooks.prefixes_ipv4` + `prefixes_ipv6`,
 //!   AWS `prefixes` + `ipv6_prefixes`;
-//! - alternative field names for the prefix: Google `ipv4Prefix` / `ipv6Prefix`.
+//! - alternative field names for the prefix: Google `ipv4Prefix` / `ipv6Prefix`;
+//! - a prefix field holding an array of prefixes: Salesforce `prefixes[].ip_prefix`.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -131,10 +132,20 @@ pub fn parse(selector: &Selector, body: &[u8], source_id: &str) -> Result<Parsed
                         .collect::<Vec<_>>()
                         .join(" or "),
                 })?;
-            let entry = field
-                .as_str()
-                .ok_or_else(|| bad_item(json_kind(field), "a string prefix field"))?;
-            entries.push(entry.to_owned());
+            // A prefix, or an array of them (Salesforce's `ip_prefix: ["a/b", ...]`).
+            let prefixes = match field {
+                Value::Array(values) => values.as_slice(),
+                one => std::slice::from_ref(one),
+            };
+            for prefix in prefixes {
+                let entry = prefix.as_str().ok_or_else(|| {
+                    bad_item(
+                        json_kind(prefix),
+                        "a string prefix field or an array of them",
+                    )
+                })?;
+                entries.push(entry.to_owned());
+            }
         }
     }
     let serial = selector
@@ -351,6 +362,37 @@ mod tests {
             &[("scope", &["africa-south1"])],
         );
         assert_eq!(entries(&s, doc), ["34.1.208.0/20", "2600:1900:8000::/44"]);
+    }
+
+    #[test]
+    fn salesforce_prefix_fields_hold_arrays() {
+        let doc = json!({
+            "syncToken": "1738496063",
+            "createDate": "2025-02-02-11-34-23",
+            "prefixes": [
+                {"region": "ap-northeast-1", "provider": "aws", "ip_prefix": ["192.0.2.0/25"]},
+                {"region": "eu-west-1", "provider": "aws", "ip_prefix": ["198.51.100.0/24", "2001:db8:5::/48"]},
+                {"region": "us-east-1", "provider": "aws", "ip_prefix": "203.0.113.0/24"}
+            ]
+        });
+        let all = sel(&["prefixes"], &["ip_prefix"], &[]);
+        assert_eq!(
+            entries(&all, doc.clone()),
+            [
+                "192.0.2.0/25",
+                "198.51.100.0/24",
+                "2001:db8:5::/48",
+                "203.0.113.0/24"
+            ]
+        );
+        let eu = sel(&["prefixes"], &["ip_prefix"], &[("region", &["eu-west-1"])]);
+        assert_eq!(entries(&eu, doc), ["198.51.100.0/24", "2001:db8:5::/48"]);
+        let bad = json!({"prefixes": [{"ip_prefix": ["192.0.2.0/25", 7]}]});
+        let err = parse(&all, bad.to_string().as_bytes(), "s/0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "source s/0: `prefixes[0]` is a number, expected a string prefix field or an array of them"
+        );
     }
 
     #[test]
