@@ -16,7 +16,7 @@ use std::{
 
 use ipnet::IpNet;
 use reqwest::Url;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 use thiserror::Error;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info, info_span, warn};
@@ -31,27 +31,14 @@ use crate::{
     status::SourceStatus,
 };
 
+/// Where a source's set in force came from (the status's word for it).
+pub use crate::status::SetOrigin;
+
 /// Per-call overrides.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RefreshOptions {
     /// Bypass the empty and shrink guards for every source (`--force`).
     pub force: bool,
-}
-
-/// Where the set in force of a source came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SetOrigin {
-    /// Nothing yet (a URL source without snapshot, before its first fetch).
-    None,
-    /// The static list of the configuration or of a static preset.
-    Static,
-    /// A preset's embedded, dated snapshot.
-    Snapshot,
-    /// The last good set saved by an earlier run.
-    State,
-    /// A fetch accepted during this run.
-    Fetched,
 }
 
 /// Why a fetched list could not be taken: the fetch, the document or its entries.

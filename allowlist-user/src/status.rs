@@ -11,11 +11,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::{InterfaceState, SyncReport},
-    refresh::SetOrigin,
     state::{self, StateError, rfc3339},
 };
 
 pub(crate) const STATUS_FILE: &str = "status.json";
+
+
+/// Where the set in force of a source came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SetOrigin {
+    /// Nothing yet (a URL source without snapshot, before its first fetch).
+    None,
+    /// The static list of the configuration or of a static preset.
+    Static,
+    /// A preset's embedded, dated snapshot.
+    Snapshot,
+    /// The last good set saved by an earlier run.
+    State,
+    /// A fetch accepted during this run.
+    Fetched,
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct AgentStatus {
