@@ -98,6 +98,7 @@ fn test(no_e2e: bool) -> Result<()> {
     cargo(&["test", "--package", "allowlist-common"])?;
     cargo(&["test", "--package", "allowlist-user", "--lib", "--bins"])?;
     cargo(&["test", "--package", "allowlist-user", "--test", "fetch"])?;
+    cargo(&["test", "--package", "allowlist-user", "--test", "dns"])?;
     // Its own binary: it sets HTTPS_PROXY and NO_PROXY for the whole process.
     cargo(&["test", "--package", "allowlist-user", "--test", "proxy_env"])?;
     step("clippy");
