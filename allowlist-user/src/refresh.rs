@@ -239,8 +239,8 @@ struct History {
     consecutive_failures: u32,
     failures: u64,
     refusals: u64,
-    /// A dns source's last answer holds until then (its TTL): the name is not asked
-    /// again sooner.
+    /// A dns source's last accepted answer holds until then (its TTL): the name is
+    /// not asked again sooner, and a refresh before then is a success.
     answer_fresh_until: Option<SystemTime>,
 }
 
@@ -500,6 +500,10 @@ impl Refresher {
                     true => None,
                 };
                 let source_report = if let Some(outcome) = skipped {
+                    if outcome == Outcome::NotModified {
+                        // The accepted answer in force is still valid: a success.
+                        slot.history.record(now, &outcome, None);
+                    }
                     SourceReport {
                         id: slot.source.id.clone(),
                         outcome,
@@ -508,16 +512,24 @@ impl Refresher {
                     }
                 } else {
                     let result = result.unwrap_or(Err(Failure::TaskLost));
-                    if let Ok(Retrieved::Answer(answer)) = &result {
-                        slot.history.answer_fresh_until = Some(now + answer.ttl);
-                    }
+                    let ttl = match &result {
+                        Ok(Retrieved::Answer(answer)) => Some(answer.ttl),
+                        _ => None,
+                    };
                     let context = Context {
                         guards: &self.guards,
                         others: &others,
                         options,
                         now,
                     };
-                    apply(slot, result, &context, &self.store)
+                    let source_report = apply(slot, result, &context, &self.store);
+                    // Only an accepted answer holds the name back: after a failure or
+                    // a refusal, the next refresh asks again.
+                    slot.history.answer_fresh_until = match source_report.outcome {
+                        Outcome::Updated { .. } | Outcome::Unchanged => ttl.map(|ttl| now + ttl),
+                        _ => None,
+                    };
+                    source_report
                 };
                 report.sources.push(source_report);
             }

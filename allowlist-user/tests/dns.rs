@@ -185,10 +185,13 @@ async fn the_name_is_not_asked_again_within_the_ttl() {
     assert_eq!(env.queries(), 2);
 
     env.server.set(Reply::records(&["192.0.2.99"], 300));
+    let asked = r.source_status(ID).unwrap().last_success.unwrap();
     let report = r.refresh_all().await;
     assert_eq!(*outcome(&report), Outcome::NotModified);
     assert!(report.is_ok());
     assert_eq!(env.queries(), 2, "asked again within the TTL");
+    // A success all the same: the answer in force is valid (no stale alert).
+    assert!(r.source_status(ID).unwrap().last_success.unwrap() >= asked);
     assert_eq!(prefixes(&r), ["192.0.2.10/32"]);
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
