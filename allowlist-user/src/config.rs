@@ -40,6 +40,10 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(1);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_RETRIES: u32 = 3;
+/// How long a `dns` source waits for one answer (per attempt) unless `timeout` says.
+pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a `dns` source keeps an address after the last answer that held it.
+pub const DEFAULT_DNS_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// A configuration error, located in the file.
 #[derive(Debug, thiserror::Error)]
@@ -281,6 +285,19 @@ pub enum Location {
         format: Format,
     },
     Static(StaticList),
+    /// The A and AAAA records of a name, each address kept for `keep` after the
+    /// last answer that held it (round-robin answers rotate).
+    Dns {
+        name: String,
+        /// The server asked; the system's (`/etc/resolv.conf`) when `None`.
+        resolver: Option<SocketAddr>,
+        #[serde(serialize_with = "duration_text")]
+        keep: Duration,
+    },
+}
+
+fn duration_text<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
 }
 
 fn url_string<S: serde::Serializer>(url: &Url, s: S) -> Result<S::Ok, S::Error> {
@@ -305,16 +322,17 @@ pub struct Source {
 }
 
 impl Source {
-    /// `url`, `file` or `static`.
+    /// `url`, `file`, `static` or `dns`.
     pub fn kind(&self) -> &'static str {
         match self.location {
             Location::Url { .. } => "url",
             Location::File { .. } => "file",
             Location::Static(_) => "static",
+            Location::Dns { .. } => "dns",
         }
     }
 
-    /// Whether refreshes fetch this source (url and file sources).
+    /// Whether refreshes fetch this source (url, file and dns sources).
     pub fn is_fetched(&self) -> bool {
         !matches!(self.location, Location::Static(_))
     }
@@ -322,17 +340,27 @@ impl Source {
     /// Whether the bogon filter applies (lists fetched from a provider).
     pub fn trust(&self) -> Trust {
         match self.location {
-            Location::Url { .. } => Trust::Remote,
+            Location::Url { .. } | Location::Dns { .. } => Trust::Remote,
             _ => Trust::Operator,
         }
     }
 
-    /// The URL or path, for messages (`static` for inline lists).
+    /// The URL, path or name, for messages (`static` for inline lists).
     pub fn origin(&self) -> String {
         match &self.location {
             Location::Url { url, .. } => url.to_string(),
             Location::File { path, .. } => path.display().to_string(),
             Location::Static(_) => "static".to_owned(),
+            Location::Dns {
+                name,
+                resolver: None,
+                ..
+            } => name.clone(),
+            Location::Dns {
+                name,
+                resolver: Some(resolver),
+                ..
+            } => format!("{name} (via {resolver})"),
         }
     }
 }
@@ -642,6 +670,20 @@ checked! {
         let known = presets::names().join(", ");
         format!("unknown preset {name:?}; known presets: {known}")
     });
+    /// How long a `dns` source keeps an address it no longer sees, longer than 0s.
+    DnsKeep(Duration) from String = |text| match duration(&text)? {
+        d if d.is_zero() => Err("must be longer than 0s".to_owned()),
+        d => Ok(d),
+    };
+    /// The DNS server a `dns` source asks: an address with a port, or an address
+    /// (port 53).
+    Nameserver(SocketAddr) from String = |text| {
+        (text.parse::<SocketAddr>())
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+            .map_err(|_| format!("{text:?} is not an address such as \"127.0.0.1:5353\" or \"192.0.2.53\""))
+    };
+    /// A DNS name whose A and AAAA records are the list.
+    DnsName(String) from String = dns_name;
     /// Record fields that may hold the prefix (`cidr`): one or more, none empty.
     FieldNames(Vec<String>) from OneOrMany<String> = |OneOrMany(names)| {
         if names.iter().any(String::is_empty) {
@@ -686,6 +728,27 @@ fn interface_name(name: String) -> Result<String, String> {
         1..=15 if !name.contains(['/', ' ', '\0']) => Ok(name),
         _ => Err(format!("{name:?} is not a valid interface name")),
     }
+}
+
+/// A host name as DNS knows it: dot-separated labels of 1 to 63 letters, digits,
+/// `-` or `_`, 253 characters at most; a final dot is allowed.
+fn dns_name(name: String) -> Result<String, String> {
+    if name.parse::<std::net::IpAddr>().is_ok() || name.parse::<IpNet>().is_ok() {
+        return Err(format!(
+            "{name:?} is an address, not a name: list it with `static`"
+        ));
+    }
+    let bare = name.strip_suffix('.').unwrap_or(&name);
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && (label.chars()).all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if bare.is_empty() || bare.len() > 253 || !bare.split('.').all(label_ok) {
+        return Err(format!(
+            "{name:?} is not a DNS name such as \"out.adyen.com\""
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -873,6 +936,9 @@ struct RawSource {
     file: Option<PathBuf>,
     #[serde(rename = "static")]
     inline: Option<Spanned<Vec<Spanned<String>>>>,
+    dns: Option<DnsName>,
+    resolver: Option<Nameserver>,
+    dns_keep: Option<DnsKeep>,
     format: Option<FormatName>,
     items: Option<OneOrMany<String>>,
     cidr: Option<FieldNames>,
@@ -1106,24 +1172,28 @@ fn resolve_source(
 ) -> Result<Source, Problem> {
     let span = raw.span();
     let raw = raw.into_inner();
-    let kind = match (&raw.url, &raw.file, &raw.inline) {
-        (Some(_), None, None) => "url",
-        (None, Some(_), None) => "file",
-        (None, None, Some(_)) => "static",
+    let kind = match (&raw.url, &raw.file, &raw.inline, &raw.dns) {
+        (Some(_), None, None, None) => "url",
+        (None, Some(_), None, None) => "file",
+        (None, None, Some(_), None) => "static",
+        (None, None, None, Some(_)) => "dns",
         _ => {
-            let message = "a source needs exactly one of `url`, `file` or `static`";
+            let message = "a source needs exactly one of `url`, `file`, `static` or `dns`";
             return Err(Problem::at(span, message));
         }
     };
     // Which keys apply to which kinds of source.
     let (url, fetched, listed): (&[&str], &[&str], &[&str]) =
         (&["url"], &["url", "file"], &["static"]);
+    let (asked, dns): (&[&str], &[&str]) = (&["url", "dns"], &["dns"]);
     let keys = [
-        ("timeout", raw.timeout.is_some(), url),
+        ("timeout", raw.timeout.is_some(), asked),
         ("insecure_http", raw.insecure_http.is_some(), url),
         ("ca_file", raw.ca_file.is_some(), url),
-        ("retries", raw.retries.is_some(), url),
+        ("retries", raw.retries.is_some(), asked),
         ("proxy", raw.proxy.is_some(), url),
+        ("resolver", raw.resolver.is_some(), dns),
+        ("dns_keep", raw.dns_keep.is_some(), dns),
         ("max_bytes", raw.max_bytes.is_some(), fetched),
         ("format", raw.format.is_some(), fetched),
         ("items", raw.items.is_some(), fetched),
@@ -1139,12 +1209,24 @@ fn resolve_source(
     {
         let message = match kinds {
             [only] => format!("only applies to `{only}` sources"),
-            _ => "does not apply to a `static` list".to_owned(),
+            _ if kind == "static" && kinds == fetched => {
+                "does not apply to a `static` list".to_owned()
+            }
+            [first, second] => format!("only applies to `{first}` and `{second}` sources"),
+            _ => format!("does not apply to a `{kind}` source"),
         };
         return Err(Problem::key(Some(span), key, message));
     }
-    let location = match (&raw.url, &raw.file, &raw.inline) {
-        (Some(SourceUrl(url)), _, _) => {
+    let location = match (&raw.url, &raw.file, &raw.inline, &raw.dns) {
+        (_, _, _, Some(DnsName(name))) => Location::Dns {
+            name: name.clone(),
+            resolver: raw.resolver.as_ref().map(|Nameserver(addr)| *addr),
+            keep: raw
+                .dns_keep
+                .as_ref()
+                .map_or(DEFAULT_DNS_KEEP, |DnsKeep(d)| *d),
+        },
+        (Some(SourceUrl(url)), _, _, _) => {
             if url.scheme() == "http" && raw.insecure_http != Some(true) {
                 let message = "plain http is refused: no list is signed, so integrity rests on TLS; use https, or set insecure_http = true to accept the risk";
                 return Err(Problem::key(Some(span), "url", message));
@@ -1155,14 +1237,14 @@ fn resolve_source(
                 format,
             }
         }
-        (_, Some(path), _) => {
+        (_, Some(path), _, _) => {
             let format = raw.format(&path.to_string_lossy(), &span)?;
             Location::File {
                 path: path.clone(),
                 format,
             }
         }
-        (_, _, Some(list)) => {
+        (_, _, Some(list), _) => {
             let entries: Vec<String> = list.get_ref().iter().map(|e| e.get_ref().clone()).collect();
             let validated = prefixes::validate(&entries, &id, Trust::Operator, defaults.guards)
                 .map_err(|err| {
@@ -1180,16 +1262,20 @@ fn resolve_source(
                 reference: raw.reference.clone(),
             })
         }
-        (None, None, None) => unreachable!("one kind is set"),
+        (None, None, None, None) => unreachable!("one kind is set"),
     };
     let fetch = &defaults.fetch;
+    let timeout = match kind {
+        "dns" => DEFAULT_DNS_TIMEOUT,
+        _ => fetch.timeout,
+    };
     Ok(Source {
         id,
         provider: provider.to_owned(),
         rule_id,
         location,
         fetch: FetchSettings {
-            timeout: raw.timeout.map_or(fetch.timeout, Duration::from),
+            timeout: raw.timeout.map_or(timeout, Duration::from),
             max_bytes: raw.max_bytes.map_or(fetch.max_bytes, u64::from),
             insecure_http: raw.insecure_http.unwrap_or(false),
             ca_file: raw.ca_file,
@@ -1751,6 +1837,167 @@ items = "."
                 6,
                 "provider[0].source[0].retries",
                 "not a retry count",
+            ),
+        ];
+        for (text, line, field, needle) in cases {
+            let (msg, got_line, got_field) = parse_err(&format!("{MINIMAL}{text}"));
+            assert_eq!((got_line, got_field.as_str()), (*line, *field), "{msg}");
+            assert!(msg.contains(needle), "{msg}");
+        }
+    }
+
+    #[test]
+    fn dns_sources() {
+        let config = parse_ok(&format!(
+            r#"{MINIMAL}[[provider]]
+name = "adyen"
+[[provider.source]]
+dns = "Out.Adyen.com"
+[[provider.source]]
+dns = "events.pagerduty.com."
+resolver = "127.0.0.1:5353"
+dns_keep = "6h"
+timeout = "2s"
+retries = 1
+force = true
+[[provider.source]]
+dns = "hooks.example.net"
+resolver = "2001:db8::53"
+"#
+        ));
+        let first = config.source("adyen/0").unwrap();
+        assert_eq!(
+            first.location,
+            Location::Dns {
+                name: "out.adyen.com".into(),
+                resolver: None,
+                keep: DEFAULT_DNS_KEEP,
+            }
+        );
+        assert_eq!((first.kind(), first.is_fetched()), ("dns", true));
+        assert_eq!(first.trust(), Trust::Remote);
+        assert_eq!(
+            (first.fetch.timeout, first.fetch.retries),
+            (DEFAULT_DNS_TIMEOUT, DEFAULT_RETRIES)
+        );
+        assert_eq!(first.origin(), "out.adyen.com");
+        let second = config.source("adyen/1").unwrap();
+        assert_eq!(
+            second.location,
+            Location::Dns {
+                name: "events.pagerduty.com.".into(),
+                resolver: Some("127.0.0.1:5353".parse().unwrap()),
+                keep: Duration::from_secs(6 * 3600),
+            }
+        );
+        assert_eq!(
+            (second.fetch.timeout, second.fetch.retries, second.force),
+            (Duration::from_secs(2), 1, true)
+        );
+        assert_eq!(
+            second.origin(),
+            "events.pagerduty.com. (via 127.0.0.1:5353)"
+        );
+        let Location::Dns { resolver, .. } = &config.source("adyen/2").unwrap().location else {
+            panic!()
+        };
+        assert_eq!(*resolver, Some("[2001:db8::53]:53".parse().unwrap()));
+        assert_eq!(
+            serde_json::to_value(&second.location).unwrap(),
+            serde_json::json!({"dns": {
+                "name": "events.pagerduty.com.",
+                "resolver": "127.0.0.1:5353",
+                "keep": "6h",
+            }})
+        );
+    }
+
+    #[test]
+    fn dns_source_errors() {
+        let cases: &[(&str, usize, &str, &str)] = &[
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\ndns = \"out.adyen.com\"\nformat = \"json\"\n",
+                6,
+                "provider[0].source[0].format",
+                "only applies to `url` and `file` sources",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\ndns = \"out.adyen.com\"\nitems = \"x\"\n",
+                6,
+                "provider[0].source[0].items",
+                "only applies to `url` and `file` sources",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\ndns = \"out.adyen.com\"\nproxy = \"none\"\n",
+                6,
+                "provider[0].source[0].proxy",
+                "only applies to `url` sources",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\ndns = \"out.adyen.com\"\nas_of = \"2026-01-01\"\n",
+                6,
+                "provider[0].source[0].as_of",
+                "only applies to `static` sources",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\nurl = \"https://e.com/x.json\"\nresolver = \"127.0.0.1\"\n",
+                6,
+                "provider[0].source[0].resolver",
+                "only applies to `dns` sources",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\nstatic = [\"192.0.2.1\"]\ndns_keep = \"1h\"\n",
+                6,
+                "provider[0].source[0].dns_keep",
+                "only applies to `dns` sources",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\nstatic = [\"192.0.2.1\"]\nretries = 1\n",
+                6,
+                "provider[0].source[0].retries",
+                "only applies to `url` and `dns` sources",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\ndns = \"out.adyen.com\"\nurl = \"https://e.com/x.json\"\n",
+                4,
+                "provider[0].source[0]",
+                "exactly one of `url`, `file`, `static` or `dns`",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\ndns = \"out..adyen.com\"\n",
+                5,
+                "provider[0].source[0].dns",
+                "not a DNS name",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\ndns = \"https://out.adyen.com\"\n",
+                5,
+                "provider[0].source[0].dns",
+                "not a DNS name",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\ndns = \"192.0.2.1\"\n",
+                5,
+                "provider[0].source[0].dns",
+                "list it with `static`",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\ndns = \"out.adyen.com\"\nresolver = \"dns.example:53\"\n",
+                6,
+                "provider[0].source[0].resolver",
+                "not an address such as",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\ndns = \"out.adyen.com\"\ndns_keep = \"0s\"\n",
+                6,
+                "provider[0].source[0].dns_keep",
+                "longer than 0s",
+            ),
+            (
+                "[[provider]]\nname = \"a\"\n[[provider.source]]\ndns = \"out.adyen.com\"\ndns_keep = \"a day\"\n",
+                6,
+                "provider[0].source[0].dns_keep",
+                "not a duration",
             ),
         ];
         for (text, line, field, needle) in cases {

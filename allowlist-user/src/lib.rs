@@ -5,6 +5,7 @@
 //! - `presets`: built-in providers (Intercom, Freshworks, Stripe, GitHub, ...).
 //! - `source`: one module per document format (JSON, text, static lists).
 //! - `fetch`: HTTPS retrieval with conditional GET, retries and limits.
+//! - `dns`: the A and AAAA records of a `dns` source's name.
 //! - `prefixes`: validation of entries, the merged set, and diffs.
 //! - `state`: the last good set of every source, kept on disk.
 //! - `guards`: the fail-safe guards (serial, empty, shrink, capacity).
@@ -28,6 +29,7 @@ pub mod commands;
 pub mod config;
 mod control;
 pub mod datapath;
+mod dns;
 pub mod fetch;
 mod guards;
 mod link_events;

@@ -8,10 +8,11 @@
 //! its set in force and the history of its refreshes, which a reload keeps.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
+    net::IpAddr,
     sync::Arc,
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use ipnet::IpNet;
@@ -23,6 +24,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     config::{Config, Guards, Location, Source, StaticList},
+    dns::{self, Answer, DnsError},
     fetch::{self, Conditional, FetchError, FetchOutcome, Fetcher},
     guards::{self, Refusal},
     prefixes::{self, Allowlist, PrefixError},
@@ -46,6 +48,8 @@ pub struct RefreshOptions {
 pub enum Failure {
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Dns(#[from] DnsError),
     #[error("{error}{}", redirect_note(.redirected_to.as_ref()))]
     Parse {
         error: SourceError,
@@ -82,7 +86,8 @@ pub enum Outcome {
     Updated { added: usize, removed: usize },
     /// Fetched, and the selected set is the one in force.
     Unchanged,
-    /// 304 Not Modified.
+    /// 304 Not Modified; for a dns source, the last answer is within its TTL, so
+    /// the name was not asked again.
     NotModified,
     /// Fetch, parse or validation failed; the set in force is kept.
     Failed {
@@ -221,6 +226,9 @@ struct History {
     consecutive_failures: u32,
     failures: u64,
     refusals: u64,
+    /// A dns source's last accepted answer holds until then (its TTL): the name is
+    /// not asked again sooner, and a refresh before then is a success.
+    answer_fresh_until: Option<SystemTime>,
 }
 
 /// Why the last attempt did not fully succeed.
@@ -442,9 +450,14 @@ impl Refresher {
     pub async fn refresh_with(&mut self, options: RefreshOptions) -> RefreshReport {
         let span = info_span!("refresh", sources = self.slots.len(), force = options.force);
         async {
+            let started = SystemTime::now();
+            // A dns source whose last answer is within its TTL is not asked again.
+            let fresh = |slot: &Slot| {
+                (slot.history.answer_fresh_until).is_some_and(|until| started < until)
+            };
             let mut tasks = JoinSet::new();
             for (index, slot) in self.slots.iter().enumerate() {
-                if !slot.source.is_fetched() {
+                if !slot.source.is_fetched() || fresh(slot) {
                     continue;
                 }
                 let fetcher = self.fetcher.clone();
@@ -453,7 +466,7 @@ impl Refresher {
                 tasks
                     .spawn(async move { (index, retrieve(&fetcher, &source, &conditional).await) });
             }
-            let mut results: Vec<Option<Result<FetchOutcome, FetchError>>> =
+            let mut results: Vec<Option<Result<Retrieved, Failure>>> =
                 std::iter::repeat_with(|| None)
                     .take(self.slots.len())
                     .collect();
@@ -468,17 +481,27 @@ impl Refresher {
             for (index, result) in results.into_iter().enumerate() {
                 let others = others_in_force(&self.slots, index);
                 let slot = &mut self.slots[index];
-                let source_report = if !slot.source.is_fetched() {
+                let skipped = match slot.source.is_fetched() {
+                    false => Some(Outcome::Static),
+                    true if fresh(slot) => Some(Outcome::NotModified),
+                    true => None,
+                };
+                let source_report = if let Some(outcome) = skipped {
+                    if outcome == Outcome::NotModified {
+                        // The accepted answer in force is still valid: a success.
+                        slot.history.record(now, &outcome, None);
+                    }
                     SourceReport {
                         id: slot.source.id.clone(),
-                        outcome: Outcome::Static,
+                        outcome,
                         warnings: Vec::new(),
                         save_failed: false,
                     }
                 } else {
-                    let result = match result {
-                        Some(result) => result.map_err(Failure::from),
-                        None => Err(Failure::TaskLost),
+                    let result = result.unwrap_or(Err(Failure::TaskLost));
+                    let ttl = match &result {
+                        Ok(Retrieved::Answer(answer)) => Some(answer.ttl),
+                        _ => None,
                     };
                     let context = Context {
                         guards: &self.guards,
@@ -486,7 +509,14 @@ impl Refresher {
                         options,
                         now,
                     };
-                    apply(slot, result, &context, &self.store)
+                    let source_report = apply(slot, result, &context, &self.store);
+                    // Only an accepted answer holds the name back: after a failure or
+                    // a refusal, the next refresh asks again.
+                    slot.history.answer_fresh_until = match source_report.outcome {
+                        Outcome::Updated { .. } | Outcome::Unchanged => ttl.map(|ttl| now + ttl),
+                        _ => None,
+                    };
+                    source_report
                 };
                 report.sources.push(source_report);
             }
@@ -543,24 +573,42 @@ fn admit(mut list: SavedList, source: &Source, guards: &Guards) -> Result<SavedL
     Ok(list)
 }
 
-/// Fetches a url source or reads a file source.
+/// What a source's retrieval brought.
+enum Retrieved {
+    /// A url or file source's document.
+    Document(FetchOutcome),
+    /// A dns source's answer.
+    Answer(Answer),
+}
+
+/// Fetches a url source, reads a file source or resolves a dns source.
 async fn retrieve(
     fetcher: &Fetcher,
     source: &Source,
     conditional: &Conditional,
-) -> Result<FetchOutcome, FetchError> {
+) -> Result<Retrieved, Failure> {
     match &source.location {
-        Location::Url { url, .. } => fetcher.fetch(url, &source.fetch, conditional).await,
+        Location::Url { url, .. } => Ok(Retrieved::Document(
+            fetcher.fetch(url, &source.fetch, conditional).await?,
+        )),
         Location::File { path, .. } => {
-            fetch::read_file(path, source.fetch.max_bytes)
-                .await
-                .map(|bytes| FetchOutcome::Body {
-                    bytes,
-                    etag: None,
-                    last_modified: None,
-                    content_type: None,
-                    final_url: None,
-                })
+            let bytes = fetch::read_file(path, source.fetch.max_bytes).await?;
+            Ok(Retrieved::Document(FetchOutcome::Body {
+                bytes,
+                etag: None,
+                last_modified: None,
+                content_type: None,
+                final_url: None,
+            }))
+        }
+        Location::Dns { name, resolver, .. } => {
+            let query = dns::Query {
+                name,
+                resolver: *resolver,
+                timeout: source.fetch.timeout,
+                retries: source.fetch.retries,
+            };
+            Ok(Retrieved::Answer(dns::resolve(&query).await?))
         }
         Location::Static(_) => unreachable!("static sources are not fetched"),
     }
@@ -589,7 +637,7 @@ fn others_in_force(slots: &[Slot], except: usize) -> HashSet<IpNet> {
 /// the attempt in the source's history and logs it: the one place that does.
 fn apply(
     slot: &mut Slot,
-    result: Result<FetchOutcome, Failure>,
+    result: Result<Retrieved, Failure>,
     context: &Context<'_>,
     store: &StateStore,
 ) -> SourceReport {
@@ -610,6 +658,7 @@ fn apply(
                     && old.etag == list.etag
                     && old.last_modified == list.last_modified
                     && old.serial == list.serial
+                    && old.seen == list.seen
             });
             if !same_on_disk && let Err(err) = store.save(&list) {
                 let err = LastError::NotSaved(err);
@@ -622,7 +671,7 @@ fn apply(
             let added = list.prefixes.iter().filter(|n| !old.contains(n)).count();
             let removed = current.iter().filter(|n| !new.contains(n)).count();
             let changed = list.prefixes != current;
-            slot.in_force = InForce::Fetched(list);
+            slot.in_force = InForce::Fetched(*list);
             if changed {
                 slot.history.last_change = Some(now);
                 info!(source = %id, added, removed, "list updated");
@@ -655,7 +704,7 @@ fn apply(
 
 enum Accepted {
     NotModified,
-    Set(SavedList),
+    Set(Box<SavedList>),
 }
 
 #[derive(Debug, Error)]
@@ -674,29 +723,32 @@ impl Rejected {
 
 fn evaluate(
     slot: &Slot,
-    result: Result<FetchOutcome, Failure>,
+    result: Result<Retrieved, Failure>,
     context: &Context<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<Accepted, Rejected> {
     let source = &slot.source;
     let last_good = slot.in_force.last_good();
-    let (bytes, etag, last_modified, content_type, final_url) =
-        match result.map_err(Rejected::failed)? {
-            FetchOutcome::NotModified if last_good.is_some() => return Ok(Accepted::NotModified),
-            FetchOutcome::NotModified => {
-                return Err(Rejected::failed(Failure::NotModifiedWithoutDocument));
-            }
-            FetchOutcome::Body {
-                bytes,
-                etag,
-                last_modified,
-                content_type,
-                final_url,
-            } => (bytes, etag, last_modified, content_type, final_url),
-        };
+    let document = match result.map_err(Rejected::failed)? {
+        Retrieved::Document(document) => document,
+        Retrieved::Answer(answer) => return evaluate_answer(slot, answer, context, warnings),
+    };
+    let (bytes, etag, last_modified, content_type, final_url) = match document {
+        FetchOutcome::NotModified if last_good.is_some() => return Ok(Accepted::NotModified),
+        FetchOutcome::NotModified => {
+            return Err(Rejected::failed(Failure::NotModifiedWithoutDocument));
+        }
+        FetchOutcome::Body {
+            bytes,
+            etag,
+            last_modified,
+            content_type,
+            final_url,
+        } => (bytes, etag, last_modified, content_type, final_url),
+    };
     let format = match &source.location {
         Location::Url { format, .. } | Location::File { format, .. } => format,
-        Location::Static(_) => unreachable!("static sources are not fetched"),
+        Location::Static(_) | Location::Dns { .. } => unreachable!("not a document"),
     };
     let parsed = source::parse_fetched(format, &bytes, &source.id, content_type.as_deref())
         .map_err(|error| {
@@ -720,7 +772,7 @@ fn evaluate(
         forced: context.options.force || source.force,
     };
     guards::check(context.guards, &update).map_err(Rejected::Refused)?;
-    Ok(Accepted::Set(SavedList {
+    Ok(Accepted::Set(Box::new(SavedList {
         version: state::STATE_VERSION,
         source_id: source.id.clone(),
         definition: slot.definition.clone(),
@@ -730,7 +782,68 @@ fn evaluate(
         last_modified,
         content_hash: state::content_hash(&bytes),
         serial: parsed.serial,
-    }))
+        seen: BTreeMap::new(),
+    })))
+}
+
+/// Judges a dns source's answer. Its addresses (bogons dropped) join those the
+/// answers of the last `dns_keep` held: the set is their union, so a round-robin
+/// name's rotating answers do not churn it. An empty answer is an empty list: the
+/// empty guard judges it alone, and, accepted, it empties the set.
+fn evaluate_answer(
+    slot: &Slot,
+    answer: Answer,
+    context: &Context<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Accepted, Rejected> {
+    let source = &slot.source;
+    let Location::Dns { keep, .. } = &source.location else {
+        unreachable!("only dns sources answer")
+    };
+    let last_good = slot.in_force.last_good();
+    let now = context.now;
+    let entries: Vec<String> = answer.addrs.iter().map(ToString::to_string).collect();
+    let validated = prefixes::validate(&entries, &source.id, source.trust(), context.guards)
+        .map_err(Rejected::failed)?;
+    warnings.extend(validated.warnings);
+    let mut seen = BTreeMap::new();
+    if !answer.addrs.is_empty() {
+        let within = |at: &SystemTime| now.duration_since(*at).unwrap_or(Duration::ZERO) < *keep;
+        seen.extend(
+            (last_good.iter().flat_map(|list| &list.seen))
+                .filter(|(_, at)| within(at))
+                .map(|(addr, at)| (*addr, *at)),
+        );
+        let kept = |addr: &IpAddr| validated.prefixes.iter().any(|net| net.contains(addr));
+        seen.extend(answer.addrs.iter().filter(|a| kept(a)).map(|a| (*a, now)));
+    }
+    let union: Vec<String> = seen.keys().map(ToString::to_string).collect();
+    let new = prefixes::validate(&union, &source.id, source.trust(), context.guards)
+        .map_err(Rejected::failed)?
+        .prefixes;
+    let update = guards::Update {
+        source_id: &source.id,
+        new: &new,
+        entries: entries.len(),
+        new_serial: None,
+        last_good: last_good.map(|list| list.prefixes.as_slice()),
+        last_serial: None,
+        others: context.others,
+        forced: context.options.force || source.force,
+    };
+    guards::check(context.guards, &update).map_err(Rejected::Refused)?;
+    Ok(Accepted::Set(Box::new(SavedList {
+        version: state::STATE_VERSION,
+        source_id: source.id.clone(),
+        definition: slot.definition.clone(),
+        prefixes: new,
+        fetched_at: now,
+        etag: None,
+        last_modified: None,
+        content_hash: state::content_hash(entries.join("\n").as_bytes()),
+        serial: None,
+        seen,
+    })))
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@
 //! opened without following a symlink.
 
 use std::{
+    collections::BTreeMap,
     fs::{self, File, Metadata, OpenOptions},
     io::{self, Read as _, Write},
+    net::IpAddr,
     os::unix::fs::{DirBuilderExt, MetadataExt as _, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
@@ -41,6 +43,14 @@ pub(crate) struct SavedList {
     pub content_hash: String,
     /// The provider's version of the document, if it publishes one.
     pub serial: Option<String>,
+    /// A dns source's addresses and when an answer last held each: the set is those
+    /// seen within its `dns_keep`. Absent (empty) for the other sources.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "rfc3339::map"
+    )]
+    pub seen: BTreeMap<IpAddr, SystemTime>,
 }
 
 #[derive(Debug, Error)]
@@ -512,6 +522,36 @@ pub(crate) mod rfc3339 {
         humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
     }
 
+    /// The same for the values of a map (`{"192.0.2.1": "2026-11-02T08:00:00Z"}`).
+    pub(crate) mod map {
+        use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
+
+        use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+        pub(crate) fn serialize<S: Serializer>(
+            map: &BTreeMap<IpAddr, SystemTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            s.collect_map(
+                map.iter()
+                    .map(|(k, t)| (k, humantime::format_rfc3339_seconds(*t).to_string())),
+            )
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<BTreeMap<IpAddr, SystemTime>, D::Error> {
+            BTreeMap::<IpAddr, String>::deserialize(d)?
+                .into_iter()
+                .map(|(k, text)| {
+                    humantime::parse_rfc3339_weak(&text)
+                        .map(|t| (k, t))
+                        .map_err(D::Error::custom)
+                })
+                .collect()
+        }
+    }
+
     /// The same for `Option<SystemTime>` (`null` when absent).
     pub(crate) mod option {
         use std::time::SystemTime;
@@ -557,6 +597,7 @@ mod tests {
             last_modified: Some("Sun, 02 Nov 2026 08:00:00 GMT".into()),
             content_hash: content_hash(b"doc"),
             serial: Some("74".into()),
+            seen: BTreeMap::new(),
         }
     }
 
@@ -592,6 +633,36 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(file_mode, 0o600);
+    }
+
+    #[test]
+    fn dns_sources_keep_when_each_address_was_seen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = StateStore::open(tmp.path()).unwrap();
+        // A file of the other sources (no `seen`) reads as before, and is written
+        // without it.
+        let plain = state("p/0");
+        store.save(&plain).unwrap();
+        let text = fs::read_to_string(store.path_for("p/0")).unwrap();
+        assert!(!text.contains("seen"), "{text}");
+        assert_eq!(store.load("p/0").unwrap(), Some(plain));
+
+        let mut dns = state("adyen/0");
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_762_000_000);
+        dns.seen.insert("192.0.2.10".parse().unwrap(), at);
+        dns.seen
+            .insert("2001:db8::1".parse().unwrap(), at + Duration::from_secs(60));
+        store.save(&dns).unwrap();
+        let text = fs::read_to_string(store.path_for("adyen/0")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            json["seen"],
+            serde_json::json!({
+                "192.0.2.10": "2025-11-01T12:26:40Z",
+                "2001:db8::1": "2025-11-01T12:27:40Z",
+            })
+        );
+        assert_eq!(store.load("adyen/0").unwrap(), Some(dns));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! End-to-end test support: network namespaces, real TCP traffic, the real agent
-//! binary, a local HTTPS provider server and a CONNECT proxy.
+//! binary, a local HTTPS provider server, a CONNECT proxy and a DNS server.
 #![cfg_attr(
     test,
     allow(
@@ -9,6 +9,7 @@
 )]
 
 pub mod connect_proxy;
+pub mod dns_server;
 pub mod netns;
 pub mod provider_server;
 pub mod world;

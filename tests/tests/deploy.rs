@@ -132,6 +132,33 @@ fn example_config_proxy_is_valid_when_uncommented() {
     );
 }
 
+#[test]
+fn example_config_dns_source_is_valid_when_uncommented() {
+    let path = deploy("allowlist.example.toml");
+    let text = read(&path);
+    let start = text
+        .find("# [[provider]]\n# name = \"adyen\"")
+        .expect("the example shows a dns source");
+    let block = &text[start..];
+    let end = block.find("\n\n").unwrap_or(block.len());
+    let block = &block[..end];
+    let uncommented: String = block
+        .lines()
+        .map(|line| line.strip_prefix("# ").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = parse_config(&text.replacen(block, &uncommented, 1), &path);
+    let adyen = config.provider("adyen").expect("an adyen provider");
+    let [source] = adyen.sources.as_slice() else {
+        panic!("one source")
+    };
+    assert_eq!(source.kind(), "dns");
+    assert!(matches!(
+        &source.location,
+        Location::Dns { name, resolver: Some(_), keep } if name == "out.adyen.com" && keep.as_secs() == 24 * 3600
+    ));
+}
+
 // ---------------------------------------------------------------------------------
 // The systemd unit.
 

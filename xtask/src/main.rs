@@ -108,6 +108,7 @@ fn test(no_e2e: bool) -> Result<()> {
         "--",
         "--nocapture",
     ])?;
+    cargo(&["test", "--package", "allowlist-user", "--test", "dns"])?;
     // Its own binary: it sets HTTPS_PROXY and NO_PROXY for the whole process.
     cargo(&["test", "--package", "allowlist-user", "--test", "proxy_env"])?;
     step("clippy");
