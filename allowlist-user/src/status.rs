@@ -16,7 +16,6 @@ use crate::{
 
 pub(crate) const STATUS_FILE: &str = "status.json";
 
-
 /// Where the set in force of a source came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -848,3 +848,67 @@ fn presets_and_version() {
     let out = plain_command().arg("--version").output().unwrap();
     assert!(text(&out).starts_with("allowlist "), "{}", text(&out));
 }
+
+/// Issue 11 through the real agent: a preset read from a mirror (`url` and `ca_file`
+/// next to `preset`), and a `dns` source answered by a local DNS server; `allowlist
+/// fetch` shows both, and their senders get in while others do not.
+#[test]
+fn a_preset_from_a_mirror_and_a_dns_source() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let provider = world.provider();
+    provider.set(
+        "/github-meta.json",
+        Response::json(
+            serde_json::json!({ "hooks": ["192.0.2.0/24"], "actions": ["203.0.113.0/24"] })
+                .to_string(),
+        ),
+    );
+    let dns = world
+        .server
+        .run(allowlist_tests::dns_server::DnsServer::start);
+    dns.set(allowlist_tests::dns_server::Reply::records(
+        &["198.51.100.10"],
+        300,
+    ));
+    world.write_config(&world.config(
+        "refresh = \"1h\"",
+        &format!(
+            "[[provider]]\nname = \"github\"\npreset = \"github-hooks\"\nurl = \"{}\"\nca_file = \"{}\"\n\n[[provider]]\nname = \"adyen\"\n[[provider.source]]\ndns = \"out.adyen.example\"\nresolver = \"{}\"\n",
+            provider.url("/github-meta.json"),
+            provider.ca_file().display(),
+            dns.addr()
+        ),
+    ));
+    let out = world.cli(&["fetch"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for listed in ["192.0.2.0/24", "198.51.100.10/32"] {
+        assert!(text(&out).contains(listed), "{listed}: {}", text(&out));
+    }
+    assert!(!text(&out).contains("203.0.113.0/24"), "{}", text(&out));
+
+    let agent = world.start_agent();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            world.exchange(a(CLIENT_B), 443).is_ok()
+        }),
+        "the dns source's address must get in:\n{}",
+        agent.log()
+    );
+    world
+        .exchange(a(CLIENT_A), 443)
+        .unwrap_or_else(|e| panic!("the mirrored preset's range: {e}\n{}", agent.log()));
+    // Listed in the document, but not as a webhook sender.
+    assert_denied(&world, a(CLIENT_C));
+    let sources = world.status()["agent"]["sources"].clone();
+    let kinds: Vec<&str> = sources
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"dns"), "{sources:#}");
+    assert!(!dns.queries().is_empty());
+}
