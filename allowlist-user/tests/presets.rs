@@ -636,8 +636,6 @@ async fn the_aws_document_parses_and_loads(dir: &Path) {
         listed.len(),
         prefixes.len()
     );
-    assert!(
-        refresh_time < Duration::from_secs(10),
-        "{refresh_time:?}: the README's full load of 100,000 prefixes takes 0.31 s"
-    );
+    // The times are printed, never asserted: performance figures come from
+    // `cargo xtask bench` (its AWS-shaped parse), not from timed tests.
 }
