@@ -277,9 +277,15 @@ pub async fn run(
     result
 }
 
-/// The link check while a refresh holds the sources: re-attaches and reports like
-/// [`Agent::check_links`], and updates the interfaces in the published status.
-fn check_links_only(filter: &mut Filter, config: &Config, shared: &SharedStatus) {
+/// The link check: re-attaches where it can, reports what changed, and updates the
+/// interfaces in the published status. A free function over the fields it needs, so
+/// that it also runs while a refresh holds the refresher.
+fn check_links_only(
+    filter: &mut Filter,
+    config: &Config,
+    shared: &SharedStatus,
+    write_failures: &mut u64,
+) {
     let changes = filter.reconcile(&config.interfaces);
     if changes.is_empty() {
         return;
@@ -289,12 +295,18 @@ fn check_links_only(filter: &mut Filter, config: &Config, shared: &SharedStatus)
         shared,
         &config.state_dir,
         Some(filter.interfaces().to_vec()),
+        write_failures,
     );
 }
 
-/// Rewrites the last published status, with new interface states if given: the
-/// heartbeat while a refresh is in progress.
-fn republish(shared: &SharedStatus, state_dir: &Path, interfaces: Option<Vec<InterfaceState>>) {
+/// Rewrites the last published status with the time (the heartbeat), and new
+/// interface states if given.
+fn republish(
+    shared: &SharedStatus,
+    state_dir: &Path,
+    interfaces: Option<Vec<InterfaceState>>,
+    write_failures: &mut u64,
+) {
     let mut guard = shared.write().expect("status lock");
     let Some(status) = guard.as_mut() else {
         return;
@@ -303,10 +315,17 @@ fn republish(shared: &SharedStatus, state_dir: &Path, interfaces: Option<Vec<Int
         status.interfaces = interfaces;
     }
     status.written_at = SystemTime::now();
+    write_status(status, state_dir, write_failures);
+}
+
+/// Writes the status file; a failed write is counted in `write_failures` (the agent's
+/// one counter, which the status then carries).
+fn write_status(status: &mut AgentStatus, state_dir: &Path, write_failures: &mut u64) {
     if let Err(e) = status.write(state_dir) {
-        status.state_write_failures += 1;
+        *write_failures += 1;
         warn!(error = %e, "cannot write the status file: `allowlist status` shows an old one");
     }
+    status.state_write_failures = *write_failures;
 }
 
 /// Logs how the interfaces' states changed: an interface that stops being filtered is
@@ -404,9 +423,9 @@ impl Agent {
                                 tokio::select! {
                                     report = &mut refresh => break report,
                                     signal = &mut shutdown => { info!("{signal} during a refresh"); return Ok(()); }
-                                    _ = link_event => check_links_only(&mut self.filter, &self.config, &self.shared),
-                                    _ = link_check.tick() => check_links_only(&mut self.filter, &self.config, &self.shared),
-                                    _ = heartbeat.tick() => republish(&self.shared, &self.config.state_dir, None),
+                                    _ = link_event => check_links_only(&mut self.filter, &self.config, &self.shared, &mut self.state_write_failures),
+                                    _ = link_check.tick() => check_links_only(&mut self.filter, &self.config, &self.shared, &mut self.state_write_failures),
+                                    _ = heartbeat.tick() => republish(&self.shared, &self.config.state_dir, None, &mut self.state_write_failures),
                                 }
                             }
                         };
@@ -431,7 +450,7 @@ impl Agent {
                     self.check_links();
                 }
                 _ = link_check.tick() => self.check_links(),
-                _ = heartbeat.tick() => self.publish(),
+                _ = heartbeat.tick() => republish(&self.shared, &self.config.state_dir, None, &mut self.state_write_failures),
                 signal = &mut shutdown => { info!("{signal}"); return Ok(()); }
             }
         }
@@ -465,12 +484,12 @@ impl Agent {
     /// re-attaches where a link was detached or its device re-created, follows renamed
     /// devices, and reports (log, status, metrics, /healthz) where it cannot.
     fn check_links(&mut self) {
-        let changes = self.filter.reconcile(&self.config.interfaces);
-        if changes.is_empty() {
-            return;
-        }
-        report_interface_changes(&changes);
-        self.publish();
+        check_links_only(
+            &mut self.filter,
+            &self.config,
+            &self.shared,
+            &mut self.state_write_failures,
+        );
     }
 
     /// Counts a refresh's results (the refresher logged them).
@@ -625,11 +644,66 @@ impl Agent {
             state_write_failures: self.state_write_failures,
         };
         let mut status = status;
-        if let Err(e) = status.write(&self.config.state_dir) {
-            self.state_write_failures += 1;
-            status.state_write_failures = self.state_write_failures;
-            warn!(error = %e, "cannot write the status file: `allowlist status` shows an old one");
-        }
+        write_status(
+            &mut status,
+            &self.config.state_dir,
+            &mut self.state_write_failures,
+        );
         *self.shared.write().expect("status lock") = Some(status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> AgentStatus {
+        AgentStatus {
+            version: "0".to_owned(),
+            pid: 1,
+            config: std::path::PathBuf::from("/etc/allowlist/allowlist.toml"),
+            started_at: SystemTime::now(),
+            written_at: SystemTime::now(),
+            mode: "enforce".to_owned(),
+            ports: vec![443],
+            interfaces: Vec::new(),
+            refresh_interval_secs: 3600,
+            providers: Vec::new(),
+            map_entries_v4: 0,
+            map_entries_v6: 0,
+            last_sync: None,
+            refresh_results: BTreeMap::new(),
+            sources: Vec::new(),
+            state_write_failures: 0,
+        }
+    }
+
+    /// A counter never goes down: the heartbeat's failed writes and the full
+    /// publication's are counted in one place.
+    #[test]
+    fn failed_status_writes_are_counted_once_whoever_writes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("gone");
+        let shared: SharedStatus = Arc::new(RwLock::new(Some(status())));
+        let mut failures = 0;
+        republish(&shared, &missing, None, &mut failures);
+        republish(&shared, &missing, None, &mut failures);
+        assert_eq!(failures, 2);
+        let published = shared
+            .read()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .state_write_failures;
+        assert_eq!(published, 2);
+        // What `Agent::publish` does with a fresh status.
+        let mut fresh = AgentStatus {
+            state_write_failures: failures,
+            ..status()
+        };
+        write_status(&mut fresh, &missing, &mut failures);
+        assert_eq!((failures, fresh.state_write_failures), (3, 3));
+        write_status(&mut fresh, tmp.path(), &mut failures);
+        assert_eq!((failures, fresh.state_write_failures), (3, 3));
     }
 }
