@@ -311,7 +311,7 @@ impl Filter {
     fn ensure(&mut self, spec: &Interface, all: &[Interface]) -> InterfaceState {
         let pin = pins::link_pin(&self.pin_dir, &spec.name);
         let device = link::ifindex(&spec.name);
-        match link::read(&pin) {
+        let defunct = match link::read(&pin) {
             Ok(LinkState {
                 ifindex: Some(on), ..
             }) if device.is_some_and(|d| d != on) => {
@@ -330,28 +330,29 @@ impl Filter {
                 program_id,
                 ..
             }) => return self.keep(spec, &pin, on, program_id),
-            Ok(LinkState { ifindex: None, .. }) => {
-                tracing::warn!(interface = %spec.name, "the filter's link was detached (the device was deleted, or `bpftool link detach`); attaching afresh");
-                if let Err(e) = std::fs::remove_file(&pin) {
-                    return InterfaceState::failed(
-                        spec,
-                        format!("cannot remove the defunct link {}: {e}", pin.display()),
-                    );
-                }
-            }
+            Ok(LinkState { ifindex: None, .. }) => Some(
+                "the filter's link was detached (the device was deleted, or `bpftool link detach`)"
+                    .to_owned(),
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(state) = self.follow(spec, device, all) {
                     return state;
                 }
+                None
             }
-            Err(e) => {
-                tracing::warn!(interface = %spec.name, error = %e, "pinned link unusable; attaching afresh");
-                if let Err(e) = std::fs::remove_file(&pin) {
-                    return InterfaceState::failed(
-                        spec,
-                        format!("cannot remove the unusable link {}: {e}", pin.display()),
-                    );
-                }
+            Err(e) => Some(format!("the pinned link is unusable ({e})")),
+        };
+        // A pin whose link filters nothing goes, and the interface is attached afresh.
+        if let Some(why) = defunct {
+            tracing::warn!(interface = %spec.name, "{why}; attaching afresh");
+            if let Err(e) = std::fs::remove_file(&pin) {
+                return InterfaceState::failed(
+                    spec,
+                    format!(
+                        "{why}, and its pin {} cannot be removed: {e}",
+                        pin.display()
+                    ),
+                );
             }
         }
         let Some(ifindex) = device else {
