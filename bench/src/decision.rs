@@ -6,7 +6,9 @@
 //! frames (one per source address); each frame runs `repeat` times and the case's
 //! figure is the mean over its frames, every frame weighted by the same repeat count.
 //! A round measures every case on every program back to back; the figures are
-//! medians over rounds.
+//! medians over rounds. The allowlist program is measured twice in each round, with
+//! the denied-source watch on (at the case's rate) and off, by rewriting its
+//! settings between the two.
 //!
 //! Every program is attached (generic XDP) to a dummy interface of its own (one end of a
 //! veth pair, down, so that nothing else runs through it) in a throwaway network namespace while it is measured. XDP programs run through the
@@ -19,6 +21,7 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant},
 };
 
 use allowlist_tests::netns::{Netns, enter, unique_id};
@@ -71,8 +74,9 @@ pub(crate) fn frame(src: IpAddr, shape: Shape) -> Vec<u8> {
 pub(crate) struct Programs {
     /// Keeps the allowlist program loaded.
     allowlist: Ebpf,
-    /// Keeps the map descriptors open (the kernel-memory figures read their fdinfo).
-    _maps: Maps,
+    /// Also keeps the map descriptors open (the kernel-memory figures read their
+    /// fdinfo).
+    maps: Maps,
     baselines: Ebpf,
 }
 
@@ -120,9 +124,40 @@ impl Programs {
         }
         Ok(Self {
             allowlist,
-            _maps: maps,
+            maps,
             baselines,
         })
+    }
+
+    /// Sets the allowlist program's watch rate (records per second and CPU; 0: off).
+    pub(crate) fn set_watch(&mut self, rate: u32) -> Result<()> {
+        self.maps.set_watch(rate).context("set the watch rate")
+    }
+
+    /// Runs every frame once through the allowlist program.
+    pub(crate) fn run_once(&self, frames: &[Vec<u8>]) -> Result<()> {
+        let program = self.program(Program::Allowlist);
+        for frame in frames {
+            crate::check_interrupted()?;
+            let mut opts = TestRunOptions::new();
+            opts.data_in = Some(frame);
+            program.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+        }
+        Ok(())
+    }
+
+    /// Reads the denied-source map `times` times: the number of entries and each
+    /// read's duration.
+    pub(crate) fn read_watch(&self, times: usize) -> Result<(usize, Vec<Duration>)> {
+        let mut entries = 0;
+        let mut durations = Vec::with_capacity(times);
+        for _ in 0..times {
+            let started = Instant::now();
+            entries = self.maps.denied_sources()?.len();
+            durations.push(started.elapsed());
+        }
+        durations.sort();
+        Ok((entries, durations))
     }
 
     pub(crate) fn program(&self, which: Program) -> &Xdp {
@@ -137,7 +172,7 @@ impl Programs {
     pub(crate) fn attach(&mut self, which: Program, interface: &str) -> Result<()> {
         let (_, name) = self.locate(which);
         let ebpf = match which {
-            Program::Allowlist => &mut self.allowlist,
+            Program::Allowlist | Program::AllowlistWatchOff => &mut self.allowlist,
             Program::Empty | Program::Textbook => &mut self.baselines,
         };
         let program: &mut Xdp = ebpf.program_mut(name).expect("loaded above").try_into()?;
@@ -151,7 +186,9 @@ impl Programs {
         match which {
             Program::Empty => (&self.baselines, "empty"),
             Program::Textbook => (&self.baselines, "textbook"),
-            Program::Allowlist => (&self.allowlist, allowlist_common::PROGRAM_NAME),
+            Program::Allowlist | Program::AllowlistWatchOff => {
+                (&self.allowlist, allowlist_common::PROGRAM_NAME)
+            }
         }
     }
 }
@@ -160,11 +197,21 @@ impl Programs {
 pub(crate) enum Program {
     Empty,
     Textbook,
+    /// With the denied-source watch on, at the case's rate.
     Allowlist,
+    /// The same program with the watch off (rate 0).
+    AllowlistWatchOff,
 }
 
 impl Program {
-    pub(crate) const ALL: [Program; 3] = [Program::Empty, Program::Textbook, Program::Allowlist];
+    pub(crate) const ALL: [Program; 4] = [
+        Program::Empty,
+        Program::Textbook,
+        Program::Allowlist,
+        Program::AllowlistWatchOff,
+    ];
+    /// The programs attached (the allowlist once: the watch is a setting).
+    const ATTACHED: [Program; 3] = [Program::Empty, Program::Textbook, Program::Allowlist];
 }
 
 /// Mean nanoseconds per run over `frames`, each run `repeat` times; fails unless
@@ -192,12 +239,12 @@ pub(crate) fn measure(program: &Xdp, frames: &[Vec<u8>], repeat: u32, expect: u3
 /// `instances` is attached to an interface of its own (see the module comment).
 pub(crate) fn run_attached(
     instances: &mut [Programs],
-    f: impl FnOnce(&[Programs]) -> Result<()> + Send,
+    f: impl FnOnce(&mut [Programs]) -> Result<()> + Send,
 ) -> Result<()> {
     let netns = Netns::new(&format!("{}-xdp", unique_id()));
     let mut interfaces = Vec::new();
     // veth pairs (this kernel has no dummy devices): one end for each program.
-    for i in 0..instances.len() * Program::ALL.len() {
+    for i in 0..instances.len() * Program::ATTACHED.len() {
         let (name, peer) = (format!("xdp{i}"), format!("xdp{i}p"));
         netns.ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
         interfaces.push(name);
@@ -209,7 +256,7 @@ pub(crate) fn run_attached(
                 enter(&path).context("join the benchmark namespace")?;
                 let mut names = interfaces.iter();
                 for programs in instances.iter_mut() {
-                    for program in Program::ALL {
+                    for program in Program::ATTACHED {
                         programs.attach(program, names.next().expect("one each"))?;
                     }
                 }

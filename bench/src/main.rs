@@ -142,6 +142,9 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
     let v6_members = lists::Membership::new(&v6);
     let mut cases = Vec::new();
     let mut instances = Vec::new();
+    // Distinct denied sources enough to fill the watch's map, for the read figure.
+    let last = V4_SIZES.len() - 1;
+    let mut fill = Vec::new();
     for (i, size) in V4_SIZES.into_iter().enumerate() {
         let v4 = lists::v4_prefixes(&mut rng, size, 16..=32);
         let members = lists::Membership::new(&v4);
@@ -176,6 +179,17 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
             Some(("allowed", 1.7)),
         ));
         if size == *V4_SIZES.last().expect("sizes") {
+            cases.push(
+                Case::new(
+                    "TCP/443 SYN, denied IPv4 source, every packet recorded by the watch",
+                    &label,
+                    i,
+                    v4_frames(denied.clone(), Shape::TcpSyn(443)),
+                    [XDP_PASS, XDP_DROP, XDP_DROP],
+                    None,
+                )
+                .recording_every_packet(),
+            );
             // The allowed sources again, split by the path the fast table takes.
             let (split, whole) = lists::allowed_v4_by_block(&mut rng, &v4, n);
             cases.push(Case::new(
@@ -235,21 +249,31 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
                 [XDP_PASS; 3],
                 Some(("unprotected", 1.3)),
             ));
+            let fill_sources =
+                lists::denied_v4(&mut rng, &members, allowlist_common::watch::CAPACITY);
+            fill = v4_frames(fill_sources, Shape::TcpSyn(443));
         }
     }
 
     eprintln!(
-        "measuring {} cases x 3 programs, {} rounds ({} frames x {} runs each)",
+        "measuring {} cases x 3 programs (the allowlist with its watch on and off), {} rounds ({} frames x {} runs each)",
         cases.len(),
         args.rounds,
         args.frames,
         args.repeat
     );
+    let mut watch_read = None;
     decision::run_attached(&mut instances, |instances| {
         for round in 0..args.rounds {
             for case in &mut cases {
                 for program in Program::ALL {
-                    let xdp = instances[case.instance].program(program);
+                    let programs = &mut instances[case.instance];
+                    match program {
+                        Program::Allowlist => programs.set_watch(case.watch_rate)?,
+                        Program::AllowlistWatchOff => programs.set_watch(0)?,
+                        Program::Empty | Program::Textbook => {}
+                    }
+                    let xdp = programs.program(program);
                     let ns = decision::measure(
                         xdp,
                         &case.frames,
@@ -262,8 +286,18 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
             }
             eprintln!("  round {} of {} done", round + 1, args.rounds);
         }
+        eprintln!(
+            "filling the watch with {} denied sources and reading it",
+            fill.len()
+        );
+        let programs = &mut instances[last];
+        programs.set_watch(allowlist_user::config::MAX_WATCH_RATE)?;
+        programs.run_once(&fill)?;
+        let (entries, times) = programs.read_watch(5)?;
+        watch_read = Some(report::WatchRead { entries, times });
         Ok(())
     })?;
+    report.watch_read = watch_read;
     report.kernel_memory = report::kernel_memory()?;
     report.cases = cases;
     Ok(())

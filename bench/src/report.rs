@@ -4,6 +4,8 @@ use std::{fmt::Write as _, time::Duration};
 
 use anyhow::Result;
 
+use allowlist_user::config::DEFAULT_WATCH_RATE;
+
 use crate::{
     agent::Memory,
     decision::Program,
@@ -18,12 +20,15 @@ pub(crate) struct Case {
     /// Which loaded instance (list size) judges it.
     pub instance: usize,
     pub frames: Vec<Vec<u8>>,
-    /// Expected XDP action per program (empty, textbook, allowlist).
-    pub expect: [u32; 3],
+    /// Expected XDP action per program (empty, textbook, allowlist with the watch on
+    /// and off).
+    pub expect: [u32; 4],
+    /// The watch's rate (records per second and CPU) for the allowlist program.
+    pub watch_rate: u32,
     /// Target: (kind, largest ratio to the empty program).
     pub target: Option<(&'static str, f64)>,
     /// Nanoseconds per packet, per program, one value per round.
-    pub ns: [Vec<f64>; 3],
+    pub ns: [Vec<f64>; 4],
 }
 
 impl Case {
@@ -40,10 +45,17 @@ impl Case {
             list: list.to_owned(),
             instance,
             frames,
-            expect,
+            expect: [expect[0], expect[1], expect[2], expect[2]],
+            watch_rate: DEFAULT_WATCH_RATE,
             target,
             ns: Default::default(),
         }
+    }
+
+    /// The watch records every packet of the case (no budget).
+    pub(crate) fn recording_every_packet(mut self) -> Self {
+        self.watch_rate = allowlist_user::config::MAX_WATCH_RATE;
+        self
     }
 
     pub(crate) fn median(&self, program: Program) -> f64 {
@@ -80,7 +92,15 @@ pub(crate) struct Report {
     pub diff: Option<DiffApply>,
     pub json: Option<JsonParse>,
     pub memory: Option<Memory>,
+    pub watch_read: Option<WatchRead>,
     pub elapsed: Duration,
+}
+
+/// Reading the whole denied-source map, as the agent does.
+pub(crate) struct WatchRead {
+    pub entries: usize,
+    /// Sorted.
+    pub times: Vec<Duration>,
 }
 
 /// The empty program's cost in the figures the targets were set from
@@ -107,6 +127,7 @@ impl Report {
             diff: None,
             json: None,
             memory: None,
+            watch_read: None,
             elapsed: Duration::ZERO,
         }
     }
@@ -116,9 +137,12 @@ impl Report {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "| case | list | empty | textbook | allowlist | textbook / empty | allowlist / empty | target | | allowlist − empty | budget at a 26 ns floor |"
+            "| case | list | empty | textbook | allowlist | watch off | textbook / empty | allowlist / empty | watch off / empty | target | | allowlist − empty | watch on − off | budget at a 26 ns floor |"
         );
-        let _ = writeln!(t, "|---|---|--:|--:|--:|--:|--:|---|---|--:|--:|");
+        let _ = writeln!(
+            t,
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|--:|--:|--:|"
+        );
         for c in &self.cases {
             let ratio = c.ratio(Program::Allowlist);
             let (target, verdict, budget) = match c.target {
@@ -131,15 +155,18 @@ impl Report {
             };
             let _ = writeln!(
                 t,
-                "| {} | {} | {:.1} ns | {:.1} ns | {:.1} ns | {:.2}× | {:.2}× | {target} | {verdict} | {:.1} ns | {budget} |",
+                "| {} | {} | {:.1} ns | {:.1} ns | {:.1} ns | {:.1} ns | {:.2}× | {:.2}× | {:.2}× | {target} | {verdict} | {:.1} ns | {:+.1} ns | {budget} |",
                 c.name,
                 c.list,
                 c.median(Program::Empty),
                 c.median(Program::Textbook),
                 c.median(Program::Allowlist),
+                c.median(Program::AllowlistWatchOff),
                 c.ratio(Program::Textbook),
                 ratio,
+                c.ratio(Program::AllowlistWatchOff),
                 c.median(Program::Allowlist) - c.median(Program::Empty),
+                c.median(Program::Allowlist) - c.median(Program::AllowlistWatchOff),
             );
         }
         let _ = writeln!(t);
@@ -186,6 +213,16 @@ impl Report {
                 }
             );
         }
+        if let Some(w) = &self.watch_read {
+            let _ = writeln!(
+                t,
+                "| reading the denied-source map ({} entries; median of {}, max {}) | {} | | |",
+                w.entries,
+                w.times.len(),
+                ms(*w.times.last().expect("reads")),
+                ms(median_duration(&w.times)),
+            );
+        }
         if let Some(j) = &self.json {
             let _ = writeln!(
                 t,
@@ -221,8 +258,11 @@ impl Report {
             "Lowest and highest round of each program (ns per packet; {} rounds of {} frames × {} runs):\n",
             self.rounds, self.frames, self.repeat
         );
-        let _ = writeln!(t, "| case | list | empty | textbook | allowlist |");
-        let _ = writeln!(t, "|---|---|--:|--:|--:|");
+        let _ = writeln!(
+            t,
+            "| case | list | empty | textbook | allowlist | watch off |"
+        );
+        let _ = writeln!(t, "|---|---|--:|--:|--:|--:|");
         for c in &self.cases {
             let cell = |p| {
                 let (lo, hi) = c.spread(p);
@@ -230,12 +270,13 @@ impl Report {
             };
             let _ = writeln!(
                 t,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 c.name,
                 c.list,
                 cell(Program::Empty),
                 cell(Program::Textbook),
-                cell(Program::Allowlist)
+                cell(Program::Allowlist),
+                cell(Program::AllowlistWatchOff)
             );
         }
         let _ = writeln!(t, "\n## Map operations and memory\n");

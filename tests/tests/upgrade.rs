@@ -1,0 +1,113 @@
+//! Upgrades in place: an agent started on the pins of a build that had fewer maps
+//! adopts what is there, creates and pins what is missing, and never leaves the
+//! interface unfiltered.
+#![allow(
+    unused_crate_dependencies,
+    reason = "an integration test is its own crate and uses only some of the package's dependencies"
+)]
+
+use std::{net::IpAddr, time::Duration};
+
+use allowlist_common::maps as names;
+use allowlist_tests::{netns::require_root, world::*};
+use allowlist_user::datapath::Maps;
+
+/// The pins a build before the denied-source watch leaves: every map but the watch's.
+/// With `ALLOWLIST_PREVIOUS_BIN` (an `allowlist` built from a commit before the
+/// watch) the first agent is that build; otherwise the first agent is this build and
+/// the watch's pins are removed after it exits, which leaves the same pins (its
+/// program, still attached, keeps its own watch maps alive, as an old program keeps
+/// none).
+fn pins_of_a_build_without_the_watch(world: &World) -> Agent {
+    let agent = match std::env::var_os("ALLOWLIST_PREVIOUS_BIN") {
+        Some(previous) => {
+            let log = world.dir.path().join("agent-previous.log");
+            let agent = world.spawn_agent_with(world.server.command(previous), &[], &log);
+            world.wait_attached(&agent);
+            agent
+        }
+        None => world.start_agent(),
+    };
+    agent.signal(libc::SIGTERM);
+    let mut agent = agent;
+    assert!(
+        agent.wait(Duration::from_secs(10)).success(),
+        "{}",
+        agent.log()
+    );
+    for name in names::WATCH {
+        let pin = world.pin_dir.join(name);
+        if pin.exists() {
+            std::fs::remove_file(&pin).expect("remove a watch pin");
+        }
+    }
+    agent
+}
+
+#[test]
+fn an_agent_upgraded_from_a_build_without_the_watch_creates_its_maps() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let _provider = world.provider_publishing(&["192.0.2.0/24"], "");
+    let _previous = pins_of_a_build_without_the_watch(&world);
+    assert!(world.xdp_attached(), "the filter stays attached");
+    assert!(
+        !world.pin_dir.join(names::DENIED_SOURCES).exists(),
+        "the old pins lack the watch"
+    );
+
+    // The CLI reads the old pins (no watch maps) as they are.
+    let status = world.status();
+    assert!(status["counters"].is_object(), "{status:#}");
+
+    let client = world.client_loop(IpAddr::V4(CLIENT_A), 443);
+    let agent = world.start_agent();
+    let status = world.status();
+    assert_eq!(
+        status["agent"]["interfaces"][0]["adopted"],
+        true,
+        "the new agent adopts the pinned link: {status:#}\n{}",
+        agent.log()
+    );
+    for name in names::ALL {
+        assert!(
+            world.pin_dir.join(name).exists(),
+            "{name} is pinned after the upgrade\n{}",
+            agent.log()
+        );
+    }
+
+    // The new program records into the new maps, at the configured (default) rate.
+    world.assert_denied(IpAddr::V4(CLIENT_B), &agent.log());
+    let maps = Maps::open_pinned(&world.pin_dir).expect("open the pins");
+    assert_eq!(
+        maps.watch_rate().unwrap(),
+        Some(allowlist_user::config::DEFAULT_WATCH_RATE)
+    );
+    let denied = maps.denied_sources().expect("read the watch");
+    let entry = denied
+        .iter()
+        .find(|e| e.source == format!("{CLIENT_B}/32").parse().unwrap())
+        .unwrap_or_else(|| panic!("{CLIENT_B} is recorded: {denied:?}"));
+    assert_eq!(entry.port, 443);
+    assert!(entry.packets >= 1);
+    let counters = maps.counters().unwrap();
+    assert!(counters.watch_recorded >= 1, "{counters:?}");
+
+    let (ok, failed) = client.finish();
+    assert!(
+        failed.is_empty(),
+        "the allowed client failed across the upgrade: {failed:?}"
+    );
+    eprintln!(
+        "upgrade ({}): {ok} allowed connections, 0 failures; {} denied source(s) recorded",
+        if std::env::var_os("ALLOWLIST_PREVIOUS_BIN").is_some() {
+            "from ALLOWLIST_PREVIOUS_BIN"
+        } else {
+            "from pins without the watch"
+        },
+        denied.len()
+    );
+}
