@@ -7,8 +7,8 @@
 //! figure is the mean over its frames, every frame weighted by the same repeat count.
 //! A round measures every case on every program back to back; the figures are
 //! medians over rounds. The allowlist program is measured twice in each round, with
-//! the denied-source watch on (at the case's rate) and off, by rewriting its
-//! settings between the two.
+//! the denied-source watch on (at the case's rate) and off, frame by frame, by
+//! rewriting its settings between the two runs of each frame.
 //!
 //! Every program is attached (generic XDP) to a dummy interface of its own (one end of a
 //! veth pair, down, so that nothing else runs through it) in a throwaway network namespace while it is measured. XDP programs run through the
@@ -204,12 +204,6 @@ pub(crate) enum Program {
 }
 
 impl Program {
-    pub(crate) const ALL: [Program; 4] = [
-        Program::Empty,
-        Program::Textbook,
-        Program::Allowlist,
-        Program::AllowlistWatchOff,
-    ];
     /// The programs attached (the allowlist once: the watch is a setting).
     const ATTACHED: [Program; 3] = [Program::Empty, Program::Textbook, Program::Allowlist];
 }
@@ -219,20 +213,59 @@ impl Program {
 pub(crate) fn measure(program: &Xdp, frames: &[Vec<u8>], repeat: u32, expect: u32) -> Result<f64> {
     let mut total_ns = 0u128;
     for frame in frames {
-        crate::check_interrupted()?;
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.repeat = repeat;
-        let result = program.test_run(opts).context("BPF_PROG_TEST_RUN")?;
-        if result.return_value != expect {
-            bail!(
-                "a frame returned {} where {expect} was expected",
-                result.return_value
-            );
-        }
-        total_ns += result.duration.as_nanos();
+        total_ns += run_frame(program, frame, repeat, expect)?;
     }
     Ok(total_ns as f64 / frames.len() as f64)
+}
+
+/// Nanoseconds per run of one frame, run `repeat` times; fails unless it got `expect`.
+fn run_frame(program: &Xdp, frame: &[u8], repeat: u32, expect: u32) -> Result<u128> {
+    crate::check_interrupted()?;
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.repeat = repeat;
+    let result = program.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+    if result.return_value != expect {
+        bail!(
+            "a frame returned {} where {expect} was expected",
+            result.return_value
+        );
+    }
+    Ok(result.duration.as_nanos())
+}
+
+impl Programs {
+    /// The allowlist program's mean nanoseconds per run over `frames` with its watch
+    /// at `rate` and off, frame by frame (each frame runs with the watch on and off
+    /// back to back, in alternating order), so that the two figures share the same
+    /// moments of a busy machine: (on, off).
+    pub(crate) fn measure_watch(
+        &mut self,
+        frames: &[Vec<u8>],
+        repeat: u32,
+        expect: u32,
+        rate: u32,
+    ) -> Result<(f64, f64)> {
+        let (mut on, mut off) = (0u128, 0u128);
+        for (i, frame) in frames.iter().enumerate() {
+            let order = if i % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for watching in order {
+                self.set_watch(if watching { rate } else { 0 })?;
+                let ns = run_frame(self.program(Program::Allowlist), frame, repeat, expect)?;
+                if watching {
+                    on += ns;
+                } else {
+                    off += ns;
+                }
+            }
+        }
+        let n = frames.len() as f64;
+        Ok((on as f64 / n, off as f64 / n))
+    }
 }
 
 /// Runs `f` on a thread inside a throwaway network namespace in which every program of

@@ -266,13 +266,18 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
     decision::run_attached(&mut instances, |instances| {
         for round in 0..args.rounds {
             for case in &mut cases {
-                for program in Program::ALL {
-                    let programs = &mut instances[case.instance];
-                    match program {
-                        Program::Allowlist => programs.set_watch(case.watch_rate)?,
-                        Program::AllowlistWatchOff => programs.set_watch(0)?,
-                        Program::Empty | Program::Textbook => {}
-                    }
+                let programs = &mut instances[case.instance];
+                let (on, off) = programs
+                    .measure_watch(
+                        &case.frames,
+                        args.repeat,
+                        case.expect[Program::Allowlist as usize],
+                        case.watch_rate,
+                    )
+                    .with_context(|| format!("{} on the allowlist", case.name))?;
+                case.ns[Program::Allowlist as usize].push(on);
+                case.ns[Program::AllowlistWatchOff as usize].push(off);
+                for program in [Program::Empty, Program::Textbook] {
                     let xdp = programs.program(program);
                     let ns = decision::measure(
                         xdp,
@@ -291,7 +296,7 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
             fill.len()
         );
         let programs = &mut instances[last];
-        programs.set_watch(allowlist_user::config::MAX_WATCH_RATE)?;
+        programs.set_watch(u32::MAX)?;
         programs.run_once(&fill)?;
         let (entries, times) = programs.read_watch(5)?;
         watch_read = Some(report::WatchRead { entries, times });

@@ -132,10 +132,10 @@ impl Maps {
             },
             watch: if with_watch {
                 Some(Watch::new(
-                    typed(&mut get, names::DENIED_SOURCES)?,
+                    get(names::DENIED_SOURCES)?,
                     typed(&mut get, names::WATCH_SETTINGS)?,
                     typed(&mut get, names::WATCH_STATE)?,
-                ))
+                )?)
             } else {
                 None
             },

@@ -164,3 +164,40 @@ fn watch_budget_bounds_recording() {
         Some(1)
     );
 }
+
+/// Thousands of sources, read back whole: the reader takes the map in batches and
+/// stops at its end.
+#[test]
+fn watch_reads_back_every_source() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.maps.set_watch(UNBOUNDED).unwrap();
+    // 198.19.0.0/16 (RFC 2544) is in no prefix of the harness's list.
+    let sources: Vec<Ipv4Addr> = (0..3_000u32)
+        .map(|i| Ipv4Addr::from(u32::from(a4("198.19.0.0")) + i))
+        .collect();
+    for src in &sources {
+        assert_eq!(h.run(&syn4(*src, 443)), DROP);
+    }
+    let v6: Vec<Ipv6Addr> = (0..100u16)
+        .map(|i| Ipv6Addr::new(0x2001, 0xdb8, 0x5, i, 0, 0, 0, 1))
+        .collect();
+    for src in &v6 {
+        assert_eq!(h.run(&syn6(*src, 443)), DROP);
+    }
+    let entries = h.maps.denied_sources().unwrap();
+    assert_eq!(entries.len(), sources.len() + v6.len());
+    for src in &sources {
+        let e = entry(&entries, &format!("{src}/32")).unwrap_or_else(|| panic!("{src} is missing"));
+        assert_eq!((e.packets, e.port), (1, 443));
+    }
+    for src in &v6 {
+        let net = ipnet::Ipv6Net::new(*src, 64).unwrap().trunc();
+        assert!(
+            entry(&entries, &net.to_string()).is_some(),
+            "{net} is missing"
+        );
+    }
+}
