@@ -8,6 +8,7 @@
 
 use allowlist_common::watch::{self, DeniedSource, WatchSettings, WatchState};
 use aya_ebpf::{
+    Global,
     btf_maps::{Array, LruPerCpuHashMap, PerCpuArray},
     helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::btf_map,
@@ -23,9 +24,18 @@ static WATCH_SETTINGS: Array<WatchSettings, 1> = Array::new();
 #[btf_map]
 static WATCH_STATE: PerCpuArray<WatchState, 1> = PerCpuArray::new();
 
+/// Set to 0 at load time to leave the watch out of the program: the verifier sees a
+/// constant and removes its code. Only for measuring what the watch costs; the agent
+/// turns it off at run time with a rate of 0.
+#[unsafe(no_mangle)]
+static WATCH: Global<u32> = Global::new(1);
+
 /// Records `src` as denied at `port`, if this CPU's budget allows.
 #[inline(always)]
 pub(crate) fn denied(src: Source, port: u16) {
+    if WATCH.load() == 0 {
+        return;
+    }
     let Some(state) = WATCH_STATE.get_ptr_mut(0) else {
         return;
     };

@@ -179,6 +179,7 @@ pub async fn run(
         &config.pin_dir,
         &LoadOptions {
             debug_events: args.debug_events,
+            without_watch: false,
         },
     )?;
     if filter.adopted_maps() {

@@ -6,9 +6,8 @@
 //! frames (one per source address); each frame runs `repeat` times and the case's
 //! figure is the mean over its frames, every frame weighted by the same repeat count.
 //! A round measures every case on every program back to back; the figures are
-//! medians over rounds. The allowlist program is measured twice in each round, with
-//! the denied-source watch on (at the case's rate) and off, frame by frame, by
-//! rewriting its settings between the two runs of each frame.
+//! medians over rounds. The allowlist program is measured beside a second instance
+//! loaded without the denied-source watch, frame by frame.
 //!
 //! Every program is attached (generic XDP) to a dummy interface of its own (one end of a
 //! veth pair, down, so that nothing else runs through it) in a throwaway network namespace while it is measured. XDP programs run through the
@@ -77,6 +76,10 @@ pub(crate) struct Programs {
     /// Also keeps the map descriptors open (the kernel-memory figures read their
     /// fdinfo).
     maps: Maps,
+    /// The allowlist program loaded without the denied-source watch (the verifier
+    /// removes its code), with maps of its own holding the same list.
+    unwatched: Ebpf,
+    _unwatched_maps: Maps,
     baselines: Ebpf,
 }
 
@@ -91,6 +94,14 @@ impl Programs {
             .context("load the allowlist program")?;
         maps.set_ports(&[443].into())?;
         datapath::sync::resync(&mut maps, list).context("fill the allowlist maps")?;
+        let (unwatched, mut unwatched_maps) = datapath::load_unpinned(&LoadOptions {
+            without_watch: true,
+            ..LoadOptions::default()
+        })
+        .context("load the allowlist program without its watch")?;
+        unwatched_maps.set_ports(&[443].into())?;
+        datapath::sync::resync(&mut unwatched_maps, list)
+            .context("fill the maps of the allowlist program without its watch")?;
 
         let mut baselines = Ebpf::load(BASELINES).context("load the baseline object")?;
         for name in ["empty", "textbook"] {
@@ -125,6 +136,8 @@ impl Programs {
         Ok(Self {
             allowlist,
             maps,
+            unwatched,
+            _unwatched_maps: unwatched_maps,
             baselines,
         })
     }
@@ -172,7 +185,8 @@ impl Programs {
     pub(crate) fn attach(&mut self, which: Program, interface: &str) -> Result<()> {
         let (_, name) = self.locate(which);
         let ebpf = match which {
-            Program::Allowlist | Program::AllowlistWatchOff => &mut self.allowlist,
+            Program::Allowlist => &mut self.allowlist,
+            Program::AllowlistWatchOff => &mut self.unwatched,
             Program::Empty | Program::Textbook => &mut self.baselines,
         };
         let program: &mut Xdp = ebpf.program_mut(name).expect("loaded above").try_into()?;
@@ -186,9 +200,8 @@ impl Programs {
         match which {
             Program::Empty => (&self.baselines, "empty"),
             Program::Textbook => (&self.baselines, "textbook"),
-            Program::Allowlist | Program::AllowlistWatchOff => {
-                (&self.allowlist, allowlist_common::PROGRAM_NAME)
-            }
+            Program::Allowlist => (&self.allowlist, allowlist_common::PROGRAM_NAME),
+            Program::AllowlistWatchOff => (&self.unwatched, allowlist_common::PROGRAM_NAME),
         }
     }
 }
@@ -199,13 +212,17 @@ pub(crate) enum Program {
     Textbook,
     /// With the denied-source watch on, at the case's rate.
     Allowlist,
-    /// The same program with the watch off (rate 0).
+    /// The same program loaded without the watch.
     AllowlistWatchOff,
 }
 
 impl Program {
-    /// The programs attached (the allowlist once: the watch is a setting).
-    const ATTACHED: [Program; 3] = [Program::Empty, Program::Textbook, Program::Allowlist];
+    const ALL: [Program; 4] = [
+        Program::Empty,
+        Program::Textbook,
+        Program::Allowlist,
+        Program::AllowlistWatchOff,
+    ];
 }
 
 /// Mean nanoseconds per run over `frames`, each run `repeat` times; fails unless
@@ -235,10 +252,10 @@ fn run_frame(program: &Xdp, frame: &[u8], repeat: u32, expect: u32) -> Result<u1
 }
 
 impl Programs {
-    /// The allowlist program's mean nanoseconds per run over `frames` with its watch
-    /// at `rate` and off, frame by frame (each frame runs with the watch on and off
-    /// back to back, in alternating order), so that the two figures share the same
-    /// moments of a busy machine: (on, off).
+    /// Mean nanoseconds per run over `frames` of the allowlist program with its watch
+    /// at `rate` and of the one without the watch, frame by frame (each frame runs on
+    /// both back to back, in alternating order), so that the two figures share the
+    /// same moments of a busy machine: (with, without).
     pub(crate) fn measure_watch(
         &mut self,
         frames: &[Vec<u8>],
@@ -246,25 +263,28 @@ impl Programs {
         expect: u32,
         rate: u32,
     ) -> Result<(f64, f64)> {
-        let (mut on, mut off) = (0u128, 0u128);
+        self.set_watch(rate)?;
+        // A bucket that was empty is refilled at the next kernel tick: wait two ticks
+        // at HZ=100 so that the rate holds from the first frame.
+        std::thread::sleep(Duration::from_millis(25));
+        let (mut with, mut without) = (0u128, 0u128);
         for (i, frame) in frames.iter().enumerate() {
             let order = if i % 2 == 0 {
-                [true, false]
+                [Program::Allowlist, Program::AllowlistWatchOff]
             } else {
-                [false, true]
+                [Program::AllowlistWatchOff, Program::Allowlist]
             };
-            for watching in order {
-                self.set_watch(if watching { rate } else { 0 })?;
-                let ns = run_frame(self.program(Program::Allowlist), frame, repeat, expect)?;
-                if watching {
-                    on += ns;
+            for program in order {
+                let ns = run_frame(self.program(program), frame, repeat, expect)?;
+                if program == Program::Allowlist {
+                    with += ns;
                 } else {
-                    off += ns;
+                    without += ns;
                 }
             }
         }
         let n = frames.len() as f64;
-        Ok((on as f64 / n, off as f64 / n))
+        Ok((with as f64 / n, without as f64 / n))
     }
 }
 
@@ -277,7 +297,7 @@ pub(crate) fn run_attached(
     let netns = Netns::new(&format!("{}-xdp", unique_id()));
     let mut interfaces = Vec::new();
     // veth pairs (this kernel has no dummy devices): one end for each program.
-    for i in 0..instances.len() * Program::ATTACHED.len() {
+    for i in 0..instances.len() * Program::ALL.len() {
         let (name, peer) = (format!("xdp{i}"), format!("xdp{i}p"));
         netns.ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
         interfaces.push(name);
@@ -289,7 +309,7 @@ pub(crate) fn run_attached(
                 enter(&path).context("join the benchmark namespace")?;
                 let mut names = interfaces.iter();
                 for programs in instances.iter_mut() {
-                    for program in Program::ATTACHED {
+                    for program in Program::ALL {
                         programs.attach(program, names.next().expect("one each"))?;
                     }
                 }

@@ -267,13 +267,9 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
         for round in 0..args.rounds {
             for case in &mut cases {
                 let programs = &mut instances[case.instance];
+                let expect = case.expect[Program::Allowlist as usize];
                 let (on, off) = programs
-                    .measure_watch(
-                        &case.frames,
-                        args.repeat,
-                        case.expect[Program::Allowlist as usize],
-                        case.watch_rate,
-                    )
+                    .measure_watch(&case.frames, args.repeat, expect, case.watch_rate)
                     .with_context(|| format!("{} on the allowlist", case.name))?;
                 case.ns[Program::Allowlist as usize].push(on);
                 case.ns[Program::AllowlistWatchOff as usize].push(off);

@@ -129,6 +129,9 @@ pub fn program_object() -> Result<&'static [u8], DatapathError> {
 pub struct LoadOptions {
     /// Emit an aya-log event for every drop (off the fast path when false).
     pub debug_events: bool,
+    /// Leave the denied-source watch out of the program (the verifier removes its
+    /// code), to measure what it costs; the agent never sets it.
+    pub without_watch: bool,
 }
 
 /// Loads the program into the kernel with fresh, unpinned maps (verdict tests and
@@ -147,11 +150,13 @@ pub(crate) fn loader(options: &LoadOptions) -> EbpfLoader<'static> {
     static DEBUG: [u32; 2] = [0, 1];
     // aya-log's level filter: 0 keeps every log statement off.
     static LOG_LEVEL: [u8; 2] = [0, 0xff];
+    static WATCH: [u32; 2] = [0, 1];
     let on = usize::from(options.debug_events);
     let mut loader = EbpfLoader::new();
     loader
         .override_global("DEBUG_EVENTS", &DEBUG[on], true)
-        .override_global(aya_log::LEVEL, &LOG_LEVEL[on], false);
+        .override_global(aya_log::LEVEL, &LOG_LEVEL[on], false)
+        .override_global("WATCH", &WATCH[usize::from(!options.without_watch)], true);
     loader
 }
 

@@ -201,3 +201,26 @@ fn watch_reads_back_every_source() {
         );
     }
 }
+
+/// The bench's baseline: loaded without the watch, the program judges the same and
+/// records nothing, whatever the rate.
+#[test]
+fn a_program_loaded_without_the_watch_records_nothing() {
+    if !require_root() {
+        return;
+    }
+    let (ebpf, mut maps) = datapath::load_unpinned(&LoadOptions {
+        without_watch: true,
+        ..LoadOptions::default()
+    })
+    .expect("load the XDP program without its watch");
+    maps.set_ports(&BTreeSet::from([443])).unwrap();
+    maps.set_watch(UNBOUNDED).unwrap();
+    let mut h = Harness { ebpf, maps };
+    assert_eq!(h.run(&syn4(bad4(), 443)), DROP);
+    assert_eq!(h.run(&syn6(bad6(), 443)), DROP);
+    let counters = h.maps.counters().unwrap();
+    assert_eq!(counters.exit(NotAllowlisted), 2);
+    assert_eq!((counters.watch_recorded, counters.watch_not_recorded), (0, 2));
+    assert!(h.maps.denied_sources().unwrap().is_empty());
+}
