@@ -231,23 +231,27 @@ pub mod watch {
         pub recorded: u64,
     }
 
-    /// The bucket's credit after `elapsed_ns` at `rate` records per second.
-    pub const fn refill(credit: u64, rate: u32, elapsed_ns: u64) -> u64 {
+    /// The most credit the bucket holds at `rate` records per second: the records of
+    /// [`BURST_NS`], and at least one packet (none when the watch is off).
+    pub const fn cap(rate: u32) -> u64 {
         if rate == 0 {
             return 0;
         }
-        let rate = rate as u64;
+        // No overflow: rate < 2^32, BURST_NS < 2^25.
+        let cap = rate as u64 * BURST_NS;
+        if cap < COST { COST } else { cap }
+    }
+
+    /// The bucket's credit after `elapsed_ns` at `rate` records per second.
+    pub const fn refill(credit: u64, rate: u32, elapsed_ns: u64) -> u64 {
         let elapsed = if elapsed_ns < MAX_ELAPSED_NS {
             elapsed_ns
         } else {
             MAX_ELAPSED_NS
         };
-        let mut cap = rate * BURST_NS;
-        if cap < COST {
-            cap = COST;
-        }
-        // Neither product overflows: rate < 2^32 and both factors are at most 10^9.
-        let credit = credit.saturating_add(rate * elapsed);
+        // No overflow: rate < 2^32 and elapsed <= 10^9 < 2^30.
+        let credit = credit.saturating_add(rate as u64 * elapsed);
+        let cap = cap(rate);
         if credit < cap { credit } else { cap }
     }
 }
@@ -478,5 +482,9 @@ mod tests {
         assert_eq!(credit, 3 * COST / 2);
         // The largest rate does not overflow.
         assert_eq!(refill(0, u32::MAX, u64::MAX), u32::MAX as u64 * BURST_NS);
+        // A lower rate caps what a higher one left.
+        assert_eq!(refill(u32::MAX as u64 * BURST_NS, 2000, 0), 2000 * BURST_NS);
+        assert_eq!(watch::cap(0), 0);
+        assert_eq!(watch::cap(1), COST);
     }
 }

@@ -69,9 +69,14 @@ fn refill(state: &mut WatchState, tick: u64) {
 
 #[inline(never)]
 fn record(state: &mut WatchState, src: Source, port: u16) {
-    // The agent may have turned the watch off since the last refill.
-    if WATCH_SETTINGS.get(0).is_none_or(|s| s.rate == 0) {
-        state.credit = 0;
+    // The agent may have lowered the rate, or turned the watch off, since the last
+    // refill: what the bucket holds beyond the new rate's burst goes at once.
+    let rate = WATCH_SETTINGS.get(0).map_or(0, |s| s.rate);
+    let cap = watch::cap(rate);
+    if state.credit > cap {
+        state.credit = cap;
+    }
+    if state.credit < watch::COST {
         return;
     }
     state.credit -= watch::COST;

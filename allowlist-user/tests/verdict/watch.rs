@@ -119,6 +119,10 @@ fn watch_budget_bounds_recording() {
     let cpus = aya::util::nr_cpus().unwrap() as u64;
     const FLOOD: u32 = 20_000;
 
+    // A bucket filled at a high rate: lowering the rate takes effect at once.
+    h.maps.set_watch(UNBOUNDED).unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(h.run(&syn4(a4("203.0.113.76"), 443)), DROP);
     h.maps.set_watch(1).unwrap();
     let before = h.maps.counters().unwrap();
     let t0 = Instant::now();
@@ -221,6 +225,9 @@ fn a_program_loaded_without_the_watch_records_nothing() {
     assert_eq!(h.run(&syn6(bad6(), 443)), DROP);
     let counters = h.maps.counters().unwrap();
     assert_eq!(counters.exit(NotAllowlisted), 2);
-    assert_eq!((counters.watch_recorded, counters.watch_not_recorded), (0, 2));
+    assert_eq!(
+        (counters.watch_recorded, counters.watch_not_recorded),
+        (0, 2)
+    );
     assert!(h.maps.denied_sources().unwrap().is_empty());
 }
