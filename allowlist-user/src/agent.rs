@@ -495,9 +495,8 @@ impl Agent {
     /// Counts a refresh's results (the refresher logged them).
     fn record(&mut self, report: &RefreshReport) {
         for source in &report.sources {
-            if source.save_failed {
-                self.state_write_failures += 1;
-            }
+            self.state_write_failures +=
+                u64::from(source.save_failed) + u64::from(source.history_failed);
             if let Some(label) = result_label(&source.outcome) {
                 *self
                     .refresh_results

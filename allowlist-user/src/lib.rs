@@ -9,6 +9,7 @@
 //! - `prefixes`: validation of entries, the merged set, and diffs.
 //! - `state`: the last good set of every source, kept on disk.
 //! - `guards`: the fail-safe guards (serial, empty, shrink, capacity).
+//! - `history`: every applied, refused or failed update, and the latest refused one.
 //! - `refresh`: one refresh cycle, judged by the guards.
 //! - `datapath`: loading, attaching, pinning and syncing the XDP program's maps.
 //! - `link_events`: rtnetlink notifications that wake the agent's link check.
@@ -32,6 +33,7 @@ pub mod datapath;
 mod dns;
 pub mod fetch;
 mod guards;
+mod history;
 mod link_events;
 mod metrics;
 mod prefixes;

@@ -55,6 +55,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => commands::check(&config, address, port, json),
         Command::Fetch { force, json } => runtime.block_on(commands::fetch(&config, force, json)),
+        Command::History {
+            since,
+            source,
+            json,
+        } => commands::history(&config, since, source.as_deref(), json),
         Command::Reload => commands::reload(&config),
         Command::Detach => commands::detach(&config),
         Command::Run(_) | Command::Presets => unreachable!("handled above"),
