@@ -15,7 +15,7 @@ use allowlist_tests::{
     provider_server::{ProviderServer, Response},
     world::*,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const SOURCE: &str = "partner/0";
 
@@ -477,6 +477,175 @@ fn reload_keeps_the_history_of_unchanged_sources() {
         assert_eq!(metric(&metrics, &stamp), success_at, "{metrics}");
         assert_eq!(metric(&metrics, &in_a_row), Some(round as f64), "{metrics}");
     }
+}
+
+/// The change history records an applied list, a change and a refused shrink, keeps
+/// them across an agent restart, and `allowlist check` says when the address's
+/// prefixes entered and left the allowlist, and by which source.
+#[test]
+fn the_history_shows_changes_and_refusals_across_a_restart() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let provider =
+        world.provider_publishing(&["192.0.2.0/24", "198.51.100.0/25"], "refresh = \"1h\"");
+    let history = |w: &World| -> Vec<Value> {
+        let out = w.cli(&["history", "--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    let wait_for = |w: &World, count: usize, agent: &Agent| {
+        assert!(
+            wait_until(Duration::from_secs(10), || history(w).len() >= count),
+            "{count} records expected: {:#?}\n{}",
+            history(w),
+            agent.log()
+        );
+    };
+    let mut agent = world.start_agent();
+    wait_for(&world, 1, &agent);
+    // A change (each reload refreshes at once; the interval is an hour).
+    provider.set(
+        DOCUMENT_PATH,
+        Response::json(intercom_document(&["192.0.2.0/24", "198.51.100.0/24"])),
+    );
+    assert!(world.cli(&["reload"]).status.success());
+    wait_for(&world, 2, &agent);
+    // 512 addresses down to 128: refused by the shrink guard.
+    provider.set(
+        DOCUMENT_PATH,
+        Response::json(intercom_document(&["198.51.100.128/25"])),
+    );
+    assert!(world.cli(&["reload"]).status.success());
+    wait_for(&world, 3, &agent);
+
+    agent.signal(libc::SIGTERM);
+    assert!(
+        agent.wait(Duration::from_secs(10)).success(),
+        "{}",
+        agent.log()
+    );
+    let agent = world.start_agent();
+    // The restarted agent refreshes at once: the same update, refused again.
+    wait_for(&world, 4, &agent);
+    let records = history(&world);
+    let brief: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            json!({
+                "source": r["source"], "outcome": r["outcome"], "guard": r["guard"],
+                "added": r["added"], "removed": r["removed"], "size_after": r["size_after"],
+            })
+        })
+        .collect();
+    assert_eq!(
+        brief[..3],
+        [
+            json!({
+                "source": SOURCE, "outcome": "applied", "guard": null,
+                "added": ["192.0.2.0/24", "198.51.100.0/25"], "removed": [], "size_after": 2,
+            }),
+            json!({
+                "source": SOURCE, "outcome": "applied", "guard": null,
+                "added": ["198.51.100.0/24"], "removed": ["198.51.100.0/25"], "size_after": 2,
+            }),
+            json!({
+                "source": SOURCE, "outcome": "refused", "guard": "shrink",
+                "added": ["198.51.100.128/25"], "removed": ["192.0.2.0/24", "198.51.100.0/24"],
+                "size_after": 2,
+            }),
+        ],
+        "{records:#?}"
+    );
+    // After the restart: the same refusal again, only counted; no record of the saved
+    // list the agent restarted from (the history knows the source).
+    for r in &records[3..] {
+        assert_eq!(
+            (&r["outcome"], &r["guard"]),
+            (&"refused".into(), &"shrink".into()),
+            "{r:#}"
+        );
+        assert!(
+            r["note"].as_str().unwrap().contains("the same update"),
+            "{r:#}"
+        );
+    }
+    let times: Vec<&str> = records.iter().map(|r| r["at"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    let kept = std::fs::read_to_string(world.state_dir().join("refused-partner%2F0.json"))
+        .expect("the refused update is kept");
+    let kept: Value = serde_json::from_str(&kept).unwrap();
+    assert_eq!(
+        (&kept["guard"], &kept["prefixes"], &kept["at"]),
+        (
+            &"shrink".into(),
+            &json!(["198.51.100.128/25"]),
+            &records[2]["at"]
+        )
+    );
+
+    // `check` names the source and the times.
+    let when = |i: usize| times[i].replacen('T', " ", 1);
+    let out = world.cli(&["check", "198.51.100.7"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    for line in [
+        format!(
+            "history: 198.51.100.0/25 added by {SOURCE} at {}; removed at {}",
+            when(0),
+            when(1)
+        ),
+        format!("history: 198.51.100.0/24 added by {SOURCE} at {}", when(1)),
+    ] {
+        assert!(said.contains(&line), "{line:?} not in:\n{said}");
+    }
+    eprintln!("allowlist check:\n{said}");
+    let out = world.cli(&["check", "198.51.100.7", "--json"]);
+    let check: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let changes = check["history"]["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 3, "{check:#}");
+    let added = changes
+        .iter()
+        .find(|c| c["prefix"] == "198.51.100.0/24")
+        .expect("the /24's addition");
+    assert_eq!(
+        (
+            &added["prefix"],
+            &added["change"],
+            &added["source"],
+            &added["at"]
+        ),
+        (
+            &"198.51.100.0/24".into(),
+            &"added".into(),
+            &SOURCE.into(),
+            &records[1]["at"]
+        )
+    );
+    let said = text(&world.cli(&["check", "2001:db8::1"]));
+    assert!(
+        said.contains("the history knows nothing about 2001:db8::1"),
+        "{said}"
+    );
+
+    // The readable form, and the filters.
+    let out = world.cli(&["history", "--source", "partner", "--since", "1h"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    eprintln!("allowlist history:\n{said}");
+    assert!(said.contains("REFUSED by the shrink guard"), "{said}");
+    assert!(said.contains("    + 198.51.100.0/24"), "{said}");
+    let out = world.cli(&["history", "--source", "nobody"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("no source or provider \"nobody\""),
+        "{}",
+        text(&out)
+    );
 }
 
 /// Scenario 4: SIGTERM and SIGKILL leave the filter enforcing; a new agent adopts
