@@ -751,13 +751,26 @@ fn apply(
             let changed = list.prefixes != current;
             let entry = (changed || first_load).then(|| {
                 let (added, removed) = (added.clone(), removed.clone());
-                record(
+                let mut entry = record(
                     history::Outcome::Applied,
                     Some(&list),
                     added,
                     removed,
                     list.prefixes.len(),
-                )
+                );
+                // What the first list replaced, when it was not nothing.
+                entry.note = match &slot.in_force {
+                    InForce::Snapshot(snapshot) => Some(format!(
+                        "the first list fetched; it replaced the preset's snapshot{}",
+                        snapshot
+                            .as_of
+                            .as_deref()
+                            .map(|d| format!(" of {d}"))
+                            .unwrap_or_default()
+                    )),
+                    _ => None,
+                };
+                entry
             });
             history_errors.extend(log.clear_refused(&id).err());
             slot.in_force = InForce::Fetched(*list);
@@ -1682,6 +1695,35 @@ as_of = "2026-11-02"
             panic!("{refused:?}")
         };
         assert!(reason.contains("max_shrink"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_first_list_is_recorded_even_when_it_is_the_snapshot_in_force() {
+        let env = Env::new();
+        env.write("list.txt", "192.0.2.0/24\n");
+        env.write("list.json", &json(1, &["198.51.100.0/24"]));
+        let mut config = env.config("");
+        config.providers[0].sources[0].snapshot = Some(StaticList {
+            prefixes: nets(&["192.0.2.0/24"]),
+            as_of: Some("2026-01-29".into()),
+            reference: None,
+        });
+        let mut r = env.refresher(&config);
+        let report = r.refresh_all().await;
+        assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Unchanged);
+        let changes = history::read(&env.path("state")).unwrap();
+        let p = changes.iter().find(|c| c.source == "p/0").unwrap();
+        assert_eq!(
+            (&p.outcome, p.added.len(), p.removed.len(), p.size_after),
+            (&history::Outcome::Applied, 0, 0, Some(1))
+        );
+        assert_eq!(
+            p.note.as_deref(),
+            Some("the first list fetched; it replaced the preset's snapshot of 2026-01-29")
+        );
+        // Fetched again, the same: nothing more.
+        r.refresh_all().await;
+        assert_eq!(history::read(&env.path("state")).unwrap(), changes);
     }
 
     #[tokio::test]
