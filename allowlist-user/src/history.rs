@@ -255,7 +255,7 @@ impl Log {
 
     /// The kept refused update of `source`, if any (an unreadable one is reported and
     /// treated as absent).
-    pub(crate) fn refused(&self, source: &str) -> Option<RefusedUpdate> {
+    fn refused(&self, source: &str) -> Option<RefusedUpdate> {
         match read_refused(&self.refused_path(source)) {
             Ok(update) => update,
             Err(err) => {
@@ -265,8 +265,34 @@ impl Log {
         }
     }
 
+    /// Keeps `update` as its source's latest refused update, unless it is the one
+    /// kept already: refused again, its `change` then only counts its prefixes (the
+    /// kept update and the first record say what they are), so that a source refused
+    /// at every refresh does not rotate the rest of the history away.
+    pub(crate) fn record_refusal(
+        &self,
+        update: RefusedUpdate,
+        change: &mut Change,
+    ) -> Result<(), HistoryError> {
+        let kept = self
+            .refused(&update.source)
+            .filter(|kept| kept.guard == update.guard && kept.prefixes == update.prefixes);
+        match kept {
+            Some(kept) => {
+                change.added = Prefixes::Counted(change.added.len());
+                change.removed = Prefixes::Counted(change.removed.len());
+                change.note = Some(format!(
+                    "the same update as refused at {}",
+                    humantime::format_rfc3339_seconds(kept.at)
+                ));
+                Ok(())
+            }
+            None => self.keep_refused(&update),
+        }
+    }
+
     /// Keeps `update` as its source's latest refused update, replacing any other.
-    pub(crate) fn keep_refused(&self, update: &RefusedUpdate) -> Result<(), HistoryError> {
+    fn keep_refused(&self, update: &RefusedUpdate) -> Result<(), HistoryError> {
         Ok(state::write_json_atomic(
             &self.refused_path(&update.source),
             update,

@@ -815,31 +815,15 @@ fn apply(
                 current.len(),
             );
             if let Some(update) = update {
-                let kept = log.refused(&id);
-                match kept.filter(|k| k.guard == reason.guard() && k.prefixes == update.prefixes) {
-                    // Refused again: the kept update and its first record say what it
-                    // holds; this record only counts, so that a source refused at
-                    // every refresh does not rotate the history away.
-                    Some(kept) => {
-                        entry.added = history::Prefixes::Counted(entry.added.len());
-                        entry.removed = history::Prefixes::Counted(entry.removed.len());
-                        entry.note = Some(format!(
-                            "the same update as refused at {}",
-                            humantime::format_rfc3339_seconds(kept.at)
-                        ));
-                    }
-                    None => history_errors.extend(
-                        log.keep_refused(&history::RefusedUpdate {
-                            source: id.clone(),
-                            provider: slot.source.provider.clone(),
-                            at: now,
-                            guard: reason.guard().to_owned(),
-                            reason: reason.to_string(),
-                            prefixes: update.prefixes,
-                        })
-                        .err(),
-                    ),
-                }
+                let refused = history::RefusedUpdate {
+                    source: id.clone(),
+                    provider: slot.source.provider.clone(),
+                    at: now,
+                    guard: reason.guard().to_owned(),
+                    reason: reason.to_string(),
+                    prefixes: update.prefixes,
+                };
+                history_errors.extend(log.record_refusal(refused, &mut entry).err());
             }
             (Outcome::Refused { reason }, Some(entry))
         }
