@@ -3,6 +3,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
+    time::Duration,
 };
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -65,6 +66,20 @@ pub enum Command {
         /// Bypass the empty and shrink guards.
         #[arg(long)]
         force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The denied sources the agent recorded, by packets, and what each is: a
+    /// webhook sender that a preset lists, or that a refused update or a removed
+    /// range held, or nothing known. Reads the agent's `denied.json`.
+    Denied {
+        /// How many sources to show (known senders below them are listed after).
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        top: usize,
+        /// Only sources seen within this long (e.g. 1h, 2days); by default all that
+        /// the agent keeps.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
         #[arg(long)]
         json: bool,
     },

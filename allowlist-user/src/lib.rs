@@ -10,6 +10,8 @@
 //! - `state`: the last good set of every source, kept on disk.
 //! - `guards`: the fail-safe guards (serial, empty, shrink, capacity).
 //! - `refresh`: one refresh cycle, judged by the guards.
+//! - `senders`: who a denied source is (the known-sender index); `denied`: the
+//!   denied sources the datapath records, merged, bounded and kept in `state_dir`.
 //! - `datapath`: loading, attaching, pinning and syncing the XDP program's maps.
 //! - `link_events`: rtnetlink notifications that wake the agent's link check.
 //! - `metrics`, `cli`, `agent`: what the operator sees and runs.
@@ -29,6 +31,7 @@ pub mod commands;
 pub mod config;
 mod control;
 pub mod datapath;
+mod denied;
 mod dns;
 pub mod fetch;
 mod guards;
@@ -37,6 +40,7 @@ mod metrics;
 mod prefixes;
 pub mod presets;
 pub mod refresh;
+mod senders;
 pub mod source;
 mod state;
 mod status;
