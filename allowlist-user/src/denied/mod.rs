@@ -44,8 +44,6 @@ use crate::{
 pub(crate) const DENIED_FILE: &str = "denied.json";
 /// Bumped when the file's layout changes incompatibly.
 const FILE_VERSION: u32 = 1;
-/// How long a source is kept after it was last seen, unless the agent says otherwise.
-pub(crate) const DEFAULT_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Strangers kept: the table's share for sources nothing is known about.
 pub(crate) const STRANGERS_KEPT: usize = 1_000;
 /// Known senders kept: a flood spoofing addresses inside a preset's ranges is bounded
@@ -339,8 +337,9 @@ impl DeniedWatch {
         }
     }
 
-    /// The table saved by the previous agent, if any, classified with `index`. A
-    /// file that cannot be read is logged and the table starts empty.
+    /// The table saved by the previous agent, if any, classified with `index`; `keep`
+    /// is the configuration's `denied_keep`. A file that cannot be read is logged and
+    /// the table starts empty.
     pub(crate) fn load(state_dir: &Path, keep: Duration, index: SenderIndex) -> Self {
         let mut watch = Self::new(keep, index);
         match DeniedFile::read(state_dir) {
@@ -573,7 +572,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::senders::IndexBuilder;
+    use crate::{config::DEFAULT_DENIED_KEEP as DEFAULT_KEEP, senders::IndexBuilder};
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()

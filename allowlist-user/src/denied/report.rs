@@ -225,7 +225,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        denied::{DEFAULT_KEEP, DeniedWatch, Observation},
+        config::DEFAULT_DENIED_KEEP as DEFAULT_KEEP,
+        denied::{DeniedWatch, Observation},
         senders::IndexBuilder,
     };
 
