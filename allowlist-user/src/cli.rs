@@ -74,8 +74,8 @@ pub enum Command {
     /// range held, or nothing known. Reads the agent's `denied.json`.
     Denied {
         /// How many sources to show (known senders below them are listed after).
-        #[arg(long, value_name = "N", default_value_t = 20)]
-        top: usize,
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        top: u32,
         /// Only sources seen within this long (e.g. 1h, 2days); by default all that
         /// the agent keeps.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -167,6 +167,37 @@ mod tests {
             "$(POD_IP):9975",
         ] {
             assert!(parse_listen_addr(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn denied_takes_top_since_and_json() {
+        let cli = Cli::try_parse_from(["allowlist", "denied"]).expect("parses");
+        let Command::Denied { top, since, json } = cli.command else {
+            panic!("not denied: {:?}", cli.command)
+        };
+        assert_eq!((top, since, json), (20, None, false));
+        let cli = Cli::try_parse_from([
+            "allowlist",
+            "denied",
+            "--top",
+            "5",
+            "--since",
+            "2h",
+            "--json",
+        ])
+        .expect("parses");
+        let Command::Denied { top, since, json } = cli.command else {
+            panic!("not denied: {:?}", cli.command)
+        };
+        assert_eq!(
+            (top, since, json),
+            (5, Some(Duration::from_secs(7200)), true)
+        );
+        for bad in [["--top", "0"], ["--top", "-1"], ["--since", "soon"]] {
+            let mut args = vec!["allowlist", "denied"];
+            args.extend(bad);
+            assert!(Cli::try_parse_from(&args).is_err(), "{bad:?} accepted");
         }
     }
 
