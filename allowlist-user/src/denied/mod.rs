@@ -8,7 +8,8 @@
 //!   are merged by `(source, first_seen)`: the same entry adds what it gained since
 //!   the last read, a re-created one adds all it has.
 //! - Under a flood the datapath records only part of the denied packets; the counts
-//!   are then scaled by the recorded share of the interval and shown as estimates.
+//!   are then scaled by the recorded share of the interval and shown as estimates
+//!   (which assumes the recorded packets are a fair sample of all denied ones).
 //! - Known senders and strangers are kept apart, each bounded (space-saving: a new
 //!   source in a full table replaces the one with the fewest packets and inherits its
 //!   count as a possible overcount), so a flood of random strangers cannot push a
@@ -126,6 +127,10 @@ pub(crate) struct DeniedFile {
     /// When the datapath was last read.
     #[serde(with = "rfc3339::option")]
     pub read_at: Option<SystemTime>,
+    /// The share of the denied packets that the datapath recorded between its last
+    /// two reads (1 when it recorded them all; absent when it did not say).
+    #[serde(default)]
+    pub recorded_share: Option<f64>,
     pub keep_secs: u64,
     pub strangers_kept: usize,
     pub known_kept: usize,
@@ -311,6 +316,7 @@ pub(crate) struct DeniedWatch {
     counted_before: Option<SystemTime>,
     last_totals: Option<Recording>,
     read_at: Option<SystemTime>,
+    recorded_share: Option<f64>,
     known_packets: BTreeMap<(String, SenderKind, Why), u64>,
     log: FirstDropLog,
     shared: SharedDenied,
@@ -331,6 +337,7 @@ impl DeniedWatch {
             counted_before: None,
             last_totals: None,
             read_at: None,
+            recorded_share: None,
             known_packets: BTreeMap::new(),
             log: FirstDropLog::default(),
             shared: SharedDenied::default(),
@@ -435,7 +442,10 @@ impl DeniedWatch {
     /// The factor from recorded to denied packets since the last read: `None` when
     /// the datapath recorded them all (or says nothing).
     fn scale(&mut self, totals: Option<Recording>) -> Option<f64> {
-        let now = totals?;
+        let Some(now) = totals else {
+            self.recorded_share = None;
+            return None;
+        };
         let since = match self.last_totals.replace(now) {
             Some(last) if now.recorded >= last.recorded && now.unrecorded >= last.unrecorded => {
                 Recording {
@@ -446,6 +456,8 @@ impl DeniedWatch {
             // The first read, or maps that were created again: since they were.
             _ => now,
         };
+        let denied = since.recorded + since.unrecorded;
+        self.recorded_share = (denied > 0).then(|| since.recorded as f64 / denied as f64);
         (since.unrecorded > 0 && since.recorded > 0)
             .then(|| (since.recorded + since.unrecorded) as f64 / since.recorded as f64)
     }
@@ -549,6 +561,7 @@ impl DeniedWatch {
             version: FILE_VERSION,
             written_at: now,
             read_at: self.read_at,
+            recorded_share: self.recorded_share,
             keep_secs: self.keep.as_secs(),
             strangers_kept: self.strangers.capacity,
             known_kept: self.known.capacity,
@@ -667,6 +680,7 @@ mod tests {
         watch.observe(&[obs("192.0.2.1/32", 15, 0, 15)], totals(20, 30), t(20));
         assert_eq!(packets(&watch, "192.0.2.1/32"), Some(10 + 20));
         assert!(watch.strangers.records[&net("192.0.2.1/32")].is_estimate());
+        assert_eq!(watch.file(t(20)).recorded_share, Some(0.25));
         // Maps created again (totals went down): the new totals are the interval's.
         watch.observe(&[obs("192.0.2.1/32", 1, 21, 25)], totals(1, 1), t(30));
         assert_eq!(packets(&watch, "192.0.2.1/32"), Some(30 + 2));

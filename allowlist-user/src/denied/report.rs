@@ -70,6 +70,9 @@ pub(crate) struct Report {
     pub written_at: SystemTime,
     #[serde(with = "rfc3339::option")]
     pub read_at: Option<SystemTime>,
+    /// The share of the denied packets the datapath recorded between its last two
+    /// reads: below 1, the counts are scaled up (estimates).
+    pub recorded_share: Option<f64>,
     /// Sources are forgotten this long after they were last seen.
     pub keep_secs: u64,
     /// Only sources seen within this (all kept when `None`).
@@ -108,6 +111,7 @@ impl Report {
         Report {
             written_at: file.written_at,
             read_at: file.read_at,
+            recorded_share: file.recorded_share,
             keep_secs: file.keep_secs,
             since_secs: since.map(|d| d.as_secs()),
             sources: records.len(),
@@ -162,6 +166,13 @@ impl Report {
                 .map(|t| format!(", datapath read {} ago", ago(t)))
                 .unwrap_or_default()
         );
+        if let Some(share) = self.recorded_share.filter(|&s| s < 1.0) {
+            let _ = writeln!(
+                s,
+                "(a flood: the datapath recorded {:.1}% of the denied packets at its last read; the counts of that read are scaled up, ≈)",
+                share * 100.0
+            );
+        }
         if self.top.is_empty() {
             let _ = writeln!(s, "no denied source");
             return s;
@@ -226,7 +237,7 @@ mod tests {
     use super::*;
     use crate::{
         config::DEFAULT_DENIED_KEEP as DEFAULT_KEEP,
-        denied::{DeniedWatch, Observation},
+        denied::{DeniedWatch, Observation, Recording},
         senders::IndexBuilder,
     };
 
@@ -275,7 +286,11 @@ mod tests {
         reads.push(obs("140.82.115.7/32", 3, 50));
         reads.push(obs("198.51.100.7/32", 2, 3600));
         reads.push(obs("2001:db8:1:2::/64", 60, 10));
-        watch.observe(&reads, None, t(3600));
+        let totals = Recording {
+            recorded: reads.iter().map(|o| o.packets).sum(),
+            unrecorded: 0,
+        };
+        watch.observe(&reads, Some(totals), t(3600));
         watch.file(t(3601))
     }
 
@@ -324,6 +339,16 @@ mod tests {
         assert!(text.contains("  8443  "), "the port: {text}");
         assert!(text.contains("nothing known"), "{text}");
         assert!(text.contains(" ≈"), "the overcounted strangers: {text}");
+        assert!(!text.contains("a flood:"), "all were recorded: {text}");
+        let flooded = Report {
+            recorded_share: Some(0.125),
+            ..report
+        };
+        assert!(
+            flooded.render(t(3700)).contains("\n(a flood: the datapath recorded 12.5% of the denied packets at its last read; the counts of that read are scaled up, ≈)\n"),
+            "{}",
+            flooded.render(t(3700))
+        );
     }
 
     #[test]
