@@ -246,7 +246,8 @@ pub async fn run(
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = metrics::serve(addr, shared, pin_dir, stopped).await {
+            // The denied sources' metrics come with the datapath's watch of them.
+            if let Err(e) = metrics::serve(addr, shared, None, pin_dir, stopped).await {
                 error!(%addr, error = %e, "the metrics endpoint failed");
             }
         })

@@ -82,6 +82,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The denied sources the agent recorded, by packets, and what each is: a
+    /// webhook sender that a preset lists, or that a refused update or a removed
+    /// range held, or nothing known. Reads the agent's `denied.json`.
+    Denied {
+        /// How many sources to show (known senders below them are listed after).
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        top: u32,
+        /// Only sources seen within this long (e.g. 1h, 2days); by default all that
+        /// the agent keeps.
+        #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+        since: Option<Duration>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Make the running agent re-read its configuration and refresh now (SIGHUP).
     Reload,
     /// Detach the filter from every interface, remove every pin, stop the agent.
@@ -217,6 +231,37 @@ mod tests {
                 .expect_err(bad)
                 .to_string();
             assert!(err.contains("not a duration"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn denied_takes_top_since_and_json() {
+        let cli = Cli::try_parse_from(["allowlist", "denied"]).expect("parses");
+        let Command::Denied { top, since, json } = cli.command else {
+            panic!("not denied: {:?}", cli.command)
+        };
+        assert_eq!((top, since, json), (20, None, false));
+        let cli = Cli::try_parse_from([
+            "allowlist",
+            "denied",
+            "--top",
+            "5",
+            "--since",
+            "2h",
+            "--json",
+        ])
+        .expect("parses");
+        let Command::Denied { top, since, json } = cli.command else {
+            panic!("not denied: {:?}", cli.command)
+        };
+        assert_eq!(
+            (top, since, json),
+            (5, Some(Duration::from_secs(7200)), true)
+        );
+        for bad in [["--top", "0"], ["--top", "-1"], ["--since", "soon"]] {
+            let mut args = vec!["allowlist", "denied"];
+            args.extend(bad);
+            assert!(Cli::try_parse_from(&args).is_err(), "{bad:?} accepted");
         }
     }
 

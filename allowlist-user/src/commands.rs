@@ -19,6 +19,7 @@ use crate::{
     config::{self, Config},
     control::{self, LockHolder},
     datapath::{self, Counters, Maps},
+    denied::{DENIED_FILE, DeniedFile, report::Report},
     fetch::Fetcher,
     history::{self, Change, Prefixes},
     prefixes, presets,
@@ -802,6 +803,25 @@ pub async fn fetch(config: &Config, force: bool, json: bool) -> Result<()> {
     }
     println!("(dry run: nothing was changed)");
     verdict()
+}
+
+/// `allowlist denied`: the agent's table of denied sources (it works while the agent
+/// is stopped; the file is what it last wrote).
+pub fn denied(config: &Config, top: usize, since: Option<Duration>, json: bool) -> Result<()> {
+    check_readable(config)?;
+    let Some(file) = DeniedFile::read(&config.state_dir)? else {
+        bail!(
+            "no {DENIED_FILE} in {}: the agent has recorded no denied source yet (is it running with this --config?)",
+            config.state_dir.display()
+        );
+    };
+    let now = SystemTime::now();
+    let report = Report::new(&file, top, since, now);
+    if json {
+        return print_json(&report);
+    }
+    print!("{}", report.render(now));
+    Ok(())
 }
 
 pub fn reload(config: &Config) -> Result<()> {

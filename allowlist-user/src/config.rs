@@ -44,6 +44,10 @@ pub const DEFAULT_RETRIES: u32 = 3;
 pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a `dns` source keeps an address after the last answer that held it.
 pub const DEFAULT_DNS_KEEP: Duration = Duration::from_secs(24 * 3600);
+/// How long the agent keeps a denied source's address after it was last seen.
+pub const DEFAULT_DENIED_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest `denied_keep`: addresses of strangers are not kept for longer.
+pub const MAX_DENIED_KEEP: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// A configuration error, located in the file.
 #[derive(Debug, thiserror::Error)]
@@ -388,6 +392,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub metrics: Option<SocketAddr>,
+    /// How long a denied source's address is kept (in memory and `state_dir`) after
+    /// it was last seen: `allowlist denied` shows what was seen within it.
+    pub denied_keep: Duration,
     pub guards: Guards,
     pub providers: Vec<Provider>,
 }
@@ -675,6 +682,15 @@ checked! {
         d if d.is_zero() => Err("must be longer than 0s".to_owned()),
         d => Ok(d),
     };
+    /// How long a denied source is kept after it was last seen: longer than 0s, at
+    /// most [`MAX_DENIED_KEEP`].
+    DeniedKeep(Duration) from String = |text| match duration(&text)? {
+        d if d.is_zero() => Err("must be longer than 0s".to_owned()),
+        d if d > MAX_DENIED_KEEP => Err(format!(
+            "{text:?} is longer than the maximum of 366 days (addresses of strangers are not kept longer)"
+        )),
+        d => Ok(d),
+    };
     /// The DNS server a `dns` source asks: an address with a port, or an address
     /// (port 53).
     Nameserver(SocketAddr) from String = |text| {
@@ -894,6 +910,7 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     pin_dir: Option<PathBuf>,
     metrics: Option<Listen>,
+    denied_keep: Option<DeniedKeep>,
     proxy: Option<Proxy>,
     #[serde(default)]
     guards: Guards,
@@ -1013,6 +1030,7 @@ fn resolve(raw: RawConfig, origin: &Path) -> Result<Config, Problem> {
         state_dir: raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
         pin_dir: raw.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
         metrics: raw.metrics.map(SocketAddr::from),
+        denied_keep: raw.denied_keep.map_or(DEFAULT_DENIED_KEEP, Duration::from),
         guards: raw.guards,
         providers,
     })
@@ -1489,6 +1507,7 @@ static = ["203.0.113.0/24", "2001:db8::/48"]
         assert_eq!(config.state_dir, Path::new(DEFAULT_STATE_DIR));
         assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
         assert_eq!(config.metrics, None);
+        assert_eq!(config.denied_keep, DEFAULT_DENIED_KEEP);
         let snapshot = config.source("s/stripe-webhooks").unwrap().snapshot.clone();
         assert_eq!(snapshot.unwrap().as_of.as_deref(), Some("2026-01-26"));
     }
@@ -1501,6 +1520,7 @@ interfaces = ["eth0", { name = "eth1", mode = "native" }, { name = "veth2", mode
 ports = [8443, 443, 443]
 mode = "monitor"
 refresh = "15s"
+denied_keep = "2days"
 [guards]
 max_shrink = 0.25
 min_prefix_v4 = 16
@@ -1532,6 +1552,7 @@ file = "/etc/allowlist/extra.txt"
         assert_eq!(config.ports, [443, 8443]);
         assert_eq!(config.mode, Mode::Monitor);
         assert_eq!(config.refresh, Duration::from_secs(15));
+        assert_eq!(config.denied_keep, Duration::from_secs(2 * 24 * 3600));
         assert_eq!(
             config.guards,
             Guards {
@@ -1700,6 +1721,18 @@ items = "."
                 2,
                 "refresh",
                 "not a duration",
+            ),
+            (
+                "interfaces = [\"eth0\"]\ndenied_keep = \"0s\"\n",
+                2,
+                "denied_keep",
+                "longer than 0s",
+            ),
+            (
+                "interfaces = [\"eth0\"]\ndenied_keep = \"400days\"\n",
+                2,
+                "denied_keep",
+                "longer than the maximum of 366 days",
             ),
             (
                 "interfaces = [\"eth0\"]\nmetrics = \"localhost\"\n",

@@ -60,6 +60,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             source,
             json,
         } => commands::history(&config, since, source.as_deref(), json),
+        Command::Denied { top, since, json } => {
+            commands::denied(&config, top as usize, since, json)
+        }
         Command::Reload => commands::reload(&config),
         Command::Detach => commands::detach(&config),
         Command::Run(_) | Command::Presets => unreachable!("handled above"),

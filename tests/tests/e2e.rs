@@ -1081,3 +1081,133 @@ fn a_preset_from_a_mirror_and_a_dns_source() {
     assert!(kinds.contains(&"dns"), "{sources:#}");
     assert!(!dns.queries().is_empty());
 }
+
+/// `allowlist denied` reads the table the agent left in `state_dir` (no agent needs to
+/// run): the top sources by packets, the known senders below them, what each is, and
+/// `--json`; a missing table and a user who may not read `state_dir` get one line.
+#[test]
+fn denied_shows_the_agents_table_of_denied_sources() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir(&state_dir).unwrap();
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let config = dir.path().join("allowlist.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interfaces = [\"eth0\"]\nstate_dir = \"{}\"\npin_dir = \"{}\"\n[[provider]]\nname = \"partner\"\n[[provider.source]]\nstatic = [\"192.0.2.0/24\"]\n",
+            state_dir.display(),
+            dir.path().join("pins").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let denied = |args: &[&str]| {
+        allowlist_tests::run(
+            std::process::Command::new(binary())
+                .arg("denied")
+                .arg("--config")
+                .arg(&config)
+                .args(args),
+        )
+    };
+
+    let out = denied(&[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no denied.json in"), "{}", text(&out));
+
+    // As the agent writes it (mode 0600): a flood's stranger, a known sender.
+    let table = r#"{
+  "version": 1,
+  "written_at": "2026-12-02T02:00:00Z",
+  "read_at": "2026-12-02T02:00:00Z",
+  "keep_secs": 604800,
+  "strangers_kept": 1000,
+  "known_kept": 10000,
+  "strangers_forgotten": 5,
+  "known_forgotten": 0,
+  "records": [
+    {"source": "198.51.100.7/32", "packets": 31, "port": 443,
+     "first_seen": "2026-12-01T10:03:00Z", "last_seen": "2026-12-01T11:40:00Z",
+     "known": [{"why": "refused_update", "provider": "partner", "source": "partner/0",
+                "prefix": "198.51.100.0/24", "at": "2026-12-01T10:02:00Z", "guard": "shrink"}]},
+    {"source": "203.0.113.54/32", "packets": 900, "overcount": 100, "estimated": false,
+     "port": 8443, "first_seen": "2026-12-01T23:10:00Z", "last_seen": "2026-12-02T01:59:00Z",
+     "known": []}
+  ]
+}
+"#;
+    let file = state_dir.join("denied.json");
+    std::fs::write(&file, table).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let out = denied(&["--top", "1"]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.starts_with("2 distinct denied sources (kept for 7days after they were last seen), 1 of them known senders; 5 more strangers were let go"),
+        "{shown}"
+    );
+    let lines: Vec<&str> = shown.lines().collect();
+    let stranger = lines.iter().position(|l| l.starts_with("203.0.113.54 "));
+    let below = lines
+        .iter()
+        .position(|l| *l == "known senders below the top 1:");
+    let known = lines.iter().position(|l| l.starts_with("198.51.100.7 "));
+    assert!(
+        stranger < below && below < known && stranger.is_some(),
+        "{shown}"
+    );
+    let known_line = lines[known.unwrap()];
+    assert!(
+        known_line.ends_with(
+            "in partner's update of 2026-12-01 10:02, refused by the shrink guard (198.51.100.0/24)"
+        ),
+        "{known_line}"
+    );
+    assert!(lines[stranger.unwrap()].contains("≈900"), "{shown}");
+    assert!(
+        lines[stranger.unwrap()].ends_with("nothing known"),
+        "{shown}"
+    );
+
+    let out = denied(&["--json", "--since", "100years"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["sources"], 2);
+    assert_eq!(json["top"][0]["source"], "203.0.113.54");
+    assert_eq!(json["top"][0]["estimated"], true);
+    assert_eq!(json["top"][1]["known"][0]["why"], "refused_update");
+    assert_eq!(json["top"][1]["port"], 443);
+    let out = denied(&["--since", "1s"]);
+    assert!(
+        text(&out).starts_with("0 distinct denied sources (seen in the last 1s)"),
+        "{}",
+        text(&out)
+    );
+
+    // Another user may not read the agent's state_dir.
+    let mut cmd = std::process::Command::new(binary());
+    cmd.arg("denied").arg("--config").arg(&config);
+    // SAFETY: setgid/setuid are async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run as nobody");
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(
+        msg.contains("cannot read state_dir") && msg.contains("root"),
+        "{msg}"
+    );
+}
