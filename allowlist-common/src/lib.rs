@@ -16,8 +16,14 @@ pub mod maps {
     pub const FRAGS_V6: &str = "FRAGS_V6";
     pub const FAST_V4: &str = "FAST_V4";
     pub const FAST_V4_GROUPS: &str = "FAST_V4_GROUPS";
+    pub const DENIED_SOURCES: &str = "DENIED_SOURCES";
+    pub const WATCH_SETTINGS: &str = "WATCH_SETTINGS";
+    pub const WATCH_STATE: &str = "WATCH_STATE";
+    /// The maps of the denied-source watch (see [`super::watch`]). A filter pinned by a
+    /// build before the watch lacks them: the next agent creates and pins them.
+    pub const WATCH: [&str; 3] = [DENIED_SOURCES, WATCH_SETTINGS, WATCH_STATE];
     /// Every map the program owns, in the order the agent pins them.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 13] = [
         ALLOW_V4,
         ALLOW_V6,
         PORTS,
@@ -28,6 +34,9 @@ pub mod maps {
         FRAGS_V6,
         FAST_V4,
         FAST_V4_GROUPS,
+        DENIED_SOURCES,
+        WATCH_SETTINGS,
+        WATCH_STATE,
     ];
 }
 
@@ -128,6 +137,118 @@ pub mod fast {
     /// The block (top 24 bits) of an address given as its 32-bit value.
     pub const fn block(addr: u32) -> u32 {
         addr >> 8
+    }
+}
+
+/// The denied-source watch: the program records the sources of packets it drops (or
+/// would drop, in monitor mode) for [`Reason::NotAllowlisted`], TCP to a protected
+/// port from a source not in the list, in `DENIED_SOURCES`.
+///
+/// - `DENIED_SOURCES` is an LRU hash with per-CPU values ([`CAPACITY`] entries), keyed
+///   by [`Key`]: an IPv4 source as its IPv4-mapped IPv6 address, an IPv6 source as its
+///   /64. Each CPU counts its own packets in its own [`DeniedSource`], without atomics;
+///   the agent sums them.
+/// - Recording is rate-limited per CPU by a token bucket ([`WatchState`] in the per-CPU
+///   `WATCH_STATE`), so that a flood of random sources costs the drop path almost
+///   nothing and cannot churn the map faster than [`WatchSettings::rate`] entries per
+///   second per CPU. The bucket is refilled at most once per kernel tick (the program
+///   reads `jiffies`, which the verifier inlines as one load), by the coarse
+///   nanoseconds elapsed since the last refill, so the agent states the rate per
+///   second without knowing the kernel's HZ. While the denied rate is below the budget
+///   every denied packet is recorded; above it, the first packets of each tick are, so
+///   a source's chance of being recorded is its share of the denied packets.
+/// - A denied packet that is not recorded is counted nowhere else: the not-recorded
+///   count is the `NotAllowlisted` counters (drops and would-drops) minus
+///   [`WatchState::recorded`] summed over CPUs.
+pub mod watch {
+    /// Entries in `DENIED_SOURCES`.
+    pub const CAPACITY: usize = 16_384;
+    /// The bucket's credit is in packet-nanoseconds: recording one packet costs
+    /// [`COST`], and each nanosecond adds `rate`.
+    pub const COST: u64 = 1_000_000_000;
+    /// How much time's worth of records the bucket holds: the largest burst recorded at
+    /// once after a quiet spell (at least one packet, whatever the rate). Longer than
+    /// a tick at HZ=100, so that a refill per tick never overflows the bucket.
+    pub const BURST_NS: u64 = 20_000_000;
+    /// The longest interval one refill credits; the bucket is full by then at any rate.
+    const MAX_ELAPSED_NS: u64 = 1_000_000_000;
+
+    /// The key of `DENIED_SOURCES`: an IPv6 address, or an IPv4 one mapped into IPv6
+    /// (`::ffff:a.b.c.d`), in network byte order. IPv6 sources are kept per /64 (the
+    /// low 64 bits are zero): a host picks its interface identifier at will.
+    pub type Key = [u8; 16];
+
+    pub const fn key_v4(addr: [u8; 4]) -> Key {
+        [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+        ]
+    }
+
+    pub const fn key_v6(addr: [u8; 16]) -> Key {
+        [
+            addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7], 0, 0, 0, 0, 0,
+            0, 0, 0,
+        ]
+    }
+
+    /// A value of `DENIED_SOURCES`: one CPU's record of a source. A CPU that has not
+    /// recorded the source holds zeros (`packets == 0`).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct DeniedSource {
+        /// Packets recorded (not every denied packet once the budget is spent).
+        pub packets: u64,
+        /// `CLOCK_MONOTONIC_COARSE` nanoseconds of the first and the last record.
+        pub first_seen_ns: u64,
+        pub last_seen_ns: u64,
+        /// The destination port of the last record.
+        pub port: u16,
+        pub _pad: [u8; 6],
+    }
+
+    /// The single entry of the `WATCH_SETTINGS` array, written by the agent.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct WatchSettings {
+        /// Denied packets recorded per second and per CPU at most; 0 turns the watch
+        /// off (a fresh map holds 0: nothing is recorded until the agent says so).
+        pub rate: u32,
+        /// Changed by the agent each time it rewrites the settings; for inspection only.
+        pub generation: u32,
+    }
+
+    /// One CPU's bucket, in the per-CPU `WATCH_STATE` array; written by the program.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct WatchState {
+        /// `jiffies` at the last refill.
+        pub tick: u64,
+        /// Packet-nanoseconds available (see [`COST`]).
+        pub credit: u64,
+        /// `CLOCK_MONOTONIC_COARSE` nanoseconds at the last refill.
+        pub refilled_ns: u64,
+        /// Packets recorded by this CPU since the map was created.
+        pub recorded: u64,
+    }
+
+    /// The bucket's credit after `elapsed_ns` at `rate` records per second.
+    pub const fn refill(credit: u64, rate: u32, elapsed_ns: u64) -> u64 {
+        if rate == 0 {
+            return 0;
+        }
+        let rate = rate as u64;
+        let elapsed = if elapsed_ns < MAX_ELAPSED_NS {
+            elapsed_ns
+        } else {
+            MAX_ELAPSED_NS
+        };
+        let mut cap = rate * BURST_NS;
+        if cap < COST {
+            cap = COST;
+        }
+        // Neither product overflows: rate < 2^32 and both factors are at most 10^9.
+        let credit = credit.saturating_add(rate * elapsed);
+        if credit < cap { credit } else { cap }
     }
 }
 
@@ -278,6 +399,9 @@ mod pod {
     unsafe impl aya::Pod for FragKeyV4 {}
     unsafe impl aya::Pod for FragKeyV6 {}
     unsafe impl aya::Pod for FragVerdict {}
+    unsafe impl aya::Pod for watch::DeniedSource {}
+    unsafe impl aya::Pod for watch::WatchSettings {}
+    unsafe impl aya::Pod for watch::WatchState {}
 }
 
 #[cfg(test)]
@@ -315,5 +439,44 @@ mod tests {
         assert_eq!(size_of::<FragKeyV4>(), 12);
         assert_eq!(size_of::<FragKeyV6>(), 36);
         assert_eq!(size_of::<Settings>(), 8);
+        assert_eq!(size_of::<watch::DeniedSource>(), 32);
+        assert_eq!(size_of::<watch::WatchSettings>(), 8);
+        assert_eq!(size_of::<watch::WatchState>(), 32);
+    }
+
+    #[test]
+    fn watch_keys() {
+        let v4 = watch::key_v4([192, 0, 2, 7]);
+        assert_eq!(
+            std::net::Ipv6Addr::from(v4),
+            "::ffff:192.0.2.7".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        let a: std::net::Ipv6Addr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
+        assert_eq!(
+            std::net::Ipv6Addr::from(watch::key_v6(a.octets())),
+            "2001:db8:1:2::".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn watch_bucket() {
+        use watch::{BURST_NS, COST, refill};
+        // Off: no credit, whatever was left.
+        assert_eq!(refill(5 * COST, 0, 1_000_000), 0);
+        // 1/s: a full bucket is one packet, and it takes a second to fill.
+        assert_eq!(refill(0, 1, u64::MAX), COST);
+        assert!(refill(0, 1, 999_999_999) < COST);
+        // 2000/s: 2 packets per millisecond, at most 20 ms' worth (40 packets).
+        assert_eq!(refill(0, 2000, 1_000_000), 2 * COST);
+        assert_eq!(refill(0, 2000, 10 * BURST_NS), 2000 * BURST_NS);
+        assert_eq!(refill(2000 * BURST_NS, 2000, 1), 2000 * BURST_NS);
+        // Fractions carry over from one refill to the next.
+        let mut credit = 0;
+        for _ in 0..3 {
+            credit = refill(credit, 500, 1_000_000);
+        }
+        assert_eq!(credit, 3 * COST / 2);
+        // The largest rate does not overflow.
+        assert_eq!(refill(0, u32::MAX, u64::MAX), u32::MAX as u64 * BURST_NS);
     }
 }

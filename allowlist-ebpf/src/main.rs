@@ -24,6 +24,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod parse;
+mod watch;
 
 // The library target exists only for allowlist-user's build-dependency (see lib.rs).
 use allowlist_ebpf as _;
@@ -261,6 +262,7 @@ fn judge_l4(src: Source, proto: u8, dst_port: u16) -> Reason {
         } else if allowed(src) {
             Reason::Allowlisted
         } else {
+            watch::denied(src, dst_port);
             Reason::NotAllowlisted
         }
     } else if is_opaque(proto) {

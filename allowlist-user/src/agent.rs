@@ -354,6 +354,7 @@ fn apply_settings(filter: &mut Filter, config: &Config) -> Result<()> {
     let maps = filter.maps_mut();
     maps.set_ports(&config.ports.iter().copied().collect())?;
     maps.set_monitor(config.mode == Mode::Monitor)?;
+    maps.set_watch(config.watch.datapath_rate())?;
     Ok(())
 }
 
@@ -582,7 +583,7 @@ impl Agent {
         new.state_dir = self.config.state_dir.clone();
         new.metrics = self.config.metrics;
         if let Err(e) = apply_settings(&mut self.filter, &new) {
-            error!(error = %format!("{e:#}"), "reload: could not apply ports and mode");
+            error!(error = %format!("{e:#}"), "reload: could not apply ports, mode and watch");
         }
         // Interfaces already filtered stay filtered whatever happens to the others.
         let changes = self.filter.reconcile(&new.interfaces);

@@ -40,6 +40,11 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(1);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_RETRIES: u32 = 3;
+/// Denied packets each CPU's denied-source watch records per second, unless
+/// `[watch] rate_per_cpu` says.
+pub const DEFAULT_WATCH_RATE: u32 = 2000;
+/// The largest `rate_per_cpu`: beyond it a flood would churn the watch's map.
+pub const MAX_WATCH_RATE: u32 = 1_000_000;
 /// How long a `dns` source waits for one answer (per attempt) unless `timeout` says.
 pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a `dns` source keeps an address after the last answer that held it.
@@ -156,6 +161,34 @@ impl Default for Guards {
             min_prefix_v4: 8,
             min_prefix_v6: 19,
             allow_empty: false,
+        }
+    }
+}
+
+/// The denied-source watch: the filter records the sources it denies (TCP to a
+/// protected port from a source not in the list; would-drops in monitor mode too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Watch {
+    pub enabled: bool,
+    /// Denied packets recorded per second and per CPU at most; beyond it the filter
+    /// records a share of them and counts the rest (`allowlist_common::watch`).
+    #[serde(deserialize_with = "via::<WatchRate, _, _>")]
+    pub rate_per_cpu: u32,
+}
+
+impl Watch {
+    /// The rate the program is given: 0 when the watch is off.
+    pub fn datapath_rate(&self) -> u32 {
+        if self.enabled { self.rate_per_cpu } else { 0 }
+    }
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch {
+            enabled: true,
+            rate_per_cpu: DEFAULT_WATCH_RATE,
         }
     }
 }
@@ -396,6 +429,7 @@ pub struct Config {
     /// it was last seen: `allowlist denied` shows what was seen within it.
     pub denied_keep: Duration,
     pub guards: Guards,
+    pub watch: Watch,
     pub providers: Vec<Provider>,
 }
 
@@ -628,6 +662,12 @@ checked! {
     MaxBytes(u64) from i64 = |n| match u64::try_from(n) {
         Ok(bytes) if bytes > 0 => Ok(bytes),
         _ => Err(format!("{n} is not a positive byte count")),
+    };
+    /// The watch's recording rate per CPU.
+    WatchRate(u32) from i64 = |n| match u32::try_from(n) {
+        Ok(rate) if (1..=MAX_WATCH_RATE).contains(&rate) => Ok(rate),
+        Ok(0) => Err("0 records nothing: to turn the watch off, set enabled = false".to_owned()),
+        _ => Err(format!("{n} is not a rate between 1 and {MAX_WATCH_RATE} records per second")),
     };
     /// A fraction between 0 and 1.
     Fraction(f64) from f64 = |x| match x {
@@ -915,6 +955,8 @@ struct RawConfig {
     #[serde(default)]
     guards: Guards,
     #[serde(default)]
+    watch: Watch,
+    #[serde(default)]
     provider: Vec<Spanned<RawProvider>>,
 }
 
@@ -1032,6 +1074,7 @@ fn resolve(raw: RawConfig, origin: &Path) -> Result<Config, Problem> {
         metrics: raw.metrics.map(SocketAddr::from),
         denied_keep: raw.denied_keep.map_or(DEFAULT_DENIED_KEEP, Duration::from),
         guards: raw.guards,
+        watch: raw.watch,
         providers,
     })
 }
@@ -1431,6 +1474,8 @@ static = ["203.0.113.0/24", "2001:db8::/48"]
         assert_eq!(config.refresh, Duration::from_secs(3600));
         assert_eq!(config.metrics, Some("127.0.0.1:9975".parse().unwrap()));
         assert_eq!(config.guards, Guards::default());
+        assert_eq!(config.watch, Watch::default());
+        assert_eq!(config.watch.datapath_rate(), DEFAULT_WATCH_RATE);
         assert_eq!(
             config.source_ids(),
             ["intercom/intercom-us", "partner/0", "office/0"]
@@ -1526,6 +1571,8 @@ max_shrink = 0.25
 min_prefix_v4 = 16
 min_prefix_v6 = 32
 allow_empty = true
+[watch]
+rate_per_cpu = 500
 [[provider]]
 name = "fresh"
 preset = "freshworks-eu"
@@ -1562,6 +1609,14 @@ file = "/etc/allowlist/extra.txt"
                 allow_empty: true
             }
         );
+        assert_eq!(
+            config.watch,
+            Watch {
+                enabled: true,
+                rate_per_cpu: 500
+            }
+        );
+        assert_eq!(config.watch.datapath_rate(), 500);
         assert_eq!(
             config.source_ids(),
             ["fresh/freshworks-eu", "fresh/0", "fresh/1"]
@@ -1751,6 +1806,30 @@ items = "."
                 3,
                 "guards.min_prefix_v6",
                 "not a prefix length",
+            ),
+            (
+                "interfaces = [\"eth0\"]\n[watch]\nrate_per_cpu = 0\n",
+                3,
+                "watch.rate_per_cpu",
+                "to turn the watch off, set enabled = false",
+            ),
+            (
+                "interfaces = [\"eth0\"]\n[watch]\nrate_per_cpu = 1000001\n",
+                3,
+                "watch.rate_per_cpu",
+                "not a rate between 1 and 1000000",
+            ),
+            (
+                "interfaces = [\"eth0\"]\n[watch]\nenabled = \"yes\"\n",
+                3,
+                "watch.enabled",
+                "invalid type",
+            ),
+            (
+                "interfaces = [\"eth0\"]\n[watch]\nrate = 10\n",
+                3,
+                "watch.rate",
+                "unknown field",
             ),
             (
                 "interfaces = [{ name = \"eth0\", mode = \"fast\" }]\n",

@@ -20,6 +20,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use super::{
     DatapathError,
     fast::{FastReport, FastV4, Session},
+    watch::{DeniedEntry, Watch},
 };
 
 pub struct Maps {
@@ -32,6 +33,9 @@ pub struct Maps {
     /// `None` only for pins left by a build without the fast table (read-only use by
     /// the CLI until the agent restarts and creates it).
     fast_v4: Option<FastV4>,
+    /// `None` only for pins left by a build without the denied-source watch (the
+    /// agent's next load creates its maps).
+    watch: Option<Watch>,
 }
 
 /// Packet counters summed over CPUs.
@@ -43,6 +47,11 @@ pub struct Counters {
     pub would_drop: Vec<u64>,
     /// Observation counters, by name.
     pub observed: BTreeMap<&'static str, u64>,
+    /// Packets denied for `not_allowlisted` (dropped or would-drop) that the
+    /// denied-source watch recorded, and those it did not (its budget was spent, it
+    /// was off, or the filter predates it).
+    pub watch_recorded: u64,
+    pub watch_not_recorded: u64,
 }
 
 impl Counters {
@@ -77,6 +86,7 @@ impl Maps {
                     .ok_or_else(|| DatapathError::MissingMap(name.to_owned()))
             },
             true,
+            true,
         )
     }
 
@@ -93,13 +103,19 @@ impl Maps {
                 source,
             })
         };
-        // A filter pinned by a build without the fast table has the tries alone.
-        Self::from_maps(open, dir.join(names::FAST_V4).exists())
+        // A filter pinned by a build without the fast table has the tries alone; one
+        // pinned before the watch has no watch maps.
+        Self::from_maps(
+            open,
+            dir.join(names::FAST_V4).exists(),
+            names::WATCH.iter().all(|name| dir.join(name).exists()),
+        )
     }
 
     fn from_maps(
         mut get: impl FnMut(&str) -> Result<Map, DatapathError>,
         with_fast_table: bool,
+        with_watch: bool,
     ) -> Result<Self, DatapathError> {
         Ok(Self {
             allow_v4: typed(&mut get, names::ALLOW_V4)?,
@@ -111,6 +127,15 @@ impl Maps {
             fast_v4: if with_fast_table {
                 let table = get(names::FAST_V4)?;
                 Some(fast_v4(table, typed(&mut get, names::FAST_V4_GROUPS)?)?)
+            } else {
+                None
+            },
+            watch: if with_watch {
+                Some(Watch::new(
+                    typed(&mut get, names::DENIED_SOURCES)?,
+                    typed(&mut get, names::WATCH_SETTINGS)?,
+                    typed(&mut get, names::WATCH_STATE)?,
+                ))
             } else {
                 None
             },
@@ -158,6 +183,34 @@ impl Maps {
         self.settings
             .set(0, next, 0)
             .map_err(map_err(names::SETTINGS))
+    }
+
+    fn watch(&self) -> Result<&Watch, DatapathError> {
+        self.watch.as_ref().ok_or_else(missing_watch)
+    }
+
+    /// Sets how many denied packets each CPU records per second at most (see
+    /// `allowlist_common::watch`); 0 turns the watch off.
+    pub fn set_watch(&mut self, rate_per_cpu: u32) -> Result<(), DatapathError> {
+        self.watch
+            .as_mut()
+            .ok_or_else(missing_watch)?
+            .set_rate(rate_per_cpu)
+    }
+
+    /// The watch's recording rate per CPU and second (0: off); `None` for a filter
+    /// pinned by a build without the watch.
+    pub fn watch_rate(&self) -> Result<Option<u32>, DatapathError> {
+        self.watch
+            .as_ref()
+            .map(|w| w.settings().map(|s| s.rate))
+            .transpose()
+    }
+
+    /// The sources the watch holds (up to `allowlist_common::watch::CAPACITY`; the
+    /// least recently recorded make room for new ones).
+    pub fn denied_sources(&self) -> Result<Vec<DeniedEntry>, DatapathError> {
+        self.watch()?.entries()
     }
 
     /// The fast table, mapped for writing until the session is dropped.
@@ -235,12 +288,19 @@ impl Maps {
     }
 
     pub fn counters(&self) -> Result<Counters, DatapathError> {
+        // Read before the counters, so that it never exceeds the denied packets.
+        let recorded = match &self.watch {
+            Some(watch) => watch.recorded()?,
+            None => 0,
+        };
         let mut slots = Vec::with_capacity(counter::SLOTS as usize);
         for values in self.counters.iter() {
             let values = values.map_err(map_err(names::COUNTERS))?;
             slots.push(values.iter().sum::<u64>());
         }
         let n = Reason::COUNT as usize;
+        let denied = slots[counter::exit(Reason::NotAllowlisted) as usize]
+            + slots[counter::would_drop(Reason::NotAllowlisted) as usize];
         Ok(Counters {
             exits: slots[..n].to_vec(),
             would_drop: slots[n..2 * n].to_vec(),
@@ -248,6 +308,8 @@ impl Maps {
                 .iter()
                 .map(|(slot, name)| (*name, slots[*slot as usize]))
                 .collect(),
+            watch_recorded: recorded,
+            watch_not_recorded: denied.saturating_sub(recorded),
         })
     }
 
@@ -274,7 +336,14 @@ fn fast_v4(
     Ok(FastV4::new(table, groups))
 }
 
-fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+fn missing_watch() -> DatapathError {
+    DatapathError::MissingMap(format!(
+        "{} (the filter was pinned by a build without the denied-source watch; the agent creates it when it starts)",
+        names::DENIED_SOURCES
+    ))
+}
+
+pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map {
         name: name.to_owned(),
         source,

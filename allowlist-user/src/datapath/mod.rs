@@ -6,6 +6,7 @@ mod link;
 mod maps;
 mod pins;
 pub mod sync;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -27,6 +28,7 @@ pub use pins::{
     prepare_pin_dir, remove_all as remove_pins,
 };
 pub use sync::SyncReport;
+pub use watch::DeniedEntry;
 
 /// The compiled XDP program, built by build.rs from the `allowlist-ebpf` crate.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/allowlist"));

@@ -7,6 +7,7 @@
 )]
 
 mod frames;
+mod watch;
 
 use std::{
     collections::BTreeSet,
