@@ -51,7 +51,7 @@ pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_DNS_KEEP: Duration = Duration::from_secs(24 * 3600);
 /// How long the agent keeps a denied source's address after it was last seen.
 pub const DEFAULT_DENIED_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
-/// The longest `denied_keep`: addresses of strangers are not kept for longer.
+/// The longest `[watch] keep`: addresses of strangers are not kept for longer.
 pub const MAX_DENIED_KEEP: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// A configuration error, located in the file.
@@ -175,6 +175,11 @@ pub struct Watch {
     /// records a share of them and counts the rest (`allowlist_common::watch`).
     #[serde(deserialize_with = "via::<WatchRate, _, _>")]
     pub rate_per_cpu: u32,
+    /// How long the agent keeps a denied source's address (in memory and
+    /// `state_dir`) after it was last seen: `allowlist denied` shows what was seen
+    /// within it.
+    #[serde(deserialize_with = "via::<DeniedKeep, _, _>", skip_serializing)]
+    pub keep: Duration,
 }
 
 impl Watch {
@@ -189,6 +194,7 @@ impl Default for Watch {
         Watch {
             enabled: true,
             rate_per_cpu: DEFAULT_WATCH_RATE,
+            keep: DEFAULT_DENIED_KEEP,
         }
     }
 }
@@ -425,9 +431,6 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub metrics: Option<SocketAddr>,
-    /// How long a denied source's address is kept (in memory and `state_dir`) after
-    /// it was last seen: `allowlist denied` shows what was seen within it.
-    pub denied_keep: Duration,
     pub guards: Guards,
     pub watch: Watch,
     pub providers: Vec<Provider>,
@@ -950,7 +953,6 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     pin_dir: Option<PathBuf>,
     metrics: Option<Listen>,
-    denied_keep: Option<DeniedKeep>,
     proxy: Option<Proxy>,
     #[serde(default)]
     guards: Guards,
@@ -1072,7 +1074,6 @@ fn resolve(raw: RawConfig, origin: &Path) -> Result<Config, Problem> {
         state_dir: raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
         pin_dir: raw.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
         metrics: raw.metrics.map(SocketAddr::from),
-        denied_keep: raw.denied_keep.map_or(DEFAULT_DENIED_KEEP, Duration::from),
         guards: raw.guards,
         watch: raw.watch,
         providers,
@@ -1552,7 +1553,7 @@ static = ["203.0.113.0/24", "2001:db8::/48"]
         assert_eq!(config.state_dir, Path::new(DEFAULT_STATE_DIR));
         assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
         assert_eq!(config.metrics, None);
-        assert_eq!(config.denied_keep, DEFAULT_DENIED_KEEP);
+        assert_eq!(config.watch.keep, DEFAULT_DENIED_KEEP);
         let snapshot = config.source("s/stripe-webhooks").unwrap().snapshot.clone();
         assert_eq!(snapshot.unwrap().as_of.as_deref(), Some("2026-01-26"));
     }
@@ -1565,7 +1566,6 @@ interfaces = ["eth0", { name = "eth1", mode = "native" }, { name = "veth2", mode
 ports = [8443, 443, 443]
 mode = "monitor"
 refresh = "15s"
-denied_keep = "2days"
 [guards]
 max_shrink = 0.25
 min_prefix_v4 = 16
@@ -1573,6 +1573,7 @@ min_prefix_v6 = 32
 allow_empty = true
 [watch]
 rate_per_cpu = 500
+keep = "2days"
 [[provider]]
 name = "fresh"
 preset = "freshworks-eu"
@@ -1599,7 +1600,6 @@ file = "/etc/allowlist/extra.txt"
         assert_eq!(config.ports, [443, 8443]);
         assert_eq!(config.mode, Mode::Monitor);
         assert_eq!(config.refresh, Duration::from_secs(15));
-        assert_eq!(config.denied_keep, Duration::from_secs(2 * 24 * 3600));
         assert_eq!(
             config.guards,
             Guards {
@@ -1613,7 +1613,8 @@ file = "/etc/allowlist/extra.txt"
             config.watch,
             Watch {
                 enabled: true,
-                rate_per_cpu: 500
+                rate_per_cpu: 500,
+                keep: Duration::from_secs(2 * 24 * 3600),
             }
         );
         assert_eq!(config.watch.datapath_rate(), 500);
@@ -1778,15 +1779,15 @@ items = "."
                 "not a duration",
             ),
             (
-                "interfaces = [\"eth0\"]\ndenied_keep = \"0s\"\n",
-                2,
-                "denied_keep",
+                "interfaces = [\"eth0\"]\n[watch]\nkeep = \"0s\"\n",
+                3,
+                "watch.keep",
                 "longer than 0s",
             ),
             (
-                "interfaces = [\"eth0\"]\ndenied_keep = \"400days\"\n",
-                2,
-                "denied_keep",
+                "interfaces = [\"eth0\"]\n[watch]\nkeep = \"400days\"\n",
+                3,
+                "watch.keep",
                 "longer than the maximum of 366 days",
             ),
             (

@@ -171,13 +171,6 @@ pub(crate) struct RefusedUpdate {
 /// A prefix that an applied update removed and no later applied update of the same
 /// source added back.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(
-    not(test),
-    allow(
-        dead_code,
-        reason = "for the denied-source matcher (`allowlist denied`)"
-    )
-)]
 pub(crate) struct Removed {
     pub net: IpNet,
     pub source: String,
@@ -362,13 +355,6 @@ pub(crate) fn read(state_dir: &Path) -> Result<Vec<Change>, HistoryError> {
 
 /// Every source's kept refused update, by source id. An unreadable file is skipped
 /// with a warning.
-#[cfg_attr(
-    not(test),
-    allow(
-        dead_code,
-        reason = "for the denied-source matcher (`allowlist denied`)"
-    )
-)]
 pub(crate) fn refused_updates(state_dir: &Path) -> Result<Vec<RefusedUpdate>, HistoryError> {
     let entries = match fs::read_dir(state_dir) {
         Ok(entries) => entries,
@@ -402,13 +388,6 @@ pub(crate) fn refused_updates(state_dir: &Path) -> Result<Vec<RefusedUpdate>, Hi
 /// same source added back (the same prefix or one covering it), latest removal
 /// first. A change that only counted what it added cannot say what it added back:
 /// the removals before it stay.
-#[cfg_attr(
-    not(test),
-    allow(
-        dead_code,
-        reason = "for the denied-source matcher (`allowlist denied`)"
-    )
-)]
 pub(crate) fn removed_ranges(changes: &[Change]) -> Vec<Removed> {
     let mut removed: HashMap<(String, IpNet), Removed> = HashMap::new();
     for change in changes {

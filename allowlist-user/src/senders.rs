@@ -9,13 +9,6 @@
 //! The lookup is a longest-prefix match by hashing: one hash table per prefix length
 //! present, probed from the longest length down (a few dozen probes at most, whatever
 //! the number of prefixes), which also yields every match, not only the longest.
-#![cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the agent builds the index once the datapath's watch of denied sources is wired in (see denied::DeniedWatch)"
-    )
-)]
 
 use std::{
     cmp::Reverse,

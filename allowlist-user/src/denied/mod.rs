@@ -16,13 +16,6 @@
 //!   known sender out.
 //! - A source is forgotten `keep` after it was last seen. Addresses are kept in
 //!   memory and in `state_dir` only.
-#![cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the agent's periodic read of the datapath's denied sources (the watch branch) calls DeniedWatch; `allowlist denied` reads the file already"
-    )
-)]
 
 pub(crate) mod report;
 
@@ -345,7 +338,7 @@ impl DeniedWatch {
     }
 
     /// The table saved by the previous agent, if any, classified with `index`; `keep`
-    /// is the configuration's `denied_keep`. A file that cannot be read is logged and
+    /// is the configuration's `[watch] keep`. A file that cannot be read is logged and
     /// the table starts empty.
     pub(crate) fn load(state_dir: &Path, keep: Duration, index: SenderIndex) -> Self {
         let mut watch = Self::new(keep, index);
