@@ -554,7 +554,8 @@ impl Drop for PacketSocket {
     }
 }
 
-fn syn_frame(src: IpAddr, seq: u32) -> Vec<u8> {
+/// A TCP SYN to the server's :443 from `src`, as the client's interface sends it.
+pub fn syn_frame(src: IpAddr, seq: u32) -> Vec<u8> {
     let eth = etherparse::PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC);
     let ip = match src {
         IpAddr::V4(src) => eth.ipv4(src.octets(), SERVER_V4.octets(), 64),

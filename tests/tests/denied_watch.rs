@@ -204,3 +204,46 @@ fn alert_expression_names(labels: &str, value: f64) {
         serde_json::to_string_pretty(&test).unwrap()
     );
 }
+
+/// Without a flood every denied packet is recorded: the counts are exact, IPv6
+/// sources are kept per /64, and allowed sources are not recorded.
+#[test]
+fn without_a_flood_every_denied_packet_is_counted() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let _provider = world.provider_publishing(&["192.0.2.0/24"], "refresh = \"1h\"");
+    let agent = world.start_agent();
+    world.wait_attached(&agent);
+    let v6 = |last: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, last));
+    let mut seq = 0;
+    for (src, count) in [
+        (v6(0x10), 7),
+        (v6(0x20), 3),
+        (IpAddr::V4(CLIENT_C), 4),
+        (IpAddr::V4(CLIENT_A), 5),
+    ] {
+        for _ in 0..count {
+            seq += 1;
+            world.send_frame(syn_frame(src, seq));
+        }
+    }
+    let mut table = Value::Null;
+    let seen = wait_until(Duration::from_secs(30), || {
+        table = denied(&world, &[]);
+        table["sources"] == 2
+    });
+    assert!(seen, "{table:#}\n{}", agent.log());
+    let v6_row = row(&table, "2001:db8:b::/64").expect("the /64");
+    assert_eq!(v6_row["packets"], 10, "{table:#}");
+    assert_eq!(v6_row["estimated"], false, "{table:#}");
+    let v4_row = row(&table, "203.0.113.10").expect("the stranger");
+    assert_eq!(v4_row["packets"], 4, "{table:#}");
+    assert_eq!(v4_row["estimated"], false, "{table:#}");
+    assert_eq!(v4_row["known"], serde_json::json!([]), "{table:#}");
+    assert!(
+        row(&table, "192.0.2.10").is_none(),
+        "an allowed source: {table:#}"
+    );
+}

@@ -1,6 +1,7 @@
 //! `allowlist denied`: the top denied sources of `denied.json`, and what each is.
 
 use std::{
+    cmp::Reverse,
     fmt::Write as _,
     time::{Duration, SystemTime},
 };
@@ -10,7 +11,7 @@ use serde::Serialize;
 
 use super::{DeniedFile, Record};
 use crate::{
-    senders::{Known, minutes},
+    senders::{Known, Why, minutes},
     state::rfc3339,
 };
 
@@ -91,6 +92,27 @@ pub(crate) struct Report {
     pub known_below_top: Vec<Row>,
 }
 
+/// The known senders among `rest`, at most `n`: first those still dropped (a source
+/// listed in force now was dropped before a sync or by an older list: it passes now),
+/// the most recently seen first, so that an old burst does not hide today's sender.
+fn known_below(rest: &[&Record], n: usize) -> Vec<Row> {
+    let mut known: Vec<&Record> = rest
+        .iter()
+        .copied()
+        .filter(|r| !r.known.is_empty())
+        .collect();
+    known.sort_by_key(|r| {
+        let passes_now = r.known.iter().any(|k| k.why() == Why::InForce);
+        (
+            passes_now,
+            Reverse(r.last_seen),
+            Reverse(r.packets),
+            r.source,
+        )
+    });
+    known.into_iter().take(n).map(Row::new).collect()
+}
+
 impl Report {
     /// The `top` sources of `file` seen within `since` of `now`.
     pub(crate) fn new(
@@ -119,11 +141,7 @@ impl Report {
             strangers_forgotten: file.strangers_forgotten,
             strangers_kept: file.strangers_kept,
             top: shown.iter().map(|r| Row::new(r)).collect(),
-            known_below_top: (rest.iter())
-                .filter(|r| !r.known.is_empty())
-                .take(top)
-                .map(|r| Row::new(r))
-                .collect(),
+            known_below_top: known_below(rest, top),
         }
     }
 
@@ -294,6 +312,48 @@ mod tests {
         watch.file(t(3601))
     }
 
+    /// Below the top, the known senders still dropped come before those that pass
+    /// now (listed in force, dropped before a sync), however many packets those sent.
+    #[test]
+    fn known_senders_still_dropped_come_first_below_the_top() {
+        let config = crate::config::parse(
+            "interfaces = [\"eth0\"]\n[[provider]]\nname = \"partner\"\n[[provider.source]]\nurl = \"https://ranges.example.net/ips.txt\"\n",
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let mut builder = IndexBuilder::from_config(&config);
+        builder.in_force(
+            "partner",
+            "partner/0",
+            &["192.0.2.0/24".parse().unwrap()],
+            Some(t(0)),
+        );
+        builder.refused_update(
+            "partner",
+            "partner/0",
+            t(10),
+            "shrink",
+            &["198.51.100.0/24".parse().unwrap()],
+        );
+        let mut watch = DeniedWatch::new(DEFAULT_KEEP, builder.build());
+        let reads = [
+            obs("203.0.113.9/32", 900, 100),
+            obs("192.0.2.7/32", 500, 200),
+            obs("198.51.100.7/32", 2, 50),
+        ];
+        watch.observe(&reads, None, t(300));
+        let report = Report::new(&watch.file(t(300)), 1, None, t(300));
+        assert_eq!(report.top[0].source, "203.0.113.9");
+        let below: Vec<&str> = (report.known_below_top.iter())
+            .map(|r| r.source.as_str())
+            .collect();
+        assert_eq!(below, ["198.51.100.7"], "only `top` of them");
+        let report = Report::new(&watch.file(t(300)), 2, None, t(300));
+        assert_eq!(report.top[1].source, "192.0.2.7");
+        assert_eq!(report.known_below_top.len(), 1);
+        assert_eq!(report.known_below_top[0].source, "198.51.100.7");
+    }
+
     #[test]
     fn known_senders_are_never_hidden_by_a_flood_of_strangers() {
         let file = file();
@@ -306,7 +366,8 @@ mod tests {
         let below: Vec<&str> = (report.known_below_top.iter())
             .map(|r| r.source.as_str())
             .collect();
-        assert_eq!(below, ["140.82.115.7", "198.51.100.7"]);
+        // The most recently seen first.
+        assert_eq!(below, ["198.51.100.7", "140.82.115.7"]);
         let text = report.render(t(3700));
         assert!(
             text.starts_with("102 distinct denied sources (kept for 7days after they were last seen), 2 of them known senders; 201 more strangers were let go (the table keeps the 100 with the most packets)\n"),
