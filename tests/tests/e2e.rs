@@ -930,15 +930,7 @@ fn bad_input_exits_nonzero_and_attaches_nothing() {
     make_world_readable(&world);
     let mut cmd = world.server.command(binary());
     cmd.args(["run", "--config"]).arg(world.config_path());
-    // SAFETY: setgid/setuid are async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    allowlist_tests::as_nobody(&mut cmd);
     let out = cmd.output().expect("run as nobody");
     assert!(!out.status.success());
     let msg = text(&out);
@@ -1194,15 +1186,7 @@ fn denied_shows_the_agents_table_of_denied_sources() {
     // Another user may not read the agent's state_dir.
     let mut cmd = std::process::Command::new(binary());
     cmd.arg("denied").arg("--config").arg(&config);
-    // SAFETY: setgid/setuid are async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    allowlist_tests::as_nobody(&mut cmd);
     let out = cmd.output().expect("run as nobody");
     assert!(!out.status.success());
     let msg = text(&out);
