@@ -45,7 +45,7 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     repeat: u32,
     /// Rounds of each flood case; figures are medians over rounds.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     flood_rounds: usize,
     /// Seconds each flood reading lasts (after a one-second warm-up).
     #[arg(long, default_value_t = 3.0)]

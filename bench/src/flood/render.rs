@@ -20,8 +20,20 @@ fn med(case: &CaseResult, figure: impl Fn(&Sample) -> f64) -> f64 {
 
 fn ratio(value: f64, base: Option<f64>) -> String {
     match base {
-        Some(b) if b > 0.0 => format!("{:.2}×", value / b),
+        Some(b) if b > 0.0 => times(value / b),
         _ => "–".to_owned(),
+    }
+}
+
+/// A ratio with three significant digits (at least two decimals).
+fn times(r: f64) -> String {
+    if r >= 10.0 {
+        format!("{r:.1}×")
+    } else if r >= 0.1 {
+        format!("{r:.2}×")
+    } else {
+        let decimals = (-r.log10()).ceil() as usize + 2;
+        format!("{r:.decimals$}×")
     }
 }
 
@@ -42,7 +54,7 @@ pub(crate) fn table(report: &FloodReport) -> String {
     let base_softirq = base.map(|c| med(c, |s| s.softirq_ns));
     let _ = writeln!(
         t,
-        "| flood: filter | list | reached the veth | dropped by the filter (no filter: taken by the stack) | ÷ no filter | ÷ nftables | backlog losses (share of sent) | softirq per packet | ÷ no filter | ÷ nftables | receive CPU in softirq |"
+        "| flood: filter | list | reached the veth | dropped by the filter (no filter: taken by the stack) | ÷ no filter | ÷ nftables | backlog losses (share of what reached the veth) | softirq per packet | ÷ no filter | ÷ nftables | receive CPU in softirq |"
     );
     let _ = writeln!(t, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for case in &report.cases {
@@ -90,7 +102,7 @@ pub(crate) fn table(report: &FloodReport) -> String {
         let a = median_duration(&change.allowlist);
         let i = median_duration(&change.ipset);
         let r = median_duration(&change.nft_replace);
-        let div = |x: Duration, y: Duration| format!("{:.4}×", x.as_secs_f64() / y.as_secs_f64());
+        let div = |x: Duration, y: Duration| times(x.as_secs_f64() / y.as_secs_f64());
         let (nft, nft_ratio) = match (change.nft_gave_up, change.nft.is_empty()) {
             (_, false) => {
                 let n = median_duration(&change.nft);
@@ -129,13 +141,13 @@ pub(crate) fn table(report: &FloodReport) -> String {
         ) {
             let _ = writeln!(
                 t,
-                "| loading the {} list into an empty filter | {} (the table) | | {} (with the rule) | {} | {:.4}× | | {:.4}× |",
+                "| loading the {} list into an empty filter | {} (the table) | | {} (with the rule) | {} | {} | | {} |",
                 list_label(Some(size)),
                 ms(n),
                 ms(i),
                 ms(a),
-                a.as_secs_f64() / n.as_secs_f64(),
-                a.as_secs_f64() / i.as_secs_f64(),
+                times(a.as_secs_f64() / n.as_secs_f64()),
+                times(a.as_secs_f64() / i.as_secs_f64()),
             );
         }
     }
