@@ -80,6 +80,7 @@ pub(crate) struct Report {
     pub diff: Option<DiffApply>,
     pub json: Option<JsonParse>,
     pub memory: Option<Memory>,
+    pub flood: Option<crate::flood::FloodReport>,
     pub elapsed: Duration,
 }
 
@@ -107,6 +108,7 @@ impl Report {
             diff: None,
             json: None,
             memory: None,
+            flood: None,
             elapsed: Duration::ZERO,
         }
     }
@@ -195,6 +197,10 @@ impl Report {
                 ms(median_duration(&j.times))
             );
         }
+        if let Some(f) = &self.flood {
+            let _ = writeln!(t);
+            t.push_str(&crate::flood::section(f));
+        }
         t
     }
 
@@ -209,6 +215,9 @@ impl Report {
         );
         let _ = writeln!(out, "{}", self.table());
         let _ = writeln!(out, "{}", self.details());
+        if let Some(f) = &self.flood {
+            let _ = writeln!(out, "{}", crate::flood::spread(f));
+        }
         out.push_str(METHOD);
         out
     }
