@@ -20,18 +20,21 @@ use tokio::{
     sync::watch,
     time::{Instant, sleep_until},
 };
-use tracing::{error, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 use crate::{
     cli::RunArgs,
     config::{self, Config, Mode},
     control,
     datapath::{self, Filter, InterfaceState, LoadOptions},
+    denied::{DeniedWatch, Observation, Recording},
     fetch::Fetcher,
+    history,
     link_events::LinkEvents,
     metrics::{self, SharedStatus},
     presets,
     refresh::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
+    senders::{IndexBuilder, SenderIndex},
     state,
     status::{AgentStatus, ProviderStatus, SyncStatus},
     systemd,
@@ -44,6 +47,11 @@ const LINK_CHECK: Duration = Duration::from_secs(2);
 /// How often the status file is rewritten when nothing else changes it, so that
 /// its age tells a live agent from a stopped or stuck one.
 pub const STATUS_HEARTBEAT: Duration = Duration::from_secs(30);
+/// How often the datapath's denied sources are read (it counts between reads; its
+/// LRU entries outlive this by far unless a flood churns them at the watch's rate).
+const WATCH_READ: Duration = Duration::from_secs(5);
+/// How often the table of denied sources is saved to `state_dir` (and on exit).
+const DENIED_SAVE: Duration = Duration::from_secs(10);
 
 /// The future that ends the agent: SIGTERM or SIGINT. Its handlers are installed
 /// when this is called (so call it first), not when it is first polled; it resolves
@@ -126,6 +134,8 @@ struct Agent {
     /// `pin_dir` as the configuration file says it (`config.pin_dir` is where the
     /// pins really are, see [`datapath::PinLocation`]).
     configured_pin_dir: std::path::PathBuf,
+    /// The denied sources, and who they are.
+    denied: DeniedWatch,
 }
 
 /// `allowlist run`, until `shutdown` resolves (see [`shutdown_signal`]).
@@ -206,6 +216,11 @@ pub async fn run(
     };
 
     let shared: SharedStatus = Arc::new(RwLock::new(None));
+    let denied = DeniedWatch::load(
+        &config.state_dir,
+        config.watch.keep,
+        sender_index(&config, &refresher),
+    );
     let mut agent = Agent {
         config,
         filter,
@@ -218,9 +233,13 @@ pub async fn run(
         carry_over,
         state_write_failures: 0,
         configured_pin_dir,
+        denied,
     };
     if let Some(report) = &initial_refresh {
         agent.record(report);
+        agent
+            .denied
+            .set_index(sender_index(&agent.config, &agent.refresher));
     }
     let desired = agent.desired();
     let report = agent
@@ -242,12 +261,13 @@ pub async fn run(
     // `run --metrics` wins over the configuration's `metrics`.
     let metrics_task = args.metrics.or(agent.config.metrics).map(|addr| {
         let pin_dir = agent.config.pin_dir.clone();
+        let denied = agent.denied.shared_metrics();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = metrics::serve(addr, shared, pin_dir, stopped).await {
+            if let Err(e) = metrics::serve(addr, shared, Some(denied), pin_dir, stopped).await {
                 error!(%addr, error = %e, "the metrics endpoint failed");
             }
         })
@@ -262,6 +282,8 @@ pub async fn run(
     if let Some(task) = metrics_task {
         let _ = task.await;
     }
+    agent.read_watch();
+    agent.save_denied();
     if args.detach_on_exit {
         let removed = agent.filter.remove_pins()?;
         info!(pins = removed.len(), "detached on exit (--detach-on-exit)");
@@ -276,6 +298,41 @@ pub async fn run(
         );
     }
     result
+}
+
+/// What the agent knows of webhook senders: every preset's snapshot, the lists in
+/// force, each source's latest refused update and the ranges sources removed. A
+/// history that cannot be read leaves those out (logged): the index only names
+/// denied sources, it never decides what passes.
+fn sender_index(config: &Config, refresher: &Refresher) -> SenderIndex {
+    let mut index = IndexBuilder::from_config(config);
+    index.lists_in_force(config, refresher);
+    match history::refused_updates(&config.state_dir) {
+        Ok(updates) => {
+            for u in updates {
+                index.refused_update(&u.provider, &u.source, u.at, &u.guard, &u.prefixes);
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read the refused updates: denied sources are not matched against them")
+        }
+    }
+    match history::read(&config.state_dir) {
+        Ok(changes) => {
+            for r in history::removed_ranges(&changes) {
+                index.removed_range(&r.provider, &r.source, r.net, r.at);
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read the history: denied sources are not matched against removed ranges")
+        }
+    }
+    let index = index.build();
+    debug!(
+        prefixes = index.len(),
+        "denied sources are matched against the known senders' prefixes"
+    );
+    index
 }
 
 /// The link check: re-attaches where it can, reports what changed, and updates the
@@ -392,6 +449,10 @@ impl Agent {
         link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(STATUS_HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch_read = tokio::time::interval(WATCH_READ);
+        watch_read.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut denied_save = tokio::time::interval(DENIED_SAVE);
+        denied_save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut force = force_first;
         loop {
             let next_sync = if self.sync_pending {
@@ -433,6 +494,7 @@ impl Agent {
                         };
                         self.record(&report);
                         self.sync();
+                        self.denied.set_index(sender_index(&self.config, &self.refresher));
                         force = false;
                         next_refresh = Instant::now() + self.config.refresh;
                     } else {
@@ -453,6 +515,8 @@ impl Agent {
                 }
                 _ = link_check.tick() => self.check_links(),
                 _ = heartbeat.tick() => republish(&self.shared, &self.config.state_dir, None, &mut self.state_write_failures),
+                _ = watch_read.tick() => self.read_watch(),
+                _ = denied_save.tick() => self.save_denied(),
                 signal = &mut shutdown => { info!("{signal}"); return Ok(()); }
             }
         }
@@ -497,9 +561,8 @@ impl Agent {
     /// Counts a refresh's results (the refresher logged them).
     fn record(&mut self, report: &RefreshReport) {
         for source in &report.sources {
-            if source.save_failed {
-                self.state_write_failures += 1;
-            }
+            self.state_write_failures +=
+                u64::from(source.save_failed) + u64::from(source.history_failed);
             if let Some(label) = result_label(&source.outcome) {
                 *self
                     .refresh_results
@@ -597,6 +660,52 @@ impl Agent {
         info!(mode = ?new.mode, ports = ?new.ports, providers = new.providers.len(), "configuration reloaded");
         self.config = new;
         self.sync();
+        self.denied
+            .set_index(sender_index(&self.config, &self.refresher));
+    }
+
+    /// Merges the datapath's denied sources into the table (and its metrics). A read
+    /// that fails is logged; the datapath keeps counting until the next one.
+    fn read_watch(&mut self) {
+        if !self.config.watch.enabled {
+            return;
+        }
+        let maps = self.filter.maps();
+        let read = maps
+            .denied_sources()
+            .and_then(|entries| Ok((entries, maps.counters()?)));
+        match read {
+            Ok((entries, counters)) => {
+                let observations: Vec<Observation> = entries
+                    .into_iter()
+                    .map(|e| Observation {
+                        source: e.source,
+                        packets: e.packets,
+                        port: e.port,
+                        first_seen: e.first_seen,
+                        last_seen: e.last_seen,
+                    })
+                    .collect();
+                let totals = Recording {
+                    recorded: counters.watch_recorded,
+                    unrecorded: counters.watch_not_recorded,
+                };
+                self.denied
+                    .observe(&observations, Some(totals), SystemTime::now());
+            }
+            Err(e) => {
+                warn!(error = %format!("{:#}", anyhow::Error::from(e)), "cannot read the denied sources from the datapath");
+            }
+        }
+    }
+
+    /// Saves the table of denied sources; a failure is logged and counted like the
+    /// other state writes.
+    fn save_denied(&mut self) {
+        if let Err(e) = self.denied.save(&self.config.state_dir, SystemTime::now()) {
+            warn!(error = %e, "cannot save the denied sources");
+            self.state_write_failures += 1;
+        }
     }
 
     /// Shares the agent's status with the metrics endpoint and the CLI. The map

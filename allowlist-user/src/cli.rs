@@ -3,6 +3,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
+    time::Duration,
 };
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -68,6 +69,33 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every applied, refused or failed update of the sources, oldest first, from the
+    /// history in state_dir (the agent need not run).
+    History {
+        /// Only the updates of the last D (`24h`, `7d`, `30m`).
+        #[arg(long, value_name = "D", value_parser = parse_since)]
+        since: Option<Duration>,
+        /// Only this source (`intercom/0`) or provider (`intercom`).
+        #[arg(long, value_name = "S")]
+        source: Option<String>,
+        /// One JSON record a line, as the history file holds them.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The denied sources the agent recorded, by packets, and what each is: a
+    /// webhook sender that a preset lists, or that a refused update or a removed
+    /// range held, or nothing known. Reads the agent's `denied.json`.
+    Denied {
+        /// How many sources to show (known senders below them are listed after).
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        top: u32,
+        /// Only sources seen within this long (e.g. 1h, 2days); by default all that
+        /// the agent keeps.
+        #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+        since: Option<Duration>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Make the running agent re-read its configuration and refresh now (SIGHUP).
     Reload,
     /// Detach the filter from every interface, remove every pin, stop the agent.
@@ -114,6 +142,12 @@ fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
         })
 }
 
+/// A duration back from now: `24h`, `7d`, `1h 30m`.
+fn parse_since(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|err| format!("{text:?} is not a duration such as 24h, 7d or 30m: {err}"))
+}
+
 /// Logs to stderr, human-readable or JSON; `RUST_LOG` sets the level (info).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -152,6 +186,82 @@ mod tests {
             "$(POD_IP):9975",
         ] {
             assert!(parse_listen_addr(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn history_takes_a_duration_and_a_source() {
+        let cli = Cli::try_parse_from([
+            "allowlist",
+            "history",
+            "--since",
+            "7d",
+            "--source",
+            "intercom/0",
+            "--json",
+        ])
+        .expect("parses");
+        let Command::History {
+            since,
+            source,
+            json,
+        } = cli.command
+        else {
+            panic!("not history: {:?}", cli.command)
+        };
+        assert_eq!(since, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(source.as_deref(), Some("intercom/0"));
+        assert!(json);
+        let cli = Cli::try_parse_from(["allowlist", "history", "--since", "24h"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::History { since: Some(d), source: None, json: false } if d == Duration::from_secs(86_400)
+        ));
+        let cli = Cli::try_parse_from(["allowlist", "history"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::History {
+                since: None,
+                source: None,
+                json: false
+            }
+        ));
+        for bad in ["yesterday", "7", "-1h", ""] {
+            let err = Cli::try_parse_from(["allowlist", "history", &format!("--since={bad}")])
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("not a duration"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn denied_takes_top_since_and_json() {
+        let cli = Cli::try_parse_from(["allowlist", "denied"]).expect("parses");
+        let Command::Denied { top, since, json } = cli.command else {
+            panic!("not denied: {:?}", cli.command)
+        };
+        assert_eq!((top, since, json), (20, None, false));
+        let cli = Cli::try_parse_from([
+            "allowlist",
+            "denied",
+            "--top",
+            "5",
+            "--since",
+            "2h",
+            "--json",
+        ])
+        .expect("parses");
+        let Command::Denied { top, since, json } = cli.command else {
+            panic!("not denied: {:?}", cli.command)
+        };
+        assert_eq!(
+            (top, since, json),
+            (5, Some(Duration::from_secs(7200)), true)
+        );
+        for bad in [["--top", "0"], ["--top", "-1"], ["--since", "soon"]] {
+            let mut args = vec!["allowlist", "denied"];
+            args.extend(bad);
+            assert!(Cli::try_parse_from(&args).is_err(), "{bad:?} accepted");
         }
     }
 

@@ -19,7 +19,9 @@ use crate::{
     config::{self, Config},
     control::{self, LockHolder},
     datapath::{self, Counters, Maps},
+    denied::{DENIED_FILE, DeniedFile, report::Report},
     fetch::Fetcher,
+    history::{self, Change, Prefixes},
     prefixes, presets,
     refresh::{Outcome, RefreshOptions, Refresher, SourceReport},
     state,
@@ -426,6 +428,8 @@ struct CheckOutput {
     matched_prefix: Option<IpNet>,
     provider: Option<String>,
     reason: String,
+    /// What the change history knows of the prefixes holding the address.
+    history: CheckHistory,
 }
 
 pub fn check(config: &Config, address: IpAddr, port: u16, json: bool) -> Result<()> {
@@ -465,6 +469,7 @@ pub fn check(config: &Config, address: IpAddr, port: u16, json: bool) -> Result<
         matched_prefix: matched.as_ref().map(|m| m.0),
         provider: matched.map(|m| m.2),
         reason,
+        history: check_history(config, address),
     };
     if json {
         return print_json(&out);
@@ -474,7 +479,223 @@ pub fn check(config: &Config, address: IpAddr, port: u16, json: bool) -> Result<
         out.verdict.to_uppercase(),
         out.reason
     );
+    print!("{}", render_check_history(address, &out.history));
     Ok(())
+}
+
+#[derive(Serialize)]
+struct CheckHistory {
+    /// The applied updates that added or removed a prefix holding the address, oldest
+    /// first.
+    changes: Vec<CheckChange>,
+    /// Applied updates too large to list their prefixes: the history only counted them.
+    counted_only: usize,
+    /// Why the history could not be read.
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CheckChange {
+    prefix: IpNet,
+    /// `added` or `removed`.
+    change: &'static str,
+    source: String,
+    provider: String,
+    #[serde(with = "state::rfc3339")]
+    at: SystemTime,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+fn check_history(config: &Config, address: IpAddr) -> CheckHistory {
+    let changes = match history::read(&config.state_dir) {
+        Ok(changes) => changes,
+        Err(err) => {
+            return CheckHistory {
+                changes: Vec::new(),
+                counted_only: 0,
+                error: Some(err.to_string()),
+            };
+        }
+    };
+    let (events, counted_only) = history::about(&changes, address);
+    CheckHistory {
+        changes: events
+            .into_iter()
+            .map(|e| CheckChange {
+                prefix: e.net,
+                change: if e.added { "added" } else { "removed" },
+                source: e.source,
+                provider: e.provider,
+                at: e.at,
+                note: e.note,
+            })
+            .collect(),
+        counted_only,
+        error: None,
+    }
+}
+
+/// One line per prefix and source: `203.0.113.0/24 added by partner/0 at ...;
+/// removed at ...`.
+fn render_check_history(address: IpAddr, h: &CheckHistory) -> String {
+    if let Some(err) = &h.error {
+        return format!("history: cannot be read: {err}\n");
+    }
+    if h.changes.is_empty() {
+        return match h.counted_only {
+            0 => format!("history: the history knows nothing about {address}\n"),
+            n => format!(
+                "history: no listed change holds {address}; {n} update(s) too large to list were only counted, it may be in those\n"
+            ),
+        };
+    }
+    let mut lines: Vec<((IpNet, &str), String)> = Vec::new();
+    for c in &h.changes {
+        let note = c
+            .note
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        match lines
+            .iter_mut()
+            .find(|(key, _)| *key == (c.prefix, c.source.as_str()))
+        {
+            Some((_, line)) => {
+                let _ = write!(line, "; {} at {}{note}", c.change, when(c.at));
+            }
+            None => lines.push((
+                (c.prefix, &c.source),
+                format!(
+                    "history: {} {} by {} at {}{note}",
+                    c.prefix,
+                    c.change,
+                    c.source,
+                    when(c.at)
+                ),
+            )),
+        }
+    }
+    let mut s = String::new();
+    for (_, line) in lines {
+        let _ = writeln!(s, "{line}");
+    }
+    if h.counted_only > 0 {
+        let _ = writeln!(
+            s,
+            "history: {} update(s) too large to list were only counted",
+            h.counted_only
+        );
+    }
+    s
+}
+
+/// A time as the history prints it: `2026-11-30 03:00:12Z` (UTC).
+fn when(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replacen('T', " ", 1)
+}
+
+/// `allowlist history`: the recorded updates, oldest first, of the last `since`, of
+/// one source or provider.
+pub fn history(
+    config: &Config,
+    since: Option<Duration>,
+    source: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    check_readable(config)?;
+    state::check_dir(&config.state_dir)?;
+    let mut changes = history::read(&config.state_dir)?;
+    if let Some(wanted) = source {
+        let is = |id: &str, provider: &str| id == wanted || provider == wanted;
+        if !config.sources().any(|s| is(&s.id, &s.provider))
+            && !changes.iter().any(|c| is(&c.source, &c.provider))
+        {
+            let ids: Vec<&str> = config.sources().map(|s| s.id.as_str()).collect();
+            bail!(
+                "no source or provider {wanted:?} in {} or in the history (sources: {})",
+                config.path.display(),
+                ids.join(", ")
+            );
+        }
+        changes.retain(|c| is(&c.source, &c.provider));
+    }
+    if let Some(since) = since {
+        let from = SystemTime::now()
+            .checked_sub(since)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        changes.retain(|c| c.at >= from);
+    }
+    if json {
+        for change in &changes {
+            println!("{}", serde_json::to_string(change)?);
+        }
+        return Ok(());
+    }
+    if changes.is_empty() {
+        println!(
+            "no update recorded in {}",
+            config.state_dir.join(history::FILE).display()
+        );
+        return Ok(());
+    }
+    print!("{}", render_history(&changes));
+    Ok(())
+}
+
+/// At most this many prefixes of a side are printed (`--json` has them all).
+const PRINTED_PREFIXES: usize = 20;
+
+fn render_history(changes: &[Change]) -> String {
+    let width = changes.iter().map(|c| c.source.len()).max().unwrap_or(0);
+    let mut s = String::new();
+    for c in changes {
+        let counts = format!("+{} -{}", side_count(&c.added), side_count(&c.removed));
+        let size = c
+            .size_after
+            .map(|n| format!("{n} in force"))
+            .unwrap_or_default();
+        let serial = c
+            .serial
+            .as_deref()
+            .map(|v| format!("; serial {v}"))
+            .unwrap_or_default();
+        let what = match &c.outcome {
+            history::Outcome::Applied => format!("applied: {counts}, {size}{serial}"),
+            history::Outcome::Refused { guard, reason } => format!(
+                "REFUSED by the {guard} guard: would be {counts}, {size} kept{serial}: {reason}"
+            ),
+            history::Outcome::Failed { error } => format!("FAILED: {size} kept: {error}"),
+        };
+        let _ = writeln!(s, "{}  {:<width$}  {what}", when(c.at), c.source);
+        if let Some(note) = &c.note {
+            let _ = writeln!(s, "    ({note})");
+        }
+        for (sign, side) in [('+', &c.added), ('-', &c.removed)] {
+            let Some(nets) = side.listed() else { continue };
+            for net in nets.iter().take(PRINTED_PREFIXES) {
+                let _ = writeln!(s, "    {sign} {net}");
+            }
+            if nets.len() > PRINTED_PREFIXES {
+                let _ = writeln!(
+                    s,
+                    "    {sign} ... and {} more (--json lists them)",
+                    nets.len() - PRINTED_PREFIXES
+                );
+            }
+        }
+    }
+    s
+}
+
+/// `12`, or `1500 (counted)` for a side the history did not list.
+fn side_count(side: &Prefixes) -> String {
+    match side {
+        Prefixes::Listed(nets) => nets.len().to_string(),
+        Prefixes::Counted(n) => format!("{n} (counted)"),
+    }
 }
 
 pub async fn fetch(config: &Config, force: bool, json: bool) -> Result<()> {
@@ -582,6 +803,25 @@ pub async fn fetch(config: &Config, force: bool, json: bool) -> Result<()> {
     }
     println!("(dry run: nothing was changed)");
     verdict()
+}
+
+/// `allowlist denied`: the agent's table of denied sources (it works while the agent
+/// is stopped; the file is what it last wrote).
+pub fn denied(config: &Config, top: usize, since: Option<Duration>, json: bool) -> Result<()> {
+    check_readable(config)?;
+    let Some(file) = DeniedFile::read(&config.state_dir)? else {
+        bail!(
+            "no {DENIED_FILE} in {}: the agent has recorded no denied source yet (is it running with this --config?)",
+            config.state_dir.display()
+        );
+    };
+    let now = SystemTime::now();
+    let report = Report::new(&file, top, since, now);
+    if json {
+        return print_json(&report);
+    }
+    print!("{}", report.render(now));
+    Ok(())
 }
 
 pub fn reload(config: &Config) -> Result<()> {

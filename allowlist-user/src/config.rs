@@ -49,6 +49,10 @@ pub const MAX_WATCH_RATE: u32 = 1_000_000;
 pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a `dns` source keeps an address after the last answer that held it.
 pub const DEFAULT_DNS_KEEP: Duration = Duration::from_secs(24 * 3600);
+/// How long the agent keeps a denied source's address after it was last seen.
+pub const DEFAULT_DENIED_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest `[watch] keep`: addresses of strangers are not kept for longer.
+pub const MAX_DENIED_KEEP: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// A configuration error, located in the file.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +175,11 @@ pub struct Watch {
     /// records a share of them and counts the rest (`allowlist_common::watch`).
     #[serde(deserialize_with = "via::<WatchRate, _, _>")]
     pub rate_per_cpu: u32,
+    /// How long the agent keeps a denied source's address (in memory and
+    /// `state_dir`) after it was last seen: `allowlist denied` shows what was seen
+    /// within it.
+    #[serde(deserialize_with = "via::<DeniedKeep, _, _>", skip_serializing)]
+    pub keep: Duration,
 }
 
 impl Watch {
@@ -185,6 +194,7 @@ impl Default for Watch {
         Watch {
             enabled: true,
             rate_per_cpu: DEFAULT_WATCH_RATE,
+            keep: DEFAULT_DENIED_KEEP,
         }
     }
 }
@@ -713,6 +723,15 @@ checked! {
     /// How long a `dns` source keeps an address it no longer sees, longer than 0s.
     DnsKeep(Duration) from String = |text| match duration(&text)? {
         d if d.is_zero() => Err("must be longer than 0s".to_owned()),
+        d => Ok(d),
+    };
+    /// How long a denied source is kept after it was last seen: longer than 0s, at
+    /// most [`MAX_DENIED_KEEP`].
+    DeniedKeep(Duration) from String = |text| match duration(&text)? {
+        d if d.is_zero() => Err("must be longer than 0s".to_owned()),
+        d if d > MAX_DENIED_KEEP => Err(format!(
+            "{text:?} is longer than the maximum of 366 days (addresses of strangers are not kept longer)"
+        )),
         d => Ok(d),
     };
     /// The DNS server a `dns` source asks: an address with a port, or an address
@@ -1534,6 +1553,7 @@ static = ["203.0.113.0/24", "2001:db8::/48"]
         assert_eq!(config.state_dir, Path::new(DEFAULT_STATE_DIR));
         assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
         assert_eq!(config.metrics, None);
+        assert_eq!(config.watch.keep, DEFAULT_DENIED_KEEP);
         let snapshot = config.source("s/stripe-webhooks").unwrap().snapshot.clone();
         assert_eq!(snapshot.unwrap().as_of.as_deref(), Some("2026-01-26"));
     }
@@ -1553,6 +1573,7 @@ min_prefix_v6 = 32
 allow_empty = true
 [watch]
 rate_per_cpu = 500
+keep = "2days"
 [[provider]]
 name = "fresh"
 preset = "freshworks-eu"
@@ -1592,7 +1613,8 @@ file = "/etc/allowlist/extra.txt"
             config.watch,
             Watch {
                 enabled: true,
-                rate_per_cpu: 500
+                rate_per_cpu: 500,
+                keep: Duration::from_secs(2 * 24 * 3600),
             }
         );
         assert_eq!(config.watch.datapath_rate(), 500);
@@ -1755,6 +1777,18 @@ items = "."
                 2,
                 "refresh",
                 "not a duration",
+            ),
+            (
+                "interfaces = [\"eth0\"]\n[watch]\nkeep = \"0s\"\n",
+                3,
+                "watch.keep",
+                "longer than 0s",
+            ),
+            (
+                "interfaces = [\"eth0\"]\n[watch]\nkeep = \"400days\"\n",
+                3,
+                "watch.keep",
+                "longer than the maximum of 366 days",
             ),
             (
                 "interfaces = [\"eth0\"]\nmetrics = \"localhost\"\n",

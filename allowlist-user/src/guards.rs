@@ -38,6 +38,19 @@ pub enum Refusal {
     },
 }
 
+impl Refusal {
+    /// The guard that refused: `serial`, `empty`, `shrink` or `capacity` (the names of
+    /// the history's records and of the documentation).
+    pub(crate) fn guard(&self) -> &'static str {
+        match self {
+            Refusal::OlderSerial { .. } => "serial",
+            Refusal::Empty { .. } => "empty",
+            Refusal::Shrink { .. } => "shrink",
+            Refusal::Capacity { .. } => "capacity",
+        }
+    }
+}
+
 /// One source's update, as the guards see it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Update<'a> {

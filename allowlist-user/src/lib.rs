@@ -9,7 +9,10 @@
 //! - `prefixes`: validation of entries, the merged set, and diffs.
 //! - `state`: the last good set of every source, kept on disk.
 //! - `guards`: the fail-safe guards (serial, empty, shrink, capacity).
+//! - `history`: every applied, refused or failed update, and the latest refused one.
 //! - `refresh`: one refresh cycle, judged by the guards.
+//! - `senders`: who a denied source is (the known-sender index); `denied`: the
+//!   denied sources the datapath records, merged, bounded and kept in `state_dir`.
 //! - `datapath`: loading, attaching, pinning and syncing the XDP program's maps.
 //! - `link_events`: rtnetlink notifications that wake the agent's link check.
 //! - `metrics`, `cli`, `agent`: what the operator sees and runs.
@@ -29,14 +32,17 @@ pub mod commands;
 pub mod config;
 mod control;
 pub mod datapath;
+mod denied;
 mod dns;
 pub mod fetch;
 mod guards;
+mod history;
 mod link_events;
 mod metrics;
 mod prefixes;
 pub mod presets;
 pub mod refresh;
+mod senders;
 pub mod source;
 mod state;
 mod status;

@@ -55,6 +55,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => commands::check(&config, address, port, json),
         Command::Fetch { force, json } => runtime.block_on(commands::fetch(&config, force, json)),
+        Command::History {
+            since,
+            source,
+            json,
+        } => commands::history(&config, since, source.as_deref(), json),
+        Command::Denied { top, since, json } => {
+            commands::denied(&config, top as usize, since, json)
+        }
         Command::Reload => commands::reload(&config),
         Command::Detach => commands::detach(&config),
         Command::Run(_) | Command::Presets => unreachable!("handled above"),

@@ -23,7 +23,11 @@ use prometheus_client::{
 };
 use tokio::{net::TcpListener, sync::Semaphore, time::Instant};
 
-use crate::{datapath::Maps, status::AgentStatus};
+use crate::{
+    datapath::Maps,
+    denied::{DeniedMetrics, SharedDenied},
+    status::AgentStatus,
+};
 
 /// What the agent shares with the endpoint.
 pub(crate) type SharedStatus = Arc<RwLock<Option<AgentStatus>>>;
@@ -32,6 +36,8 @@ pub(crate) type SharedStatus = Arc<RwLock<Option<AgentStatus>>>;
 struct AgentCollector {
     status: SharedStatus,
     pin_dir: PathBuf,
+    /// The denied sources' metrics, when the agent watches them.
+    denied: Option<SharedDenied>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -115,6 +121,11 @@ impl Collector for AgentCollector {
                 "Packets with a notable shape (VLAN tags, fragments, IP options, IPv6 extension headers), counted beside their verdict.",
                 &rows,
             )?;
+        }
+
+        if let Some(denied) = &self.denied {
+            let denied = denied.read().expect("denied metrics lock").clone();
+            encode_denied(&mut encoder, &denied)?;
         }
 
         let Some(status) = status else {
@@ -299,6 +310,47 @@ impl Collector for AgentCollector {
     }
 }
 
+/// The denied sources: packets from known senders, by sender (a preset or a
+/// configured provider: bounded), kind and why; never a label per address.
+fn encode_denied(
+    encoder: &mut DescriptorEncoder,
+    denied: &DeniedMetrics,
+) -> Result<(), std::fmt::Error> {
+    let rows: Vec<_> = (denied.known_packets.iter())
+        .map(|((sender, kind, why), packets)| {
+            (
+                vec![
+                    ("sender", sender.clone()),
+                    ("kind", kind.label().to_owned()),
+                    ("why", why.label().to_owned()),
+                ],
+                *packets,
+            )
+        })
+        .collect();
+    counter_family(
+        encoder,
+        "allowlist_denied_known_sender_packets",
+        "Denied packets from sources that a preset or provider lists (estimates under a flood), by sender, kind (preset, provider) and why (not_configured, refused_update, removed_range, snapshot_only, in_force).",
+        &rows,
+    )?;
+    gauge_family(
+        encoder,
+        "allowlist_denied_sources",
+        "Distinct denied sources the agent keeps (see `allowlist denied`): known senders, and strangers (at most 1,000).",
+        &[
+            (
+                vec![("sender", "known".to_owned())],
+                denied.known_sources as f64,
+            ),
+            (
+                vec![("sender", "stranger".to_owned())],
+                denied.unknown_sources as f64,
+            ),
+        ],
+    )
+}
+
 /// What a client may hold of the metrics server. Scrapers and probes need a handful of
 /// short connections; these bounds keep idle or slow clients from using up the agent's
 /// descriptors (which the maps, the links and the fetches need too).
@@ -332,18 +384,20 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 pub(crate) async fn serve(
     addr: SocketAddr,
     status: SharedStatus,
+    denied: Option<SharedDenied>,
     pin_dir: PathBuf,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving metrics at /metrics and health at /healthz");
-    serve_on(listener, status, pin_dir, LIMITS, shutdown).await;
+    serve_on(listener, status, denied, pin_dir, LIMITS, shutdown).await;
     Ok(())
 }
 
 async fn serve_on(
     listener: TcpListener,
     status: SharedStatus,
+    denied: Option<SharedDenied>,
     pin_dir: PathBuf,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
@@ -352,6 +406,7 @@ async fn serve_on(
     registry.register_collector(Box::new(AgentCollector {
         status: status.clone(),
         pin_dir,
+        denied,
     }));
     let registry = Arc::new(registry);
     let slots = Arc::new(Semaphore::new(limits.connections));
@@ -501,6 +556,60 @@ mod tests {
     use super::*;
 
     #[test]
+    fn denied_sources_are_exported_by_sender_kind_and_why_never_by_address() {
+        use crate::senders::{SenderKind, Why};
+        let denied = DeniedMetrics {
+            known_packets: [
+                (
+                    (
+                        "github-hooks".to_owned(),
+                        SenderKind::Preset,
+                        Why::NotConfigured,
+                    ),
+                    4,
+                ),
+                (
+                    (
+                        "partner".to_owned(),
+                        SenderKind::Provider,
+                        Why::RefusedUpdate,
+                    ),
+                    7,
+                ),
+            ]
+            .into(),
+            known_sources: 2,
+            unknown_sources: 1000,
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(AgentCollector {
+            status: Arc::new(RwLock::new(None)),
+            pin_dir: PathBuf::from("/nonexistent"),
+            denied: Some(Arc::new(RwLock::new(denied))),
+        }));
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        for line in [
+            "allowlist_denied_known_sender_packets_total{sender=\"github-hooks\",kind=\"preset\",why=\"not_configured\"} 4",
+            "allowlist_denied_known_sender_packets_total{sender=\"partner\",kind=\"provider\",why=\"refused_update\"} 7",
+            "allowlist_denied_sources{sender=\"known\"} 2.0",
+            "allowlist_denied_sources{sender=\"stranger\"} 1000.0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        // Without the watch, no denied metrics at all (rather than zeros).
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(AgentCollector {
+            status: Arc::new(RwLock::new(None)),
+            pin_dir: PathBuf::from("/nonexistent"),
+            denied: None,
+        }));
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(!text.contains("allowlist_denied"), "{text}");
+    }
+
+    #[test]
     fn throttle_reports_the_first_event_then_once_per_period() {
         let mut throttle = Throttle::new(Duration::from_secs(10));
         let t0 = Instant::now();
@@ -544,6 +653,7 @@ mod tests {
         let server = tokio::spawn(serve_on(
             listener,
             Arc::new(RwLock::new(None)),
+            None,
             PathBuf::from("/nonexistent"),
             limits,
             async move {

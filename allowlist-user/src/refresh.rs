@@ -27,6 +27,7 @@ use crate::{
     dns::{self, Answer, DnsError},
     fetch::{self, Conditional, FetchError, FetchOutcome, Fetcher},
     guards::{self, Refusal},
+    history,
     prefixes::{self, Allowlist, PrefixError},
     source::{self, SourceError},
     state::{self, SavedList, StateError, StateStore},
@@ -116,6 +117,10 @@ pub struct SourceReport {
     /// The list was accepted but its state file could not be written (a full or
     /// read-only `state_dir`): a restart would not find it.
     pub save_failed: bool,
+    /// The update's history record, or its kept refused update, could not be written
+    /// (the warnings say why); the refresh itself is not affected.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub history_failed: bool,
 }
 
 /// The result of a refresh.
@@ -321,6 +326,8 @@ pub struct Refresher {
     guards: Guards,
     providers: Vec<(String, u32)>,
     store: StateStore,
+    /// The change history and the refused updates, in `state_dir`.
+    log: history::Log,
     fetcher: Fetcher,
     slots: Vec<Slot>,
 }
@@ -351,6 +358,7 @@ impl Refresher {
                 .iter()
                 .map(|p| (p.name.clone(), p.rule_id))
                 .collect(),
+            log: history::Log::new(&config.state_dir),
             store,
             fetcher,
             slots,
@@ -364,7 +372,8 @@ impl Refresher {
     /// guards); none of them is fatal.
     pub fn bootstrap(&mut self) -> Vec<String> {
         let mut warnings = Vec::new();
-        for slot in &mut self.slots {
+        let mut restored = Vec::new();
+        for (index, slot) in self.slots.iter_mut().enumerate() {
             let source = &slot.source;
             let id = &source.id;
             if let Location::Static(list) = &source.location {
@@ -393,7 +402,10 @@ impl Refresher {
                         None
                     }
                     Ok(Some(list)) => match admit(list) {
-                        Ok(list) => Some(InForce::Saved(list)),
+                        Ok(list) => {
+                            restored.push(index);
+                            Some(InForce::Saved(list))
+                        }
                         Err(err) => {
                             warnings.push(format!("source {id}: the saved list is refused by the current guards: {err}"));
                             None
@@ -411,10 +423,53 @@ impl Refresher {
                 None => InForce::Nothing,
             });
         }
+        if !restored.is_empty()
+            && let Err(err) = self.record_restored(&restored)
+        {
+            warnings.push(format!(
+                "the history cannot record the saved lists restored: {err}"
+            ));
+        }
         for warning in &warnings {
             warn!("{warning}");
         }
         warnings
+    }
+
+    /// Records, once, the saved list a source starts from when the history knows
+    /// nothing of that source (a history lost, rotated away, or older than the saved
+    /// list), dated when the list was fetched: `allowlist check` can then say since
+    /// when a prefix is in force.
+    fn record_restored(&self, restored: &[usize]) -> Result<(), history::HistoryError> {
+        let known: HashSet<String> = history::read(self.log.dir())?
+            .into_iter()
+            .map(|change| change.source)
+            .collect();
+        for slot in restored.iter().map(|&i| &self.slots[i]) {
+            let Some(list) = slot.in_force.last_good() else {
+                continue;
+            };
+            if known.contains(&slot.source.id) {
+                continue;
+            }
+            self.log.append(&history::Change {
+                at: list.fetched_at,
+                source: slot.source.id.clone(),
+                provider: slot.source.provider.clone(),
+                outcome: history::Outcome::Applied,
+                serial: list.serial.clone(),
+                etag: list.etag.clone(),
+                last_modified: list.last_modified.clone(),
+                added: history::Prefixes::new(list.prefixes.clone()),
+                removed: history::Prefixes::default(),
+                size_after: Some(list.prefixes.len()),
+                note: Some(
+                    "the saved list the agent started from; the history of this source begins here"
+                        .to_owned(),
+                ),
+            })?;
+        }
+        Ok(())
     }
 
     /// Takes a new configuration (a reload). A source whose id and definition did
@@ -496,6 +551,7 @@ impl Refresher {
                         outcome,
                         warnings: Vec::new(),
                         save_failed: false,
+                        history_failed: false,
                     }
                 } else {
                     let result = result.unwrap_or(Err(Failure::TaskLost));
@@ -509,7 +565,7 @@ impl Refresher {
                         options,
                         now,
                     };
-                    let source_report = apply(slot, result, &context, &self.store);
+                    let source_report = apply(slot, result, &context, &self.store, &self.log);
                     // Only an accepted answer holds the name back: after a failure or
                     // a refusal, the next refresh asks again.
                     slot.history.answer_fresh_until = match source_report.outcome {
@@ -568,7 +624,12 @@ fn admit(mut list: SavedList, source: &Source, guards: &Guards) -> Result<SavedL
     let entries: Vec<String> = list.prefixes.iter().map(ToString::to_string).collect();
     let valid = prefixes::validate(&entries, &source.id, source.trust(), guards)
         .map_err(Rejected::failed)?;
-    guards::capacity(&source.id, &valid.prefixes, &HashSet::new()).map_err(Rejected::Refused)?;
+    guards::capacity(&source.id, &valid.prefixes, &HashSet::new()).map_err(|reason| {
+        Rejected::Refused {
+            reason,
+            update: None,
+        }
+    })?;
     list.prefixes = valid.prefixes;
     Ok(list)
 }
@@ -634,23 +695,43 @@ fn others_in_force(slots: &[Slot], except: usize) -> HashSet<IpNet> {
 }
 
 /// Judges one source's fetch, puts an accepted list in force (and saves it), records
-/// the attempt in the source's history and logs it: the one place that does.
+/// the attempt in the source's history (in memory, and in the change history when it
+/// changed something, was refused or failed) and logs it: the one place that does.
 fn apply(
     slot: &mut Slot,
     result: Result<Retrieved, Failure>,
     context: &Context<'_>,
     store: &StateStore,
+    log: &history::Log,
 ) -> SourceReport {
     let now = context.now;
     let id = slot.source.id.clone();
     let mut warnings = Vec::new();
     let mut not_saved = None;
-    let outcome = match evaluate(slot, result, context, &mut warnings) {
+    let mut history_errors = Vec::new();
+    // A source's first list is recorded even when it is the snapshot it replaces.
+    let first_load = slot.in_force.last_good().is_none();
+    let record =
+        |outcome, update: Option<&SavedList>, added, removed, size_after| history::Change {
+            at: now,
+            source: slot.source.id.clone(),
+            provider: slot.source.provider.clone(),
+            outcome,
+            serial: update.and_then(|list| list.serial.clone()),
+            etag: update.and_then(|list| list.etag.clone()),
+            last_modified: update.and_then(|list| list.last_modified.clone()),
+            added: history::Prefixes::new(added),
+            removed: history::Prefixes::new(removed),
+            size_after: Some(size_after),
+            note: None,
+        };
+    let (outcome, entry) = match evaluate(slot, result, context, &mut warnings) {
         Ok(Accepted::NotModified) => {
             if let Some(list) = slot.in_force.last_good_mut() {
                 list.fetched_at = now;
             }
-            Outcome::NotModified
+            history_errors.extend(log.clear_refused(&id).err());
+            (Outcome::NotModified, None)
         }
         Ok(Accepted::Set(list)) => {
             let same_on_disk = slot.in_force.last_good().is_some_and(|old| {
@@ -666,29 +747,94 @@ fn apply(
                 not_saved = Some(err);
             }
             let current = slot.in_force.prefixes();
-            let old: HashSet<&IpNet> = current.iter().collect();
-            let new: HashSet<&IpNet> = list.prefixes.iter().collect();
-            let added = list.prefixes.iter().filter(|n| !old.contains(n)).count();
-            let removed = current.iter().filter(|n| !new.contains(n)).count();
+            let (added, removed) = differences(current, &list.prefixes);
             let changed = list.prefixes != current;
+            let entry = (changed || first_load).then(|| {
+                let (added, removed) = (added.clone(), removed.clone());
+                let mut entry = record(
+                    history::Outcome::Applied,
+                    Some(&list),
+                    added,
+                    removed,
+                    list.prefixes.len(),
+                );
+                // What the first list replaced, when it was not nothing.
+                entry.note = match &slot.in_force {
+                    InForce::Snapshot(snapshot) => Some(format!(
+                        "the first list fetched; it replaced the preset's snapshot{}",
+                        snapshot
+                            .as_of
+                            .as_deref()
+                            .map(|d| format!(" of {d}"))
+                            .unwrap_or_default()
+                    )),
+                    _ => None,
+                };
+                entry
+            });
+            history_errors.extend(log.clear_refused(&id).err());
             slot.in_force = InForce::Fetched(*list);
-            if changed {
+            let (added, removed) = (added.len(), removed.len());
+            let outcome = if changed {
                 slot.history.last_change = Some(now);
                 info!(source = %id, added, removed, "list updated");
                 Outcome::Updated { added, removed }
             } else {
                 Outcome::Unchanged
-            }
+            };
+            (outcome, entry)
         }
         Err(Rejected::Failed(error)) => {
             warn!(source = %id, %error, "refresh failed; keeping the list in force");
-            Outcome::Failed { error }
+            let entry = record(
+                history::Outcome::Failed {
+                    error: error.to_string(),
+                },
+                None,
+                Vec::new(),
+                Vec::new(),
+                slot.in_force.prefixes().len(),
+            );
+            (Outcome::Failed { error }, Some(entry))
         }
-        Err(Rejected::Refused(reason)) => {
+        Err(Rejected::Refused { reason, update }) => {
             warn!(source = %id, %reason, "update refused; keeping the list in force");
-            Outcome::Refused { reason }
+            let current = slot.in_force.prefixes();
+            let (added, removed) = update
+                .as_ref()
+                .map(|list| differences(current, &list.prefixes))
+                .unwrap_or_default();
+            let mut entry = record(
+                history::Outcome::Refused {
+                    guard: reason.guard().to_owned(),
+                    reason: reason.to_string(),
+                },
+                update.as_deref(),
+                added,
+                removed,
+                current.len(),
+            );
+            if let Some(update) = update {
+                let refused = history::RefusedUpdate {
+                    source: id.clone(),
+                    provider: slot.source.provider.clone(),
+                    at: now,
+                    guard: reason.guard().to_owned(),
+                    reason: reason.to_string(),
+                    prefixes: update.prefixes,
+                };
+                history_errors.extend(log.record_refusal(refused, &mut entry).err());
+            }
+            (Outcome::Refused { reason }, Some(entry))
         }
     };
+    if let Some(entry) = &entry {
+        history_errors.extend(log.append(entry).err());
+    }
+    let history_failed = !history_errors.is_empty();
+    for err in history_errors {
+        warnings.push(format!("the change history could not be written: {err}"));
+    }
     let save_failed = not_saved.is_some();
     slot.history.record(now, &outcome, not_saved);
     for warning in &warnings {
@@ -699,7 +845,24 @@ fn apply(
         outcome,
         warnings,
         save_failed,
+        history_failed,
     }
+}
+
+/// The prefixes of `new` not in `old`, and those of `old` not in `new`.
+fn differences(old: &[IpNet], new: &[IpNet]) -> (Vec<IpNet>, Vec<IpNet>) {
+    let old_set: HashSet<&IpNet> = old.iter().collect();
+    let new_set: HashSet<&IpNet> = new.iter().collect();
+    (
+        new.iter()
+            .filter(|n| !old_set.contains(n))
+            .copied()
+            .collect(),
+        old.iter()
+            .filter(|n| !new_set.contains(n))
+            .copied()
+            .collect(),
+    )
 }
 
 enum Accepted {
@@ -711,8 +874,12 @@ enum Accepted {
 enum Rejected {
     #[error(transparent)]
     Failed(Arc<Failure>),
-    #[error(transparent)]
-    Refused(Refusal),
+    #[error("{reason}")]
+    Refused {
+        reason: Refusal,
+        /// The refused list, when there was an update (not a saved list re-admitted).
+        update: Option<Box<SavedList>>,
+    },
 }
 
 impl Rejected {
@@ -760,30 +927,40 @@ fn evaluate(
     let validated = prefixes::validate(&parsed.entries, &source.id, source.trust(), context.guards)
         .map_err(Rejected::failed)?;
     warnings.extend(validated.warnings);
-    let new = validated.prefixes;
-    let update = guards::Update {
-        source_id: &source.id,
-        new: &new,
-        entries: parsed.entries.len(),
-        new_serial: parsed.serial.as_deref(),
-        last_good: last_good.map(|list| list.prefixes.as_slice()),
-        last_serial: last_good.and_then(|list| list.serial.as_deref()),
-        others: context.others,
-        forced: context.options.force || source.force,
-    };
-    guards::check(context.guards, &update).map_err(Rejected::Refused)?;
-    Ok(Accepted::Set(Box::new(SavedList {
+    let list = Box::new(SavedList {
         version: state::STATE_VERSION,
         source_id: source.id.clone(),
         definition: slot.definition.clone(),
-        prefixes: new,
+        prefixes: validated.prefixes,
         fetched_at: context.now,
         etag,
         last_modified,
         content_hash: state::content_hash(&bytes),
         serial: parsed.serial,
         seen: BTreeMap::new(),
-    })))
+    });
+    let update = guards::Update {
+        source_id: &source.id,
+        new: &list.prefixes,
+        entries: parsed.entries.len(),
+        new_serial: list.serial.as_deref(),
+        last_good: last_good.map(|list| list.prefixes.as_slice()),
+        last_serial: last_good.and_then(|list| list.serial.as_deref()),
+        others: context.others,
+        forced: context.options.force || source.force,
+    };
+    judge(guards::check(context.guards, &update), list)
+}
+
+/// The list accepted, or refused with it, as the guards judged it.
+fn judge(verdict: Result<(), Refusal>, list: Box<SavedList>) -> Result<Accepted, Rejected> {
+    match verdict {
+        Ok(()) => Ok(Accepted::Set(list)),
+        Err(reason) => Err(Rejected::Refused {
+            reason,
+            update: Some(list),
+        }),
+    }
 }
 
 /// Judges a dns source's answer. Its addresses (bogons dropped) join those the
@@ -821,18 +998,7 @@ fn evaluate_answer(
     let new = prefixes::validate(&union, &source.id, source.trust(), context.guards)
         .map_err(Rejected::failed)?
         .prefixes;
-    let update = guards::Update {
-        source_id: &source.id,
-        new: &new,
-        entries: entries.len(),
-        new_serial: None,
-        last_good: last_good.map(|list| list.prefixes.as_slice()),
-        last_serial: None,
-        others: context.others,
-        forced: context.options.force || source.force,
-    };
-    guards::check(context.guards, &update).map_err(Rejected::Refused)?;
-    Ok(Accepted::Set(Box::new(SavedList {
+    let list = Box::new(SavedList {
         version: state::STATE_VERSION,
         source_id: source.id.clone(),
         definition: slot.definition.clone(),
@@ -843,7 +1009,18 @@ fn evaluate_answer(
         content_hash: state::content_hash(entries.join("\n").as_bytes()),
         serial: None,
         seen,
-    })))
+    });
+    let update = guards::Update {
+        source_id: &source.id,
+        new: &list.prefixes,
+        entries: entries.len(),
+        new_serial: None,
+        last_good: last_good.map(|list| list.prefixes.as_slice()),
+        last_serial: None,
+        others: context.others,
+        forced: context.options.force || source.force,
+    };
+    judge(guards::check(context.guards, &update), list)
 }
 
 #[cfg(test)]
@@ -1367,6 +1544,275 @@ as_of = "2026-11-02"
         assert_eq!(r.source_status("p/0").unwrap().in_force, SetOrigin::None);
     }
 
+    /// A history record as (source, outcome word, guard, added, removed, size after).
+    type Entry = (String, String, String, Vec<String>, Vec<String>, usize);
+
+    /// The change history of the test's state directory.
+    fn recorded(env: &Env) -> Vec<Entry> {
+        let side = |p: &history::Prefixes| match p {
+            history::Prefixes::Listed(nets) => nets.iter().map(ToString::to_string).collect(),
+            history::Prefixes::Counted(n) => vec![format!("{n} counted")],
+        };
+        history::read(&env.path("state"))
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let (word, guard) = match &c.outcome {
+                    history::Outcome::Applied => ("applied", String::new()),
+                    history::Outcome::Refused { guard, .. } => ("refused", guard.clone()),
+                    history::Outcome::Failed { .. } => ("failed", String::new()),
+                };
+                (
+                    c.source.clone(),
+                    word.to_owned(),
+                    guard,
+                    side(&c.added),
+                    side(&c.removed),
+                    c.size_after.unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn entry(
+        source: &str,
+        word: &str,
+        guard: &str,
+        added: &[&str],
+        removed: &[&str],
+        size: usize,
+    ) -> Entry {
+        let owned = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect();
+        (
+            source.to_owned(),
+            word.to_owned(),
+            guard.to_owned(),
+            owned(added),
+            owned(removed),
+            size,
+        )
+    }
+
+    #[tokio::test]
+    async fn applied_refused_and_failed_updates_are_recorded_and_unchanged_ones_not() {
+        let env = Env::new();
+        let mut r = env
+            .refreshed("192.0.2.0/24\n198.51.100.0/24\n203.0.113.0/24\n", "")
+            .await;
+        let first = vec![
+            entry(
+                "p/0",
+                "applied",
+                "",
+                &["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"],
+                &[],
+                3,
+            ),
+            entry("j/0", "applied", "", &["198.51.100.0/24"], &[], 1),
+        ];
+        let mut got = recorded(&env);
+        got.sort_by(|a, b| b.0.cmp(&a.0));
+        assert_eq!(got, first);
+        let changes = history::read(&env.path("state")).unwrap();
+        let j = changes.iter().find(|c| c.source == "j/0").unwrap();
+        assert_eq!((j.provider.as_str(), j.serial.as_deref()), ("j", Some("1")));
+
+        // Nothing changed: nothing recorded (the static list never is).
+        let report = r.refresh_all().await;
+        assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Unchanged);
+        assert_eq!(recorded(&env).len(), 2);
+
+        // A change.
+        env.write(
+            "list.txt",
+            "192.0.2.0/24\n198.51.100.0/24\n203.0.113.0/25\n",
+        );
+        r.refresh_all().await;
+        // A shrink, refused: what it would have done, the set kept.
+        env.write("list.txt", "192.0.2.0/24\n");
+        let report = r.refresh_all().await;
+        assert!(matches!(
+            report.get("p/0").unwrap().outcome,
+            Outcome::Refused { .. }
+        ));
+        // A failure.
+        env.write("list.txt", "192.0.2.0/24\nnot-an-address\n");
+        let report = r.refresh_all().await;
+        assert!(matches!(
+            report.get("p/0").unwrap().outcome,
+            Outcome::Failed { .. }
+        ));
+        let p: Vec<_> = recorded(&env)
+            .into_iter()
+            .filter(|e| e.0 == "p/0")
+            .collect();
+        assert_eq!(
+            p[1..],
+            [
+                entry(
+                    "p/0",
+                    "applied",
+                    "",
+                    &["203.0.113.0/25"],
+                    &["203.0.113.0/24"],
+                    3
+                ),
+                entry(
+                    "p/0",
+                    "refused",
+                    "shrink",
+                    &[],
+                    &["198.51.100.0/24", "203.0.113.0/25"],
+                    3
+                ),
+                entry("p/0", "failed", "", &[], &[], 3),
+            ]
+        );
+        let changes = history::read(&env.path("state")).unwrap();
+        let failed = changes.last().unwrap();
+        let history::Outcome::Failed { error } = &failed.outcome else {
+            panic!("{failed:?}")
+        };
+        assert!(error.contains("not-an-address"), "{error}");
+        let refused = &changes[changes.len() - 2];
+        let history::Outcome::Refused { reason, .. } = &refused.outcome else {
+            panic!("{refused:?}")
+        };
+        assert!(reason.contains("max_shrink"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_first_list_is_recorded_even_when_it_is_the_snapshot_in_force() {
+        let env = Env::new();
+        env.write("list.txt", "192.0.2.0/24\n");
+        env.write("list.json", &json(1, &["198.51.100.0/24"]));
+        let mut config = env.config("");
+        config.providers[0].sources[0].snapshot = Some(StaticList {
+            prefixes: nets(&["192.0.2.0/24"]),
+            as_of: Some("2026-01-29".into()),
+            reference: None,
+        });
+        let mut r = env.refresher(&config);
+        let report = r.refresh_all().await;
+        assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Unchanged);
+        let changes = history::read(&env.path("state")).unwrap();
+        let p = changes.iter().find(|c| c.source == "p/0").unwrap();
+        assert_eq!(
+            (&p.outcome, p.added.len(), p.removed.len(), p.size_after),
+            (&history::Outcome::Applied, 0, 0, Some(1))
+        );
+        assert_eq!(
+            p.note.as_deref(),
+            Some("the first list fetched; it replaced the preset's snapshot of 2026-01-29")
+        );
+        // Fetched again, the same: nothing more.
+        r.refresh_all().await;
+        assert_eq!(history::read(&env.path("state")).unwrap(), changes);
+    }
+
+    #[tokio::test]
+    async fn the_latest_refused_update_is_kept_until_one_is_applied() {
+        let env = Env::new();
+        let mut r = env
+            .refreshed("192.0.2.0/24\n198.51.100.0/24\n203.0.113.0/24\n", "")
+            .await;
+        let state = env.path("state");
+        env.write("list.txt", "192.0.2.0/24\n");
+        r.refresh_all().await;
+        let kept = history::refused_updates(&state).unwrap();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        let first = kept[0].clone();
+        assert_eq!(
+            (
+                first.source.as_str(),
+                first.provider.as_str(),
+                first.guard.as_str(),
+                first.prefixes.clone()
+            ),
+            ("p/0", "p", "shrink", nets(&["192.0.2.0/24"]))
+        );
+        assert!(first.reason.contains("66.7%"), "{}", first.reason);
+
+        // Refused again: the update kept is the first one; the record only counts.
+        r.refresh_all().await;
+        assert_eq!(
+            history::refused_updates(&state).unwrap(),
+            std::slice::from_ref(&first)
+        );
+        let last = history::read(&state).unwrap().pop().unwrap();
+        assert_eq!(
+            (last.added, last.removed),
+            (history::Prefixes::Counted(0), history::Prefixes::Counted(2))
+        );
+        assert!(last.note.unwrap().contains("the same update as refused at"));
+
+        // Another refused update replaces it.
+        env.write("list.txt", "198.51.100.0/24\n");
+        r.refresh_all().await;
+        let kept = history::refused_updates(&state).unwrap();
+        assert_eq!(kept[0].prefixes, nets(&["198.51.100.0/24"]));
+
+        // An accepted update clears it, even one that changes nothing.
+        env.write(
+            "list.txt",
+            "192.0.2.0/24\n198.51.100.0/24\n203.0.113.0/24\n",
+        );
+        let report = r.refresh_all().await;
+        assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Unchanged);
+        assert!(history::refused_updates(&state).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_saved_list_the_history_does_not_know_is_recorded_once() {
+        let env = Env::new();
+        let config = env.config("");
+        env.refreshed("192.0.2.0/24\n", "").await;
+        let saved_at = StateStore::open(&env.path("state"))
+            .unwrap()
+            .load("p/0")
+            .unwrap()
+            .unwrap()
+            .fetched_at;
+        // The history is lost (or predates this agent); a restart starts from the
+        // saved lists and records them, dated when they were fetched.
+        fs::remove_file(env.path("state").join(history::FILE)).unwrap();
+        env.refresher(&config);
+        let changes = history::read(&env.path("state")).unwrap();
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        let p = changes.iter().find(|c| c.source == "p/0").unwrap();
+        assert_eq!(
+            (p.at, p.added.listed().unwrap(), p.note.is_some()),
+            (saved_at, &nets(&["192.0.2.0/24"])[..], true)
+        );
+        // Once: a second restart finds them in the history.
+        env.refresher(&config);
+        assert_eq!(history::read(&env.path("state")).unwrap(), changes);
+    }
+
+    #[tokio::test]
+    async fn a_history_that_cannot_be_written_is_reported_not_fatal() {
+        let env = Env::new();
+        env.write("list.txt", "192.0.2.0/24\n");
+        env.write("list.json", &json(1, &["198.51.100.0/24"]));
+        let config = env.config("");
+        let mut r = env.refresher(&config);
+        // Something that is not a file in its place.
+        fs::create_dir(env.path("state").join(history::FILE)).unwrap();
+        let report = r.refresh_all().await;
+        let p = report.get("p/0").unwrap();
+        assert!(matches!(p.outcome, Outcome::Updated { .. }), "{p:?}");
+        assert!(p.history_failed && !p.save_failed, "{p:?}");
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.contains("the change history could not be written")),
+            "{p:?}"
+        );
+        assert_eq!(r.source_prefixes("p/0").unwrap(), nets(&["192.0.2.0/24"]));
+        let text = serde_json::to_value(p).unwrap();
+        assert_eq!(text["history_failed"], true);
+    }
+
     #[tokio::test]
     async fn status_is_serialisable() {
         let env = Env::new();
@@ -1385,6 +1831,7 @@ as_of = "2026-11-02"
             },
             warnings: Vec::new(),
             save_failed: false,
+            history_failed: false,
         };
         assert_eq!(
             serde_json::to_value(&refused).unwrap(),

@@ -194,10 +194,6 @@ pub(crate) fn read_trusted(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
 /// is a read error, EISDIR), owned by the agent's user or root, not writable by group
 /// or others. `Ok(None)` if there is none.
 pub(crate) fn open_trusted(path: &Path) -> Result<Option<File>, StateError> {
-    let untrusted = |reason: String| StateError::Untrusted {
-        path: path.to_owned(),
-        reason,
-    };
     let file = match OpenOptions::new()
         .read(true)
         // O_NONBLOCK: a FIFO planted in its place must not hang the agent.
@@ -206,18 +202,60 @@ pub(crate) fn open_trusted(path: &Path) -> Result<Option<File>, StateError> {
     {
         Ok(file) => file,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) if err.raw_os_error() == Some(libc::ELOOP) && is_symlink(path) => {
-            return Err(untrusted(format!(
-                "it is a symbolic link{}",
-                link_target(path)
-            )));
-        }
-        Err(source) => {
-            return Err(StateError::Read {
+        Err(err) => {
+            return Err(open_error(path, err, |error| StateError::Read {
                 path: path.to_owned(),
-                error: source,
-            });
+                error,
+            }));
         }
+    };
+    check_opened(path, &file)?;
+    Ok(Some(file))
+}
+
+/// Opens a state file for appending (and reading its end), creating it 0600, without
+/// following a symlink, and checks what was opened as [`open_trusted`] does.
+pub(crate) fn open_append(path: &Path) -> Result<File, StateError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|err| {
+            open_error(path, err, |error| StateError::Write {
+                path: path.to_owned(),
+                error,
+            })
+        })?;
+    check_opened(path, &file)?;
+    Ok(file)
+}
+
+/// A failed open: a symlink in place of the file is refused as such, anything else
+/// is `other`.
+fn open_error(
+    path: &Path,
+    err: io::Error,
+    other: impl FnOnce(io::Error) -> StateError,
+) -> StateError {
+    if err.raw_os_error() == Some(libc::ELOOP) && is_symlink(path) {
+        return StateError::Untrusted {
+            path: path.to_owned(),
+            reason: format!("it is a symbolic link{}", link_target(path)),
+        };
+    }
+    other(err)
+}
+
+/// The checks of [`open_trusted`] on a file already opened (without following a
+/// symlink): a regular file, owned by the agent's user or root, not writable by group
+/// or others. A directory is a read error (EISDIR).
+pub(crate) fn check_opened(path: &Path, file: &File) -> Result<(), StateError> {
+    let untrusted = |reason: String| StateError::Untrusted {
+        path: path.to_owned(),
+        reason,
     };
     let meta = file.metadata().map_err(|source| StateError::Read {
         path: path.to_owned(),
@@ -246,7 +284,7 @@ pub(crate) fn open_trusted(path: &Path) -> Result<Option<File>, StateError> {
             mode(&meta)
         )));
     }
-    Ok(Some(file))
+    Ok(())
 }
 
 fn euid() -> u32 {

@@ -54,7 +54,8 @@ pub(crate) struct AgentStatus {
     /// Refresh results since start-up: source → result → count.
     pub refresh_results: BTreeMap<String, BTreeMap<String, u64>>,
     pub sources: Vec<SourceStatus>,
-    /// Writes to `state_dir` (source lists, this status) that failed since start-up.
+    /// Writes to `state_dir` (source lists, the change history, this status) that
+    /// failed since start-up.
     #[serde(default)]
     pub state_write_failures: u64,
 }

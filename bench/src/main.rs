@@ -5,6 +5,7 @@
 
 mod agent;
 mod decision;
+mod flood;
 mod lists;
 mod refresh;
 mod report;
@@ -43,6 +44,12 @@ struct Args {
     /// Runs of each frame per BPF_PROG_TEST_RUN call.
     #[arg(long, default_value_t = 1000)]
     repeat: u32,
+    /// Rounds of each flood case; figures are medians over rounds.
+    #[arg(long, default_value_t = 5)]
+    flood_rounds: usize,
+    /// Seconds each flood reading lasts (after a one-second warm-up).
+    #[arg(long, default_value_t = 3.0)]
+    flood_window: f64,
     /// Measure only these parts (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
@@ -53,6 +60,7 @@ enum Part {
     Decision,
     Refresh,
     Agent,
+    Flood,
 }
 
 /// List sizes of the IPv4 decision cases; the IPv6 list has `V6_PREFIXES`.
@@ -122,6 +130,15 @@ fn run(args: &Args) -> Result<()> {
         );
         let document = lists::text_document(&big);
         report.memory = Some(agent::resident_memory(&agent, &document)?);
+    }
+    if wanted(Part::Flood) {
+        if args.flood_rounds == 0 || args.flood_window.is_nan() || args.flood_window <= 0.0 {
+            bail!("--flood-rounds and --flood-window must be positive");
+        }
+        report.flood = Some(flood::run(
+            args.flood_rounds,
+            Duration::from_secs_f64(args.flood_window),
+        )?);
     }
 
     report.elapsed = started.elapsed();

@@ -103,6 +103,7 @@ pub(crate) struct Report {
     pub json: Option<JsonParse>,
     pub memory: Option<Memory>,
     pub watch_read: Option<WatchRead>,
+    pub flood: Option<crate::flood::FloodReport>,
     pub elapsed: Duration,
 }
 
@@ -138,6 +139,7 @@ impl Report {
             json: None,
             memory: None,
             watch_read: None,
+            flood: None,
             elapsed: Duration::ZERO,
         }
     }
@@ -242,6 +244,10 @@ impl Report {
                 ms(median_duration(&j.times))
             );
         }
+        if let Some(f) = &self.flood {
+            let _ = writeln!(t);
+            t.push_str(&crate::flood::section(f));
+        }
         t
     }
 
@@ -256,6 +262,9 @@ impl Report {
         );
         let _ = writeln!(out, "{}", self.table());
         let _ = writeln!(out, "{}", self.details());
+        if let Some(f) = &self.flood {
+            let _ = writeln!(out, "{}", crate::flood::spread(f));
+        }
         out.push_str(METHOD);
         out
     }

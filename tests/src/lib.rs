@@ -52,6 +52,19 @@ pub fn repo() -> PathBuf {
         .to_owned()
 }
 
+/// Makes `cmd` run as user and group nobody (65534), as a local user without rights.
+pub fn as_nobody(cmd: &mut Command) -> &mut Command {
+    // SAFETY: setgid/setuid are async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Runs `cmd` to completion; panics if it cannot be started.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()

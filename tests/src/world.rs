@@ -454,9 +454,14 @@ impl World {
         });
     }
 
-    /// Sends forged SYNs to :443 from random addresses in 198.51.100.0/24 through a raw
+    /// Sends forged SYNs to :443 from 100 addresses in 198.51.100.0/24 through a raw
     /// socket on the client's interface, as fast as it can, until stopped.
     pub fn syn_flood(&self) -> Flood {
+        self.syn_flood_from(|i| IpAddr::V4(Ipv4Addr::new(198, 51, 100, 100 + (i % 100) as u8)))
+    }
+
+    /// Like [`Self::syn_flood`], the `i`th SYN from `source(i)`.
+    pub fn syn_flood_from(&self, source: impl Fn(u32) -> IpAddr + Send + 'static) -> Flood {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let (s, n) = (stop.clone(), sent.clone());
@@ -466,8 +471,7 @@ impl World {
             let mut i: u32 = 0;
             while !s.load(Ordering::Relaxed) {
                 i = i.wrapping_add(1);
-                let src = [198, 51, 100, 100 + (i % 100) as u8];
-                if socket.send(&syn_frame(src, i)) > 0 {
+                if socket.send(&syn_frame(source(i), i)) > 0 {
                     n.fetch_add(1, Ordering::Relaxed);
                 }
                 if i.is_multiple_of(64) {
@@ -550,11 +554,14 @@ impl Drop for PacketSocket {
     }
 }
 
-fn syn_frame(src: [u8; 4], seq: u32) -> Vec<u8> {
-    let builder = etherparse::PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
-        .ipv4(src, SERVER_V4.octets(), 64)
-        .tcp(40000 + (seq % 20000) as u16, 443, seq, 64240)
-        .syn();
+/// A TCP SYN to the server's :443 from `src`, as the client's interface sends it.
+pub fn syn_frame(src: IpAddr, seq: u32) -> Vec<u8> {
+    let eth = etherparse::PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC);
+    let ip = match src {
+        IpAddr::V4(src) => eth.ipv4(src.octets(), SERVER_V4.octets(), 64),
+        IpAddr::V6(src) => eth.ipv6(src.octets(), SERVER_V6.octets(), 64),
+    };
+    let builder = ip.tcp(40000 + (seq % 20000) as u16, 443, seq, 64240).syn();
     let mut out = Vec::with_capacity(builder.size(0));
     builder.write(&mut out, &[]).expect("build SYN");
     out

@@ -38,6 +38,8 @@ const METRICS: &[&str] = &[
     "allowlist_map_capacity",
     "allowlist_interface_attached",
     "allowlist_state_write_failures_total",
+    "allowlist_denied_known_sender_packets_total",
+    "allowlist_denied_sources",
     "allowlist_info",
 ];
 
@@ -51,6 +53,7 @@ const ALERTS: &[&str] = &[
     "AllowlistSourceRefreshFailing",
     "AllowlistUpdateRefused",
     "AllowlistDropsRising",
+    "AllowlistKnownSenderDropped",
     "AllowlistMapNearCapacity",
 ];
 
@@ -1130,6 +1133,7 @@ fn prometheus_alerts_use_the_agents_metrics() {
         "allowlist_map_capacity",
         "allowlist_interface_attached",
         "allowlist_state_write_failures_total",
+        "allowlist_denied_known_sender_packets_total",
         "allowlist_info",
     ] {
         assert!(watched.contains(metric), "no alert watches {metric}");

@@ -15,7 +15,7 @@ use allowlist_tests::{
     provider_server::{ProviderServer, Response},
     world::*,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const SOURCE: &str = "partner/0";
 
@@ -479,6 +479,175 @@ fn reload_keeps_the_history_of_unchanged_sources() {
     }
 }
 
+/// The change history records an applied list, a change and a refused shrink, keeps
+/// them across an agent restart, and `allowlist check` says when the address's
+/// prefixes entered and left the allowlist, and by which source.
+#[test]
+fn the_history_shows_changes_and_refusals_across_a_restart() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let provider =
+        world.provider_publishing(&["192.0.2.0/24", "198.51.100.0/25"], "refresh = \"1h\"");
+    let history = |w: &World| -> Vec<Value> {
+        let out = w.cli(&["history", "--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    let wait_for = |w: &World, count: usize, agent: &Agent| {
+        assert!(
+            wait_until(Duration::from_secs(10), || history(w).len() >= count),
+            "{count} records expected: {:#?}\n{}",
+            history(w),
+            agent.log()
+        );
+    };
+    let mut agent = world.start_agent();
+    wait_for(&world, 1, &agent);
+    // A change (each reload refreshes at once; the interval is an hour).
+    provider.set(
+        DOCUMENT_PATH,
+        Response::json(intercom_document(&["192.0.2.0/24", "198.51.100.0/24"])),
+    );
+    assert!(world.cli(&["reload"]).status.success());
+    wait_for(&world, 2, &agent);
+    // 512 addresses down to 128: refused by the shrink guard.
+    provider.set(
+        DOCUMENT_PATH,
+        Response::json(intercom_document(&["198.51.100.128/25"])),
+    );
+    assert!(world.cli(&["reload"]).status.success());
+    wait_for(&world, 3, &agent);
+
+    agent.signal(libc::SIGTERM);
+    assert!(
+        agent.wait(Duration::from_secs(10)).success(),
+        "{}",
+        agent.log()
+    );
+    let agent = world.start_agent();
+    // The restarted agent refreshes at once: the same update, refused again.
+    wait_for(&world, 4, &agent);
+    let records = history(&world);
+    let brief: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            json!({
+                "source": r["source"], "outcome": r["outcome"], "guard": r["guard"],
+                "added": r["added"], "removed": r["removed"], "size_after": r["size_after"],
+            })
+        })
+        .collect();
+    assert_eq!(
+        brief[..3],
+        [
+            json!({
+                "source": SOURCE, "outcome": "applied", "guard": null,
+                "added": ["192.0.2.0/24", "198.51.100.0/25"], "removed": [], "size_after": 2,
+            }),
+            json!({
+                "source": SOURCE, "outcome": "applied", "guard": null,
+                "added": ["198.51.100.0/24"], "removed": ["198.51.100.0/25"], "size_after": 2,
+            }),
+            json!({
+                "source": SOURCE, "outcome": "refused", "guard": "shrink",
+                "added": ["198.51.100.128/25"], "removed": ["192.0.2.0/24", "198.51.100.0/24"],
+                "size_after": 2,
+            }),
+        ],
+        "{records:#?}"
+    );
+    // After the restart: the same refusal again, only counted; no record of the saved
+    // list the agent restarted from (the history knows the source).
+    for r in &records[3..] {
+        assert_eq!(
+            (&r["outcome"], &r["guard"]),
+            (&"refused".into(), &"shrink".into()),
+            "{r:#}"
+        );
+        assert!(
+            r["note"].as_str().unwrap().contains("the same update"),
+            "{r:#}"
+        );
+    }
+    let times: Vec<&str> = records.iter().map(|r| r["at"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    let kept = std::fs::read_to_string(world.state_dir().join("refused-partner%2F0.json"))
+        .expect("the refused update is kept");
+    let kept: Value = serde_json::from_str(&kept).unwrap();
+    assert_eq!(
+        (&kept["guard"], &kept["prefixes"], &kept["at"]),
+        (
+            &"shrink".into(),
+            &json!(["198.51.100.128/25"]),
+            &records[2]["at"]
+        )
+    );
+
+    // `check` names the source and the times.
+    let when = |i: usize| times[i].replacen('T', " ", 1);
+    let out = world.cli(&["check", "198.51.100.7"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    for line in [
+        format!(
+            "history: 198.51.100.0/25 added by {SOURCE} at {}; removed at {}",
+            when(0),
+            when(1)
+        ),
+        format!("history: 198.51.100.0/24 added by {SOURCE} at {}", when(1)),
+    ] {
+        assert!(said.contains(&line), "{line:?} not in:\n{said}");
+    }
+    eprintln!("allowlist check:\n{said}");
+    let out = world.cli(&["check", "198.51.100.7", "--json"]);
+    let check: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let changes = check["history"]["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 3, "{check:#}");
+    let added = changes
+        .iter()
+        .find(|c| c["prefix"] == "198.51.100.0/24")
+        .expect("the /24's addition");
+    assert_eq!(
+        (
+            &added["prefix"],
+            &added["change"],
+            &added["source"],
+            &added["at"]
+        ),
+        (
+            &"198.51.100.0/24".into(),
+            &"added".into(),
+            &SOURCE.into(),
+            &records[1]["at"]
+        )
+    );
+    let said = text(&world.cli(&["check", "2001:db8::1"]));
+    assert!(
+        said.contains("the history knows nothing about 2001:db8::1"),
+        "{said}"
+    );
+
+    // The readable form, and the filters.
+    let out = world.cli(&["history", "--source", "partner", "--since", "1h"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    eprintln!("allowlist history:\n{said}");
+    assert!(said.contains("REFUSED by the shrink guard"), "{said}");
+    assert!(said.contains("    + 198.51.100.0/24"), "{said}");
+    let out = world.cli(&["history", "--source", "nobody"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("no source or provider \"nobody\""),
+        "{}",
+        text(&out)
+    );
+}
+
 /// Scenario 4: SIGTERM and SIGKILL leave the filter enforcing; a new agent adopts
 /// the pinned state; an allowed client connecting throughout never fails.
 #[test]
@@ -761,15 +930,7 @@ fn bad_input_exits_nonzero_and_attaches_nothing() {
     make_world_readable(&world);
     let mut cmd = world.server.command(binary());
     cmd.args(["run", "--config"]).arg(world.config_path());
-    // SAFETY: setgid/setuid are async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    allowlist_tests::as_nobody(&mut cmd);
     let out = cmd.output().expect("run as nobody");
     assert!(!out.status.success());
     let msg = text(&out);
@@ -911,4 +1072,126 @@ fn a_preset_from_a_mirror_and_a_dns_source() {
         .collect();
     assert!(kinds.contains(&"dns"), "{sources:#}");
     assert!(!dns.queries().is_empty());
+}
+
+/// `allowlist denied` reads the table the agent left in `state_dir` (no agent needs to
+/// run): the top sources by packets, the known senders below them, what each is, and
+/// `--json`; a missing table and a user who may not read `state_dir` get one line.
+#[test]
+fn denied_shows_the_agents_table_of_denied_sources() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir(&state_dir).unwrap();
+    std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let config = dir.path().join("allowlist.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interfaces = [\"eth0\"]\nstate_dir = \"{}\"\npin_dir = \"{}\"\n[[provider]]\nname = \"partner\"\n[[provider.source]]\nstatic = [\"192.0.2.0/24\"]\n",
+            state_dir.display(),
+            dir.path().join("pins").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let denied = |args: &[&str]| {
+        allowlist_tests::run(
+            std::process::Command::new(binary())
+                .arg("denied")
+                .arg("--config")
+                .arg(&config)
+                .args(args),
+        )
+    };
+
+    let out = denied(&[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no denied.json in"), "{}", text(&out));
+
+    // As the agent writes it (mode 0600): a flood's stranger, a known sender.
+    let table = r#"{
+  "version": 1,
+  "written_at": "2026-12-02T02:00:00Z",
+  "read_at": "2026-12-02T02:00:00Z",
+  "keep_secs": 604800,
+  "strangers_kept": 1000,
+  "known_kept": 10000,
+  "strangers_forgotten": 5,
+  "known_forgotten": 0,
+  "records": [
+    {"source": "198.51.100.7/32", "packets": 31, "port": 443,
+     "first_seen": "2026-12-01T10:03:00Z", "last_seen": "2026-12-01T11:40:00Z",
+     "known": [{"why": "refused_update", "provider": "partner", "source": "partner/0",
+                "prefix": "198.51.100.0/24", "at": "2026-12-01T10:02:00Z", "guard": "shrink"}]},
+    {"source": "203.0.113.54/32", "packets": 900, "overcount": 100, "estimated": false,
+     "port": 8443, "first_seen": "2026-12-01T23:10:00Z", "last_seen": "2026-12-02T01:59:00Z",
+     "known": []}
+  ]
+}
+"#;
+    let file = state_dir.join("denied.json");
+    std::fs::write(&file, table).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let out = denied(&["--top", "1"]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.starts_with("2 distinct denied sources (kept for 7days after they were last seen), 1 of them known senders; 5 more strangers were let go"),
+        "{shown}"
+    );
+    let lines: Vec<&str> = shown.lines().collect();
+    let stranger = lines.iter().position(|l| l.starts_with("203.0.113.54 "));
+    let below = lines
+        .iter()
+        .position(|l| *l == "known senders below the top 1:");
+    let known = lines.iter().position(|l| l.starts_with("198.51.100.7 "));
+    assert!(
+        stranger < below && below < known && stranger.is_some(),
+        "{shown}"
+    );
+    let known_line = lines[known.unwrap()];
+    assert!(
+        known_line.ends_with(
+            "in partner's update of 2026-12-01 10:02, refused by the shrink guard (198.51.100.0/24)"
+        ),
+        "{known_line}"
+    );
+    assert!(lines[stranger.unwrap()].contains("≈900"), "{shown}");
+    assert!(
+        lines[stranger.unwrap()].ends_with("nothing known"),
+        "{shown}"
+    );
+
+    let out = denied(&["--json", "--since", "100years"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["sources"], 2);
+    assert_eq!(json["top"][0]["source"], "203.0.113.54");
+    assert_eq!(json["top"][0]["estimated"], true);
+    assert_eq!(json["top"][1]["known"][0]["why"], "refused_update");
+    assert_eq!(json["top"][1]["port"], 443);
+    let out = denied(&["--since", "1s"]);
+    assert!(
+        text(&out).starts_with("0 distinct denied sources (seen in the last 1s)"),
+        "{}",
+        text(&out)
+    );
+
+    // Another user may not read the agent's state_dir.
+    let mut cmd = std::process::Command::new(binary());
+    cmd.arg("denied").arg("--config").arg(&config);
+    allowlist_tests::as_nobody(&mut cmd);
+    let out = cmd.output().expect("run as nobody");
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(
+        msg.contains("cannot read state_dir") && msg.contains("root"),
+        "{msg}"
+    );
 }

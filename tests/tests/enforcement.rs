@@ -785,7 +785,12 @@ fn a_non_root_cli_says_what_it_lacks() {
     let config = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     std::fs::copy(world.config_path(), config.path()).unwrap();
     std::fs::set_permissions(config.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
-    for args in [&["status"][..], &["list"], &["check", "192.0.2.10"]] {
+    for args in [
+        &["status"][..],
+        &["list"],
+        &["check", "192.0.2.10"],
+        &["history"],
+    ] {
         let out = run(world
             .server
             .command("setpriv")

@@ -6,8 +6,21 @@
 use anyhow::{Context as _, Result, bail};
 use std::{path::PathBuf, process::Command};
 
+use crate::setup::{self, Recommends};
+
+/// What the flood part compares the allowlist with, from Debian: `nft`, `ipset` and
+/// `iptables` (with their libraries). None of them starts a service: ipset and
+/// iptables have no maintainer scripts that touch services, and nftables' postinst
+/// enables `nftables.service` only where an administrator had enabled it before and
+/// restarts it only on an upgrade, and only if it is running (`try-restart`). The
+/// rulesets the benchmark writes live in its own throwaway network namespaces.
+const FLOOD_PACKAGES: &[&str] = &["nftables", "ipset", "iptables"];
+
 pub(crate) fn run(extra: &[String]) -> Result<()> {
     crate::require_root("the benchmarks load XDP programs and create network namespaces")?;
+    if runs_flood(extra) {
+        setup::apt_install(FLOOD_PACKAGES, Recommends::Skip)?;
+    }
     crate::step("building the agent and the benchmarks (release)");
     crate::cargo(&[
         "build",
@@ -35,6 +48,24 @@ pub(crate) fn run(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Whether the benchmark arguments select the flood part: no `--only`, or an `--only`
+/// that names it (`--only flood`, `--only=decision,flood`).
+fn runs_flood(args: &[String]) -> bool {
+    let mut only = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == "--only" {
+            only.extend(iter.next().map(String::as_str));
+        } else if let Some(value) = arg.strip_prefix("--only=") {
+            only.push(value);
+        }
+    }
+    only.is_empty()
+        || only
+            .iter()
+            .any(|list| list.split(',').any(|part| part == "flood"))
+}
+
 /// The workspace's target directory (`CARGO_TARGET_DIR` when set).
 fn target_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
@@ -45,4 +76,24 @@ fn target_dir() -> Result<PathBuf> {
         .context("the workspace root")?
         .to_owned();
     Ok(root.join("target"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_flood;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_flood_tools_are_installed_only_when_the_flood_part_runs() {
+        assert!(runs_flood(&args(&[])));
+        assert!(runs_flood(&args(&["--rounds", "3"])));
+        assert!(runs_flood(&args(&["--only", "flood"])));
+        assert!(runs_flood(&args(&["--only=decision,flood"])));
+        assert!(runs_flood(&args(&["--only", "refresh", "--only", "flood"])));
+        assert!(!runs_flood(&args(&["--only", "decision"])));
+        assert!(!runs_flood(&args(&["--only=decision,refresh"])));
+    }
 }

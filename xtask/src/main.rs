@@ -96,6 +96,7 @@ fn test(no_e2e: bool) -> Result<()> {
     setup::ensure_test_tools()?;
     step("host unit tests");
     cargo(&["test", "--package", "allowlist-common"])?;
+    cargo(&["test", "--package", "xtask"])?;
     cargo(&["test", "--package", "allowlist-user", "--lib", "--bins"])?;
     cargo(&["test", "--package", "allowlist-user", "--test", "fetch"])?;
     // Prints the real documents' parse and load times (or why they were skipped).

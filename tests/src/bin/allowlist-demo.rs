@@ -3,7 +3,8 @@
 //!
 //! A local HTTPS "Intercom" publishes a demo list; the agent protects a web server on
 //! :443; clients from listed and unlisted addresses connect; the provider changes its
-//! list and then breaks; the counters show what the filter did.
+//! list and then breaks; an update the shrink guard refuses leaves its new sender
+//! dropped, and `allowlist denied` names it; the counters show what the filter did.
 #![allow(
     unused_crate_dependencies,
     reason = "a binary of the test-support crate, which uses only some of its dependencies"
@@ -154,13 +155,6 @@ fn demo() -> Result<(), String> {
     );
     probe(
         &mut rows,
-        "2001:db8:b::10 -> :443 (not listed)",
-        IpAddr::V6(CLIENT_B6),
-        443,
-        false,
-    );
-    probe(
-        &mut rows,
         "198.51.100.10 -> :80 (port not protected)",
         IpAddr::V4(CLIENT_B),
         80,
@@ -209,6 +203,48 @@ fn demo() -> Result<(), String> {
         443,
         true,
     );
+    checkpoint!();
+
+    println!(
+        "\nthe provider replaces its whole list by 2001:db8:b::/48; the shrink guard refuses that:"
+    );
+    provider.set(
+        DOCUMENT_PATH,
+        Response::json(intercom_document(&["2001:db8:b::/48"])),
+    );
+    let refused = world::wait_until(Duration::from_secs(10), || {
+        world.status()["agent"]["sources"][0]["refused"] == true
+    });
+    rows.push(Row {
+        what: "the update that removes every IPv4 range is refused".into(),
+        expected: true,
+        got: refused,
+    });
+    probe(
+        &mut rows,
+        "2001:db8:b::10 -> :443 (only in the refused update)",
+        IpAddr::V6(CLIENT_B6),
+        443,
+        false,
+    );
+    print!("  who is being dropped (`allowlist denied`, after the agent's next read) ... ");
+    let mut denied = String::new();
+    let named = world::wait_until(Duration::from_secs(30), || {
+        let out = world.cli(&["denied", "--top", "5"]);
+        denied = String::from_utf8_lossy(&out.stdout).into_owned();
+        denied
+            .lines()
+            .any(|l| l.starts_with("2001:db8:b::/64") && l.contains("refused by the shrink guard"))
+    });
+    println!();
+    for line in denied.lines() {
+        println!("    {line}");
+    }
+    rows.push(Row {
+        what: "`allowlist denied` names the refused update's sender".into(),
+        expected: true,
+        got: named,
+    });
     checkpoint!();
 
     let status = world.status();
