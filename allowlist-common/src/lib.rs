@@ -15,7 +15,8 @@ pub mod maps {
     pub const FRAGS_V4: &str = "FRAGS_V4";
     pub const FRAGS_V6: &str = "FRAGS_V6";
     pub const FAST_V4: &str = "FAST_V4";
-    pub const FAST_V4_GROUPS: &str = "FAST_V4_GROUPS";
+    pub const FAST_V4_CHUNKS: &str = "FAST_V4_CHUNKS";
+    pub const FAST_V6: &str = "FAST_V6";
     pub const DENIED_SOURCES: &str = "DENIED_SOURCES";
     pub const WATCH_SETTINGS: &str = "WATCH_SETTINGS";
     pub const WATCH_STATE: &str = "WATCH_STATE";
@@ -23,7 +24,7 @@ pub mod maps {
     /// build before the watch lacks them: the next agent creates and pins them.
     pub const WATCH: [&str; 3] = [DENIED_SOURCES, WATCH_SETTINGS, WATCH_STATE];
     /// Every map the program owns, in the order the agent pins them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         ALLOW_V4,
         ALLOW_V6,
         PORTS,
@@ -33,7 +34,8 @@ pub mod maps {
         FRAGS_V4,
         FRAGS_V6,
         FAST_V4,
-        FAST_V4_GROUPS,
+        FAST_V4_CHUNKS,
+        FAST_V6,
         DENIED_SOURCES,
         WATCH_SETTINGS,
         WATCH_STATE,
@@ -67,76 +69,141 @@ pub struct Rule {
     pub rule: u32,
 }
 
-/// The IPv4 fast table: the tries' answer for every IPv4 source, precomputed by the
-/// agent so that the program finds it in one or two array-speed lookups instead of
-/// walking the trie (DIR-24-8, as in DPDK's `rte_lpm`).
+/// The fast tables: the tries' answer for every source, precomputed by the agent so
+/// that the program finds it in a few inlined array reads instead of walking a trie
+/// (multibit tables with leaf pushing: DIR-24-8 for IPv4, as in DPDK's `rte_lpm`).
 ///
-/// - `FAST_V4` holds one code per /24 ("block", the top 24 bits of the address): 2^24
-///   one-byte codes, packed [`CODES_PER_SLOT`] to an array element (the kernel rounds
-///   array elements up to 8 bytes), 16 MiB, `BPF_F_MMAPABLE` so that the agent
-///   writes it through a memory mapping rather than one syscall per code.
-/// - `FAST_V4_GROUPS` holds, for a /24 that prefixes longer than /24 split, one code
-///   per address of the block, keyed by the block number (a hash map without
-///   preallocation: memory only for the blocks that need it).
+/// A code is a `u16`:
+/// - [`DEEPER`]: ask the trie (the table was never written there, the longest match's
+///   rule id has no code, a prefix is longer than the table resolves, or the chunk pool
+///   was full);
+/// - [`DENY`]: no prefix covers the address;
+/// - [`allow`]`(rule)`: the longest match is `rule`'s;
+/// - [`descend`]`(chunk)` (codes from [`FIRST_CHUNK`] up): the answer depends on the
+///   next 8 bits of the address; they index the 256 codes of chunk `chunk`.
 ///
 /// The tries stay the authoritative set: a code only repeats what the longest match
-/// in `ALLOW_V4` answers, and [`DEEPER`] (the value of a zeroed table) sends the
-/// program to the trie, so a table that was never written is slow but never wrong.
+/// answers, and `DEEPER` (the value of a zeroed table) sends the program to the trie,
+/// so a table that was never written is slow but never wrong.
 pub mod fast {
-    /// A /24's code says "ask the trie" (the table was never written there, or the
-    /// longest match's rule id has no code).
-    pub const DEEPER: u8 = 0;
-    /// No prefix covers the address (the /24, or the address inside a group).
-    pub const DENY: u8 = 1;
-    /// The /24 is split by longer prefixes: its addresses' codes are in the group map.
-    /// Never found inside a group.
-    pub const GROUP: u8 = 255;
-    /// Codes `2..=254` allow, for rule id `code - 2`.
-    const FIRST_RULE: u8 = 2;
-    /// The largest rule id a code can carry; the addresses of a rule above it are
-    /// answered by the trie.
-    pub const MAX_RULE: u32 = (GROUP - 1 - FIRST_RULE) as u32;
-
-    /// Number of /24 blocks.
-    pub const BLOCKS: usize = 1 << 24;
-    /// Codes per element of the `FAST_V4` array.
-    pub const CODES_PER_SLOT: usize = 8;
-    /// Elements of the `FAST_V4` array.
-    pub const SLOTS: usize = BLOCKS / CODES_PER_SLOT;
-    /// An element of `FAST_V4`: the codes of `CODES_PER_SLOT` consecutive blocks.
-    pub type Slot = [u8; CODES_PER_SLOT];
-    /// A value of `FAST_V4_GROUPS`: one code per address of the block, by last octet.
-    pub type Group = [u8; 256];
-    /// Capacity of the group map: every prefix longer than /24 could split a block of
-    /// its own (during a sync the tries hold the union of two sets, which the
-    /// capacity check bounds by `MAX_PREFIXES_V4`).
-    pub const MAX_GROUPS: usize = super::MAX_PREFIXES_V4;
-    /// `BPF_F_MMAPABLE`.
-    pub const MMAPABLE: usize = 1 << 10;
-    /// `BPF_F_NO_PREALLOC`.
-    pub const NO_PREALLOC: usize = 1;
+    /// Ask the trie.
+    pub const DEEPER: u16 = 0;
+    /// No prefix covers the address.
+    pub const DENY: u16 = 1;
+    /// Codes `FIRST_RULE..FIRST_CHUNK` allow, for rule id `code - FIRST_RULE`.
+    const FIRST_RULE: u16 = 2;
+    /// The largest rule id a code can carry (every rule id the `HITS` array counts).
+    pub const MAX_RULE: u32 = super::MAX_RULES as u32 - 1;
+    /// The first code that points at a chunk.
+    pub const FIRST_CHUNK: u16 = FIRST_RULE + super::MAX_RULES as u16;
+    /// How many chunks a code can point at.
+    pub const MAX_CHUNKS: usize = (u16::MAX - FIRST_CHUNK) as usize + 1;
 
     /// The code that allows the addresses of `rule`.
-    pub const fn allow(rule: u32) -> u8 {
+    pub const fn allow(rule: u32) -> u16 {
         if rule <= MAX_RULE {
-            rule as u8 + FIRST_RULE
+            rule as u16 + FIRST_RULE
         } else {
             DEEPER
         }
     }
 
-    /// The rule id an allowing code carries; `None` for `DEEPER`, `DENY`, `GROUP`.
-    pub const fn rule(code: u8) -> Option<u32> {
-        if code >= FIRST_RULE && code < GROUP {
+    /// The rule id an allowing code carries; `None` for every other code.
+    pub const fn rule(code: u16) -> Option<u32> {
+        if code >= FIRST_RULE && code < FIRST_CHUNK {
             Some((code - FIRST_RULE) as u32)
         } else {
             None
         }
     }
 
-    /// The block (top 24 bits) of an address given as its 32-bit value.
-    pub const fn block(addr: u32) -> u32 {
-        addr >> 8
+    /// The code that sends the lookup into chunk `index` (`index < MAX_CHUNKS`).
+    pub const fn descend(index: u32) -> u16 {
+        FIRST_CHUNK + index as u16
+    }
+
+    /// The chunk a code points at; `None` for a final answer.
+    pub const fn chunk(code: u16) -> Option<u32> {
+        // In 32 bits: one subtraction in the program, no 16-bit wrap to mask.
+        if code >= FIRST_CHUNK {
+            Some(code as u32 - FIRST_CHUNK as u32)
+        } else {
+            None
+        }
+    }
+
+    /// `BPF_F_MMAPABLE`.
+    pub const MMAPABLE: usize = 1 << 10;
+
+    /// IPv4: `FAST_V4` holds one code per /24 ("block", the top 24 bits of the address):
+    /// 2^24 two-byte codes, packed [`v4::CODES_PER_SLOT`] to an array element (the
+    /// kernel rounds array elements up to 8 bytes), 32 MiB. A /24 that longer prefixes
+    /// split points at a chunk of `FAST_V4_CHUNKS`: one byte code per address of the
+    /// block, by last octet. Byte codes are the codes below 255 (`DEEPER`, `DENY`,
+    /// `allow` for rule ids up to [`v4::MAX_BYTE_RULE`]); a rule above that is
+    /// answered by the trie. Both maps are `BPF_F_MMAPABLE` arrays.
+    pub mod v4 {
+        /// Number of /24 blocks.
+        pub const BLOCKS: usize = 1 << 24;
+        /// Codes per element of the `FAST_V4` array.
+        pub const CODES_PER_SLOT: usize = 4;
+        /// Elements of the `FAST_V4` array.
+        pub const SLOTS: usize = BLOCKS / CODES_PER_SLOT;
+        /// An element of `FAST_V4`: the codes of `CODES_PER_SLOT` consecutive blocks.
+        pub type Slot = [u16; CODES_PER_SLOT];
+        /// An element of `FAST_V4_CHUNKS`: a split block's byte codes, by last octet.
+        pub type Chunk = [u8; 256];
+        /// Chunks in the pool: every split /24 a code can point at (100,000 random
+        /// prefixes of /16 to /32 split about 46,000).
+        pub const CHUNKS: usize = super::MAX_CHUNKS;
+        /// The largest rule id a byte code carries.
+        pub const MAX_BYTE_RULE: u32 = u8::MAX as u32 - 1 - super::FIRST_RULE as u32;
+
+        /// The byte code for a code that is a final answer (`DEEPER` for a rule id
+        /// above [`MAX_BYTE_RULE`]).
+        pub const fn byte(code: u16) -> u8 {
+            if code < u8::MAX as u16 {
+                code as u8
+            } else {
+                super::DEEPER as u8
+            }
+        }
+
+        /// The block (top 24 bits) of an address given as its 32-bit value.
+        pub const fn block(addr: u32) -> u32 {
+            addr >> 8
+        }
+    }
+
+    /// IPv6: `FAST_V6` is a pool of chunks of 256 codes. Chunks `0..ROOT_CHUNKS` are
+    /// the root, indexed by the address's first byte, then its second: one code per
+    /// /16. Each further chunk resolves the next 8 bits, down to /64
+    /// ([`v6::LEVELS`] reads at most); a prefix longer than /64 makes its /64 `DEEPER`.
+    pub mod v6 {
+        /// An element of `FAST_V6`.
+        pub type Chunk = [u16; 256];
+        /// The root's chunks.
+        pub const ROOT_CHUNKS: usize = 256;
+        /// Chunks in the pool, the root's included: 24 MiB (10,000 random prefixes of
+        /// /32 to /64 take about 40,000).
+        pub const CHUNKS: usize = 49_152;
+        /// The longest prefix the table resolves.
+        pub const MAX_LEN: u8 = 64;
+        /// Chunk reads for a /64: the root, then one per byte from the third to the
+        /// eighth.
+        pub const LEVELS: usize = 7;
+
+        /// The pool index of the chunk a `descend` code names (chunk numbers count
+        /// from the first chunk after the root).
+        pub const fn pool_index(chunk: u32) -> u32 {
+            chunk + ROOT_CHUNKS as u32
+        }
+
+        /// The pool index of the chunk a code points at, for a code known to point at
+        /// one (`chunk(code).is_some()`): one subtraction per level in the program.
+        pub const fn pool_index_of(code: u16) -> u32 {
+            code as u32 - (super::FIRST_CHUNK as u32 - ROOT_CHUNKS as u32)
+        }
     }
 }
 
@@ -430,11 +497,26 @@ mod tests {
             Some(fast::MAX_RULE)
         );
         assert_eq!(fast::allow(fast::MAX_RULE + 1), fast::DEEPER);
-        for code in [fast::DEEPER, fast::DENY, fast::GROUP] {
+        for code in [fast::DEEPER, fast::DENY, fast::descend(0)] {
             assert_eq!(fast::rule(code), None);
         }
-        assert_eq!(fast::allow(fast::MAX_RULE), fast::GROUP - 1);
-        assert_eq!(fast::SLOTS * fast::CODES_PER_SLOT, 1 << 24);
+        assert_eq!(fast::allow(fast::MAX_RULE) + 1, fast::FIRST_CHUNK);
+        let last = fast::MAX_CHUNKS as u32 - 1;
+        assert_eq!(fast::chunk(fast::descend(last)), Some(last));
+        assert_eq!(
+            fast::v6::pool_index_of(fast::descend(7)),
+            fast::v6::pool_index(7)
+        );
+        assert_eq!(fast::descend(last), u16::MAX);
+        assert_eq!(fast::chunk(fast::allow(7)), None);
+        assert_eq!(fast::v4::SLOTS * fast::v4::CODES_PER_SLOT, 1 << 24);
+        assert_eq!(fast::v4::byte(fast::DENY), 1);
+        assert_eq!(fast::v4::byte(fast::allow(fast::v4::MAX_BYTE_RULE)), 254);
+        assert_eq!(
+            fast::v4::byte(fast::allow(fast::v4::MAX_BYTE_RULE + 1)),
+            fast::DEEPER as u8
+        );
+        const { assert!(fast::v6::CHUNKS - fast::v6::ROOT_CHUNKS <= fast::MAX_CHUNKS) };
     }
 
     #[test]

@@ -8,10 +8,11 @@
 //! Every decision is a [`Reason`]; [`finish`] is the only exit, so the counters can't
 //! drift from the verdicts.
 //!
-//! An IPv4 source is looked up in the fast table first (one array element for its
-//! /24, and one group entry when longer prefixes split that /24; see
-//! `allowlist_common::fast`): constant time whatever the list size. The trie is
-//! walked only where the table says so. IPv6 sources are looked up in the trie.
+//! A source is looked up in its family's fast table first (see
+//! `allowlist_common::fast`): for IPv4 one array element for its /24, and one chunk
+//! when longer prefixes split that /24; for IPv6 the root's code for its /16, then
+//! one chunk per further byte down to the /64. Constant time whatever the list size;
+//! the trie is walked only where the table says so.
 #![no_std]
 #![no_main]
 #![cfg_attr(
@@ -36,7 +37,7 @@ use allowlist_common::{
 use aya_ebpf::{
     Global,
     bindings::xdp_action,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -51,10 +52,12 @@ static ALLOW_V4: LpmTrie<[u8; 4], Rule, MAX_PREFIXES_V4> = LpmTrie::new();
 #[btf_map]
 static ALLOW_V6: LpmTrie<[u8; 16], Rule, MAX_PREFIXES_V6> = LpmTrie::new();
 #[btf_map]
-static FAST_V4: Array<fast::Slot, { fast::SLOTS }, { fast::MMAPABLE }> = Array::new();
+static FAST_V4: Array<fast::v4::Slot, { fast::v4::SLOTS }, { fast::MMAPABLE }> = Array::new();
 #[btf_map]
-static FAST_V4_GROUPS: HashMap<u32, fast::Group, { fast::MAX_GROUPS }, { fast::NO_PREALLOC }> =
-    HashMap::new();
+static FAST_V4_CHUNKS: Array<fast::v4::Chunk, { fast::v4::CHUNKS }, { fast::MMAPABLE }> =
+    Array::new();
+#[btf_map]
+static FAST_V6: Array<fast::v6::Chunk, { fast::v6::CHUNKS }, { fast::MMAPABLE }> = Array::new();
 #[btf_map]
 static PORTS: Array<PortFlag, PORT_SLOTS> = Array::new();
 #[btf_map]
@@ -126,6 +129,9 @@ fn classify(ctx: &XdpContext) -> Reason {
     // Most frames take the short way; the general parser would judge them the same.
     if let Some(plain) = parse::plain_ipv4(&cur) {
         return judge_l4(Source::V4(plain.src), plain.proto, plain.dst_port);
+    }
+    if let Some(plain) = parse::plain_ipv6(&cur) {
+        return judge_l4(Source::V6(plain.src), plain.proto, plain.dst_port);
     }
     // A jumbo frame's lengths overrun its first buffer: the short way declines it.
     let mut cur = cur.with_frame_len(ctx);
@@ -290,7 +296,11 @@ fn allowed(src: Source) -> bool {
             fast::DEEPER => ALLOW_V4.get(&Key::new(32, addr)).map(|r| r.rule),
             code => fast::rule(code),
         },
-        Source::V6(addr) => ALLOW_V6.get(&Key::new(128, addr)).map(|r| r.rule),
+        Source::V6(addr) => match fast_v6(&addr) {
+            fast::DENY => None,
+            fast::DEEPER => ALLOW_V6.get(&Key::new(128, addr)).map(|r| r.rule),
+            code => fast::rule(code),
+        },
     };
     match rule {
         Some(rule) => {
@@ -301,25 +311,50 @@ fn allowed(src: Source) -> bool {
     }
 }
 
-/// The fast table's code for an IPv4 source: `DENY`, an allowing code, or `DEEPER`
-/// (never `GROUP`). A group that is missing (the agent replaces a group by a direct
-/// code, then deletes it) sends the source to the trie.
+/// The IPv4 fast table's answer for a source: `DENY`, an allowing code, or `DEEPER`.
+/// Two array reads at most: the /24's code, and for a /24 that longer prefixes split,
+/// the address's byte in the chunk the code points at.
 #[inline(always)]
-fn fast_v4(addr: [u8; 4]) -> u8 {
-    let block = fast::block(u32::from_be_bytes(addr));
-    let slot = block / fast::CODES_PER_SLOT as u32;
+fn fast_v4(addr: [u8; 4]) -> u16 {
+    let block = fast::v4::block(u32::from_be_bytes(addr));
+    let slot = block / fast::v4::CODES_PER_SLOT as u32;
     let Some(codes) = FAST_V4.get(slot) else {
         return fast::DEEPER;
     };
-    let code = codes[(block % fast::CODES_PER_SLOT as u32) as usize];
-    if code != fast::GROUP {
+    let code = codes[(block % fast::v4::CODES_PER_SLOT as u32) as usize];
+    let Some(chunk) = fast::chunk(code) else {
         return code;
-    }
-    match FAST_V4_GROUPS.get_ptr(block) {
-        // SAFETY: a map value the agent replaces whole (the group map is not
-        // preallocated, so an update swaps in a new element); a byte read is atomic.
-        Some(group) => unsafe { (*group)[addr[3] as usize] },
+    };
+    match FAST_V4_CHUNKS.get(chunk) {
+        Some(bytes) => u16::from(bytes[addr[3] as usize]),
         None => fast::DEEPER,
+    }
+}
+
+/// The IPv6 fast table's answer for a source: `DENY`, an allowing code, or `DEEPER`.
+/// The root's code for the /16, then one chunk per further byte while the code points
+/// at one, down to the /64 (`fast::v6::LEVELS` array reads at most).
+#[inline(always)]
+fn fast_v6(addr: &[u8; 16]) -> u16 {
+    let Some(root) = FAST_V6.get(u32::from(addr[0])) else {
+        return fast::DEEPER;
+    };
+    let mut code = root[addr[1] as usize];
+    for &byte in &addr[2..fast::v6::LEVELS + 1] {
+        if code < fast::FIRST_CHUNK {
+            return code;
+        }
+        let Some(codes) = FAST_V6.get(fast::v6::pool_index_of(code)) else {
+            return fast::DEEPER;
+        };
+        code = codes[byte as usize];
+    }
+    // Past the /64 the table holds no chunk; a code that still points at one is not
+    // an answer.
+    if fast::chunk(code).is_some() {
+        fast::DEEPER
+    } else {
+        code
     }
 }
 

@@ -93,7 +93,12 @@ impl Programs {
         let (allowlist, mut maps) = datapath::load_unpinned(&LoadOptions::default())
             .context("load the allowlist program")?;
         maps.set_ports(&[443].into())?;
-        datapath::sync::resync(&mut maps, list).context("fill the allowlist maps")?;
+        let report = datapath::sync::resync(&mut maps, list).context("fill the allowlist maps")?;
+        let (v4_chunks, v6_chunks) = maps.fast_chunks_in_use()?;
+        eprintln!(
+            "  fast tables: {v4_chunks} IPv4 and {v6_chunks} IPv6 chunks in use, {} left to the trie",
+            report.fast.left_to_trie
+        );
         let (unwatched, mut unwatched_maps) = datapath::load_unpinned(&LoadOptions {
             without_watch: true,
             ..LoadOptions::default()

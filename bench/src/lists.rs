@@ -193,6 +193,39 @@ pub(crate) fn allowed_v4_by_block(
     (inside, outside)
 }
 
+/// `n` allowed IPv6 addresses whose longest match in `list` is at most `len` long,
+/// and `n` whose longest match is longer.
+pub(crate) fn allowed_v6_by_length(
+    rng: &mut StdRng,
+    list: &BTreeMap<IpNet, u32>,
+    n: usize,
+    len: u8,
+) -> (Vec<Ipv6Addr>, Vec<Ipv6Addr>) {
+    let longest = |addr: Ipv6Addr| {
+        (0..=128u8)
+            .rev()
+            .find(|l| {
+                let net = Ipv6Net::new(addr, *l).expect("length ≤ 128").trunc();
+                list.contains_key(&IpNet::V6(net))
+            })
+            .expect("an allowed address")
+    };
+    let (mut short, mut long) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    while short.len() < n || long.len() < n {
+        for addr in allowed_v6(rng, list, n) {
+            let side = if longest(addr) <= len {
+                &mut short
+            } else {
+                &mut long
+            };
+            if side.len() < n {
+                side.push(addr);
+            }
+        }
+    }
+    (short, long)
+}
+
 /// `n` random addresses that no prefix of `list` covers.
 pub(crate) fn denied_v4(rng: &mut StdRng, members: &Membership, n: usize) -> Vec<Ipv4Addr> {
     let mut out = Vec::with_capacity(n);

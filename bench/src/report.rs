@@ -303,25 +303,25 @@ impl Report {
             let r = &f.report;
             let _ = writeln!(
                 t,
-                "- Full load: {} trie insertions, {} fast-table codes written (memory stores: every /24 of the fresh table set to deny by the rebuild, then the list's), {} /24 groups written ({} map syscalls in all).",
+                "- Full load: {} trie insertions ({} map syscalls in all), {} fast-table codes written (memory stores: every /24 and IPv6 /16 of the fresh tables set to deny by the rebuild, then the list's), {} chunks filled.",
                 r.added,
+                r.map_operations(),
                 r.fast.codes_written,
-                r.fast.groups_written,
-                r.added + r.changed + r.removed + r.fast.groups_written + r.fast.groups_removed,
+                r.fast.chunks_filled,
             );
         }
         if let Some(d) = &self.diff {
             let r = &d.report;
             let _ = writeln!(
                 t,
-                "- 10-change diff: {} added, {} removed, {} moved to another rule: {} trie operations, {} codes written, {} groups written, {} groups removed.",
+                "- 10-change diff: {} added, {} removed, {} moved to another rule: {} trie operations, {} codes written, {} chunks filled, {} chunks freed.",
                 r.added,
                 r.removed,
                 r.changed,
                 r.map_operations(),
                 r.fast.codes_written,
-                r.fast.groups_written,
-                r.fast.groups_removed
+                r.fast.chunks_filled,
+                r.fast.chunks_freed
             );
         }
         if let Some(m) = &self.memory {

@@ -1,58 +1,61 @@
-//! The IPv4 fast table (`allowlist_common::fast`): computing each /24's code from a
-//! set of prefixes, and writing the codes the way the program can read them at any
-//! moment.
+//! The IPv4 fast table (`allowlist_common::fast::v4`): computing each /24's code
+//! from a set of prefixes, and writing the codes the way the program can read them at
+//! any moment.
 //!
 //! The table only ever repeats what the trie answers. A block's code is recomputed
 //! from the prefixes the trie holds at that moment (given as layers of maps, see
 //! [`Layers`]) and written in one store, so every address goes from its old answer to
-//! its new one without an answer in between. A group is written before the code that
-//! points at it, and a code that stops pointing at a group is written before the
-//! group is deleted; a program that still finds the old code and then misses the
-//! group asks the trie (the code `DEEPER`).
+//! its new one without an answer in between. A /24 that longer prefixes split points
+//! at a chunk of the pool (`FAST_V4_CHUNKS`): a new chunk is filled before the code
+//! that points at it is written; a chunk still pointed at is changed in place, one
+//! byte per address; a chunk the code stops pointing at is freed after the code is
+//! written, and handed out again from the next sync on (see `pool`). When the pool
+//! is full the /24 is left to the trie (`DEEPER`).
 //!
-//! The table is written through a shared memory mapping of the `BPF_F_MMAPABLE` array
-//! (one store per code, no syscall), mapped for the duration of a sync only, so that
-//! the agent's resident memory does not carry its 16 MiB between syncs. Groups are
-//! hash-map updates, one syscall each.
+//! Both maps are written through shared memory mappings (see `mapping`), one store
+//! per code.
 
 use std::{
     collections::BTreeMap,
-    io,
     net::Ipv4Addr,
-    os::fd::{AsFd as _, AsRawFd as _},
-    sync::atomic::{AtomicU8, Ordering},
+    sync::atomic::{AtomicU8, AtomicU16, Ordering},
 };
 
 use allowlist_common::{fast, maps as names};
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::MapData;
 use ipnet::{IpNet, Ipv4Net};
 use serde::Serialize;
 
-use super::DatapathError;
+use super::{
+    DatapathError,
+    mapping::{Region, WINDOW},
+    pool::Pool,
+};
 
-/// Blocks per chunk: the codes are computed a /8 at a time.
+/// Blocks per chunk of computation: the codes are computed a /8 at a time.
 const CHUNK_BITS: u32 = 16;
 const CHUNK_BLOCKS: usize = 1 << CHUNK_BITS;
-const LAST_BLOCK: u32 = (fast::BLOCKS - 1) as u32;
+const _: () = assert!(CHUNK_BLOCKS * 2 == WINDOW, "a chunk of codes is one window");
+const LAST_BLOCK: u32 = (fast::v4::BLOCKS - 1) as u32;
 
-/// What a fast-table update wrote.
+/// What a fast-table update wrote (both tables).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct FastReport {
-    /// /24 codes changed (memory stores, not syscalls).
+    /// Codes changed, in the tables and in chunks (memory stores, not syscalls).
     pub codes_written: usize,
-    /// Group entries written (one syscall each).
-    pub groups_written: usize,
-    /// Group entries deleted (one syscall each).
-    pub groups_removed: usize,
-    /// Blocks left to the trie because their group could not be stored.
+    /// Chunks taken from a pool and filled.
+    pub chunks_filled: usize,
+    /// Chunks no code points at any more (free from the next sync on).
+    pub chunks_freed: usize,
+    /// /24s or IPv6 subtrees left to the trie because their pool was full.
     pub left_to_trie: usize,
 }
 
 impl std::ops::AddAssign for FastReport {
     fn add_assign(&mut self, other: Self) {
         self.codes_written += other.codes_written;
-        self.groups_written += other.groups_written;
-        self.groups_removed += other.groups_removed;
+        self.chunks_filled += other.chunks_filled;
+        self.chunks_freed += other.chunks_freed;
         self.left_to_trie += other.left_to_trie;
     }
 }
@@ -74,22 +77,10 @@ impl Blocks {
 
     /// The blocks the IPv4 prefixes among `nets` overlap.
     pub(super) fn of<'a>(nets: impl IntoIterator<Item = &'a IpNet>) -> Self {
-        let mut ranges: Vec<(u32, u32)> = nets
-            .into_iter()
-            .filter_map(|net| match net {
-                IpNet::V4(n) => Some(block_range(n)),
-                IpNet::V6(_) => None,
-            })
-            .collect();
-        ranges.sort_unstable();
-        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
-        for (lo, hi) in ranges {
-            match merged.last_mut() {
-                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
-                _ => merged.push((lo, hi)),
-            }
-        }
-        Self(merged)
+        Self(merge(nets.into_iter().filter_map(|net| match net {
+            IpNet::V4(n) => Some(block_range(n)),
+            IpNet::V6(_) => None,
+        })))
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -101,17 +92,31 @@ impl Blocks {
     }
 }
 
+/// Sorted, disjoint inclusive ranges covering `ranges`.
+pub(super) fn merge(ranges: impl Iterator<Item = (u32, u32)>) -> Vec<(u32, u32)> {
+    let mut ranges: Vec<(u32, u32)> = ranges.collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    for (lo, hi) in ranges {
+        match merged.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    merged
+}
+
 fn block_range(net: &Ipv4Net) -> (u32, u32) {
     let first = u32::from(net.network());
     let last = u32::from(net.broadcast());
-    (fast::block(first), fast::block(last))
+    (fast::v4::block(first), fast::v4::block(last))
 }
 
-/// The codes of one chunk of blocks, and the groups of its split blocks.
+/// The codes of one chunk of blocks, and the byte codes of its split blocks.
 struct Chunk {
     index: u32,
-    codes: Vec<u8>,
-    groups: BTreeMap<u32, fast::Group>,
+    codes: Vec<u16>,
+    groups: BTreeMap<u32, fast::v4::Chunk>,
 }
 
 fn v4net(addr: u32, len: u8) -> IpNet {
@@ -146,7 +151,8 @@ fn chunk_codes(layers: &Layers<'_>, index: u32) -> Chunk {
             if len <= 24 {
                 short.entry((len, addr)).or_insert(*rule);
             } else {
-                long.entry((fast::block(addr), len, addr)).or_insert(*rule);
+                long.entry((fast::v4::block(addr), len, addr))
+                    .or_insert(*rule);
             }
         }
     }
@@ -170,8 +176,7 @@ fn chunk_codes(layers: &Layers<'_>, index: u32) -> Chunk {
         if group.iter().all(|c| *c == group[0]) {
             codes[slot] = group[0];
         } else {
-            codes[slot] = fast::GROUP;
-            groups.insert(block, group);
+            groups.insert(block, group.map(fast::v4::byte));
         }
     }
     Chunk {
@@ -181,33 +186,114 @@ fn chunk_codes(layers: &Layers<'_>, index: u32) -> Chunk {
     }
 }
 
-/// The fast table's two maps.
+/// The fast table's two maps, and which chunks of the pool are free (read from the
+/// table at the first sync: the maps may be a previous agent's).
 pub(super) struct FastV4 {
     table: MapData,
-    groups: HashMap<MapData, u32, fast::Group>,
+    chunks: MapData,
+    pool: Option<Pool>,
 }
 
 impl FastV4 {
-    pub(super) fn new(table: MapData, groups: HashMap<MapData, u32, fast::Group>) -> Self {
-        Self { table, groups }
+    pub(super) fn new(table: MapData, chunks: MapData) -> Self {
+        Self {
+            table,
+            chunks,
+            pool: None,
+        }
     }
 
-    /// Maps the table for writing, until the session is dropped.
-    pub(super) fn session(&mut self) -> Result<Session<'_>, DatapathError> {
-        Ok(Session {
-            table: Mapping::new(&self.table)?,
-            groups: &mut self.groups,
-        })
+    /// A new sync starts: chunks freed by the previous ones may be reused.
+    pub(super) fn recycle(&mut self) {
+        if let Some(pool) = &mut self.pool {
+            pool.recycle();
+        }
+    }
+
+    /// Runs `f` with the maps mapped for writing.
+    pub(super) fn with_writer<T>(
+        &mut self,
+        f: impl FnOnce(&mut Writer<'_>) -> Result<T, DatapathError>,
+    ) -> Result<T, DatapathError> {
+        let codes = Region::of_map(&self.table, fast::v4::BLOCKS * 2, names::FAST_V4);
+        let bytes = Region::of_map(
+            &self.chunks,
+            fast::v4::CHUNKS * size_of::<fast::v4::Chunk>(),
+            names::FAST_V4_CHUNKS,
+        );
+        let cells = Cells {
+            codes: &codes,
+            bytes: &bytes,
+        };
+        let pool = match &mut self.pool {
+            Some(pool) => pool,
+            None => self.pool.insert(cells.scan()?),
+        };
+        f(&mut Writer { cells, pool })
     }
 }
 
-/// The table mapped for writing, and the group map.
-pub(super) struct Session<'a> {
-    table: Mapping,
-    groups: &'a mut HashMap<MapData, u32, fast::Group>,
+/// The table's codes and the pool's chunks.
+#[derive(Clone, Copy)]
+pub(super) struct Cells<'a> {
+    codes: &'a Region<'a>,
+    bytes: &'a Region<'a>,
 }
 
-impl Session<'_> {
+impl<'a> Cells<'a> {
+    #[cfg(test)]
+    fn code(&self, block: u32) -> Result<&'a AtomicU16, DatapathError> {
+        self.codes.u16(block as usize)
+    }
+
+    fn chunk(&self, chunk: u32) -> Result<&'a [AtomicU8], DatapathError> {
+        self.bytes.u8s(chunk as usize * 256, 256)
+    }
+
+    fn chunk_count(&self) -> u32 {
+        (self.bytes.len() / 256) as u32
+    }
+
+    /// The pool's state as the codes say, for maps written by another agent (or a
+    /// fresh, zeroed table): a code pointing outside the pool, or at a chunk another
+    /// code already points at, is replaced by `DEEPER` (the trie answers).
+    fn scan(&self) -> Result<Pool, DatapathError> {
+        let mut used = vec![false; self.chunk_count() as usize];
+        let per_window = WINDOW / 2;
+        for first in (0..fast::v4::BLOCKS).step_by(per_window) {
+            for cell in self.codes.u16s(first, per_window)? {
+                if let Some(chunk) = fast::chunk(cell.load(Ordering::Relaxed)) {
+                    match used.get_mut(chunk as usize) {
+                        Some(u) if !*u => *u = true,
+                        _ => cell.store(fast::DEEPER, Ordering::Release),
+                    }
+                }
+            }
+        }
+        Ok(Pool::new(&used))
+    }
+
+    /// The answer for `addr`, read the way the program reads it.
+    #[cfg(test)]
+    fn lookup(&self, addr: u32) -> u16 {
+        let block = fast::v4::block(addr);
+        let code = self.code(block).unwrap().load(Ordering::Acquire);
+        match fast::chunk(code) {
+            Some(chunk) => u16::from(
+                self.chunk(chunk).unwrap()[(addr & 0xFF) as usize].load(Ordering::Relaxed),
+            ),
+            None => code,
+        }
+    }
+}
+
+/// Writes codes into the mapped table.
+pub(super) struct Writer<'a> {
+    cells: Cells<'a>,
+    pool: &'a mut Pool,
+}
+
+impl Writer<'_> {
     /// Makes the codes of `blocks` what `layers` (the trie's content) says.
     pub(super) fn refresh(
         &mut self,
@@ -225,9 +311,12 @@ impl Session<'_> {
                 }
                 let c = chunk.as_ref().expect("computed above");
                 let end = hi.min(((index + 1) << CHUNK_BITS) - 1);
+                // A chunk of computation's codes are one mapping window.
+                let first = index << CHUNK_BITS;
+                let cells = self.cells.codes.u16s(first as usize, CHUNK_BLOCKS)?;
                 for b in block..=end {
-                    let code = c.codes[(b - (index << CHUNK_BITS)) as usize];
-                    self.write(b, code, c.groups.get(&b), &mut report)?;
+                    let i = (b - first) as usize;
+                    self.write(&cells[i], b, c.codes[i], c.groups.get(&b), &mut report)?;
                 }
                 if end == hi {
                     break;
@@ -238,158 +327,123 @@ impl Session<'_> {
         Ok(report)
     }
 
-    /// Makes every code what `layers` says, and deletes groups no code points at.
+    /// Makes every code what `layers` says.
     pub(super) fn rebuild(&mut self, layers: &Layers<'_>) -> Result<FastReport, DatapathError> {
-        let mut report = self.refresh(layers, &Blocks::all())?;
-        let keys: Vec<u32> = self
-            .groups
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(names::FAST_V4_GROUPS))?;
-        for block in keys {
-            if block > LAST_BLOCK || self.table.load(block) != fast::GROUP {
-                self.remove_group(block, &mut report)?;
-            }
-        }
-        Ok(report)
+        self.refresh(layers, &Blocks::all())
     }
 
+    /// Chunks in use (or freed during this sync).
+    pub(super) fn chunks_in_use(&self) -> Result<usize, DatapathError> {
+        Ok(self.pool.in_use())
+    }
+
+    /// Makes `cell`, the code of `block`, say `code`, or point at a chunk holding
+    /// `group`.
     fn write(
         &mut self,
+        cell: &AtomicU16,
         block: u32,
-        code: u8,
-        group: Option<&fast::Group>,
+        code: u16,
+        group: Option<&fast::v4::Chunk>,
         report: &mut FastReport,
     ) -> Result<(), DatapathError> {
-        let old = self.table.load(block);
-        if let (fast::GROUP, Some(group)) = (code, group) {
-            // The group first: a program that finds the code finds the group.
-            match self.groups.insert(block, group, 0) {
-                Ok(()) => {
-                    report.groups_written += 1;
-                    if old != fast::GROUP {
-                        self.table.store(block, fast::GROUP);
+        let old = cell.load(Ordering::Relaxed);
+        if let Some(group) = group {
+            if let Some(chunk) = fast::chunk(old) {
+                // Still pointed at: each address's byte goes to its new answer.
+                for (cell, byte) in self.cells.chunk(chunk)?.iter().zip(group) {
+                    if cell.load(Ordering::Relaxed) != *byte {
+                        cell.store(*byte, Ordering::Release);
                         report.codes_written += 1;
                     }
-                    return Ok(());
                 }
-                Err(e) => {
-                    // Full or out of memory: this block is left to the trie.
-                    tracing::warn!(block = %Ipv4Addr::from(block << 8), error = %e, "fast table: cannot store a group; the trie answers for this /24");
-                    report.left_to_trie += 1;
-                    return self.write(block, fast::DEEPER, None, report);
-                }
+                return Ok(());
             }
-        }
-        if old != code {
-            self.table.store(block, code);
+            let Some(chunk) = self.pool.take() else {
+                tracing::warn!(block = %Ipv4Addr::from(block << 8), "fast table: the chunk pool is full; the trie answers for this /24");
+                report.left_to_trie += 1;
+                return self.write(cell, block, fast::DEEPER, None, report);
+            };
+            // Filled while nothing points at it, then published by one store.
+            for (cell, byte) in self.cells.chunk(chunk)?.iter().zip(group) {
+                cell.store(*byte, Ordering::Relaxed);
+            }
+            cell.store(fast::descend(chunk), Ordering::Release);
+            report.chunks_filled += 1;
+            report.codes_written += 1;
+        } else if old != code {
+            cell.store(code, Ordering::Release);
             report.codes_written += 1;
         }
-        if old == fast::GROUP {
-            // Nothing points at the group any more.
-            self.remove_group(block, report)?;
+        if let Some(chunk) = fast::chunk(old) {
+            // Nothing points at it any more.
+            self.pool.release_later(chunk);
+            report.chunks_freed += 1;
         }
         Ok(())
-    }
-
-    fn remove_group(&mut self, block: u32, report: &mut FastReport) -> Result<(), DatapathError> {
-        match self.groups.remove(&block) {
-            Ok(()) => {
-                report.groups_removed += 1;
-                Ok(())
-            }
-            Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(names::FAST_V4_GROUPS)(e)),
-        }
-    }
-}
-
-/// The table's memory, shared with the kernel.
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(table: &MapData) -> Result<Self, DatapathError> {
-        let len = fast::BLOCKS;
-        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array of exactly `len` bytes of
-        // data; the kernel checks the length and the flag.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                table.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(DatapathError::MapFastTable(io::Error::last_os_error()));
-        }
-        Ok(Self {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    fn cell(&self, block: u32) -> &AtomicU8 {
-        assert!((block as usize) < self.len, "block {block} out of range");
-        // SAFETY: in bounds (checked above), valid for as long as `self`; the program
-        // reads the same bytes concurrently, hence atomic accesses.
-        unsafe { AtomicU8::from_ptr(self.ptr.add(block as usize)) }
-    }
-
-    fn load(&self, block: u32) -> u8 {
-        self.cell(block).load(Ordering::Relaxed)
-    }
-
-    /// Release: everything written before (a group, the trie) is visible to a reader
-    /// that sees this code.
-    fn store(&self, block: u32, code: u8) {
-        self.cell(block).store(code, Ordering::Release);
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
-    move |source| DatapathError::Map {
-        name: name.to_owned(),
-        source,
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use std::sync::atomic::AtomicU64;
+
     use super::*;
 
-    fn set(list: &[(&str, u32)]) -> BTreeMap<IpNet, u32> {
+    /// A seeded xorshift generator: the property tests are reproducible.
+    pub(in crate::datapath) struct Rng(u64);
+
+    impl Rng {
+        pub(in crate::datapath) fn new(seed: u64) -> Self {
+            Self(seed | 1)
+        }
+        pub(in crate::datapath) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        pub(in crate::datapath) fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    pub(in crate::datapath) fn set(list: &[(&str, u32)]) -> BTreeMap<IpNet, u32> {
         list.iter().map(|(n, r)| (n.parse().unwrap(), *r)).collect()
     }
 
-    fn block_of(addr: &str) -> u32 {
-        fast::block(u32::from(addr.parse::<Ipv4Addr>().unwrap()))
-    }
-
-    /// The code (and group) chunk_codes computes for the block holding `addr`.
-    fn code_at(layers: &Layers<'_>, addr: &str) -> (u8, Option<fast::Group>) {
-        let block = block_of(addr);
-        let chunk = chunk_codes(layers, block >> CHUNK_BITS);
+    /// The prefixes to write and to remove when the maps go from `current` to
+    /// `desired`, as `sync::apply` computes them.
+    pub(in crate::datapath) fn changes(
+        current: &BTreeMap<IpNet, u32>,
+        desired: &BTreeMap<IpNet, u32>,
+    ) -> (Vec<IpNet>, Vec<IpNet>) {
+        let diff = crate::prefixes::diff(current, desired);
         (
-            chunk.codes[(block - (chunk.index << CHUNK_BITS)) as usize],
-            chunk.groups.get(&block).copied(),
+            diff.upserts.iter().map(|(net, _)| *net).collect(),
+            diff.removals,
         )
     }
 
+    fn block_of(addr: &str) -> u32 {
+        fast::v4::block(u32::from(addr.parse::<Ipv4Addr>().unwrap()))
+    }
+
+    /// The code (and chunk) chunk_codes computes for the block holding `addr`.
+    fn code_at(layers: &Layers<'_>, addr: &str) -> (u16, Option<fast::v4::Chunk>) {
+        let block = block_of(addr);
+        let chunk = chunk_codes(layers, block >> CHUNK_BITS);
+        match chunk.groups.get(&block) {
+            Some(group) => (fast::FIRST_CHUNK, Some(*group)),
+            None => (
+                chunk.codes[(block - (chunk.index << CHUNK_BITS)) as usize],
+                None,
+            ),
+        }
+    }
+
     /// What the longest match says for `addr`, the slow obvious way.
-    fn longest(layers: &Layers<'_>, addr: u32) -> u8 {
+    fn longest(layers: &Layers<'_>, addr: u32) -> u16 {
         for len in (0..=32u8).rev() {
             for layer in layers {
                 if let Some(rule) = layer.get(&v4net(addr & mask(len), len)) {
@@ -398,6 +452,10 @@ mod tests {
             }
         }
         fast::DENY
+    }
+
+    fn byte(rule: u32) -> u8 {
+        fast::v4::byte(fast::allow(rule))
     }
 
     #[test]
@@ -432,31 +490,32 @@ mod tests {
             ("203.0.113.7/32", 5),
             ("192.0.2.0/25", 6),
             ("192.0.2.128/25", 6),
+            ("198.51.100.0/25", 300),
         ]);
         let layers: &Layers<'_> = &[&s];
         assert_eq!(code_at(layers, "198.18.0.1"), (fast::allow(1), None));
         assert_eq!(code_at(layers, "198.18.15.255"), (fast::allow(1), None));
         assert_eq!(code_at(layers, "198.18.16.0"), (fast::DENY, None));
-        let (code, group) = code_at(layers, "198.18.4.0");
-        assert_eq!(code, fast::GROUP);
-        let group = group.unwrap();
-        assert_eq!(group[0], fast::allow(2));
-        assert_eq!(group[64], fast::allow(3));
-        assert_eq!(group[70], fast::allow(4));
-        assert_eq!(group[127], fast::allow(3));
-        assert_eq!(group[128], fast::allow(2));
-        let (code, group) = code_at(layers, "203.0.113.0");
-        assert_eq!(code, fast::GROUP);
-        let group = group.unwrap();
-        assert_eq!(
-            (group[6], group[7], group[8]),
-            (fast::DENY, fast::allow(5), fast::DENY)
-        );
+        let group = code_at(layers, "198.18.4.0").1.unwrap();
+        assert_eq!(group[0], byte(2));
+        assert_eq!(group[64], byte(3));
+        assert_eq!(group[70], byte(4));
+        assert_eq!(group[127], byte(3));
+        assert_eq!(group[128], byte(2));
+        let group = code_at(layers, "203.0.113.0").1.unwrap();
+        assert_eq!((group[6], group[7], group[8]), (1, byte(5), 1));
         // Two halves with the same rule are one direct code.
         assert_eq!(code_at(layers, "192.0.2.0"), (fast::allow(6), None));
-        // A rule beyond the codes is left to the trie.
-        let big = set(&[("198.18.0.0/16", fast::MAX_RULE + 1)]);
-        assert_eq!(code_at(&[&big], "198.18.9.9"), (fast::DEEPER, None));
+        // A rule a byte code cannot carry is left to the trie inside a chunk ...
+        let group = code_at(layers, "198.51.100.0").1.unwrap();
+        assert_eq!((group[0], group[128]), (fast::DEEPER as u8, 1));
+        // ... but not in a /24's code; beyond every code, always.
+        let big = set(&[
+            ("198.18.0.0/16", 300),
+            ("198.19.0.0/16", fast::MAX_RULE + 1),
+        ]);
+        assert_eq!(code_at(&[&big], "198.18.9.9"), (fast::allow(300), None));
+        assert_eq!(code_at(&[&big], "198.19.9.9"), (fast::DEEPER, None));
     }
 
     #[test]
@@ -474,31 +533,150 @@ mod tests {
         assert_eq!(code_at(layers, "199.0.0.1"), (fast::DENY, None));
     }
 
-    #[test]
-    fn codes_match_a_brute_force_longest_match() {
-        // Deterministic pseudo-random prefixes around a few /16s.
-        let mut x: u32 = 0x1234_5678;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x
-        };
-        let mut s = BTreeMap::new();
-        for _ in 0..400 {
-            let len = 12 + (next() % 21) as u8;
-            let addr = 0xC612_0000 | (next() & 0x0003_FFFF);
-            s.insert(v4net(addr & mask(len), len), next() % 4);
+    /// An in-memory table of `chunks` chunks, written by the same code as the maps.
+    struct Table {
+        codes: Vec<AtomicU64>,
+        bytes: Vec<AtomicU64>,
+        pool: Pool,
+    }
+
+    fn zeroed(bytes: usize) -> Vec<AtomicU64> {
+        (0..bytes.div_ceil(8)).map(|_| AtomicU64::new(0)).collect()
+    }
+
+    impl Table {
+        fn new(chunks: usize) -> Self {
+            Self {
+                codes: zeroed(fast::v4::BLOCKS * 2),
+                bytes: zeroed(chunks * 256),
+                pool: Pool::new(&vec![false; chunks]),
+            }
         }
-        let layers: &Layers<'_> = &[&s];
-        for _ in 0..20_000 {
-            let addr = 0xC612_0000 | (next() & 0x0003_FFFF);
-            let (code, group) = code_at(layers, &Ipv4Addr::from(addr).to_string());
-            let got = match group {
-                Some(g) => g[(addr & 0xFF) as usize],
-                None => code,
+
+        /// Runs `f` on the table's cells.
+        fn with<T>(&self, f: impl FnOnce(Cells<'_>) -> T) -> T {
+            let (codes, bytes) = (
+                Region::of_memory(&self.codes),
+                Region::of_memory(&self.bytes),
+            );
+            f(Cells {
+                codes: &codes,
+                bytes: &bytes,
+            })
+        }
+
+        /// The answers for `addrs`, read the way the program reads them.
+        fn lookup(&self, addrs: &[u32]) -> Vec<u16> {
+            self.with(|c| addrs.iter().map(|a| c.lookup(*a)).collect())
+        }
+
+        /// One sync, in `sync::apply`'s order.
+        fn sync(&mut self, current: &BTreeMap<IpNet, u32>, desired: &BTreeMap<IpNet, u32>) {
+            let (upserts, removals) = changes(current, desired);
+            self.pool.recycle();
+            let (codes, bytes) = (
+                Region::of_memory(&self.codes),
+                Region::of_memory(&self.bytes),
+            );
+            let mut w = Writer {
+                cells: Cells {
+                    codes: &codes,
+                    bytes: &bytes,
+                },
+                pool: &mut self.pool,
             };
-            assert_eq!(got, longest(layers, addr), "{}", Ipv4Addr::from(addr));
+            w.refresh(&[desired, current], &Blocks::of(&upserts))
+                .unwrap();
+            w.refresh(&[desired], &Blocks::of(&removals)).unwrap();
         }
+
+        /// Chunks the codes point at, each once.
+        fn pointed_at(&self) -> usize {
+            let mut seen = std::collections::BTreeSet::new();
+            self.with(|c| {
+                for block in 0..fast::v4::BLOCKS as u32 {
+                    let code = c.code(block).unwrap().load(Ordering::Relaxed);
+                    if let Some(chunk) = fast::chunk(code) {
+                        assert!(seen.insert(chunk), "chunk {chunk} pointed at twice");
+                    }
+                }
+            });
+            seen.len()
+        }
+    }
+
+    /// Random sets of prefixes around a few /16s (nested, overlapping, split /24s).
+    fn random_set(rng: &mut Rng, n: usize) -> BTreeMap<IpNet, u32> {
+        let mut s = BTreeMap::new();
+        while s.len() < n {
+            let len = 12 + rng.below(21) as u8;
+            let addr = 0xC612_0000 | (rng.next() as u32 & 0x0003_FFFF);
+            s.insert(v4net(addr & mask(len), len), rng.below(6) as u32);
+        }
+        s
+    }
+
+    #[test]
+    fn the_table_matches_a_brute_force_longest_match_through_syncs() {
+        let mut rng = Rng::new(0x1234_5678);
+        let mut table = Table::new(fast::v4::CHUNKS);
+        let mut current = BTreeMap::new();
+        for _ in 0..8 {
+            let desired = random_set(&mut rng, 400);
+            table.sync(&current, &desired);
+            let probes: Vec<u32> = (0..20_000)
+                .map(|_| 0xC612_0000 | (rng.next() as u32 & 0x0003_FFFF))
+                .collect();
+            for (addr, got) in probes.iter().zip(table.lookup(&probes)) {
+                let want = longest(&[&desired], *addr);
+                assert_eq!(got, want, "{}", Ipv4Addr::from(*addr));
+            }
+            // Every chunk is pointed at once, or freed during this sync.
+            assert!(table.pointed_at() <= table.pool.in_use());
+            table.pool.recycle();
+            assert_eq!(table.pointed_at(), table.pool.in_use());
+            current = desired;
+        }
+    }
+
+    #[test]
+    fn a_full_pool_leaves_blocks_to_the_trie() {
+        let mut rng = Rng::new(0xfeed);
+        let mut table = Table::new(8);
+        let mut current = BTreeMap::new();
+        for _ in 0..4 {
+            let desired = random_set(&mut rng, 300);
+            table.sync(&current, &desired);
+            let mut deeper = 0;
+            let probes: Vec<u32> = (0..20_000)
+                .map(|_| 0xC612_0000 | (rng.next() as u32 & 0x0003_FFFF))
+                .collect();
+            for (addr, got) in probes.iter().zip(table.lookup(&probes)) {
+                match got {
+                    fast::DEEPER => deeper += 1,
+                    code => assert_eq!(code, longest(&[&desired], *addr)),
+                }
+            }
+            assert!(deeper > 0, "more split /24s than chunks");
+            table.pool.recycle();
+            assert_eq!(table.pointed_at(), table.pool.in_use());
+            current = desired;
+        }
+    }
+
+    #[test]
+    fn the_scan_drops_pointers_outside_the_pool_or_shared() {
+        let table = Table::new(4);
+        table.with(|c| {
+            let code = |block| c.code(block).unwrap();
+            code(10).store(fast::descend(1), Ordering::Relaxed);
+            code(11).store(fast::descend(1), Ordering::Relaxed);
+            code(12).store(fast::descend(9), Ordering::Relaxed);
+            let pool = c.scan().unwrap();
+            assert_eq!(pool.in_use(), 1);
+            assert_eq!(code(10).load(Ordering::Relaxed), fast::descend(1));
+            assert_eq!(code(11).load(Ordering::Relaxed), fast::DEEPER);
+            assert_eq!(code(12).load(Ordering::Relaxed), fast::DEEPER);
+        });
     }
 }

@@ -1,8 +1,8 @@
 //! Typed handles on the XDP program's maps, and the operations the agent performs on
 //! them. Works the same on maps just created by a load and on maps opened from pins.
 //!
-//! The tries are the allowlist; the IPv4 fast table (see `fast`) repeats their answer
-//! per /24 and is kept in step by every write here and by `sync`.
+//! The tries are the allowlist; the fast tables (see `fast` and `fast6`) repeat their
+//! answer and are kept in step by `sync`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,7 +19,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{
     DatapathError,
-    fast::{FastReport, FastV4, Session},
+    fast::{Blocks, FastReport, FastV4, Layers},
+    fast6::{FastV6, Roots},
     watch::{DeniedEntry, Watch},
 };
 
@@ -30,9 +31,9 @@ pub struct Maps {
     settings: Array<MapData, Settings>,
     counters: PerCpuArray<MapData, u64>,
     hits: PerCpuArray<MapData, u64>,
-    /// `None` only for pins left by a build without the fast table (read-only use by
-    /// the CLI until the agent restarts and creates it).
-    fast_v4: Option<FastV4>,
+    /// `None` only for pins left by a build without these fast tables (read-only use
+    /// by the CLI until the agent restarts and creates them).
+    fast: Option<(FastV4, FastV6)>,
     /// `None` only for pins left by a build without the denied-source watch (the
     /// agent's next load creates its maps).
     watch: Option<Watch>,
@@ -103,18 +104,21 @@ impl Maps {
                 source,
             })
         };
-        // A filter pinned by a build without the fast table has the tries alone; one
+        // A filter pinned by a build without the fast tables has the tries alone; one
         // pinned before the watch has no watch maps.
+        let with_fast_tables = [names::FAST_V4, names::FAST_V4_CHUNKS, names::FAST_V6]
+            .iter()
+            .all(|name| dir.join(name).exists());
         Self::from_maps(
             open,
-            dir.join(names::FAST_V4).exists(),
+            with_fast_tables,
             names::WATCH.iter().all(|name| dir.join(name).exists()),
         )
     }
 
     fn from_maps(
         mut get: impl FnMut(&str) -> Result<Map, DatapathError>,
-        with_fast_table: bool,
+        with_fast_tables: bool,
         with_watch: bool,
     ) -> Result<Self, DatapathError> {
         Ok(Self {
@@ -124,9 +128,14 @@ impl Maps {
             settings: typed(&mut get, names::SETTINGS)?,
             counters: typed(&mut get, names::COUNTERS)?,
             hits: typed(&mut get, names::HITS)?,
-            fast_v4: if with_fast_table {
-                let table = get(names::FAST_V4)?;
-                Some(fast_v4(table, typed(&mut get, names::FAST_V4_GROUPS)?)?)
+            fast: if with_fast_tables {
+                Some((
+                    FastV4::new(
+                        array(&mut get, names::FAST_V4)?,
+                        array(&mut get, names::FAST_V4_CHUNKS)?,
+                    ),
+                    FastV6::new(array(&mut get, names::FAST_V6)?),
+                ))
             } else {
                 None
             },
@@ -213,21 +222,59 @@ impl Maps {
         self.watch()?.entries()
     }
 
-    /// The fast table, mapped for writing until the session is dropped.
-    pub(super) fn fast_session(&mut self) -> Result<Session<'_>, DatapathError> {
-        self.fast_v4
+    fn fast_tables(&mut self) -> Result<&mut (FastV4, FastV6), DatapathError> {
+        self.fast
             .as_mut()
-            .ok_or_else(|| DatapathError::MissingMap(names::FAST_V4.to_owned()))?
-            .session()
+            .ok_or_else(|| DatapathError::MissingMap(names::FAST_V4.to_owned()))
     }
 
-    /// Makes the whole fast table agree with `live` (what the tries hold): after a
+    /// A sync starts: the fast tables' chunks freed by earlier syncs may be reused.
+    pub(super) fn fast_recycle(&mut self) -> Result<(), DatapathError> {
+        let (v4, v6) = self.fast_tables()?;
+        v4.recycle();
+        v6.recycle();
+        Ok(())
+    }
+
+    /// Makes the fast tables' codes for `blocks` and `roots` what `layers` (the tries'
+    /// content) says.
+    pub(super) fn fast_refresh(
+        &mut self,
+        layers: &Layers<'_>,
+        blocks: &Blocks,
+        roots: &Roots,
+    ) -> Result<FastReport, DatapathError> {
+        let (v4, v6) = self.fast_tables()?;
+        let mut report = FastReport::default();
+        if !blocks.is_empty() {
+            report += v4.with_writer(|w| w.refresh(layers, blocks))?;
+        }
+        if !roots.is_empty() {
+            report += v6.with_writer(|w| w.refresh(layers, roots))?;
+        }
+        Ok(report)
+    }
+
+    /// Makes the whole fast tables agree with `live` (what the tries hold): after a
     /// load that found pinned maps, or a sync that failed halfway.
     pub fn rebuild_fast(
         &mut self,
         live: &BTreeMap<IpNet, u32>,
     ) -> Result<FastReport, DatapathError> {
-        self.fast_session()?.rebuild(&[live])
+        let (v4, v6) = self.fast_tables()?;
+        let mut report = v4.with_writer(|w| w.rebuild(&[live]))?;
+        report += v6.with_writer(|w| w.rebuild(&[live]))?;
+        Ok(report)
+    }
+
+    /// Chunks in use in the IPv4 and the IPv6 pools (reads the tables if no sync did
+    /// yet).
+    pub fn fast_chunks_in_use(&mut self) -> Result<(usize, usize), DatapathError> {
+        let (v4, v6) = self.fast_tables()?;
+        Ok((
+            v4.with_writer(|w| w.chunks_in_use())?,
+            v6.with_writer(|w| w.chunks_in_use())?,
+        ))
     }
 
     /// Inserts or overwrites one prefix in its trie only.
@@ -323,17 +370,18 @@ impl Maps {
     }
 }
 
-fn fast_v4(
-    table: Map,
-    groups: aya::maps::HashMap<MapData, u32, allowlist_common::fast::Group>,
-) -> Result<FastV4, DatapathError> {
-    let Map::Array(table) = table else {
-        return Err(DatapathError::MissingMap(format!(
-            "{} (not an array map)",
-            names::FAST_V4
-        )));
-    };
-    Ok(FastV4::new(table, groups))
+/// The array map called `name`, untyped (the fast tables are written through a memory
+/// mapping, not element by element).
+fn array(
+    get: &mut impl FnMut(&str) -> Result<Map, DatapathError>,
+    name: &str,
+) -> Result<MapData, DatapathError> {
+    match get(name)? {
+        Map::Array(data) => Ok(data),
+        _ => Err(DatapathError::MissingMap(format!(
+            "{name} (not an array map)"
+        ))),
+    }
 }
 
 fn missing_watch() -> DatapathError {

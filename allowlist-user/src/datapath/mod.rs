@@ -1,10 +1,13 @@
 //! The XDP program and its maps: loading, attaching, pinning and syncing.
 
 mod fast;
+mod fast6;
 mod filter;
 mod link;
+mod mapping;
 mod maps;
 mod pins;
+mod pool;
 pub mod sync;
 mod watch;
 
@@ -57,8 +60,12 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
-    #[error("cannot map the fast table (map FAST_V4) into memory")]
-    MapFastTable(#[source] std::io::Error),
+    #[error("cannot map the fast table {name} into memory")]
+    MapFastTable {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("map {0} holds a key that is not a valid prefix")]
     CorruptKey(&'static str),
     #[error("cannot parse the embedded XDP object: {0}")]

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! <pin_dir>/ALLOW_V4 ALLOW_V6 PORTS SETTINGS COUNTERS HITS FRAGS_V4 FRAGS_V6   maps
-//!           FAST_V4 FAST_V4_GROUPS
+//!           FAST_V4 FAST_V4_CHUNKS FAST_V6
 //! <pin_dir>/link_<interface>                                                   XDP links
 //! ```
 //! bpffs is shared by the whole host: everything an agent touches is under its own

@@ -1,6 +1,6 @@
 //! Turning the maps' content into a new allowlist without a moment in which an
-//! address allowed before and after is missing, in the tries or in the IPv4 fast
-//! table in front of them.
+//! address allowed before and after is missing, in the tries or in the fast tables in
+//! front of them.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::{
     DatapathError, Maps,
     fast::{Blocks, FastReport},
+    fast6::Roots,
 };
 use crate::prefixes::{self, Diff};
 
@@ -21,7 +22,7 @@ pub struct SyncReport {
     pub changed: usize,
     pub removed: usize,
     pub unchanged: usize,
-    /// What the sync wrote to the IPv4 fast table.
+    /// What the sync wrote to the fast tables.
     pub fast: FastReport,
 }
 
@@ -36,10 +37,10 @@ impl SyncReport {
 /// repeats) to `desired`, adding before removing:
 ///
 /// 1. additions and rule changes go into the tries: they hold the union of both sets;
-/// 2. the fast-table codes of the /24s those prefixes touch are recomputed from the
-///    union;
+/// 2. the fast-table codes of the IPv4 /24s and the IPv6 /16s those prefixes touch
+///    are recomputed from the union;
 /// 3. removals leave the tries: they hold `desired`;
-/// 4. the codes of the /24s the removed prefixes touched are recomputed from
+/// 4. the codes of the /24s and /16s the removed prefixes touched are recomputed from
 ///    `desired`.
 ///
 /// So a prefix replaced by another one covering the same addresses (a /24 split into
@@ -49,6 +50,16 @@ impl SyncReport {
 /// `current` ∩ `desired` and the table allows at least that too; the caller must
 /// forget `current` and [`resync`] next time.
 pub fn apply(
+    maps: &mut Maps,
+    current: &BTreeMap<IpNet, u32>,
+    desired: &BTreeMap<IpNet, u32>,
+) -> Result<SyncReport, DatapathError> {
+    maps.fast_recycle()?;
+    changes(maps, current, desired)
+}
+
+/// [`apply`] within a sync that has begun (chunks freed since are not reused).
+fn changes(
     maps: &mut Maps,
     current: &BTreeMap<IpNet, u32>,
     desired: &BTreeMap<IpNet, u32>,
@@ -70,32 +81,36 @@ pub fn apply(
             report.added += 1;
         }
     }
-    let added = Blocks::of(diff.upserts.iter().map(|(net, _)| net));
-    if !added.is_empty() {
-        report.fast += maps.fast_session()?.refresh(&[desired, current], &added)?;
-    }
+    let added = diff.upserts.iter().map(|(net, _)| net);
+    report.fast += maps.fast_refresh(
+        &[desired, current],
+        &Blocks::of(added.clone()),
+        &Roots::of(added),
+    )?;
     for net in &diff.removals {
         maps.trie_remove(*net)?;
         report.removed += 1;
     }
-    let removed = Blocks::of(&diff.removals);
-    if !removed.is_empty() {
-        report.fast += maps.fast_session()?.refresh(&[desired], &removed)?;
-    }
+    report.fast += maps.fast_refresh(
+        &[desired],
+        &Blocks::of(&diff.removals),
+        &Roots::of(&diff.removals),
+    )?;
     Ok(report)
 }
 
 /// Like [`apply`] when what the maps hold is not known (a load that found a previous
 /// agent's maps, a sync that failed halfway): reads the tries, makes the whole fast
-/// table agree with them (a table created by this load is all `DEEPER`, correct but
+/// tables agree with them (tables created by this load are all `DEEPER`, correct but
 /// slow), then applies `desired`.
 pub fn resync(
     maps: &mut Maps,
     desired: &BTreeMap<IpNet, u32>,
 ) -> Result<SyncReport, DatapathError> {
     let live = maps.live_entries()?;
+    maps.fast_recycle()?;
     let rebuilt = maps.rebuild_fast(&live)?;
-    let mut report = apply(maps, &live, desired)?;
+    let mut report = changes(maps, &live, desired)?;
     report.fast += rebuilt;
     Ok(report)
 }
