@@ -23,6 +23,21 @@ pub mod maps {
     /// The maps of the denied-source watch (see [`super::watch`]). A filter pinned by a
     /// build before the watch lacks them: the next agent creates and pins them.
     pub const WATCH: [&str; 3] = [DENIED_SOURCES, WATCH_SETTINGS, WATCH_STATE];
+    /// The maps whose content the agent derives (from the tries, or from the traffic
+    /// of the last moments) and rebuilds after every load: a pin of one of them left
+    /// by another build with another layout is replaced, not refused.
+    pub const DERIVED: [&str; 8] = [
+        FAST_V4,
+        FAST_V4_CHUNKS,
+        FAST_V6,
+        FRAGS_V4,
+        FRAGS_V6,
+        DENIED_SOURCES,
+        WATCH_SETTINGS,
+        WATCH_STATE,
+    ];
+    /// Maps that earlier builds pinned and this one no longer has.
+    pub const RETIRED: [&str; 1] = ["FAST_V4_GROUPS"];
     /// Every map the program owns, in the order the agent pins them.
     pub const ALL: [&str; 14] = [
         ALLOW_V4,

@@ -1,6 +1,7 @@
-//! Upgrades in place: an agent started on the pins of a build that had fewer maps
-//! adopts what is there, creates and pins what is missing, and never leaves the
-//! interface unfiltered.
+//! Upgrades in place: an agent started on the pins of a build that had fewer maps, or
+//! other fast tables, adopts what is there, creates and pins what is missing,
+//! replaces the derived maps of another layout, and never leaves the interface
+//! unfiltered.
 #![allow(
     unused_crate_dependencies,
     reason = "an integration test is its own crate and uses only some of the package's dependencies"
@@ -41,7 +42,44 @@ fn pins_of_a_build_without_the_watch(world: &World) -> Agent {
             std::fs::remove_file(&pin).expect("remove a watch pin");
         }
     }
+    if std::env::var_os("ALLOWLIST_PREVIOUS_BIN").is_none() {
+        // What a build with other fast tables leaves: FAST_V6 of another layout, and the
+        // IPv4 group map that this build no longer has.
+        let fast_v6 = world.pin_dir.join(names::FAST_V6);
+        std::fs::remove_file(&fast_v6).expect("unpin FAST_V6");
+        bpftool_create(&fast_v6, "array", 4, 8, OLD_LAYOUT_ENTRIES);
+        bpftool_create(&world.pin_dir.join(RETIRED), "hash", 4, 256, 16);
+    }
     agent
+}
+
+const RETIRED: &str = "FAST_V4_GROUPS";
+const OLD_LAYOUT_ENTRIES: u32 = 16;
+
+fn bpftool_create(pin: &std::path::Path, kind: &str, key: u32, value: u32, entries: u32) {
+    let (key, value, entries) = (key.to_string(), value.to_string(), entries.to_string());
+    let mut args = vec!["map", "create", pin.to_str().unwrap(), "type", kind];
+    args.extend([
+        "key", &key, "value", &value, "entries", &entries, "name", "old",
+    ]);
+    if kind == "hash" {
+        args.extend(["flags", "1"]);
+    }
+    let out = allowlist_tests::run(std::process::Command::new("bpftool").args(&args));
+    assert!(out.status.success(), "bpftool {args:?}: {}", text(&out));
+}
+
+/// The number of entries of the map pinned at `pin`.
+fn max_entries(pin: &std::path::Path) -> u64 {
+    let out = allowlist_tests::run(std::process::Command::new("bpftool").args([
+        "-j",
+        "map",
+        "show",
+        "pinned",
+        pin.to_str().unwrap(),
+    ]));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool -j");
+    info["max_entries"].as_u64().expect("max_entries")
 }
 
 #[test]
@@ -78,6 +116,14 @@ fn an_agent_upgraded_from_a_build_without_the_watch_creates_its_maps() {
             agent.log()
         );
     }
+    // A derived map of another layout is replaced, a retired one unpinned.
+    assert_ne!(
+        max_entries(&world.pin_dir.join(names::FAST_V6)),
+        u64::from(OLD_LAYOUT_ENTRIES),
+        "{}",
+        agent.log()
+    );
+    assert!(!world.pin_dir.join(RETIRED).exists(), "{}", agent.log());
 
     // The new program records into the new maps, at the configured (default) rate.
     world.assert_denied(IpAddr::V4(CLIENT_B), &agent.log());

@@ -341,12 +341,22 @@ pub(super) struct ExpectedMap {
     pub max_entries: u32,
 }
 
-/// Refuses pinned maps that another build of the program left with a different
-/// layout: the program would misread them.
+/// Makes the pinned maps fit this build: refuses a pinned map that another build
+/// left with a different layout (the program would misread it), except a map the
+/// agent derives (`maps::DERIVED`), whose pin is removed so that the load creates it
+/// anew and the first sync rebuilds it from the tries; removes the pins of maps this
+/// build no longer has. A previous program still attached keeps the maps it holds
+/// until its link gets this program.
 pub(super) fn check_compatible(
     pin_dir: &Path,
     expected: &[ExpectedMap],
 ) -> Result<(), DatapathError> {
+    for name in names::RETIRED {
+        remove_pin(
+            &map_pin(pin_dir, name),
+            "removing the pin of a map this build no longer has",
+        )?;
+    }
     for want in expected {
         let path = map_pin(pin_dir, &want.name);
         if !path.exists() {
@@ -369,7 +379,12 @@ pub(super) fn check_compatible(
             want.value_size,
             want.max_entries,
         );
-        if found != wanted {
+        if found != wanted && names::DERIVED.contains(&want.name.as_str()) {
+            remove_pin(
+                &path,
+                "replacing a pinned map that another build left with another layout: it is rebuilt from the tries",
+            )?;
+        } else if found != wanted {
             return Err(DatapathError::IncompatiblePin {
                 path,
                 found: format!(
@@ -384,6 +399,21 @@ pub(super) fn check_compatible(
         }
     }
     Ok(())
+}
+
+/// Removes the pin of a map at `path`, if there is one, saying `what` in the log.
+fn remove_pin(path: &Path, what: &str) -> Result<(), DatapathError> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            tracing::warn!(pin = %path.display(), "{what}");
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(DatapathError::PinDir {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Removes every pin under `pin_dir` and the directory. Unpinning a link detaches
