@@ -23,9 +23,9 @@ pub mod maps {
     /// The maps of the denied-source watch (see [`super::watch`]). A filter pinned by a
     /// build before the watch lacks them: the next agent creates and pins them.
     pub const WATCH: [&str; 3] = [DENIED_SOURCES, WATCH_SETTINGS, WATCH_STATE];
-    /// The maps whose content the agent derives (from the tries, or from the traffic
-    /// of the last moments) and rebuilds after every load: a pin of one of them left
-    /// by another build with another layout is replaced, not refused.
+    /// The maps whose content the agent derives (from the tries, its configuration,
+    /// or the traffic of the last moments) and rewrites after every load: a pin of one
+    /// of them left by another build with another layout is replaced, not refused.
     pub const DERIVED: [&str; 8] = [
         FAST_V4,
         FAST_V4_CHUNKS,
@@ -297,6 +297,13 @@ pub mod watch {
         pub rate: u32,
         /// Changed by the agent each time it rewrites the settings; for inspection only.
         pub generation: u32,
+        /// Pre-sampling: a packet denied for `NotAllowlisted` is offered to the budget
+        /// only when this CPU's count of such packets (which the drop path has at hand)
+        /// masked by it is 0 (`2^k - 1`: one in `2^k`; 0, as in a fresh map: every
+        /// one). The agent raises it under a flood, so that the flood's packets cost
+        /// the drop path a mask test instead of the budget's check.
+        pub sample_mask: u32,
+        pub _pad: u32,
     }
 
     /// One CPU's bucket, in the per-CPU `WATCH_STATE` array; written by the program.

@@ -92,13 +92,24 @@ fn is_opaque(proto: u8) -> bool {
 /// buffer, and lengths are checked against the whole frame.
 #[xdp(frags)]
 fn allowlist(ctx: XdpContext) -> u32 {
-    let reason = classify(&ctx);
-    finish(&ctx, reason)
+    let mut denied = None;
+    let reason = classify(&ctx, &mut denied);
+    finish(&ctx, reason, denied)
 }
 
-/// The only exit: counts `reason` once and turns it into an XDP action.
+/// The source (as the watch's key, every byte defined: copying an enum's unused bytes
+/// can copy a spilled packet pointer, which the verifier refuses) and destination
+/// port of a packet denied for `NotAllowlisted`, for the denied-source watch.
+#[derive(Clone, Copy)]
+struct Denied {
+    key: allowlist_common::watch::Key,
+    port: u16,
+}
+
+/// The only exit: counts `reason` once and turns it into an XDP action; offers a
+/// `NotAllowlisted` packet's source to the watch with this CPU's count of them.
 #[inline(always)]
-fn finish(ctx: &XdpContext, reason: Reason) -> u32 {
+fn finish(ctx: &XdpContext, reason: Reason, denied: Option<Denied>) -> u32 {
     if !reason.drops() {
         bump(&COUNTERS, counter::exit(reason));
         return xdp_action::XDP_PASS;
@@ -107,31 +118,39 @@ fn finish(ctx: &XdpContext, reason: Reason) -> u32 {
         aya_log_ebpf::debug!(ctx, "allowlist: drop, reason {}", reason as u32);
     }
     let monitor = SETTINGS.get(0).is_some_and(|s| s.monitor != 0);
-    if monitor {
-        bump(&COUNTERS, counter::would_drop(reason));
-        xdp_action::XDP_PASS
+    let (slot, action) = if monitor {
+        (counter::would_drop(reason), xdp_action::XDP_PASS)
     } else {
-        bump(&COUNTERS, counter::exit(reason));
-        xdp_action::XDP_DROP
+        (counter::exit(reason), xdp_action::XDP_DROP)
+    };
+    let count = bump(&COUNTERS, slot);
+    if let Some(denied) = denied {
+        watch::offer(count, denied.key, denied.port);
     }
+    action
 }
 
+/// Adds one to `slot`; returns the new count (0 if the slot is missing).
 #[inline(always)]
-fn bump<const N: usize>(map: &PerCpuArray<u64, N>, slot: u32) {
-    if let Some(p) = map.get_ptr_mut(slot) {
+fn bump<const N: usize>(map: &PerCpuArray<u64, N>, slot: u32) -> u64 {
+    match map.get_ptr_mut(slot) {
         // SAFETY: a per-CPU slot is only written by this CPU.
-        unsafe { *p += 1 };
+        Some(p) => unsafe {
+            *p += 1;
+            *p
+        },
+        None => 0,
     }
 }
 
-fn classify(ctx: &XdpContext) -> Reason {
+fn classify(ctx: &XdpContext, denied: &mut Option<Denied>) -> Reason {
     let cur = Cursor::new(ctx);
     // Most frames take the short way; the general parser would judge them the same.
     if let Some(plain) = parse::plain_ipv4(&cur) {
-        return judge_l4(Source::V4(plain.src), plain.proto, plain.dst_port);
+        return judge_l4(Source::V4(plain.src), plain.proto, plain.dst_port, denied);
     }
     if let Some(plain) = parse::plain_ipv6(&cur) {
-        return judge_l4(Source::V6(plain.src), plain.proto, plain.dst_port);
+        return judge_l4(Source::V6(plain.src), plain.proto, plain.dst_port, denied);
     }
     // A jumbo frame's lengths overrun its first buffer: the short way declines it.
     let mut cur = cur.with_frame_len(ctx);
@@ -146,7 +165,7 @@ fn classify(ctx: &XdpContext) -> Reason {
         }
     }
     match parsed {
-        Ok(l4) => judge(l4),
+        Ok(l4) => judge(l4, denied),
         // No source address could be read: nothing can vouch for the frame.
         Err(None) => Reason::Malformed,
         // Unparseable after the source address: only an allowlisted source passes.
@@ -160,7 +179,7 @@ fn classify(ctx: &XdpContext) -> Reason {
     }
 }
 
-fn judge(l4: L4) -> Reason {
+fn judge(l4: L4, denied: &mut Option<Denied>) -> Reason {
     match l4 {
         L4::NotIp => Reason::NotIp,
         L4::TooManyExtHeaders(src) => {
@@ -180,7 +199,7 @@ fn judge(l4: L4) -> Reason {
         } => {
             let src_v = Source::V4(src);
             let Some(id) = fragment_id else {
-                return judge_l4(src_v, proto, dst_port);
+                return judge_l4(src_v, proto, dst_port, denied);
             };
             bump(&COUNTERS, counter::FRAGMENT);
             let key = FragKeyV4 {
@@ -203,7 +222,7 @@ fn judge(l4: L4) -> Reason {
                     Reason::FragmentUnknown
                 }
             } else {
-                let reason = judge_l4(src_v, proto, dst_port);
+                let reason = judge_l4(src_v, proto, dst_port, denied);
                 // A TCP datagram let through for its port is remembered so that its later
                 // fragments can follow it.
                 if reason == Reason::UnprotectedPort {
@@ -228,7 +247,7 @@ fn judge(l4: L4) -> Reason {
         } => {
             let src_v = Source::V6(src);
             let Some(id) = fragment_id else {
-                return judge_l4(src_v, proto, dst_port);
+                return judge_l4(src_v, proto, dst_port, denied);
             };
             bump(&COUNTERS, counter::FRAGMENT);
             let key = FragKeyV6 { src, dst, id };
@@ -243,7 +262,7 @@ fn judge(l4: L4) -> Reason {
                     Reason::FragmentUnknown
                 }
             } else {
-                let reason = judge_l4(src_v, proto, dst_port);
+                let reason = judge_l4(src_v, proto, dst_port, denied);
                 if matches!(reason, Reason::UnprotectedPort | Reason::NotTcp) {
                     let _ = FRAGS_V6.insert(
                         key,
@@ -261,14 +280,17 @@ fn judge(l4: L4) -> Reason {
 
 /// Judges an unfragmented packet or a first fragment by its upper-layer header.
 #[inline(always)]
-fn judge_l4(src: Source, proto: u8, dst_port: u16) -> Reason {
+fn judge_l4(src: Source, proto: u8, dst_port: u16, denied: &mut Option<Denied>) -> Reason {
     if proto == IPPROTO_TCP {
         if !protected(dst_port) {
             Reason::UnprotectedPort
         } else if allowed(src) {
             Reason::Allowlisted
         } else {
-            watch::denied(src, dst_port);
+            *denied = Some(Denied {
+                key: watch::key(src),
+                port: dst_port,
+            });
             Reason::NotAllowlisted
         }
     } else if is_opaque(proto) {

@@ -1,7 +1,9 @@
 //! The denied-source watch (see `allowlist_common::watch`): records the source of a
 //! packet denied for `NotAllowlisted`, within a per-CPU budget.
 //!
-//! A denied packet that finds the bucket empty costs one per-CPU array lookup (inlined
+//! Under a flood the agent sets a sampling mask: a denied packet the sampling passes
+//! over costs one array lookup (inlined) and a mask test. A packet offered to a
+//! bucket that is empty costs one per-CPU array lookup (inlined
 //! by the verifier), one load of `jiffies` (`bpf_jiffies64`, inlined too) and two
 //! compares: it writes nothing. Only a new tick refills the bucket (with the coarse
 //! clock), and only a recorded packet touches the LRU map.
@@ -30,10 +32,16 @@ static WATCH_STATE: PerCpuArray<WatchState, 1> = PerCpuArray::new();
 #[unsafe(no_mangle)]
 static WATCH: Global<u32> = Global::new(1);
 
-/// Records `src` as denied at `port`, if this CPU's budget allows.
+/// Records the source `key` as denied at `port`, if the sampling picks this packet (`count`:
+/// this CPU's count of denied packets, this one included) and this CPU's budget
+/// allows.
 #[inline(always)]
-pub(crate) fn denied(src: Source, port: u16) {
+pub(crate) fn offer(count: u64, key: watch::Key, port: u16) {
     if WATCH.load() == 0 {
+        return;
+    }
+    let mask = WATCH_SETTINGS.get(0).map_or(0, |s| s.sample_mask);
+    if count & u64::from(mask) != 0 {
         return;
     }
     let Some(state) = WATCH_STATE.get_ptr_mut(0) else {
@@ -53,7 +61,16 @@ pub(crate) fn denied(src: Source, port: u16) {
             return;
         }
     }
-    record(state, src, port);
+    record(state, key, port);
+}
+
+/// The watch's key of a source: an IPv4 address, or an IPv6 /64.
+#[inline(always)]
+pub(crate) fn key(src: Source) -> watch::Key {
+    match src {
+        Source::V4(addr) => watch::key_v4(addr),
+        Source::V6(addr) => watch::key_v6(addr),
+    }
 }
 
 /// Credits the bucket with the time since its last refill, once per tick.
@@ -68,7 +85,7 @@ fn refill(state: &mut WatchState, tick: u64) {
 }
 
 #[inline(never)]
-fn record(state: &mut WatchState, src: Source, port: u16) {
+fn record(state: &mut WatchState, key: watch::Key, port: u16) {
     // The agent may have lowered the rate, or turned the watch off, since the last
     // refill: what the bucket holds beyond the new rate's burst goes at once.
     let rate = WATCH_SETTINGS.get(0).map_or(0, |s| s.rate);
@@ -80,10 +97,6 @@ fn record(state: &mut WatchState, src: Source, port: u16) {
         return;
     }
     state.credit -= watch::COST;
-    let key = match src {
-        Source::V4(addr) => watch::key_v4(addr),
-        Source::V6(addr) => watch::key_v6(addr),
-    };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let recorded = match DENIED_SOURCES.get_ptr_mut(key) {

@@ -136,6 +136,10 @@ struct Agent {
     configured_pin_dir: std::path::PathBuf,
     /// The denied sources, and who they are.
     denied: DeniedWatch,
+    /// The denied packets counted at the last read of the watch, and when.
+    last_denied: Option<(u64, Instant)>,
+    /// One denied packet in this many is offered to the watch's budget.
+    watch_sampling: u32,
 }
 
 /// `allowlist run`, until `shutdown` resolves (see [`shutdown_signal`]).
@@ -234,6 +238,8 @@ pub async fn run(
         state_write_failures: 0,
         configured_pin_dir,
         denied,
+        last_denied: None,
+        watch_sampling: 0,
     };
     if let Some(report) = &initial_refresh {
         agent.record(report);
@@ -298,6 +304,16 @@ pub async fn run(
         );
     }
     result
+}
+
+/// One denied packet in how many to offer the watch's budget so that `rate` packets a
+/// second come under `half_budget`: 1, or a power of two (at most 2^20).
+fn watch_sampling(rate: f64, half_budget: f64) -> u32 {
+    if rate <= half_budget || half_budget <= 0.0 {
+        return 1;
+    }
+    let needed = (rate / half_budget).ceil().min(f64::from(1u32 << 20)) as u32;
+    needed.next_power_of_two()
 }
 
 /// What the agent knows of webhook senders: every preset's snapshot, the lists in
@@ -690,11 +706,46 @@ impl Agent {
                     recorded: counters.watch_recorded,
                     unrecorded: counters.watch_not_recorded,
                 };
+                self.adjust_watch_sampling(totals.recorded + totals.unrecorded);
                 self.denied
                     .observe(&observations, Some(totals), SystemTime::now());
             }
             Err(e) => {
                 warn!(error = %format!("{:#}", anyhow::Error::from(e)), "cannot read the denied sources from the datapath");
+            }
+        }
+    }
+
+    /// Under a flood, offers the watch's budget only a sample of the denied packets,
+    /// so that most of them cost the drop path a mask test and no more (see
+    /// `allowlist_common::watch::WatchSettings::sample_mask`): one in the power of two that
+    /// brings the denied rate since the last read under half the budget of all CPUs.
+    /// The budget bounds what is recorded either way.
+    fn adjust_watch_sampling(&mut self, denied: u64) {
+        let now = Instant::now();
+        let last = self.last_denied.replace((denied, now));
+        let Some((before, then)) = last else { return };
+        let seconds = now.duration_since(then).as_secs_f64();
+        if seconds <= 0.0 || denied < before {
+            return;
+        }
+        let rate = (denied - before) as f64 / seconds;
+        let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as f64;
+        let half_budget = f64::from(self.config.watch.rate_per_cpu) * cpus / 2.0;
+        let one_in = watch_sampling(rate, half_budget);
+        if one_in == self.watch_sampling {
+            return;
+        }
+        match self.filter.maps_mut().set_watch_sampling(one_in) {
+            Ok(()) => {
+                info!(
+                    denied_per_second = rate.round(),
+                    one_in, "the denied-source watch is offered one denied packet in {one_in}"
+                );
+                self.watch_sampling = one_in;
+            }
+            Err(e) => {
+                warn!(error = %format!("{:#}", anyhow::Error::from(e)), "cannot set the watch's sampling")
             }
         }
     }
@@ -787,6 +838,16 @@ mod tests {
             sources: Vec::new(),
             state_write_failures: 0,
         }
+    }
+
+    #[test]
+    fn the_watch_is_offered_a_sample_only_above_half_its_budget() {
+        assert_eq!(watch_sampling(0.0, 2000.0), 1);
+        assert_eq!(watch_sampling(2000.0, 2000.0), 1);
+        assert_eq!(watch_sampling(2001.0, 2000.0), 2);
+        assert_eq!(watch_sampling(1_400_000.0, 2000.0), 1024);
+        assert_eq!(watch_sampling(1e12, 2000.0), 1 << 20);
+        assert_eq!(watch_sampling(5000.0, 0.0), 1);
     }
 
     /// A counter never goes down: the heartbeat's failed writes and the full

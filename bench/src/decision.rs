@@ -152,6 +152,13 @@ impl Programs {
         self.maps.set_watch(rate).context("set the watch rate")
     }
 
+    /// Offers one denied packet in `one_in` to the allowlist program's watch.
+    pub(crate) fn set_watch_sampling(&mut self, one_in: u32) -> Result<()> {
+        self.maps
+            .set_watch_sampling(one_in)
+            .context("set the watch's sampling")
+    }
+
     /// Runs every frame once through the allowlist program.
     pub(crate) fn run_once(&self, frames: &[Vec<u8>]) -> Result<()> {
         let program = self.program(Program::Allowlist);
@@ -258,7 +265,7 @@ fn run_frame(program: &Xdp, frame: &[u8], repeat: u32, expect: u32) -> Result<u1
 
 impl Programs {
     /// Mean nanoseconds per run over `frames` of the allowlist program with its watch
-    /// at `rate` and of the one without the watch, frame by frame (each frame runs on
+    /// at `rate`, offered one denied packet in `sampling`, and of the one without the watch, frame by frame (each frame runs on
     /// both back to back, in alternating order), so that the two figures share the
     /// same moments of a busy machine: (with, without).
     pub(crate) fn measure_watch(
@@ -267,8 +274,10 @@ impl Programs {
         repeat: u32,
         expect: u32,
         rate: u32,
+        sampling: u32,
     ) -> Result<(f64, f64)> {
         self.set_watch(rate)?;
+        self.set_watch_sampling(sampling)?;
         // A bucket that was empty is refilled at the next kernel tick: wait two ticks
         // at HZ=100 so that the rate holds from the first frame.
         std::thread::sleep(Duration::from_millis(25));

@@ -198,6 +198,17 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
         if size == *V4_SIZES.last().expect("sizes") {
             cases.push(
                 Case::new(
+                    "TCP/443 SYN, denied IPv4 source, a flood before the agent samples it",
+                    &label,
+                    i,
+                    v4_frames(denied.clone(), Shape::TcpSyn(443)),
+                    [XDP_PASS, XDP_DROP, XDP_DROP],
+                    None,
+                )
+                .before_the_agent_samples(),
+            );
+            cases.push(
+                Case::new(
                     "TCP/443 SYN, denied IPv4 source, every packet recorded by the watch",
                     &label,
                     i,
@@ -303,7 +314,13 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
                 let programs = &mut instances[case.instance];
                 let expect = case.expect[Program::Allowlist as usize];
                 let (on, off) = programs
-                    .measure_watch(&case.frames, args.repeat, expect, case.watch_rate)
+                    .measure_watch(
+                        &case.frames,
+                        args.repeat,
+                        expect,
+                        case.watch_rate,
+                        case.watch_sampling,
+                    )
                     .with_context(|| format!("{} on the allowlist", case.name))?;
                 case.ns[Program::Allowlist as usize].push(on);
                 case.ns[Program::AllowlistWatchOff as usize].push(off);
@@ -327,6 +344,7 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
         );
         let programs = &mut instances[last];
         programs.set_watch(u32::MAX)?;
+        programs.set_watch_sampling(1)?;
         programs.run_once(&fill)?;
         let (entries, times) = programs.read_watch(5)?;
         watch_read = Some(report::WatchRead { entries, times });

@@ -13,6 +13,11 @@ use crate::{
     refresh::{DiffApply, FullLoad, JsonParse},
 };
 
+/// The watch's sampling in the decision cases: what the agent sets for a flood of
+/// about 1.4 Mpps (the AF_PACKET sender's rate here) at the default rate on 2 CPUs
+/// (one in the power of two that brings it under half the budget).
+pub(crate) const FLOOD_SAMPLING: u32 = 1024;
+
 /// One decision case: the same frames judged by the three programs.
 pub(crate) struct Case {
     pub name: &'static str,
@@ -25,6 +30,8 @@ pub(crate) struct Case {
     pub expect: [u32; 4],
     /// The watch's rate (records per second and CPU) for the allowlist program.
     pub watch_rate: u32,
+    /// One denied packet in this many is offered to the watch's budget.
+    pub watch_sampling: u32,
     /// Target: (kind, largest ratio to the empty program).
     pub target: Option<(&'static str, f64)>,
     /// Nanoseconds per packet, per program, one value per round.
@@ -47,6 +54,7 @@ impl Case {
             frames,
             expect: [expect[0], expect[1], expect[2], expect[2]],
             watch_rate: DEFAULT_WATCH_RATE,
+            watch_sampling: FLOOD_SAMPLING,
             target,
             ns: Default::default(),
         }
@@ -56,6 +64,14 @@ impl Case {
     /// (the program takes any rate; the configuration stops at a million).
     pub(crate) fn recording_every_packet(mut self) -> Self {
         self.watch_rate = u32::MAX;
+        self.watch_sampling = 1;
+        self
+    }
+
+    /// Every denied packet is offered to the watch's budget, which is spent: the first
+    /// seconds of a flood, before the agent's next read lowers the sampling.
+    pub(crate) fn before_the_agent_samples(mut self) -> Self {
+        self.watch_sampling = 1;
         self
     }
 

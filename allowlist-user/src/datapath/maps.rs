@@ -184,11 +184,13 @@ impl Maps {
     }
 
     pub fn set_monitor(&mut self, monitor: bool) -> Result<(), DatapathError> {
-        let current = self.settings()?;
-        let next = Settings {
-            monitor: u32::from(monitor),
-            generation: current.generation.wrapping_add(1),
-        };
+        self.update_settings(|s| s.monitor = u32::from(monitor))
+    }
+
+    fn update_settings(&mut self, change: impl FnOnce(&mut Settings)) -> Result<(), DatapathError> {
+        let mut next = self.settings()?;
+        change(&mut next);
+        next.generation = next.generation.wrapping_add(1);
         self.settings
             .set(0, next, 0)
             .map_err(map_err(names::SETTINGS))
@@ -205,6 +207,22 @@ impl Maps {
             .as_mut()
             .ok_or_else(missing_watch)?
             .set_rate(rate_per_cpu)
+    }
+
+    /// Offers one denied packet in `one_in` (rounded up to a power of two) to the
+    /// watch's budget; 1 offers every one (see `WatchSettings::sample_mask`).
+    pub fn set_watch_sampling(&mut self, one_in: u32) -> Result<(), DatapathError> {
+        self.watch
+            .as_mut()
+            .ok_or_else(missing_watch)?
+            .set_sampling(one_in)
+    }
+
+    /// The watch's settings; `None` for a filter pinned by a build without the watch.
+    pub fn watch_settings(
+        &self,
+    ) -> Result<Option<allowlist_common::watch::WatchSettings>, DatapathError> {
+        self.watch.as_ref().map(|w| w.settings()).transpose()
     }
 
     /// The watch's recording rate per CPU and second (0: off); `None` for a filter

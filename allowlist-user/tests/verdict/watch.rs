@@ -169,6 +169,59 @@ fn watch_budget_bounds_recording() {
     );
 }
 
+/// Sampling 1 in 4: of 4,000 denied packets every fourth of each CPU's count reaches
+/// the (unbounded) budget and is recorded, the others are counted as not recorded (a
+/// BPF_PROG_TEST_RUN call may move to another CPU between its batches: a few more or
+/// fewer). Back to 1: every one.
+#[test]
+fn watch_sampling_offers_one_in_n_to_the_budget() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Harness::new();
+    h.maps.set_watch(UNBOUNDED).unwrap();
+    h.maps.set_watch_sampling(4).unwrap();
+    assert_eq!(h.maps.watch_settings().unwrap().unwrap().sample_mask, 3);
+    std::thread::sleep(Duration::from_millis(30));
+    let before = h.maps.counters().unwrap();
+    assert_eq!(h.run_repeated(&syn4(a4("203.0.113.90"), 443), 4_000), DROP);
+    let after = h.maps.counters().unwrap();
+    let recorded = after.watch_recorded - before.watch_recorded;
+    assert!(
+        (995..=1_005).contains(&recorded),
+        "{recorded}: every fourth of 4,000"
+    );
+    assert_eq!(
+        recorded + after.watch_not_recorded - before.watch_not_recorded,
+        4_000
+    );
+    let entries = h.maps.denied_sources().unwrap();
+    assert_eq!(
+        entry(&entries, "203.0.113.90/32").map(|e| e.packets),
+        Some(recorded)
+    );
+
+    // Monitor mode samples its would-drops the same way; the mode is kept.
+    monitor_on(&mut h.maps);
+    assert_eq!(h.maps.watch_settings().unwrap().unwrap().sample_mask, 3);
+    let before = h.maps.counters().unwrap();
+    assert_eq!(h.run_repeated(&syn4(a4("203.0.113.91"), 443), 400), PASS);
+    let after = h.maps.counters().unwrap();
+    let recorded = after.watch_recorded - before.watch_recorded;
+    assert!(
+        (95..=105).contains(&recorded),
+        "{recorded}: every fourth of 400"
+    );
+    monitor_off(&mut h.maps);
+
+    h.maps.set_watch_sampling(1).unwrap();
+    assert_eq!(h.maps.settings().unwrap().monitor, 0);
+    let before = h.maps.counters().unwrap();
+    assert_eq!(h.run_repeated(&syn4(a4("203.0.113.92"), 443), 500), DROP);
+    let after = h.maps.counters().unwrap();
+    assert_eq!(after.watch_recorded - before.watch_recorded, 500);
+}
+
 /// Thousands of sources, read back whole: the reader takes the map in batches and
 /// stops at its end.
 #[test]
