@@ -297,13 +297,6 @@ pub mod watch {
         pub rate: u32,
         /// Changed by the agent each time it rewrites the settings; for inspection only.
         pub generation: u32,
-        /// Pre-sampling: a packet denied for `NotAllowlisted` is offered to the budget
-        /// only when this CPU's count of such packets (which the drop path has at hand)
-        /// masked by it is 0 (`2^k - 1`: one in `2^k`; 0, as in a fresh map: every
-        /// one). The agent raises it under a flood, so that the flood's packets cost
-        /// the drop path a mask test instead of the budget's check.
-        pub sample_mask: u32,
-        pub _pad: u32,
     }
 
     /// One CPU's bucket, in the per-CPU `WATCH_STATE` array; written by the program.
@@ -351,8 +344,14 @@ pub mod watch {
 pub struct Settings {
     /// Non-zero: monitor mode, nothing is dropped and would-drops are counted.
     pub monitor: u32,
-    /// Changed by the agent each time it rewrites the settings; for inspection only.
-    pub generation: u32,
+    /// The denied-source watch's sampling: a packet denied for `NotAllowlisted` is
+    /// offered to the watch's budget only when this CPU's count of such packets (at
+    /// hand on the drop path, as these settings are) masked by it is 0 (`2^k - 1`:
+    /// one in `2^k`; 0, as in a fresh map: every one). The agent raises it under a
+    /// flood, so that a flood's packet costs a mask test instead of the budget's
+    /// check (see [`watch`]). Builds before it had a `generation` here, for
+    /// inspection only: the layout is the same.
+    pub watch_sample_mask: u32,
 }
 
 /// Value of the `PORTS` array: non-zero when the port is protected.

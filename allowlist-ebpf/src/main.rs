@@ -92,7 +92,7 @@ fn is_opaque(proto: u8) -> bool {
 /// buffer, and lengths are checked against the whole frame.
 #[xdp(frags)]
 fn allowlist(ctx: XdpContext) -> u32 {
-    let mut denied = None;
+    let mut denied = Denied::NONE;
     let reason = classify(&ctx, &mut denied);
     finish(&ctx, reason, denied)
 }
@@ -100,16 +100,30 @@ fn allowlist(ctx: XdpContext) -> u32 {
 /// The source (as the watch's key, every byte defined: copying an enum's unused bytes
 /// can copy a spilled packet pointer, which the verifier refuses) and destination
 /// port of a packet denied for `NotAllowlisted`, for the denied-source watch.
+///
+/// Zeroed before the packet is judged, not an `Option`: LLVM would otherwise copy an
+/// uninitialised payload on the paths that leave it empty, which the verifier refuses.
 #[derive(Clone, Copy)]
 struct Denied {
     key: allowlist_common::watch::Key,
     port: u16,
+    /// Non-zero when the packet was denied for `NotAllowlisted`.
+    found: u16,
+}
+
+impl Denied {
+    const NONE: Denied = Denied {
+        key: [0; 16],
+        port: 0,
+        found: 0,
+    };
 }
 
 /// The only exit: counts `reason` once and turns it into an XDP action; offers a
-/// `NotAllowlisted` packet's source to the watch with this CPU's count of them.
+/// `NotAllowlisted` packet's source to the watch when this CPU's count of them,
+/// masked by the sampling, is 0.
 #[inline(always)]
-fn finish(ctx: &XdpContext, reason: Reason, denied: Option<Denied>) -> u32 {
+fn finish(ctx: &XdpContext, reason: Reason, denied: Denied) -> u32 {
     if !reason.drops() {
         bump(&COUNTERS, counter::exit(reason));
         return xdp_action::XDP_PASS;
@@ -117,15 +131,17 @@ fn finish(ctx: &XdpContext, reason: Reason, denied: Option<Denied>) -> u32 {
     if DEBUG_EVENTS.load() != 0 {
         aya_log_ebpf::debug!(ctx, "allowlist: drop, reason {}", reason as u32);
     }
-    let monitor = SETTINGS.get(0).is_some_and(|s| s.monitor != 0);
+    let (monitor, sample_mask) = SETTINGS
+        .get(0)
+        .map_or((false, 0), |s| (s.monitor != 0, s.watch_sample_mask));
     let (slot, action) = if monitor {
         (counter::would_drop(reason), xdp_action::XDP_PASS)
     } else {
         (counter::exit(reason), xdp_action::XDP_DROP)
     };
     let count = bump(&COUNTERS, slot);
-    if let Some(denied) = denied {
-        watch::offer(count, denied.key, denied.port);
+    if denied.found != 0 && count & u64::from(sample_mask) == 0 {
+        watch::offer(denied.key, denied.port);
     }
     action
 }
@@ -143,7 +159,7 @@ fn bump<const N: usize>(map: &PerCpuArray<u64, N>, slot: u32) -> u64 {
     }
 }
 
-fn classify(ctx: &XdpContext, denied: &mut Option<Denied>) -> Reason {
+fn classify(ctx: &XdpContext, denied: &mut Denied) -> Reason {
     let cur = Cursor::new(ctx);
     // Most frames take the short way; the general parser would judge them the same.
     if let Some(plain) = parse::plain_ipv4(&cur) {
@@ -179,7 +195,7 @@ fn classify(ctx: &XdpContext, denied: &mut Option<Denied>) -> Reason {
     }
 }
 
-fn judge(l4: L4, denied: &mut Option<Denied>) -> Reason {
+fn judge(l4: L4, denied: &mut Denied) -> Reason {
     match l4 {
         L4::NotIp => Reason::NotIp,
         L4::TooManyExtHeaders(src) => {
@@ -280,17 +296,18 @@ fn judge(l4: L4, denied: &mut Option<Denied>) -> Reason {
 
 /// Judges an unfragmented packet or a first fragment by its upper-layer header.
 #[inline(always)]
-fn judge_l4(src: Source, proto: u8, dst_port: u16, denied: &mut Option<Denied>) -> Reason {
+fn judge_l4(src: Source, proto: u8, dst_port: u16, denied: &mut Denied) -> Reason {
     if proto == IPPROTO_TCP {
         if !protected(dst_port) {
             Reason::UnprotectedPort
         } else if allowed(src) {
             Reason::Allowlisted
         } else {
-            *denied = Some(Denied {
+            *denied = Denied {
                 key: watch::key(src),
                 port: dst_port,
-            });
+                found: 1,
+            };
             Reason::NotAllowlisted
         }
     } else if is_opaque(proto) {

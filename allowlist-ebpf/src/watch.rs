@@ -1,9 +1,9 @@
 //! The denied-source watch (see `allowlist_common::watch`): records the source of a
 //! packet denied for `NotAllowlisted`, within a per-CPU budget.
 //!
-//! Under a flood the agent sets a sampling mask: a denied packet the sampling passes
-//! over costs one array lookup (inlined) and a mask test. A packet offered to a
-//! bucket that is empty costs one per-CPU array lookup (inlined
+//! Under a flood the agent sets a sampling mask (`Settings::watch_sample_mask`, tested
+//! in `finish`): a denied packet the sampling passes over costs a mask test. A packet
+//! offered to a bucket that is empty costs one per-CPU array lookup (inlined
 //! by the verifier), one load of `jiffies` (`bpf_jiffies64`, inlined too) and two
 //! compares: it writes nothing. Only a new tick refills the bucket (with the coarse
 //! clock), and only a recorded packet touches the LRU map.
@@ -32,16 +32,11 @@ static WATCH_STATE: PerCpuArray<WatchState, 1> = PerCpuArray::new();
 #[unsafe(no_mangle)]
 static WATCH: Global<u32> = Global::new(1);
 
-/// Records the source `key` as denied at `port`, if the sampling picks this packet (`count`:
-/// this CPU's count of denied packets, this one included) and this CPU's budget
-/// allows.
+/// Records the source `key` as denied at `port`, if this CPU's budget allows (the
+/// caller has sampled it: `Settings::watch_sample_mask`).
 #[inline(always)]
-pub(crate) fn offer(count: u64, key: watch::Key, port: u16) {
+pub(crate) fn offer(key: watch::Key, port: u16) {
     if WATCH.load() == 0 {
-        return;
-    }
-    let mask = WATCH_SETTINGS.get(0).map_or(0, |s| s.sample_mask);
-    if count & u64::from(mask) != 0 {
         return;
     }
     let Some(state) = WATCH_STATE.get_ptr_mut(0) else {

@@ -718,7 +718,7 @@ impl Agent {
 
     /// Under a flood, offers the watch's budget only a sample of the denied packets,
     /// so that most of them cost the drop path a mask test and no more (see
-    /// `allowlist_common::watch::WatchSettings::sample_mask`): one in the power of two that
+    /// `allowlist_common::Settings::watch_sample_mask`): one in the power of two that
     /// brings the denied rate since the last read under half the budget of all CPUs.
     /// The budget bounds what is recorded either way.
     fn adjust_watch_sampling(&mut self, denied: u64) {

@@ -187,10 +187,16 @@ impl Maps {
         self.update_settings(|s| s.monitor = u32::from(monitor))
     }
 
+    /// Offers one denied packet in `one_in` (rounded up to a power of two) to the
+    /// watch's budget; 1 offers every one (see `Settings::watch_sample_mask`).
+    pub fn set_watch_sampling(&mut self, one_in: u32) -> Result<(), DatapathError> {
+        let mask = one_in.max(1).checked_next_power_of_two().unwrap_or(1 << 31) - 1;
+        self.update_settings(|s| s.watch_sample_mask = mask)
+    }
+
     fn update_settings(&mut self, change: impl FnOnce(&mut Settings)) -> Result<(), DatapathError> {
         let mut next = self.settings()?;
         change(&mut next);
-        next.generation = next.generation.wrapping_add(1);
         self.settings
             .set(0, next, 0)
             .map_err(map_err(names::SETTINGS))
@@ -207,22 +213,6 @@ impl Maps {
             .as_mut()
             .ok_or_else(missing_watch)?
             .set_rate(rate_per_cpu)
-    }
-
-    /// Offers one denied packet in `one_in` (rounded up to a power of two) to the
-    /// watch's budget; 1 offers every one (see `WatchSettings::sample_mask`).
-    pub fn set_watch_sampling(&mut self, one_in: u32) -> Result<(), DatapathError> {
-        self.watch
-            .as_mut()
-            .ok_or_else(missing_watch)?
-            .set_sampling(one_in)
-    }
-
-    /// The watch's settings; `None` for a filter pinned by a build without the watch.
-    pub fn watch_settings(
-        &self,
-    ) -> Result<Option<allowlist_common::watch::WatchSettings>, DatapathError> {
-        self.watch.as_ref().map(|w| w.settings()).transpose()
     }
 
     /// The watch's recording rate per CPU and second (0: off); `None` for a filter

@@ -83,23 +83,9 @@ impl Watch {
         if current.rate == rate {
             return Ok(());
         }
-        self.update(WatchSettings { rate, ..current })
-    }
-
-    /// Offers the budget one denied packet in `one_in` (rounded up to a power of two).
-    pub(super) fn set_sampling(&mut self, one_in: u32) -> Result<(), DatapathError> {
-        let current = self.settings()?;
-        let sample_mask = one_in.max(1).checked_next_power_of_two().unwrap_or(1 << 31) - 1;
-        self.update(WatchSettings {
-            sample_mask,
-            ..current
-        })
-    }
-
-    fn update(&mut self, next: WatchSettings) -> Result<(), DatapathError> {
         let next = WatchSettings {
-            generation: next.generation.wrapping_add(1),
-            ..next
+            rate,
+            generation: current.generation.wrapping_add(1),
         };
         self.settings
             .set(0, next, 0)

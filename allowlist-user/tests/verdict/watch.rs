@@ -181,7 +181,7 @@ fn watch_sampling_offers_one_in_n_to_the_budget() {
     let mut h = Harness::new();
     h.maps.set_watch(UNBOUNDED).unwrap();
     h.maps.set_watch_sampling(4).unwrap();
-    assert_eq!(h.maps.watch_settings().unwrap().unwrap().sample_mask, 3);
+    assert_eq!(h.maps.settings().unwrap().watch_sample_mask, 3);
     std::thread::sleep(Duration::from_millis(30));
     let before = h.maps.counters().unwrap();
     assert_eq!(h.run_repeated(&syn4(a4("203.0.113.90"), 443), 4_000), DROP);
@@ -203,7 +203,7 @@ fn watch_sampling_offers_one_in_n_to_the_budget() {
 
     // Monitor mode samples its would-drops the same way; the mode is kept.
     monitor_on(&mut h.maps);
-    assert_eq!(h.maps.watch_settings().unwrap().unwrap().sample_mask, 3);
+    assert_eq!(h.maps.settings().unwrap().watch_sample_mask, 3);
     let before = h.maps.counters().unwrap();
     assert_eq!(h.run_repeated(&syn4(a4("203.0.113.91"), 443), 400), PASS);
     let after = h.maps.counters().unwrap();
