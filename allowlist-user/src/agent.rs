@@ -27,7 +27,7 @@ use crate::{
     config::{self, Config, Mode},
     control,
     datapath::{self, Filter, InterfaceState, LoadOptions},
-    denied::{DeniedWatch, Observation, Recording},
+    denied::{DeniedWatch, Recording},
     fetch::Fetcher,
     history,
     link_events::LinkEvents,
@@ -692,23 +692,13 @@ impl Agent {
             .and_then(|entries| Ok((entries, maps.counters()?)));
         match read {
             Ok((entries, counters)) => {
-                let observations: Vec<Observation> = entries
-                    .into_iter()
-                    .map(|e| Observation {
-                        source: e.source,
-                        packets: e.packets,
-                        port: e.port,
-                        first_seen: e.first_seen,
-                        last_seen: e.last_seen,
-                    })
-                    .collect();
                 let totals = Recording {
                     recorded: counters.watch_recorded,
                     unrecorded: counters.watch_not_recorded,
                 };
                 self.adjust_watch_sampling(totals.recorded + totals.unrecorded);
                 self.denied
-                    .observe(&observations, Some(totals), SystemTime::now());
+                    .observe(&entries, Some(totals), SystemTime::now());
             }
             Err(e) => {
                 warn!(error = %format!("{:#}", anyhow::Error::from(e)), "cannot read the denied sources from the datapath");

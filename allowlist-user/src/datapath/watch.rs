@@ -25,7 +25,7 @@ use super::{DatapathError, maps::map_err};
 
 /// A source the program denied (TCP to a protected port, not in the list), as the
 /// watch recorded it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeniedEntry {
     /// The source: an IPv4 /32, or the /64 of an IPv6 source.
     pub source: IpNet,

@@ -47,18 +47,10 @@ pub(crate) const KNOWN_KEPT: usize = 10_000;
 /// (the datapath's boot-time clock is converted to wall-clock time at each read).
 const SAME_ENTRY: Duration = Duration::from_secs(1);
 
-/// One entry of the datapath's table of denied sources: cumulative since
-/// `first_seen`, restarting from 0 if the entry is evicted and re-created.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Observation {
-    /// An IPv4 address (/32) or an IPv6 /64.
-    pub source: IpNet,
-    pub packets: u64,
-    /// The destination port of the last packet.
-    pub port: u16,
-    pub first_seen: SystemTime,
-    pub last_seen: SystemTime,
-}
+/// One entry of the datapath's table of denied sources, as the datapath reads it:
+/// cumulative since `first_seen`, restarting from 0 if the entry is evicted and
+/// re-created.
+pub(crate) use crate::datapath::DeniedEntry as Observation;
 
 /// The datapath's totals of denied packets since its maps were created: recorded in
 /// its table of sources or not (a flood fills the table faster than it may grow).
