@@ -140,6 +140,8 @@ struct Agent {
     last_denied: Option<(u64, Instant)>,
     /// One denied packet in this many is offered to the watch's budget.
     watch_sampling: u32,
+    /// The last read of the watch failed (and was logged).
+    watch_read_failing: bool,
 }
 
 /// `allowlist run`, until `shutdown` resolves (see [`shutdown_signal`]).
@@ -240,6 +242,7 @@ pub async fn run(
         denied,
         last_denied: None,
         watch_sampling: 0,
+        watch_read_failing: false,
     };
     if let Some(report) = &initial_refresh {
         agent.record(report);
@@ -699,10 +702,16 @@ impl Agent {
                 self.adjust_watch_sampling(totals.recorded + totals.unrecorded);
                 self.denied
                     .observe(&entries, Some(totals), SystemTime::now());
+                if std::mem::take(&mut self.watch_read_failing) {
+                    info!("the denied sources can be read from the datapath again");
+                }
             }
-            Err(e) => {
-                warn!(error = %format!("{:#}", anyhow::Error::from(e)), "cannot read the denied sources from the datapath");
+            // Said once, not every 5 s: the filter enforces whatever becomes of it.
+            Err(e) if !self.watch_read_failing => {
+                self.watch_read_failing = true;
+                warn!(error = %format!("{:#}", anyhow::Error::from(e)), "cannot read the denied sources from the datapath; `allowlist denied` stays as it was until it can");
             }
+            Err(_) => {}
         }
     }
 
