@@ -157,3 +157,47 @@ fn an_agent_upgraded_from_a_build_without_the_watch_creates_its_maps() {
         denied.len()
     );
 }
+
+/// A pinned map the agent cannot rebuild (here `PORTS`) of another layout refuses the
+/// start, and nothing is removed first: the derived map of another layout and the
+/// retired map beside it keep their pins.
+#[test]
+fn a_refused_upgrade_removes_no_pin() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new();
+    let _provider = world.provider_publishing(&["192.0.2.0/24"], "");
+    std::fs::create_dir(&world.pin_dir).expect("create pin_dir");
+    std::fs::set_permissions(
+        &world.pin_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let fast_v6 = world.pin_dir.join(names::FAST_V6);
+    bpftool_create(&fast_v6, "array", 4, 8, OLD_LAYOUT_ENTRIES);
+    bpftool_create(&world.pin_dir.join(names::PORTS), "array", 4, 8, 16);
+    let retired = world.pin_dir.join(RETIRED);
+    bpftool_create(&retired, "hash", 4, 256, 16);
+    let log = world.dir.path().join("agent.log");
+    let mut agent = world.spawn_agent(&[], &log);
+    let status = agent.wait(Duration::from_secs(20));
+    assert!(!status.success(), "the agent started:\n{}", agent.log());
+    assert!(
+        agent.log().contains("PORTS was left by another build"),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        fast_v6.exists(),
+        "the refused start removed a pin:\n{}",
+        agent.log()
+    );
+    assert_eq!(max_entries(&fast_v6), u64::from(OLD_LAYOUT_ENTRIES));
+    assert!(
+        retired.exists(),
+        "the refused start removed the retired pin:\n{}",
+        agent.log()
+    );
+    assert!(!world.xdp_attached(), "nothing was attached");
+}

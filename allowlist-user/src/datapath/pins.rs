@@ -351,12 +351,8 @@ pub(super) fn check_compatible(
     pin_dir: &Path,
     expected: &[ExpectedMap],
 ) -> Result<(), DatapathError> {
-    for name in names::RETIRED {
-        remove_pin(
-            &map_pin(pin_dir, name),
-            "removing the pin of a map this build no longer has",
-        )?;
-    }
+    // Everything is checked before any pin is removed: a refused start changes nothing.
+    let mut replaced = Vec::new();
     for want in expected {
         let path = map_pin(pin_dir, &want.name);
         if !path.exists() {
@@ -379,12 +375,10 @@ pub(super) fn check_compatible(
             want.value_size,
             want.max_entries,
         );
-        if found != wanted && names::DERIVED.contains(&want.name.as_str()) {
-            remove_pin(
-                &path,
-                "replacing a pinned map that another build left with another layout: it is rebuilt from the tries",
-            )?;
-        } else if found != wanted {
+        if found == wanted {
+            continue;
+        }
+        if !names::DERIVED.contains(&want.name.as_str()) {
             return Err(DatapathError::IncompatiblePin {
                 path,
                 found: format!(
@@ -397,6 +391,19 @@ pub(super) fn check_compatible(
                 ),
             });
         }
+        replaced.push(path);
+    }
+    for name in names::RETIRED {
+        remove_pin(
+            &map_pin(pin_dir, name),
+            "removing the pin of a map this build no longer has",
+        )?;
+    }
+    for path in replaced {
+        remove_pin(
+            &path,
+            "replacing a pinned map that another build left with another layout: it is rebuilt from the tries",
+        )?;
     }
     Ok(())
 }
