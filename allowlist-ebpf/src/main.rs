@@ -97,15 +97,15 @@ fn allowlist(ctx: XdpContext) -> u32 {
     finish(&ctx, reason, denied)
 }
 
-/// The source (as the watch's key, every byte defined: copying an enum's unused bytes
-/// can copy a spilled packet pointer, which the verifier refuses) and destination
-/// port of a packet denied for `NotAllowlisted`, for the denied-source watch.
+/// The source (as the watch's key, in two words: every byte defined, and no array of
+/// bytes to carry through the program's registers and stack) and destination port of
+/// a packet denied for `NotAllowlisted`, for the denied-source watch.
 ///
 /// Zeroed before the packet is judged, not an `Option`: LLVM would otherwise copy an
 /// uninitialised payload on the paths that leave it empty, which the verifier refuses.
 #[derive(Clone, Copy)]
 struct Denied {
-    key: allowlist_common::watch::Key,
+    key: watch::KeyWords,
     port: u16,
     /// Non-zero when the packet was denied for `NotAllowlisted`.
     found: u16,
@@ -113,7 +113,7 @@ struct Denied {
 
 impl Denied {
     const NONE: Denied = Denied {
-        key: [0; 16],
+        key: [0; 2],
         port: 0,
         found: 0,
     };
@@ -304,7 +304,7 @@ fn judge_l4(src: Source, proto: u8, dst_port: u16, denied: &mut Denied) -> Reaso
             Reason::Allowlisted
         } else {
             *denied = Denied {
-                key: watch::key(src),
+                key: watch::key_words(src),
                 port: dst_port,
                 found: 1,
             };

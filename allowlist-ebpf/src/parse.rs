@@ -148,6 +148,70 @@ impl Cursor {
     }
 }
 
+/// A frame's first `N` bytes, checked to be in its first buffer once, so that the
+/// short ways read their fields without a bounds check each (see [`Cursor::head`]).
+pub(crate) struct Head<const N: usize>(*const u8);
+
+impl<const N: usize> Head<N> {
+    /// The byte at `OFF`.
+    #[inline(always)]
+    fn u8<const OFF: usize>(&self) -> u8 {
+        const { assert!(OFF < N) };
+        // SAFETY: inside the checked head (see `Cursor::ptr_at`).
+        unsafe { *self.0.add(OFF) }
+    }
+
+    /// The two bytes at the even offset `OFF`, as they are in memory: one 2-aligned load
+    /// (the frame starts 2-aligned, see `Cursor::ptr_at`).
+    #[inline(always)]
+    fn ne16<const OFF: usize>(&self) -> u16 {
+        const { assert!(OFF.is_multiple_of(2) && OFF + 2 <= N) };
+        // SAFETY: inside the checked head, and 2-aligned.
+        unsafe { *(self.0.add(OFF) as *const u16) }
+    }
+
+    /// The big-endian `u16` at the even offset `OFF`.
+    #[inline(always)]
+    fn be16<const OFF: usize>(&self) -> u16 {
+        u16::from_be(self.ne16::<OFF>())
+    }
+
+    /// The four bytes at the even offset `OFF` (an IPv4 address), in two loads.
+    #[inline(always)]
+    fn bytes4<const OFF: usize>(&self) -> [u8; 4] {
+        const { assert!(OFF.is_multiple_of(2) && OFF + 4 <= N) };
+        // SAFETY: inside the checked head, and 2-aligned.
+        let [high, low] = unsafe { *(self.0.add(OFF) as *const [u16; 2]) };
+        let ([a, b], [c, d]) = (high.to_ne_bytes(), low.to_ne_bytes());
+        [a, b, c, d]
+    }
+
+    /// The sixteen bytes at the even offset `OFF` (an IPv6 address), in 2-aligned loads.
+    #[inline(always)]
+    fn bytes16<const OFF: usize>(&self) -> [u8; 16] {
+        const { assert!(OFF.is_multiple_of(2) && OFF + 16 <= N) };
+        // SAFETY: inside the checked head, and 2-aligned.
+        let words = unsafe { *(self.0.add(OFF) as *const [u16; 8]) };
+        // SAFETY: same size, and every bit pattern is a valid `[u8; 16]`.
+        unsafe { core::mem::transmute::<[u16; 8], [u8; 16]>(words) }
+    }
+}
+
+impl Cursor {
+    /// The frame's first `N` bytes, or `None` when its first buffer is shorter.
+    #[inline(always)]
+    pub(crate) fn head<const N: usize>(&self) -> Option<Head<N>> {
+        self.ptr_at::<[u8; N]>(0).map(|p| Head(p as *const u8))
+    }
+
+    /// The bytes of the first buffer after a head that [`Cursor::head`] found.
+    #[inline(always)]
+    fn after_ethernet(&self) -> usize {
+        // No underflow: a head longer than Ethernet's was found.
+        self.end - self.start - EthHdr::LEN
+    }
+}
+
 /// The facts of the commonest frame, read in one pass.
 pub(crate) struct PlainIpv4 {
     pub(crate) src: [u8; 4],
@@ -156,44 +220,40 @@ pub(crate) struct PlainIpv4 {
     pub(crate) dst_port: u16,
 }
 
-/// The commonest frame, read in one pass: untagged Ethernet, an IPv4 header without
-/// options, not a fragment, lengths that fit the frame, and a whole TCP header if it
-/// is TCP. For such a frame [`packet`] finds the same facts (not a fragment) and
-/// makes no observation; `None` leaves every other frame to it.
+/// The commonest frame, read in one pass with a bounds check for its headers (two
+/// for TCP): untagged Ethernet, an IPv4 header without options, not a fragment,
+/// lengths that fit the frame, and a whole TCP header if it is TCP. For such a frame
+/// [`packet`] finds the same facts (not a fragment) and makes no observation; `None`
+/// leaves every other frame to it.
 #[inline(always)]
 pub(crate) fn plain_ipv4(cur: &Cursor) -> Option<PlainIpv4> {
-    let eth: *const EthHdr = cur.ptr_at(0)?;
-    if ether_type(eth) != ETH_P_IP {
+    const IP: usize = EthHdr::LEN;
+    const TCP: usize = IP + Ipv4Hdr::LEN;
+    let head: Head<TCP> = cur.head()?;
+    if head.be16::<12>() != ETH_P_IP {
         return None;
     }
-    let ip: *const Ipv4Hdr = cur.ptr_at(EthHdr::LEN)?;
-    // SAFETY: from `ptr_at`.
-    let (vihl, tot_len, frags, proto, src) = unsafe {
-        (
-            (*ip).vihl,
-            u16::from_be_bytes((*ip).tot_len) as usize,
-            u16::from_be_bytes((*ip).frags),
-            (*ip).proto,
-            (*ip).src_addr,
-        )
-    };
+    let tot_len = usize::from(head.be16::<{ IP + 2 }>());
+    let proto = head.u8::<{ IP + 9 }>();
     // Version 4, 20-byte header; neither more fragments nor an offset.
-    if vihl != 0x45
-        || frags & 0x3FFF != 0
+    if head.u8::<IP>() != 0x45
+        || head.be16::<{ IP + 6 }>() & 0x3FFF != 0
         || tot_len < Ipv4Hdr::LEN
-        || tot_len > cur.remaining_from(EthHdr::LEN)
+        || tot_len > cur.after_ethernet()
     {
         return None;
     }
     let mut dst_port = 0;
     if proto == IPPROTO_TCP {
-        if tot_len < Ipv4Hdr::LEN + TcpHdr::LEN {
+        let tcp: Head<{ TCP + TcpHdr::LEN }> = cur.head()?;
+        // The data offset (the high nibble) counts 32-bit words: at least 5.
+        if tot_len < Ipv4Hdr::LEN + TcpHdr::LEN || tcp.u8::<{ TCP + 12 }>() < 5 << 4 {
             return None;
         }
-        dst_port = tcp_dst_port(cur, EthHdr::LEN + Ipv4Hdr::LEN)?;
+        dst_port = tcp.be16::<{ TCP + 2 }>();
     }
     Some(PlainIpv4 {
-        src,
+        src: head.bytes4::<{ IP + 12 }>(),
         proto,
         dst_port,
     })
@@ -207,42 +267,37 @@ pub(crate) struct PlainIpv6 {
     pub(crate) dst_port: u16,
 }
 
-/// The commonest IPv6 frame, read in one pass: untagged Ethernet, an IPv6 header
-/// followed directly by an upper-layer header (no extension header, so not a
-/// fragment), a payload that fits the frame's first buffer, and a whole TCP header if
-/// it is TCP. For such a frame [`packet`] finds the same facts and makes no
-/// observation; `None` leaves every other frame to it.
+/// The commonest IPv6 frame, read in one pass with a bounds check for its headers
+/// (two for TCP): untagged Ethernet, an IPv6 header followed directly by an
+/// upper-layer header (no extension header, so not a fragment), a payload that fits
+/// the frame's first buffer, and a whole TCP header if it is TCP. For such a frame
+/// [`packet`] finds the same facts and makes no observation; `None` leaves every
+/// other frame to it.
 #[inline(always)]
 pub(crate) fn plain_ipv6(cur: &Cursor) -> Option<PlainIpv6> {
-    let eth: *const EthHdr = cur.ptr_at(0)?;
-    if ether_type(eth) != ETH_P_IPV6 {
+    const IP: usize = EthHdr::LEN;
+    const TCP: usize = IP + Ipv6Hdr::LEN;
+    let head: Head<TCP> = cur.head()?;
+    if head.be16::<12>() != ETH_P_IPV6 {
         return None;
     }
-    let ip: *const Ipv6Hdr = cur.ptr_at(EthHdr::LEN)?;
-    // SAFETY: from `ptr_at`.
-    let (vcf0, payload_len, proto) = unsafe {
-        (
-            (*ip).vcf[0],
-            u16::from_be_bytes((*ip).payload_len) as usize,
-            (*ip).next_hdr,
-        )
-    };
-    if vcf0 >> 4 != 6
-        || is_ext_header(proto)
-        || Ipv6Hdr::LEN + payload_len > cur.remaining_from(EthHdr::LEN)
-    {
+    let payload_len = usize::from(head.be16::<{ IP + 4 }>());
+    let proto = head.u8::<{ IP + 6 }>();
+    if head.u8::<IP>() >> 4 != 6 || Ipv6Hdr::LEN + payload_len > cur.after_ethernet() {
         return None;
     }
     let mut dst_port = 0;
     if proto == IPPROTO_TCP {
-        if payload_len < TcpHdr::LEN {
+        let tcp: Head<{ TCP + TcpHdr::LEN }> = cur.head()?;
+        if payload_len < TcpHdr::LEN || tcp.u8::<{ TCP + 12 }>() < 5 << 4 {
             return None;
         }
-        dst_port = tcp_dst_port(cur, EthHdr::LEN + Ipv6Hdr::LEN)?;
+        dst_port = tcp.be16::<{ TCP + 2 }>();
+    } else if is_ext_header(proto) {
+        return None;
     }
     Some(PlainIpv6 {
-        // SAFETY: from `ptr_at`.
-        src: unsafe { (*ip).src_addr },
+        src: head.bytes16::<{ IP + 8 }>(),
         proto,
         dst_port,
     })
