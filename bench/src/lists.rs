@@ -249,6 +249,32 @@ pub(crate) fn denied_v6(rng: &mut StdRng, members: &Membership, n: usize) -> Vec
     out
 }
 
+/// `n` addresses no prefix of `members` covers, each in the /24 of a random prefix of
+/// `list` (the /24 itself for shorter ones): denied sources next to listed ones, which
+/// the fast table follows below its root.
+pub(crate) fn denied_v6_near(
+    rng: &mut StdRng,
+    members: &Membership,
+    list: &BTreeMap<IpNet, u32>,
+    n: usize,
+) -> Vec<Ipv6Addr> {
+    let nets: Vec<u128> = list
+        .keys()
+        .filter_map(|n| match n {
+            IpNet::V6(n) => Some(u128::from(n.network()) & !(u128::MAX >> 24)),
+            IpNet::V4(_) => None,
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let addr = nets[rng.random_range(0..nets.len())] | (rng.random::<u128>() >> 24);
+        if !members.contains_v6(addr) {
+            out.push(Ipv6Addr::from(addr));
+        }
+    }
+    out
+}
+
 /// The text of a `format = "text"` source: one prefix a line.
 pub(crate) fn text_document(list: &BTreeMap<IpNet, u32>) -> String {
     let mut out = String::with_capacity(list.len() * 20);
@@ -321,4 +347,45 @@ pub(crate) fn aws_document(rng: &mut StdRng, bytes: usize) -> Vec<u8> {
     let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
     serde::Serialize::serialize(&document, &mut ser).expect("serialise JSON");
     out
+}
+
+/// The IPv6 prefixes of AWS's published `ip-ranges.json` (`ipv6_prefixes[].ipv6_prefix`,
+/// deduplicated), each with a random rule id below [`RULES`], and the same list filled
+/// up to `n` prefixes with random /32–/64 ones (as [`v6_prefixes`] makes them).
+pub(crate) fn aws_v6_filled(
+    rng: &mut StdRng,
+    document: &std::path::Path,
+    n: usize,
+) -> anyhow::Result<(BTreeMap<IpNet, u32>, BTreeMap<IpNet, u32>)> {
+    use anyhow::Context as _;
+
+    #[derive(serde::Deserialize)]
+    struct Ranges {
+        ipv6_prefixes: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        ipv6_prefix: Ipv6Net,
+    }
+
+    let text = std::fs::read_to_string(document)
+        .with_context(|| format!("reading {}", document.display()))?;
+    let ranges: Ranges = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not AWS's ip-ranges.json", document.display()))?;
+    let aws: BTreeMap<IpNet, u32> = ranges
+        .ipv6_prefixes
+        .into_iter()
+        .map(|e| (IpNet::V6(e.ipv6_prefix.trunc()), rng.random_range(0..RULES)))
+        .collect();
+    if aws.is_empty() {
+        anyhow::bail!("{}: no ipv6_prefixes", document.display());
+    }
+    let mut filled = aws.clone();
+    while filled.len() < n {
+        let more = v6_prefixes(rng, n - filled.len(), 32..=64);
+        for (net, rule) in more {
+            filled.entry(net).or_insert(rule);
+        }
+    }
+    Ok((aws, filled))
 }

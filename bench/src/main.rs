@@ -50,6 +50,10 @@ struct Args {
     /// Seconds each flood reading lasts (after a one-second warm-up).
     #[arg(long, default_value_t = 3.0)]
     flood_window: f64,
+    /// AWS's published ip-ranges.json, whose IPv6 prefixes make one more IPv6 list of
+    /// the decision part (skipped when the file is missing).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/realdocs/aws-ip-ranges.json"))]
+    aws_ip_ranges: PathBuf,
     /// Measure only these parts (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Part>,
@@ -298,6 +302,47 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
                 lists::denied_v4(&mut rng, &members, allowlist_common::watch::CAPACITY);
             fill = v4_frames(fill_sources, Shape::TcpSyn(443));
         }
+    }
+
+    match lists::aws_v6_filled(&mut rng, &args.aws_ip_ranges, V6_PREFIXES) {
+        Ok((aws, filled)) => {
+            let members = lists::Membership::new(&filled);
+            eprintln!(
+                "loading the programs with {} of AWS's IPv6 prefixes and {} random ones",
+                aws.len(),
+                filled.len() - aws.len()
+            );
+            let instance = instances.len();
+            instances.push(Programs::load(&filled)?);
+            let frames = |addrs: Vec<std::net::Ipv6Addr>| {
+                addrs
+                    .into_iter()
+                    .map(|a| decision::frame(IpAddr::V6(a), Shape::TcpSyn(443)))
+                    .collect::<Vec<_>>()
+            };
+            let label = format!(
+                "AWS's {} IPv6 + {} random /32–/64",
+                aws.len(),
+                filled.len() - aws.len()
+            );
+            cases.push(Case::new(
+                "TCP/443 SYN, denied IPv6 source in a /24 of a listed prefix",
+                &label,
+                instance,
+                frames(lists::denied_v6_near(&mut rng, &members, &aws, args.frames)),
+                [XDP_PASS, XDP_DROP, XDP_DROP],
+                Some(("denied", 2.5)),
+            ));
+            cases.push(Case::new(
+                "TCP/443 SYN, allowed IPv6 source in one of AWS's prefixes",
+                &label,
+                instance,
+                frames(lists::allowed_v6(&mut rng, &aws, args.frames)),
+                [XDP_PASS; 3],
+                Some(("allowed", 3.0)),
+            ));
+        }
+        Err(err) => eprintln!("skipping the cases of AWS's IPv6 list: {err:#}"),
     }
 
     eprintln!(
