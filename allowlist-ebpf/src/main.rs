@@ -371,22 +371,30 @@ fn fast_v4(addr: [u8; 4]) -> u16 {
 }
 
 /// The IPv6 fast table's answer for a source: `DENY`, an allowing code, or `DEEPER`.
-/// The root's code for the /16, then one chunk per further byte while the code points
-/// at one, down to the /64 (`fast::v6::LEVELS` array reads at most).
+/// The root's code for the /16, then while the code points at a chunk: the chunk's
+/// code for the source if the source is in the chunk's region, its default otherwise
+/// (`fast::v6::LEVELS` chunks at most, each header and code in one array element).
 #[inline(always)]
 fn fast_v6(addr: &[u8; 16]) -> u16 {
     let Some(root) = FAST_V6.get(u32::from(addr[0])) else {
         return fast::DEEPER;
     };
-    let mut code = root[addr[1] as usize];
-    for &byte in &addr[2..fast::v6::LEVELS + 1] {
+    let hi = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let mut code = root.codes[addr[1] as usize];
+    for _ in 0..fast::v6::LEVELS {
         if code < fast::FIRST_CHUNK {
             return code;
         }
-        let Some(codes) = FAST_V6.get(fast::v6::pool_index_of(code)) else {
+        let Some(chunk) = FAST_V6.get(fast::v6::pool_index_of(code)) else {
             return fast::DEEPER;
         };
-        code = codes[byte as usize];
+        code = if hi & chunk.mask == chunk.net {
+            chunk.codes[(hi.wrapping_shr(chunk.shift) & 0xFF) as usize]
+        } else {
+            chunk.default
+        };
     }
     // Past the /64 the table holds no chunk; a code that still points at one is not
     // an answer.

@@ -267,7 +267,7 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
                 Some(("allowed", 3.0)),
             ));
             cases.push(Case::new(
-                "  of which: longest match /32–/48 (root + 2–4 chunk reads)",
+                "  of which: longest match /32–/48 (root + 1–3 chunks)",
                 &label6,
                 i,
                 v6_frames(v6_short),
@@ -275,7 +275,7 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
                 Some(("allowed", 3.0)),
             ));
             cases.push(Case::new(
-                "  of which: longest match /49–/64 (root + 5–6 chunk reads)",
+                "  of which: longest match /49–/64 (root + 1–3 chunks)",
                 &label6,
                 i,
                 v6_frames(v6_long),

@@ -43,11 +43,18 @@ fn pins_of_a_build_without_the_watch(world: &World) -> Agent {
         }
     }
     if std::env::var_os("ALLOWLIST_PREVIOUS_BIN").is_none() {
-        // What a build with other fast tables leaves: FAST_V6 of another layout, and the
-        // IPv4 group map that this build no longer has.
+        // What a build with other fast tables leaves: FAST_V6 of another layout (the
+        // chunks without headers of the table before path compression: as many, of
+        // another size), and the IPv4 group map that this build no longer has.
         let fast_v6 = world.pin_dir.join(names::FAST_V6);
         std::fs::remove_file(&fast_v6).expect("unpin FAST_V6");
-        bpftool_create(&fast_v6, "array", 4, 8, OLD_LAYOUT_ENTRIES);
+        bpftool_create(
+            &fast_v6,
+            "array",
+            4,
+            OLD_CHUNK_BYTES,
+            allowlist_common::fast::v6::CHUNKS as u32,
+        );
         bpftool_create(&world.pin_dir.join(RETIRED), "hash", 4, 256, 16);
     }
     agent
@@ -55,6 +62,8 @@ fn pins_of_a_build_without_the_watch(world: &World) -> Agent {
 
 const RETIRED: &str = "FAST_V4_GROUPS";
 const OLD_LAYOUT_ENTRIES: u32 = 16;
+/// The size of a `FAST_V6` chunk before chunks had headers: 256 codes.
+const OLD_CHUNK_BYTES: u32 = 512;
 
 fn bpftool_create(pin: &std::path::Path, kind: &str, key: u32, value: u32, entries: u32) {
     let (key, value, entries) = (key.to_string(), value.to_string(), entries.to_string());
@@ -71,6 +80,15 @@ fn bpftool_create(pin: &std::path::Path, kind: &str, key: u32, value: u32, entri
 
 /// The number of entries of the map pinned at `pin`.
 fn max_entries(pin: &std::path::Path) -> u64 {
+    map_info(pin)["max_entries"].as_u64().expect("max_entries")
+}
+
+/// The value size of the map pinned at `pin`.
+fn value_size(pin: &std::path::Path) -> u64 {
+    map_info(pin)["bytes_value"].as_u64().expect("bytes_value")
+}
+
+fn map_info(pin: &std::path::Path) -> serde_json::Value {
     let out = allowlist_tests::run(std::process::Command::new("bpftool").args([
         "-j",
         "map",
@@ -78,8 +96,7 @@ fn max_entries(pin: &std::path::Path) -> u64 {
         "pinned",
         pin.to_str().unwrap(),
     ]));
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool -j");
-    info["max_entries"].as_u64().expect("max_entries")
+    serde_json::from_slice(&out.stdout).expect("bpftool -j")
 }
 
 #[test]
@@ -117,9 +134,9 @@ fn an_agent_upgraded_from_a_build_without_the_watch_creates_its_maps() {
         );
     }
     // A derived map of another layout is replaced, a retired one unpinned.
-    assert_ne!(
-        max_entries(&world.pin_dir.join(names::FAST_V6)),
-        u64::from(OLD_LAYOUT_ENTRIES),
+    assert_eq!(
+        value_size(&world.pin_dir.join(names::FAST_V6)),
+        size_of::<allowlist_common::fast::v6::Chunk>() as u64,
         "{}",
         agent.log()
     );

@@ -1,22 +1,32 @@
-//! The IPv6 fast table (`allowlist_common::fast::v6`): a multibit trie of 256-code
-//! chunks with leaf pushing, a 16-bit root and 8-bit strides down to /64, computed
-//! from a set of prefixes and written the way the program can read it at any moment.
+//! The IPv6 fast table (`allowlist_common::fast::v6`): a path-compressed multibit trie
+//! of 256-code chunks with leaf pushing, a 16-bit root and 8-bit strides down to /64,
+//! computed from a set of prefixes and written the way the program can read it at any
+//! moment.
+//!
+//! Path compression: a region whose 256 sub-regions all say the same, but for one
+//! that splits further, gets no chunk; the slot that would point at it points at that
+//! sub-region's chunk instead, whose header names its region and whose `default` is
+//! what the skipped levels say (the slot's value before leaf pushing). A sparse prefix
+//! therefore costs one chunk below the root, wherever it ends.
 //!
 //! The table only ever repeats what the trie answers, as the IPv4 table does (see
 //! `fast`). A /16's subtree is recomputed whole from the prefixes the trie holds, then
 //! written into the table code by code, changing only what differs: a code that stays
-//! a chunk pointer is followed and its chunk changed in place; a new subtree is built
-//! in free chunks, bottom up, before the one store that publishes it; the chunks of a
-//! subtree a code stops pointing at are freed after that store, and reused from the
-//! next sync on (see `pool`). Every code changes in one store, so every address goes
-//! from its old answer to its new one directly. What the table cannot hold is left to
-//! the trie (`DEEPER`): the /64 of a longer prefix, and a subtree for which the pool
-//! has no chunk.
+//! a pointer to a chunk of the region its new subtree needs is followed and the chunk
+//! changed in place (its `default` too, in one store); a new subtree, or one whose
+//! region changed, is built in free chunks, bottom up, headers included, before the
+//! one store that publishes it; the chunks of a subtree a code stops pointing at are
+//! freed after that store, and reused from the next sync on (see `pool`). A chunk's
+//! region (`net`, `mask`, `shift`) never changes while it is published. Every code
+//! changes in one store, and an address reads one code or the default of each chunk
+//! on its way, so every address goes from its old answer to its new one directly. What
+//! the table cannot hold is left to the trie (`DEEPER`): the /64 of a longer prefix,
+//! and a subtree for which the pool has no chunk.
 
 use std::{
     collections::BTreeMap,
     net::Ipv6Addr,
-    sync::atomic::{AtomicU16, Ordering},
+    sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering},
 };
 
 use allowlist_common::{fast, maps as names};
@@ -34,6 +44,8 @@ const ROOT_ENTRIES: u32 = 1 << 16;
 /// Length of the prefix a root entry stands for.
 const ROOT_LEN: u8 = 16;
 const STRIDE: u8 = 8;
+/// Bytes of a chunk (an element of the map).
+const CHUNK_BYTES: usize = size_of::<fast::v6::Chunk>();
 
 /// The root entries (/16s) a set of prefixes touches, as sorted, disjoint, inclusive
 /// ranges.
@@ -82,25 +94,84 @@ struct Prefix {
     code: u16,
 }
 
-/// What the table should hold for a region: one answer, or a chunk of 256
-/// sub-regions.
+/// A region of the top 64 bits of the address: a /16 to a /64 (a chunk's region is
+/// /16 to /56, a multiple of 8 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    net: u64,
+    len: u8,
+}
+
+impl Span {
+    fn of_root(entry: u32) -> Self {
+        Self {
+            net: u64::from(entry) << 48,
+            len: ROOT_LEN,
+        }
+    }
+
+    /// Sub-region `index` of a chunk of this region.
+    fn slot(self, index: usize) -> Self {
+        Self {
+            net: self.net | (index as u64) << fast::v6::shift(self.len),
+            len: self.len + STRIDE,
+        }
+    }
+
+    fn mask(self) -> u64 {
+        if self.len >= 64 {
+            u64::MAX
+        } else {
+            fast::v6::mask(self.len)
+        }
+    }
+
+    /// Whether `inner` lies within this region (or is it).
+    fn holds(self, inner: Self) -> bool {
+        inner.len >= self.len && inner.net & self.mask() == self.net
+    }
+
+    /// The region a chunk's header names, if the header is one the writer could have
+    /// written: a mask of a multiple of 8 bits from /16 to /56, the matching shift, and
+    /// nothing set in `net` past the mask.
+    fn of_header(net: u64, mask: u64, shift: u32) -> Option<Self> {
+        let len = mask.leading_ones() as u8;
+        let fits = len.is_multiple_of(STRIDE)
+            && (fast::v6::MIN_REGION..fast::v6::MAX_LEN).contains(&len)
+            && mask == fast::v6::mask(len)
+            && shift == fast::v6::shift(len)
+            && net & !mask == 0;
+        fits.then_some(Self { net, len })
+    }
+}
+
+/// What the table should hold for a region: one answer, or a chunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Node {
     Leaf(u16),
-    Split(Vec<Node>),
+    Split(Split),
 }
 
-/// The subtree of a region of length `len` whose addresses are otherwise `base`, from
-/// the prefixes strictly inside it.
-fn build(base: u16, len: u8, mut inside: Vec<Prefix>) -> Node {
+/// A chunk: 256 sub-regions of `span`, and the answer for the addresses that reach it
+/// outside `span` (its `span` may lie deeper than the slot pointing at it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Split {
+    span: Span,
+    default: u16,
+    entries: Vec<Node>,
+}
+
+/// The subtree of region `span` whose addresses are otherwise `base`, from the
+/// prefixes strictly inside it; path-compressed.
+fn build(base: u16, span: Span, mut inside: Vec<Prefix>) -> Node {
     if inside.is_empty() {
         return Node::Leaf(base);
     }
-    if len >= fast::v6::MAX_LEN {
+    if span.len >= fast::v6::MAX_LEN {
         // Longer than the table resolves: the trie answers for the /64.
         return Node::Leaf(fast::DEEPER);
     }
-    let child_len = len + STRIDE;
+    let child_len = span.len + STRIDE;
     let shift = 128 - u32::from(child_len);
     let index = |p: &Prefix| ((p.net >> shift) & 0xFF) as usize;
     // Shortest first, so that longer prefixes overwrite the entries they cover.
@@ -117,12 +188,35 @@ fn build(base: u16, len: u8, mut inside: Vec<Prefix>) -> Node {
     }
     let mut entries: Vec<Node> = codes.iter().map(|c| Node::Leaf(*c)).collect();
     for (i, group) in deeper {
-        entries[i] = build(codes[i], child_len, group);
+        entries[i] = build(codes[i], span.slot(i), group);
     }
-    match &entries[0] {
-        Node::Leaf(first) if entries.iter().all(|e| e == &Node::Leaf(*first)) => Node::Leaf(*first),
-        _ => Node::Split(entries),
+    if let Node::Leaf(first) = entries[0]
+        && entries.iter().all(|e| e == &Node::Leaf(first))
+    {
+        return Node::Leaf(first);
     }
+    // Path compression: when every sub-region but one says `base`, and that one
+    // splits, its chunk can take this region's place, with `base` as its default
+    // provided that the addresses of the sub-region outside the chunk's region (none
+    // if the chunk's region is the sub-region) say `base` as well.
+    let mut others = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| *e != &Node::Leaf(base));
+    if let (Some((i, Node::Split(only))), None) = (others.next(), others.next())
+        && (only.default == base || only.span == span.slot(i))
+    {
+        let Node::Split(mut only) = entries.swap_remove(i) else {
+            unreachable!("entry {i} splits");
+        };
+        only.default = base;
+        return Node::Split(only);
+    }
+    Node::Split(Split {
+        span,
+        default: base,
+        entries,
+    })
 }
 
 /// The subtrees of root entries `lo..=hi` from `layers` (longest match wins; equal
@@ -171,7 +265,7 @@ fn subtrees(
         let node = match long.next_if(|(e, _)| *e == entry) {
             Some((_, inside)) => build(
                 base,
-                ROOT_LEN,
+                Span::of_root(entry),
                 inside
                     .into_iter()
                     .map(|((net, len), code)| Prefix { net, len, code })
@@ -208,9 +302,10 @@ impl FastV6 {
         &mut self,
         f: impl FnOnce(&mut Writer<'_>) -> Result<T, DatapathError>,
     ) -> Result<T, DatapathError> {
-        let region = Region::of_map(
+        let region = Region::of_elements(
             &self.table,
-            fast::v6::CHUNKS * size_of::<fast::v6::Chunk>(),
+            fast::v6::CHUNKS * CHUNK_BYTES,
+            CHUNK_BYTES,
             names::FAST_V6,
         );
         let cells = Cells(&region);
@@ -222,43 +317,88 @@ impl FastV6 {
     }
 }
 
-/// The pool's codes: the root's 2^16, then 256 per chunk.
+/// A chunk's header, as cells.
+struct Header<'a> {
+    net: &'a AtomicU64,
+    mask: &'a AtomicU64,
+    shift: &'a AtomicU32,
+    default: &'a AtomicU16,
+}
+
+impl Header<'_> {
+    /// The region the header names, if it is a valid one.
+    fn span(&self) -> Option<Span> {
+        Span::of_header(
+            self.net.load(Ordering::Relaxed),
+            self.mask.load(Ordering::Relaxed),
+            self.shift.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The pool's chunks: the root's 2^16 codes, then a header and 256 codes per chunk.
 #[derive(Clone, Copy)]
 pub(super) struct Cells<'a>(&'a Region<'a>);
 
 impl<'a> Cells<'a> {
     fn root(&self, entry: u32) -> Result<&'a AtomicU16, DatapathError> {
-        self.0.u16(entry as usize)
+        let (chunk, code) = (entry as usize / 256, entry as usize % 256);
+        self.0
+            .u16((chunk * CHUNK_BYTES + fast::v6::HEADER) / 2 + code)
     }
 
     /// The codes of chunk `chunk` (numbered from the first chunk after the root).
-    fn chunk(&self, chunk: u32) -> Result<&'a [AtomicU16], DatapathError> {
-        self.0.u16s(fast::v6::pool_index(chunk) as usize * 256, 256)
+    fn codes(&self, chunk: u32) -> Result<&'a [AtomicU16], DatapathError> {
+        let at = fast::v6::pool_index(chunk) as usize * CHUNK_BYTES;
+        self.0.u16s((at + fast::v6::HEADER) / 2, 256)
+    }
+
+    fn header(&self, chunk: u32) -> Result<Header<'a>, DatapathError> {
+        let at = fast::v6::pool_index(chunk) as usize * CHUNK_BYTES;
+        Ok(Header {
+            net: self.0.u64(at / 8)?,
+            mask: self.0.u64(at / 8 + 1)?,
+            shift: self.0.u32(at / 4 + 4)?,
+            default: self.0.u16(at / 2 + 10)?,
+        })
     }
 
     fn chunk_count(&self) -> u32 {
-        (self.0.len() / 512 - fast::v6::ROOT_CHUNKS) as u32
+        (self.0.len() / CHUNK_BYTES - fast::v6::ROOT_CHUNKS) as u32
     }
 
-    /// The pool's state as the codes say (see `fast::Cells::scan`): a pointer outside
-    /// the pool, to a chunk already reached, or below the /64 is replaced by `DEEPER`.
+    /// The pool's state as the codes say (see `fast::Cells::scan`). A pointer is
+    /// replaced by `DEEPER` when its chunk is outside the pool, already reached, or has
+    /// a header that is not a valid region within the pointing slot's region (a slot
+    /// of a /64 holds none); a chunk's default that points at a chunk is `DEEPER` too.
     fn scan(&self) -> Result<Pool, DatapathError> {
         let mut used = vec![false; self.chunk_count() as usize];
-        let mut stack: Vec<(&AtomicU16, u8)> = Vec::new();
+        let mut stack: Vec<(&AtomicU16, Span)> = Vec::new();
         for e in 0..ROOT_ENTRIES {
-            stack.push((self.root(e)?, ROOT_LEN));
+            stack.push((self.root(e)?, Span::of_root(e)));
         }
-        while let Some((cell, len)) = stack.pop() {
+        while let Some((cell, slot)) = stack.pop() {
             let Some(chunk) = fast::chunk(cell.load(Ordering::Relaxed)) else {
                 continue;
             };
-            match used.get_mut(chunk as usize) {
-                Some(u) if !*u && len < fast::v6::MAX_LEN => {
-                    *u = true;
-                    stack.extend(self.chunk(chunk)?.iter().map(|c| (c, len + STRIDE)));
-                }
-                _ => cell.store(fast::DEEPER, Ordering::Release),
+            let header = match used.get(chunk as usize) {
+                Some(false) => Some(self.header(chunk)?),
+                _ => None,
+            };
+            let span = header
+                .as_ref()
+                .and_then(Header::span)
+                .filter(|span| slot.holds(*span));
+            let (Some(header), Some(span)) = (header, span) else {
+                cell.store(fast::DEEPER, Ordering::Release);
+                continue;
+            };
+            used[chunk as usize] = true;
+            if fast::chunk(header.default.load(Ordering::Relaxed)).is_some() {
+                header.default.store(fast::DEEPER, Ordering::Release);
             }
+            let codes = self.codes(chunk)?;
+            stack.extend(codes.iter().enumerate().map(|(i, c)| (c, span.slot(i))));
         }
         Ok(Pool::new(&used))
     }
@@ -266,22 +406,40 @@ impl<'a> Cells<'a> {
     /// The answer for `addr`, read the way the program reads it.
     #[cfg(test)]
     fn lookup(&self, addr: u128) -> u16 {
-        let bytes = addr.to_be_bytes();
+        self.walk(addr).0
+    }
+
+    /// The answer for `addr`, and the chunks below the root read for it.
+    #[cfg(test)]
+    fn walk(&self, addr: u128) -> (u16, usize) {
+        let hi = (addr >> 64) as u64;
         let mut code = self
             .root((addr >> 112) as u32)
             .unwrap()
             .load(Ordering::Acquire);
-        for byte in &bytes[2..fast::v6::LEVELS + 1] {
+        for reads in 0..fast::v6::LEVELS {
             let Some(chunk) = fast::chunk(code) else {
-                return code;
+                return (code, reads);
             };
-            code = self.chunk(chunk).unwrap()[*byte as usize].load(Ordering::Acquire);
+            let header = self.header(chunk).unwrap();
+            let (net, mask) = (
+                header.net.load(Ordering::Acquire),
+                header.mask.load(Ordering::Acquire),
+            );
+            code = if hi & mask == net {
+                let shift = header.shift.load(Ordering::Acquire);
+                self.codes(chunk).unwrap()[(hi.wrapping_shr(shift) & 0xFF) as usize]
+                    .load(Ordering::Acquire)
+            } else {
+                header.default.load(Ordering::Acquire)
+            };
         }
-        if fast::chunk(code).is_some() {
+        let code = if fast::chunk(code).is_some() {
             fast::DEEPER
         } else {
             code
-        }
+        };
+        (code, fast::v6::LEVELS)
     }
 }
 
@@ -326,58 +484,67 @@ impl Writer<'_> {
         report: &mut FastReport,
     ) -> Result<(), DatapathError> {
         let old = cell.load(Ordering::Relaxed);
-        match node {
-            Node::Split(entries) => {
+        let code = match node {
+            Node::Split(split) => {
                 if let Some(chunk) = fast::chunk(old) {
-                    // Still pointed at: changed in place, code by code.
-                    let codes = self.cells.chunk(chunk)?;
-                    for (cell, entry) in codes.iter().zip(entries) {
-                        self.write(cell, entry, report)?;
-                    }
-                    return Ok(());
-                }
-                match self.fill(entries, report)? {
-                    Some(chunk) => {
-                        cell.store(fast::descend(chunk), Ordering::Release);
-                        report.codes_written += 1;
-                    }
-                    None => {
-                        report.left_to_trie += 1;
-                        if old != fast::DEEPER {
-                            cell.store(fast::DEEPER, Ordering::Release);
+                    let header = self.cells.header(chunk)?;
+                    if header.span() == Some(split.span) {
+                        // Still pointed at, same region: changed in place, code by code.
+                        if header.default.load(Ordering::Relaxed) != split.default {
+                            header.default.store(split.default, Ordering::Release);
                             report.codes_written += 1;
                         }
+                        let codes = self.cells.codes(chunk)?;
+                        for (cell, entry) in codes.iter().zip(split.entries) {
+                            self.write(cell, entry, report)?;
+                        }
+                        return Ok(());
+                    }
+                }
+                match self.fill(split, report)? {
+                    Some(chunk) => fast::descend(chunk),
+                    None => {
+                        report.left_to_trie += 1;
+                        fast::DEEPER
                     }
                 }
             }
-            Node::Leaf(code) => {
-                if old != code {
-                    cell.store(code, Ordering::Release);
-                    report.codes_written += 1;
-                }
-                if let Some(chunk) = fast::chunk(old) {
-                    // Nothing points at the old subtree any more.
-                    self.release_subtree(chunk, report)?;
-                }
-            }
+            Node::Leaf(code) => code,
+        };
+        if old != code {
+            cell.store(code, Ordering::Release);
+            report.codes_written += 1;
+        }
+        if let Some(chunk) = fast::chunk(old)
+            && old != code
+        {
+            // Nothing points at the old subtree any more.
+            self.release_subtree(chunk, report)?;
         }
         Ok(())
     }
 
-    /// Builds `entries` in a free chunk (and their subtrees in others), nothing
-    /// pointing at any of them yet; `None` when the pool is full (sub-regions that
-    /// find no chunk are left to the trie inside a chunk that is filled).
+    /// Builds `split` in a free chunk (and its subtrees in others), nothing pointing
+    /// at any of them yet; `None` when the pool is full (sub-regions that find no
+    /// chunk are left to the trie inside a chunk that is filled).
     fn fill(
         &mut self,
-        entries: Vec<Node>,
+        split: Split,
         report: &mut FastReport,
     ) -> Result<Option<u32>, DatapathError> {
         let Some(chunk) = self.pool.take() else {
             return Ok(None);
         };
         report.chunks_filled += 1;
-        let codes = self.cells.chunk(chunk)?;
-        for (cell, entry) in codes.iter().zip(entries) {
+        let header = self.cells.header(chunk)?;
+        header.net.store(split.span.net, Ordering::Relaxed);
+        header.mask.store(split.span.mask(), Ordering::Relaxed);
+        header
+            .shift
+            .store(fast::v6::shift(split.span.len), Ordering::Relaxed);
+        header.default.store(split.default, Ordering::Relaxed);
+        let codes = self.cells.codes(chunk)?;
+        for (cell, entry) in codes.iter().zip(split.entries) {
             let code = match entry {
                 Node::Leaf(code) => code,
                 Node::Split(sub) => match self.fill(sub, report)? {
@@ -404,7 +571,7 @@ impl Writer<'_> {
             report.chunks_freed += 1;
             stack.extend(
                 self.cells
-                    .chunk(chunk)?
+                    .codes(chunk)?
                     .iter()
                     .filter_map(|c| fast::chunk(c.load(Ordering::Relaxed))),
             );
@@ -448,7 +615,7 @@ mod tests {
         /// does.
         fn new(chunks: usize) -> Self {
             let mut table = Self {
-                codes: (0..(fast::v6::ROOT_CHUNKS + chunks) * 64)
+                codes: (0..(fast::v6::ROOT_CHUNKS + chunks) * CHUNK_BYTES / 8)
                     .map(|_| AtomicU64::new(0))
                     .collect(),
                 pool: Pool::new(&vec![false; chunks]),
@@ -458,7 +625,7 @@ mod tests {
         }
 
         fn write(&mut self, f: impl FnOnce(&mut Writer<'_>) -> Result<(), DatapathError>) {
-            let region = Region::of_memory(&self.codes);
+            let region = Region::of_memory_elements(&self.codes, CHUNK_BYTES);
             f(&mut Writer {
                 cells: Cells(&region),
                 pool: &mut self.pool,
@@ -467,7 +634,7 @@ mod tests {
         }
 
         fn with<T>(&self, f: impl FnOnce(Cells<'_>) -> T) -> T {
-            f(Cells(&Region::of_memory(&self.codes)))
+            f(Cells(&Region::of_memory_elements(&self.codes, CHUNK_BYTES)))
         }
 
         /// The answers for `addrs`, read the way the program reads them.
@@ -476,14 +643,32 @@ mod tests {
         }
 
         /// One sync, in `sync::apply`'s order.
-        fn sync(&mut self, current: &BTreeMap<IpNet, u32>, desired: &BTreeMap<IpNet, u32>) {
+        fn sync(
+            &mut self,
+            current: &BTreeMap<IpNet, u32>,
+            desired: &BTreeMap<IpNet, u32>,
+        ) -> FastReport {
             let (upserts, removals) = changes(current, desired);
             self.pool.recycle();
+            let mut report = FastReport::default();
             self.write(|w| {
-                w.refresh(&[desired, current], &Roots::of(&upserts))?;
-                w.refresh(&[desired], &Roots::of(&removals))?;
+                report += w.refresh(&[desired, current], &Roots::of(&upserts))?;
+                report += w.refresh(&[desired], &Roots::of(&removals))?;
                 Ok(())
             });
+            report
+        }
+
+        /// The answer for `a` and the chunks read for it below the root.
+        fn walk(&self, a: &str) -> (u16, usize) {
+            self.with(|c| c.walk(addr(a)))
+        }
+
+        /// Chunks in use once this sync's freed ones are recycled.
+        fn settled(&mut self) -> usize {
+            self.pool.recycle();
+            assert_eq!(self.reachable(), self.pool.in_use());
+            self.pool.in_use()
         }
 
         /// Chunks reachable from the root, each reached once.
@@ -497,7 +682,7 @@ mod tests {
                     assert!(seen.insert(chunk), "chunk {chunk} reached twice");
                     stack.extend(
                         cells
-                            .chunk(chunk)
+                            .codes(chunk)
                             .unwrap()
                             .iter()
                             .filter_map(|c| fast::chunk(c.load(Ordering::Relaxed))),
@@ -556,7 +741,8 @@ mod tests {
         }
     }
 
-    /// Random prefixes /20 to /72 under a few /16s, so that they nest and share chunks.
+    /// Random prefixes /20 to /72 under a few /16s, so that they nest and share chunks,
+    /// and a few in sparse places, so that paths are compressed and split.
     fn random_set(rng: &mut Rng, n: usize) -> BTreeMap<IpNet, u32> {
         let mut s = BTreeMap::new();
         while s.len() < n {
@@ -567,15 +753,34 @@ mod tests {
         s
     }
 
-    /// An address in one of four /16s, with its bits below /72 random but few values
-    /// between /16 and /72 so that prefixes and addresses meet.
+    /// An address in one of four /16s, with its bits below /72 random but (most of
+    /// the time) few values between /16 and /72 so that prefixes and addresses meet.
     fn random_addr(rng: &mut Rng) -> u128 {
         let top = [0x2001u128, 0x2400, 0x2a00, 0x2a01][rng.below(4) as usize] << 112;
         let mut mid = 0u128;
         for byte in 0..7 {
-            mid |= u128::from(rng.below(3) as u8) << (104 - 8 * byte);
+            let value = if rng.below(16) == 0 {
+                rng.next() as u8
+            } else {
+                rng.below(3) as u8
+            };
+            mid |= u128::from(value) << (104 - 8 * byte);
         }
         top | mid | u128::from(rng.next())
+    }
+
+    /// Random addresses, and for each prefix of `set` one inside it and one just
+    /// outside (a bit above its length flipped): the edges of compressed regions.
+    fn probes(rng: &mut Rng, set: &BTreeMap<IpNet, u32>) -> Vec<u128> {
+        let mut probes: Vec<u128> = (0..20_000).map(|_| random_addr(rng)).collect();
+        for net in set.keys() {
+            let IpNet::V6(n) = net else { continue };
+            let len = n.prefix_len();
+            let inside = u128::from(n.network()) | (u128::from(rng.next()) & !mask(len));
+            let flip = 1u128 << (128 - 1 - rng.below(u64::from(len)) as u32);
+            probes.extend([inside, inside ^ flip]);
+        }
+        probes
     }
 
     #[test]
@@ -583,10 +788,18 @@ mod tests {
         let mut rng = Rng::new(0x6666);
         let mut table = Table::new(4096);
         let mut current = BTreeMap::new();
-        for _ in 0..8 {
+        for round in 0..9 {
             let desired = random_set(&mut rng, 300);
             table.sync(&current, &desired);
-            let probes: Vec<u128> = (0..20_000).map(|_| random_addr(&mut rng)).collect();
+            if round % 3 == 2 {
+                // A previous agent's table, damaged: adopted by a scan, then rebuilt
+                // from the trie as after every load.
+                corrupt(&mut rng, &table);
+                table.pool = table.with(|cells| cells.scan().unwrap());
+                assert_eq!(table.reachable(), table.pool.in_use());
+                table.write(|w| w.rebuild(&[&desired]).map(drop));
+            }
+            let probes = probes(&mut rng, &desired);
             for (a, got) in probes.iter().zip(table.lookup(&probes)) {
                 // Only what the table cannot resolve (a /64 holding a longer prefix)
                 // goes to the trie.
@@ -602,10 +815,36 @@ mod tests {
                 }
             }
             assert!(table.reachable() <= table.pool.in_use());
-            table.pool.recycle();
-            assert_eq!(table.reachable(), table.pool.in_use());
+            // The syncs leave the shape a table built at once has: as compressed.
+            let mut fresh = Table::new(4096);
+            fresh.sync(&BTreeMap::new(), &desired);
+            assert_eq!(table.settled(), fresh.settled());
             current = desired;
         }
+    }
+
+    /// Damages headers, defaults and pointers of chunks in use, and pointers of the
+    /// root.
+    fn corrupt(rng: &mut Rng, table: &Table) {
+        table.with(|cells| {
+            let chunks = cells.chunk_count();
+            for _ in 0..40 {
+                let chunk = rng.below(u64::from(chunks)) as u32;
+                let h = cells.header(chunk).unwrap();
+                match rng.below(6) {
+                    0 => h.net.store(rng.next(), Ordering::Relaxed),
+                    1 => h.mask.store(rng.next() << 8, Ordering::Relaxed),
+                    2 => h.shift.store(rng.below(64) as u32, Ordering::Relaxed),
+                    3 => h.default.store(rng.next() as u16, Ordering::Relaxed),
+                    4 => cells.codes(chunk).unwrap()[rng.below(256) as usize]
+                        .store(rng.next() as u16 | fast::FIRST_CHUNK, Ordering::Relaxed),
+                    _ => cells
+                        .root(0x2001)
+                        .unwrap()
+                        .store(rng.next() as u16 | fast::FIRST_CHUNK, Ordering::Relaxed),
+                }
+            }
+        });
     }
 
     /// Whether a prefix longer than /64 lies in the /64 of `a`.
@@ -624,7 +863,7 @@ mod tests {
             let desired = random_set(&mut rng, 300);
             table.sync(&current, &desired);
             let mut deeper = 0;
-            let probes: Vec<u128> = (0..20_000).map(|_| random_addr(&mut rng)).collect();
+            let probes = probes(&mut rng, &desired);
             for (a, got) in probes.iter().zip(table.lookup(&probes)) {
                 match got {
                     fast::DEEPER => deeper += 1,
@@ -638,30 +877,239 @@ mod tests {
         }
     }
 
+    /// Writes a chunk's header as the writer would for `span` (`net`, `len`).
+    fn plant(cells: Cells<'_>, chunk: u32, net: u64, len: u8, default: u16) {
+        let h = cells.header(chunk).unwrap();
+        h.net.store(net, Ordering::Relaxed);
+        h.mask.store(fast::v6::mask(len), Ordering::Relaxed);
+        h.shift.store(fast::v6::shift(len), Ordering::Relaxed);
+        h.default.store(default, Ordering::Relaxed);
+    }
+
     #[test]
-    fn the_scan_drops_bad_pointers() {
-        let table = Table::new(4);
+    fn the_scan_drops_bad_pointers_and_headers() {
+        let table = Table::new(6);
         table.with(|cells| {
             let root = |e| cells.root(e).unwrap();
-            let chunk = |n| cells.chunk(n).unwrap();
+            let codes = |n| cells.codes(n).unwrap();
+            let load = |c: &AtomicU16| c.load(Ordering::Relaxed);
+            // 2001:db8::/32, straight below the root.
+            plant(cells, 0, 0x2001_0db8 << 32, 32, fast::DENY);
             root(0x2001).store(fast::descend(0), Ordering::Relaxed);
+            // The same chunk from a /16 that does not hold its region.
             root(0x2002).store(fast::descend(0), Ordering::Relaxed);
+            // Outside the pool.
             root(0x2003).store(fast::descend(7), Ordering::Relaxed);
-            chunk(0)[1].store(fast::descend(1), Ordering::Relaxed);
-            // A chain back to the first chunk.
-            let mut at = chunk(1);
-            for next in [2, 3, 0] {
-                at[0].store(fast::descend(next), Ordering::Relaxed);
-                at = chunk(next);
-            }
+            // 2001:db8:100::/40 from its slot, kept; from the next slot, dropped.
+            plant(cells, 1, 0x2001_0db8_0100 << 16, 40, fast::DENY);
+            codes(0)[1].store(fast::descend(1), Ordering::Relaxed);
+            codes(0)[2].store(fast::descend(1), Ordering::Relaxed);
+            // A mask that does not match the shift.
+            plant(cells, 2, 0x2001_0db8_0100 << 16, 48, fast::DENY);
+            cells.header(2).unwrap().shift.store(16, Ordering::Relaxed);
+            codes(1)[0].store(fast::descend(2), Ordering::Relaxed);
+            // 2004::/16 with a default that points at a chunk.
+            plant(cells, 3, 0x2004 << 48, 16, fast::descend(0));
+            root(0x2004).store(fast::descend(3), Ordering::Relaxed);
+            // A /56 in 2004:500::/24, whose slots (/64s) can point at no chunk, not
+            // even one of a valid region; and a pointer back up.
+            plant(cells, 4, 0x2004_0500 << 32, 56, fast::DENY);
+            plant(cells, 5, 0x2004_0500 << 32, 56, fast::DENY);
+            codes(3)[5].store(fast::descend(4), Ordering::Relaxed);
+            codes(4)[0].store(fast::descend(5), Ordering::Relaxed);
+            codes(3)[6].store(fast::descend(0), Ordering::Relaxed);
+
             let pool = cells.scan().unwrap();
-            // One of the two roots sharing chunk 0 keeps it.
-            let roots = [0x2001, 0x2002].map(|e| root(e).load(Ordering::Relaxed));
-            assert!(roots.contains(&fast::descend(0)) && roots.contains(&fast::DEEPER));
-            assert_eq!(root(0x2003).load(Ordering::Relaxed), fast::DEEPER);
-            // 0 → 1 → 2 → 3; chunk 3's pointer back to 0 goes.
+            assert_eq!(load(root(0x2001)), fast::descend(0));
+            for e in [0x2002, 0x2003] {
+                assert_eq!(load(root(e)), fast::DEEPER, "{e:x}");
+            }
+            assert_eq!(load(&codes(0)[1]), fast::descend(1));
+            assert_eq!(load(&codes(0)[2]), fast::DEEPER);
+            assert_eq!(load(&codes(1)[0]), fast::DEEPER);
+            assert_eq!(load(root(0x2004)), fast::descend(3));
+            assert_eq!(load(cells.header(3).unwrap().default), fast::DEEPER);
+            assert_eq!(load(&codes(3)[5]), fast::descend(4));
+            assert_eq!(load(&codes(4)[0]), fast::DEEPER);
+            assert_eq!(load(&codes(3)[6]), fast::DEEPER);
+            // Chunks 0, 1, 3 and 4.
             assert_eq!(pool.in_use(), 4);
-            assert_eq!(chunk(3)[0].load(Ordering::Relaxed), fast::DEEPER);
         });
+    }
+
+    #[test]
+    fn a_lone_64_takes_one_chunk() {
+        let mut table = Table::new(64);
+        table.sync(&BTreeMap::new(), &set(&[("2001:db8:1:2::/64", 1)]));
+        assert_eq!(table.settled(), 1);
+        for (a, want) in [
+            ("2001:db8:1:2::1", (fast::allow(1), 1)),
+            ("2001:db8:1:2:ffff::1", (fast::allow(1), 1)),
+            // In the chunk's region, another /64.
+            ("2001:db8:1:3::1", (fast::DENY, 1)),
+            // Outside it, in the /16: the chunk's default.
+            ("2001:db8:2:2::1", (fast::DENY, 1)),
+            ("2001:1::1", (fast::DENY, 1)),
+            ("2002::1", (fast::DENY, 0)),
+        ] {
+            assert_eq!(table.walk(a), want, "{a}");
+        }
+    }
+
+    #[test]
+    fn nested_prefixes_take_a_chunk_per_level_that_branches() {
+        let s = set(&[
+            ("2001:db8::/32", 1),
+            ("2001:db8:100::/40", 2),
+            ("2001:db8:1ab::/48", 3),
+            ("2001:db8:1ab:cd00::/56", 4),
+        ]);
+        let mut table = Table::new(64);
+        table.sync(&BTreeMap::new(), &s);
+        // The /32's chunk (the /40 is one of its codes), then the /48's (whose default
+        // is the /40's rule).
+        assert_eq!(table.settled(), 2);
+        for (a, want) in [
+            ("2001:db8:1ab:cd12::1", (fast::allow(4), 2)),
+            ("2001:db8:1ab:ce00::1", (fast::allow(3), 2)),
+            ("2001:db8:1ac::1", (fast::allow(2), 2)),
+            ("2001:db8:1ff::1", (fast::allow(2), 2)),
+            ("2001:db8:200::1", (fast::allow(1), 1)),
+            ("2001:db9::1", (fast::DENY, 1)),
+            ("2001:d00::1", (fast::DENY, 1)),
+        ] {
+            assert_eq!(table.walk(a), want, "{a}");
+        }
+    }
+
+    #[test]
+    fn compressed_paths_split_take_defaults_and_compress_again() {
+        let one = set(&[("2001:db8:1:2::/64", 1)]);
+        let two = set(&[("2001:db8:1:2::/64", 1), ("2001:db8:2::/48", 2)]);
+        let covered = set(&[("2001:db8:1:2::/64", 1), ("2001::/16", 3)]);
+        let mut table = Table::new(64);
+        table.sync(&BTreeMap::new(), &one);
+        assert_eq!(table.settled(), 1);
+
+        // A prefix that branches off the compressed path at /40: a /40 chunk above a
+        // new /56 one (the published one's slot changes), the old one freed.
+        let report = table.sync(&one, &two);
+        assert_eq!((report.chunks_filled, report.chunks_freed), (2, 1));
+        assert_eq!(table.settled(), 2);
+        for (a, want) in [
+            ("2001:db8:1:2::1", (fast::allow(1), 2)),
+            ("2001:db8:1:3::1", (fast::DENY, 2)),
+            ("2001:db8:2:ffff::1", (fast::allow(2), 1)),
+            ("2001:db8:3::1", (fast::DENY, 1)),
+            ("2001:db9::1", (fast::DENY, 1)),
+        ] {
+            assert_eq!(table.walk(a), want, "{a}");
+        }
+
+        // Removed again: one chunk.
+        table.sync(&two, &one);
+        assert_eq!(table.settled(), 1);
+        assert_eq!(table.walk("2001:db8:1:2::1"), (fast::allow(1), 1));
+        assert_eq!(table.walk("2001:db8:2::1"), (fast::DENY, 1));
+
+        // A covering /16: the same chunk, its default and codes changed in place.
+        let report = table.sync(&one, &covered);
+        assert_eq!((report.chunks_filled, report.chunks_freed), (0, 0));
+        assert_eq!(table.settled(), 1);
+        for (a, want) in [
+            ("2001:db8:1:2::1", (fast::allow(1), 1)),
+            ("2001:db8:1:3::1", (fast::allow(3), 1)),
+            ("2001:db8:2::1", (fast::allow(3), 1)),
+            ("2001:ffff::1", (fast::allow(3), 1)),
+            ("2002::1", (fast::DENY, 0)),
+        ] {
+            assert_eq!(table.walk(a), want, "{a}");
+        }
+    }
+
+    /// 10,000 random prefixes /32 to /64 in 2000::/3 (the benchmark's list): about
+    /// one chunk each, and every one found in the root and at most three chunks
+    /// (without path compression: four chunks each, up to six reads).
+    #[test]
+    fn sparse_prefixes_take_about_a_chunk_each() {
+        let mut rng = Rng::new(0x5eed);
+        let mut list = BTreeMap::new();
+        while list.len() < 10_000 {
+            let len = 32 + rng.below(33) as u8;
+            let a = (u128::from(rng.next()) << 64 | u128::from(rng.next())) >> 3 | 1 << 125;
+            list.insert(v6net(a & mask(len), len), rng.below(8) as u32);
+        }
+        let mut table = Table::new(fast::v6::CHUNKS - fast::v6::ROOT_CHUNKS);
+        table.sync(&BTreeMap::new(), &list);
+        let used = table.settled();
+        assert!(used < list.len() * 3 / 2, "{used} chunks");
+        let mut reads = [0; fast::v6::LEVELS + 1];
+        for net in list.keys() {
+            let IpNet::V6(n) = net else { continue };
+            let a = u128::from(n.network()) | (u128::from(rng.next()) & !mask(n.prefix_len()));
+            let (code, n) = table.with(|c| c.walk(a));
+            assert_eq!(code, longest(&[&list], a), "{}", Ipv6Addr::from(a));
+            reads[n] += 1;
+        }
+        eprintln!("{used} chunks; prefixes by chunks read: {reads:?}");
+        assert!(reads[4..].iter().all(|n| *n == 0), "{reads:?}");
+    }
+
+    /// What a real list takes: AWS's `ipv6_prefixes`, from a copy of
+    /// https://ip-ranges.amazonaws.com/ip-ranges.json named by `AWS_IP_RANGES`.
+    #[test]
+    #[ignore = "needs AWS_IP_RANGES, a copy of AWS's ip-ranges.json"]
+    fn a_real_list_fits_with_room_to_spare() {
+        let path = std::env::var("AWS_IP_RANGES").expect("AWS_IP_RANGES names ip-ranges.json");
+        #[derive(serde::Deserialize)]
+        struct Ranges {
+            ipv6_prefixes: Vec<Entry>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            ipv6_prefix: Ipv6Net,
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ranges: Ranges = serde_json::from_str(&text).unwrap();
+        let list: BTreeMap<IpNet, u32> = ranges
+            .ipv6_prefixes
+            .iter()
+            .map(|e| (IpNet::V6(e.ipv6_prefix.trunc()), 0))
+            .collect();
+        let mut table = Table::new(fast::v6::CHUNKS - fast::v6::ROOT_CHUNKS);
+        let report = table.sync(&BTreeMap::new(), &list);
+        let used = table.settled();
+        // Without compression: a chunk per region /16 to /56 holding a longer prefix.
+        let mut uncompressed = std::collections::BTreeSet::new();
+        for net in list.keys() {
+            let IpNet::V6(n) = net else { continue };
+            let len = n.prefix_len();
+            for region in (ROOT_LEN..fast::v6::MAX_LEN).step_by(STRIDE.into()) {
+                if len > region {
+                    uncompressed.insert((u128::from(n.network()) & mask(region), region));
+                }
+            }
+        }
+        eprintln!(
+            "{} AWS IPv6 prefixes: {used} chunks in use, {} without path compression",
+            list.len(),
+            uncompressed.len()
+        );
+        assert_eq!(report.left_to_trie, 0);
+        assert!(used <= uncompressed.len());
+        let mut rng = Rng::new(0xa75);
+        for net in list.keys() {
+            let IpNet::V6(n) = net else { continue };
+            if n.prefix_len() > fast::v6::MAX_LEN {
+                continue;
+            }
+            let a = u128::from(n.network()) | (u128::from(rng.next()) & !mask(n.prefix_len()));
+            assert_eq!(
+                table.with(|c| c.lookup(a)),
+                fast::allow(0),
+                "{}",
+                Ipv6Addr::from(a)
+            );
+        }
     }
 }

@@ -8,25 +8,46 @@ use std::{
     cell::OnceCell,
     io,
     os::fd::{AsFd as _, AsRawFd as _, RawFd},
-    sync::atomic::{AtomicU8, AtomicU16},
+    sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64},
 };
-
-#[cfg(test)]
-use std::sync::atomic::AtomicU64;
 
 use aya::maps::MapData;
 
 use super::DatapathError;
 
-/// Bytes mapped at a time: a multiple of every chunk size, so that no chunk or code
-/// straddles two windows.
+/// Bytes mapped at a time at least. A window is a whole number of pages (the kernel
+/// maps from page boundaries) and of array elements, so that no element straddles two
+/// windows: exactly `WINDOW` for elements whose size divides the page size.
 pub(super) const WINDOW: usize = 128 << 10;
+
+/// The window size for elements of `element` bytes: the smallest multiple of both the
+/// page size and `element` that is at least [`WINDOW`] (a power of two), so `WINDOW`
+/// itself when `element` divides the page size.
+fn window_for(element: usize) -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .ok()
+        .filter(|p| p.is_power_of_two())
+        .unwrap_or(4096);
+    let unit = lcm(page, element);
+    unit * WINDOW.div_ceil(unit)
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    a / x * b
+}
 
 /// The values of one array map (or, in tests, memory of the same layout), shared with
 /// the program reading them concurrently: accessed atomically only.
 pub(super) struct Region<'a> {
     backing: Backing<'a>,
     len: usize,
+    /// Bytes per window (see [`window_for`]).
+    window: usize,
     windows: Vec<OnceCell<Window>>,
 }
 
@@ -48,8 +69,19 @@ struct Window {
 }
 
 impl<'a> Region<'a> {
-    /// The first `len` bytes of the values of `map` (called `name`), mapped when used.
+    /// The first `len` bytes of the values of `map` (called `name`), mapped when used;
+    /// for elements whose size divides the page size.
     pub(super) fn of_map(map: &'a MapData, len: usize, name: &'static str) -> Self {
+        Self::of_elements(map, len, 1, name)
+    }
+
+    /// As [`Region::of_map`], for elements of `element` bytes.
+    pub(super) fn of_elements(
+        map: &'a MapData,
+        len: usize,
+        element: usize,
+        name: &'static str,
+    ) -> Self {
         Self::new(
             Backing::Map {
                 fd: map.fd().as_fd().as_raw_fd(),
@@ -57,20 +89,29 @@ impl<'a> Region<'a> {
                 _map: map,
             },
             len,
+            element,
         )
     }
 
     /// Memory standing in for a map in tests.
     #[cfg(test)]
     pub(super) fn of_memory(memory: &'a [AtomicU64]) -> Self {
-        Self::new(Backing::Memory(memory), memory.len() * 8)
+        Self::of_memory_elements(memory, 1)
     }
 
-    fn new(backing: Backing<'a>, len: usize) -> Self {
+    /// Memory standing in for a map of `element`-byte elements in tests.
+    #[cfg(test)]
+    pub(super) fn of_memory_elements(memory: &'a [AtomicU64], element: usize) -> Self {
+        Self::new(Backing::Memory(memory), memory.len() * 8, element)
+    }
+
+    fn new(backing: Backing<'a>, len: usize, element: usize) -> Self {
+        let window = window_for(element);
         Self {
             backing,
             len,
-            windows: (0..len.div_ceil(WINDOW)).map(|_| OnceCell::new()).collect(),
+            window,
+            windows: (0..len.div_ceil(window)).map(|_| OnceCell::new()).collect(),
         }
     }
 
@@ -80,9 +121,9 @@ impl<'a> Region<'a> {
 
     /// `n` bytes at `offset`, within one window.
     fn bytes(&self, offset: usize, n: usize) -> Result<*mut u8, DatapathError> {
-        let index = offset / WINDOW;
+        let index = offset / self.window;
         assert!(
-            offset + n <= self.len && (offset + n - 1) / WINDOW == index,
+            offset + n <= self.len && (offset + n - 1) / self.window == index,
             "{n} bytes at {offset}: beyond the region or across windows"
         );
         let window = match self.windows[index].get() {
@@ -93,12 +134,12 @@ impl<'a> Region<'a> {
             }
         };
         // SAFETY: within the window (checked above).
-        Ok(unsafe { window.ptr.add(offset - index * WINDOW) })
+        Ok(unsafe { window.ptr.add(offset - index * self.window) })
     }
 
     fn map(&self, index: usize) -> Result<Window, DatapathError> {
-        let offset = index * WINDOW;
-        let len = WINDOW.min(self.len - offset);
+        let offset = index * self.window;
+        let len = self.window.min(self.len - offset);
         match &self.backing {
             Backing::Map { fd, name, .. } => {
                 // SAFETY: a shared mapping of part of a BPF_F_MMAPABLE array's values;
@@ -145,6 +186,20 @@ impl<'a> Region<'a> {
 
     pub(super) fn u16(&self, index: usize) -> Result<&AtomicU16, DatapathError> {
         Ok(&self.u16s(index, 1)?[0])
+    }
+
+    /// The eight-byte cell `index` (at byte `8 * index`).
+    pub(super) fn u64(&self, index: usize) -> Result<&AtomicU64, DatapathError> {
+        let ptr = self.bytes(index * 8, 8)?;
+        // SAFETY: as in `u16s`, 8-aligned.
+        Ok(unsafe { &*ptr.cast::<AtomicU64>() })
+    }
+
+    /// The four-byte cell `index` (at byte `4 * index`).
+    pub(super) fn u32(&self, index: usize) -> Result<&AtomicU32, DatapathError> {
+        let ptr = self.bytes(index * 4, 4)?;
+        // SAFETY: as in `u16s`, 4-aligned.
+        Ok(unsafe { &*ptr.cast::<AtomicU32>() })
     }
 
     /// `n` bytes from byte `index`, within one window.

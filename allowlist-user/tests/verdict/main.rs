@@ -863,6 +863,89 @@ fn fast_table_agrees_with_the_trie() {
     assert_judged_as_longest_match(prog, &maps, &second, &p, "after a rebuild");
 }
 
+/// The program's walk of the IPv6 table gives the table's own answers: with the
+/// trie emptied behind the table's back, every source whose /64 holds no prefix longer
+/// than /64 is still judged as the longest match (one the table said `DEEPER` for
+/// would now be dropped). Sparse prefixes as the benchmark's (compressed paths) and
+/// nested ones under a few /16s.
+#[test]
+fn fast_v6_table_answers_without_the_trie() {
+    if !require_root() {
+        return;
+    }
+    use allowlist_common::{Rule, maps as names};
+    use aya::maps::{LpmTrie, Map, MapData, lpm_trie::Key};
+    use std::net::IpAddr;
+
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut list = BTreeMap::new();
+    while list.len() < 10_000 {
+        let len = 32 + (rng.next() % 33) as u8;
+        let a = (u128::from(rng.next()) << 64 | u128::from(rng.next())) >> 3 | 1 << 125;
+        let net = ipnet::Ipv6Net::new(Ipv6Addr::from(a), len).unwrap().trunc();
+        list.insert(IpNet::V6(net), (rng.next() % 6) as u32);
+    }
+    // Nested: a /32 with a /40, a /48 and a /56 inside, and /64s beside them.
+    for (i, (net, len)) in [
+        ("2001:db8::", 32),
+        ("2001:db8:100::", 40),
+        ("2001:db8:1ab::", 48),
+        ("2001:db8:1ab:cd00::", 56),
+        ("2001:db8:1ab:cd12::", 64),
+        ("2001:db8:1ab:ce12::", 64),
+        ("2001:db8:4400:1::", 64),
+        ("2001:db8:1ab:cd13:1::", 80),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let net = ipnet::Ipv6Net::new(a6(net), len).unwrap();
+        list.insert(IpNet::V6(net), i as u32);
+    }
+
+    let (ebpf, mut maps) = datapath::load_unpinned(&LoadOptions::default()).expect("load");
+    maps.set_ports(&BTreeSet::from([443])).unwrap();
+    let prog: &Xdp = ebpf
+        .program(allowlist_common::PROGRAM_NAME)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    datapath::sync::resync(&mut maps, &list).unwrap();
+
+    // This program's trie, emptied.
+    let ids = prog.info().unwrap().map_ids().unwrap().expect("map ids");
+    let trie = ids
+        .into_iter()
+        .map(|id| MapData::from_id(id).unwrap())
+        .find(|m| m.info().unwrap().name_as_str() == Some(names::ALLOW_V6))
+        .expect("the program's ALLOW_V6");
+    let mut trie: LpmTrie<MapData, [u8; 16], Rule> =
+        LpmTrie::try_from(Map::from_map_data(trie).unwrap()).unwrap();
+    for net in list.keys() {
+        if let IpNet::V6(n) = net {
+            trie.remove(&Key::new(u32::from(n.prefix_len()), n.network().octets()))
+                .unwrap();
+        }
+    }
+
+    let longer_than_64 = |a: u128| {
+        list.keys().any(|n| {
+            n.prefix_len() > 64
+                && matches!(n, IpNet::V6(n) if u128::from(n.network()) >> 64 == a >> 64)
+        })
+    };
+    let mut probes = edges(&list);
+    probes.extend((0..4000).map(|_| {
+        let a = (u128::from(rng.next()) << 64 | u128::from(rng.next())) >> 3 | 1 << 125;
+        IpAddr::V6(Ipv6Addr::from(a))
+    }));
+    let (answered, tries): (Vec<IpAddr>, Vec<IpAddr>) = probes
+        .into_iter()
+        .partition(|a| matches!(a, IpAddr::V6(v) if !longer_than_64(u128::from(*v))));
+    assert!(tries.len() >= 4, "the /80's /64 is the trie's");
+    assert_judged_as_longest_match(prog, &maps, &list, &answered, "with the trie emptied");
+}
+
 /// The same for the IPv6 table: prefixes of every length from /20 to /80 under a few
 /// /16s (nested, at and between the strides, longer than the table's /64), after a
 /// full load, a diff and a rebuild; then with a list that needs more chunks than the
@@ -925,9 +1008,10 @@ fn fast_v6_table_agrees_with_the_trie() {
     let p = probes(&mut rng, &second);
     assert_judged_as_longest_match(prog, &maps, &second, &p, "after a rebuild");
 
-    // /64s at random in 2000::/3, six chunks each: more than the pool holds.
+    // /64s at random in 2000::/3, each in a /56 of its own, so a chunk each at least:
+    // more than the pool holds.
     let mut full = second.clone();
-    let wanted = fast::v6::CHUNKS / 6 + 1000;
+    let wanted = fast::v6::CHUNKS;
     while full.len() < second.len() + wanted {
         let a = (u128::from(rng.next()) << 64 | u128::from(rng.next())) >> 3 | 1 << 125;
         let net = Ipv6Net::new(Ipv6Addr::from(a), 64).unwrap().trunc();
