@@ -43,8 +43,8 @@ use aya_ebpf::{
 };
 
 use crate::parse::{
-    Cursor, IPPROTO_AH, IPPROTO_ESP, IPPROTO_GRE, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, L4,
-    Source,
+    Addr6, Cursor, IPPROTO_AH, IPPROTO_ESP, IPPROTO_GRE, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP,
+    L4, Source,
 };
 
 #[btf_map]
@@ -91,6 +91,7 @@ fn is_opaque(proto: u8) -> bool {
 /// interfaces with an MTU above a page (9000, say); headers are always in the first
 /// buffer, and lengths are checked against the whole frame.
 #[xdp(frags)]
+#[inline(always)]
 fn allowlist(ctx: XdpContext) -> u32 {
     let mut denied = Denied::NONE;
     let reason = classify(&ctx, &mut denied);
@@ -159,14 +160,17 @@ fn bump<const N: usize>(map: &PerCpuArray<u64, N>, slot: u32) -> u64 {
     }
 }
 
+/// Inlined into the program, so that `denied` stays in registers: as a function of its
+/// own, LLVM passes it through the stack and zeroes it with a call to `memset`.
+#[inline(always)]
 fn classify(ctx: &XdpContext, denied: &mut Denied) -> Reason {
     let cur = Cursor::new(ctx);
     // Most frames take the short way; the general parser would judge them the same.
     if let Some(plain) = parse::plain_ipv4(&cur) {
-        return judge_l4(Source::V4(plain.src), plain.proto, plain.dst_port, denied);
+        return judge_l4(Source::v4(plain.src), plain.proto, plain.dst_port, denied);
     }
     if let Some(plain) = parse::plain_ipv6(&cur) {
-        return judge_l4(Source::V6(plain.src), plain.proto, plain.dst_port, denied);
+        return judge_l4(Source::v6(plain.src), plain.proto, plain.dst_port, denied);
     }
     // A jumbo frame's lengths overrun its first buffer: the short way declines it.
     let mut cur = cur.with_frame_len(ctx);
@@ -213,7 +217,7 @@ fn judge(l4: L4, denied: &mut Denied) -> Reason {
             later_fragment,
             dst_port,
         } => {
-            let src_v = Source::V4(src);
+            let src_v = Source::v4(src);
             let Some(id) = fragment_id else {
                 return judge_l4(src_v, proto, dst_port, denied);
             };
@@ -261,7 +265,7 @@ fn judge(l4: L4, denied: &mut Denied) -> Reason {
             later_fragment,
             dst_port,
         } => {
-            let src_v = Source::V6(src);
+            let src_v = Source::v6(Addr6::from_bytes(src));
             let Some(id) = fragment_id else {
                 return judge_l4(src_v, proto, dst_port, denied);
             };
@@ -304,7 +308,7 @@ fn judge_l4(src: Source, proto: u8, dst_port: u16, denied: &mut Denied) -> Reaso
             Reason::Allowlisted
         } else {
             *denied = Denied {
-                key: watch::key_words(src),
+                key: src.watch_key_words(),
                 port: dst_port,
                 found: 1,
             };
@@ -329,17 +333,19 @@ fn protected(port: u16) -> bool {
 /// Whether `src` is in the allowlist; counts a hit for the matching rule.
 #[inline(always)]
 fn allowed(src: Source) -> bool {
-    let rule = match src {
-        Source::V4(addr) => match fast_v4(addr) {
+    let rule = if let Some(addr) = src.ipv4() {
+        match fast_v4(addr) {
             fast::DENY => None,
             fast::DEEPER => ALLOW_V4.get(&Key::new(32, addr)).map(|r| r.rule),
             code => fast::rule(code),
-        },
-        Source::V6(addr) => match fast_v6(&addr) {
+        }
+    } else {
+        let addr = src.ipv6();
+        match fast_v6(addr) {
             fast::DENY => None,
-            fast::DEEPER => ALLOW_V6.get(&Key::new(128, addr)).map(|r| r.rule),
+            fast::DEEPER => ALLOW_V6.get(&Key::new(128, addr.bytes())).map(|r| r.rule),
             code => fast::rule(code),
-        },
+        }
     };
     match rule {
         Some(rule) => {
@@ -375,14 +381,12 @@ fn fast_v4(addr: [u8; 4]) -> u16 {
 /// code for the source if the source is in the chunk's region, its default otherwise
 /// (`fast::v6::LEVELS` chunks at most, each header and code in one array element).
 #[inline(always)]
-fn fast_v6(addr: &[u8; 16]) -> u16 {
-    let Some(root) = FAST_V6.get(u32::from(addr[0])) else {
+fn fast_v6(addr: Addr6) -> u16 {
+    let hi = addr.top64();
+    let Some(root) = FAST_V6.get((hi >> 56) as u32) else {
         return fast::DEEPER;
     };
-    let hi = u64::from_be_bytes([
-        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
-    ]);
-    let mut code = root.codes[addr[1] as usize];
+    let mut code = root.codes[((hi >> 48) & 0xFF) as usize];
     for _ in 0..fast::v6::LEVELS {
         if code < fast::FIRST_CHUNK {
             return code;

@@ -39,11 +39,79 @@ const IPPROTO_SHIM6: u8 = 140;
 const IPPROTO_EXP1: u8 = 253;
 const IPPROTO_EXP2: u8 = 254;
 
-/// A source address, read before a failure or a decision.
+/// A source address, read before a failure or a decision: an IPv6 address, or an
+/// IPv4 one mapped into IPv6 (`::ffff:a.b.c.d`, as the watch keys it), every byte
+/// defined. Not an enum: LLVM copies the bytes an enum's IPv4 variant leaves unused
+/// between the program's paths, and the verifier refuses to read them.
 #[derive(Clone, Copy)]
-pub(crate) enum Source {
-    V4([u8; 4]),
-    V6([u8; 16]),
+pub(crate) struct Source {
+    v4: bool,
+    addr: Addr6,
+}
+
+impl Source {
+    #[inline(always)]
+    pub(crate) fn v4([a, b, c, d]: [u8; 4]) -> Self {
+        Self {
+            v4: true,
+            addr: Addr6([0, u64::from_ne_bytes([0, 0, 0xff, 0xff, a, b, c, d])]),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn v6(addr: Addr6) -> Self {
+        Self { v4: false, addr }
+    }
+
+    /// The IPv4 address of an IPv4 source.
+    #[inline(always)]
+    pub(crate) fn ipv4(self) -> Option<[u8; 4]> {
+        let [.., a, b, c, d] = self.addr.0[1].to_ne_bytes();
+        self.v4.then_some([a, b, c, d])
+    }
+
+    /// The address of an IPv6 source (an IPv4 source's mapped address).
+    #[inline(always)]
+    pub(crate) fn ipv6(self) -> Addr6 {
+        self.addr
+    }
+
+    /// The watch's key (`allowlist_common::watch::Key`: a mapped IPv4 address, or an
+    /// IPv6 /64) as two words of its bytes in memory order.
+    #[inline(always)]
+    pub(crate) fn watch_key_words(self) -> [u64; 2] {
+        if self.v4 {
+            self.addr.0
+        } else {
+            [self.addr.0[0], 0]
+        }
+    }
+}
+
+/// An IPv6 address as two words holding its bytes in memory order: what the program
+/// carries around, in two registers where 16 bytes would be 16 (the fast table and
+/// the watch read only the first word; the trie and the fragment keys take the bytes).
+#[derive(Clone, Copy)]
+pub(crate) struct Addr6([u64; 2]);
+
+impl Addr6 {
+    #[inline(always)]
+    pub(crate) fn from_bytes(bytes: [u8; 16]) -> Self {
+        // SAFETY: same size, and every bit pattern is a valid `[u64; 2]`.
+        Self(unsafe { core::mem::transmute::<[u8; 16], [u64; 2]>(bytes) })
+    }
+
+    #[inline(always)]
+    pub(crate) fn bytes(self) -> [u8; 16] {
+        // SAFETY: same size, and every bit pattern is a valid `[u8; 16]`.
+        unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(self.0) }
+    }
+
+    /// The top 64 bits as a number.
+    #[inline(always)]
+    pub(crate) fn top64(self) -> u64 {
+        u64::from_be(self.0[0])
+    }
 }
 
 /// `Err(None)`: no source address could be read. `Err(Some(src))`: the frame is
@@ -186,14 +254,14 @@ impl<const N: usize> Head<N> {
         [a, b, c, d]
     }
 
-    /// The sixteen bytes at the even offset `OFF` (an IPv6 address), in 2-aligned loads.
+    /// The IPv6 address at the even offset `OFF`, in 2-aligned loads.
     #[inline(always)]
-    fn bytes16<const OFF: usize>(&self) -> [u8; 16] {
+    fn addr6<const OFF: usize>(&self) -> Addr6 {
         const { assert!(OFF.is_multiple_of(2) && OFF + 16 <= N) };
         // SAFETY: inside the checked head, and 2-aligned.
-        let words = unsafe { *(self.0.add(OFF) as *const [u16; 8]) };
-        // SAFETY: same size, and every bit pattern is a valid `[u8; 16]`.
-        unsafe { core::mem::transmute::<[u16; 8], [u8; 16]>(words) }
+        let halves = unsafe { *(self.0.add(OFF) as *const [[u16; 4]; 2]) };
+        // SAFETY: same size, and every bit pattern is a valid `[u64; 2]`.
+        Addr6(unsafe { core::mem::transmute::<[[u16; 4]; 2], [u64; 2]>(halves) })
     }
 }
 
@@ -261,7 +329,7 @@ pub(crate) fn plain_ipv4(cur: &Cursor) -> Option<PlainIpv4> {
 
 /// The facts of the commonest IPv6 frame.
 pub(crate) struct PlainIpv6 {
-    pub(crate) src: [u8; 16],
+    pub(crate) src: Addr6,
     pub(crate) proto: u8,
     /// The TCP destination port; 0 when not TCP.
     pub(crate) dst_port: u16,
@@ -297,7 +365,7 @@ pub(crate) fn plain_ipv6(cur: &Cursor) -> Option<PlainIpv6> {
         return None;
     }
     Some(PlainIpv6 {
-        src: head.bytes16::<{ IP + 8 }>(),
+        src: head.addr6::<{ IP + 8 }>(),
         proto,
         dst_port,
     })
@@ -362,7 +430,7 @@ fn ipv4(cur: &mut Cursor) -> ParseResult<L4> {
             (*ip).dst_addr,
         )
     };
-    let broken = Some(Source::V4(src));
+    let broken = Some(Source::v4(src));
     let ihl = ((vihl & 0x0F) as usize) * 4;
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl || !cur.holds(cur.off, tot_len) {
         return Err(broken);
@@ -414,7 +482,7 @@ fn ipv6(cur: &mut Cursor) -> ParseResult<L4> {
             (*ip).dst_addr,
         )
     };
-    let broken = Some(Source::V6(src));
+    let broken = Some(Source::v6(Addr6::from_bytes(src)));
     if vcf0 >> 4 != 6 || !cur.holds(cur.off, Ipv6Hdr::LEN + payload_len) {
         return Err(broken);
     }
@@ -468,7 +536,7 @@ fn ipv6(cur: &mut Cursor) -> ParseResult<L4> {
         }
     }
     if !later_fragment && is_ext_header(next) {
-        return Ok(L4::TooManyExtHeaders(Source::V6(src)));
+        return Ok(L4::TooManyExtHeaders(Source::v6(Addr6::from_bytes(src))));
     }
     let mut dst_port = 0;
     if next == IPPROTO_TCP && !later_fragment {

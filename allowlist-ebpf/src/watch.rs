@@ -16,8 +16,6 @@ use aya_ebpf::{
     macros::btf_map,
 };
 
-use crate::parse::Source;
-
 #[btf_map]
 static DENIED_SOURCES: LruPerCpuHashMap<watch::Key, DeniedSource, { watch::CAPACITY }> =
     LruPerCpuHashMap::new();
@@ -33,7 +31,7 @@ static WATCH_STATE: PerCpuArray<WatchState, 1> = PerCpuArray::new();
 static WATCH: Global<u32> = Global::new(1);
 
 /// The watch's key of a source, as two words of its bytes in memory order: what the
-/// program carries from the decision to the exit (see [`key_words`]).
+/// program carries from the decision to the exit (see `Source::watch_key_words`).
 pub(crate) type KeyWords = [u64; 2];
 
 /// Records the source `key` as denied at `port`, if this CPU's budget allows (the
@@ -65,22 +63,6 @@ pub(crate) fn offer(key: KeyWords, port: u16) {
     bytes[..8].copy_from_slice(&hi.to_ne_bytes());
     bytes[8..].copy_from_slice(&lo.to_ne_bytes());
     record(state, bytes, port);
-}
-
-/// The watch's key of a source (an IPv4 address, or an IPv6 /64; see
-/// `allowlist_common::watch::Key`) as [`KeyWords`]: a few register operations where
-/// the key's 16 bytes would be 16 stores.
-#[inline(always)]
-pub(crate) fn key_words(src: Source) -> KeyWords {
-    match src {
-        Source::V4([a, b, c, d]) => [0, u64::from_ne_bytes([0, 0, 0xff, 0xff, a, b, c, d])],
-        Source::V6(addr) => [
-            u64::from_ne_bytes([
-                addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
-            ]),
-            0,
-        ],
-    }
 }
 
 /// Credits the bucket with the time since its last refill, once per tick.
