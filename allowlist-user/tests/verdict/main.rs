@@ -1041,3 +1041,44 @@ fn fast_v6_table_agrees_with_the_trie() {
     );
     assert_judged_as_longest_match(prog, &maps, &full, &p, "with a full pool");
 }
+
+/// The program is one function on its hot path: LLVM decides what to inline, and when
+/// the program grew it once made the packet's whole judgement a function of its own,
+/// called for every packet, that zeroed the denied source with a call to `memset`.
+/// Only the watch's recording (`watch::record`, `watch::refill`, off the hot path on
+/// purpose) may be functions of their own, beside the compiler's `mem*` builtins.
+#[test]
+fn the_program_judges_a_packet_without_calling_a_function() {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
+
+    let elf = object::File::parse(datapath::program_object().expect("the embedded program"))
+        .expect("the program is an ELF object");
+    let mut entry = None;
+    let mut others = Vec::new();
+    for symbol in elf.symbols().filter(|s| s.kind() == SymbolKind::Text) {
+        let section = symbol
+            .section_index()
+            .and_then(|i| elf.section_by_index(i).ok())
+            .and_then(|s| s.name().ok().map(str::to_owned))
+            .unwrap_or_default();
+        let name = symbol.name().unwrap_or_default().to_owned();
+        if name == allowlist_common::PROGRAM_NAME {
+            entry = Some(symbol.size());
+        } else if section == ".text"
+            && !["memset", "memcpy", "memmove", "memcmp", "bcmp"].contains(&name.as_str())
+        {
+            others.push(name);
+        }
+    }
+    let entry = entry.expect("the program's entry function");
+    // The judgement inlined is thousands of instructions; a call to it, two.
+    assert!(
+        entry > 1_000 * 8,
+        "the entry function is {entry} bytes: its body is not inlined"
+    );
+    let stray: Vec<&String> = others
+        .iter()
+        .filter(|n| !(n.contains("5watch6record") || n.contains("5watch6refill")))
+        .collect();
+    assert!(stray.is_empty(), "functions beside the entry: {stray:?}");
+}
