@@ -371,18 +371,26 @@ fn fast_v4(addr: [u8; 4]) -> u16 {
 }
 
 /// The IPv6 fast table's answer for a source: `DENY`, an allowing code, or `DEEPER`.
-/// The root's code for the /16, then while the code points at a chunk: the chunk's
-/// code for the source if the source is in the chunk's region, its default otherwise
-/// (`fast::v6::LEVELS` chunks at most, each header and code in one array element).
 #[inline(always)]
 fn fast_v6(addr: &[u8; 16]) -> u16 {
-    let Some(root) = FAST_V6.get(u32::from(addr[0])) else {
+    walk_v6(u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]))
+}
+
+/// The table's answer for a source whose top 64 bits are `hi`: the root's code for
+/// the /16, then while the code points at a chunk: the chunk's code for the source if
+/// the source is in the chunk's region, its default otherwise (`fast::v6::LEVELS`
+/// chunks at most, each header and code in one array element). Not inlined: the walk
+/// keeps `hi` live across the array lookups (helper calls, which clobber r1–r5), and
+/// inlined at every caller it made the whole program spill more on every path; as a
+/// function it costs one call on the IPv6 paths only.
+#[inline(never)]
+fn walk_v6(hi: u64) -> u16 {
+    let Some(root) = FAST_V6.get((hi >> 56) as u32) else {
         return fast::DEEPER;
     };
-    let hi = u64::from_be_bytes([
-        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
-    ]);
-    let mut code = root.codes[addr[1] as usize];
+    let mut code = root.codes[((hi >> 48) & 0xFF) as usize];
     for _ in 0..fast::v6::LEVELS {
         if code < fast::FIRST_CHUNK {
             return code;
