@@ -197,9 +197,11 @@ pub mod fast {
     /// that its header names. The table is path-compressed: a chunk sits directly
     /// below the nearest shorter region that branches, however many bytes lie between,
     /// and an address that reaches it outside its region gets its `default` (what the
-    /// skipped levels would have said). So a lookup is the root read, then per chunk
-    /// its header and one code, [`v6::LEVELS`] chunks at most; a prefix longer than
-    /// /64 makes its /64 `DEEPER`.
+    /// skipped levels would have said). A pointer says whether it skips levels
+    /// ([`v6::compressed`]) or not ([`v6::direct`]): the program reads a compressed
+    /// pointer's chunk header and one code, a direct pointer's code alone. So a lookup
+    /// is the root read, then one code per chunk (and a header per compressed one),
+    /// [`v6::LEVELS`] chunks at most; a prefix longer than /64 makes its /64 `DEEPER`.
     pub mod v6 {
         /// An element of `FAST_V6`: a region's header, then its codes. The header
         /// comes first so that its fields share the chunk's first cache line.
@@ -225,11 +227,17 @@ pub mod fast {
         const _: () = assert!(core::mem::size_of::<Chunk>() == HEADER + 512);
         /// The root's chunks.
         pub const ROOT_CHUNKS: usize = 256;
-        /// Chunks in the pool, the root's included: 16.75 MiB. With path compression
+        /// Chunks in the pool, the root's included: 16.5 MiB. With path compression
         /// a sparse prefix takes about one chunk: 10,000 random prefixes of /32 to /64
         /// take about 12,900 (40,000 without compression), AWS's 2,200 IPv6 prefixes
-        /// 361; what the pool cannot hold is left to the trie.
-        pub const CHUNKS: usize = 32_768;
+        /// 361; what the pool cannot hold is left to the trie. Both kinds of pointer
+        /// (see [`direct`]) must name every chunk below the root within the codes.
+        pub const CHUNKS: usize = ROOT_CHUNKS + BELOW_ROOT;
+        /// Chunks below the root.
+        const BELOW_ROOT: usize = 32_000;
+        /// The first code of a compressed pointer; direct ones come before.
+        pub const FIRST_COMPRESSED: u16 = super::FIRST_CHUNK + BELOW_ROOT as u16;
+        const _: () = assert!(2 * BELOW_ROOT <= super::MAX_CHUNKS);
         /// The longest prefix the table resolves.
         pub const MAX_LEN: u8 = 64;
         /// The shortest region a chunk below the root resolves.
@@ -247,17 +255,51 @@ pub mod fast {
             56 - len as u32
         }
 
-        /// The pool index of the chunk a `descend` code names (chunk numbers count
-        /// from the first chunk after the root).
+        /// The pool index of chunk `chunk` (chunk numbers count from the first chunk
+        /// after the root).
         pub const fn pool_index(chunk: u32) -> u32 {
             chunk + ROOT_CHUNKS as u32
         }
 
-        /// The pool index of the chunk a code points at, for a code known to point at
-        /// one (`chunk(code).is_some()`): one subtraction per level in the program.
-        pub const fn pool_index_of(code: u16) -> u32 {
+        /// A pointer to chunk `chunk` (`chunk < CHUNKS - ROOT_CHUNKS`) whose region is
+        /// the pointing slot's own: the program knows its shift (8 less than the
+        /// pointing chunk's, 40 below the root) and that the address is in its region,
+        /// so it reads the code alone, not the header.
+        pub const fn direct(chunk: u32) -> u16 {
+            super::FIRST_CHUNK + chunk as u16
+        }
+
+        /// A pointer to chunk `chunk` whose region lies deeper than the pointing slot
+        /// (path compression): the program reads its header.
+        pub const fn compressed(chunk: u32) -> u16 {
+            FIRST_COMPRESSED + chunk as u16
+        }
+
+        /// The chunk a code points at, and whether the pointer is compressed; `None`
+        /// for a final answer (or a code past the pool).
+        pub const fn target(code: u16) -> Option<(u32, bool)> {
+            if code < super::FIRST_CHUNK {
+                None
+            } else if code < FIRST_COMPRESSED {
+                Some(((code - super::FIRST_CHUNK) as u32, false))
+            } else {
+                Some(((code - FIRST_COMPRESSED) as u32, true))
+            }
+        }
+
+        /// The pool index a direct pointer names (`FIRST_CHUNK <= code <
+        /// FIRST_COMPRESSED`): one subtraction in the program.
+        pub const fn pool_index_of_direct(code: u16) -> u32 {
             code as u32 - (super::FIRST_CHUNK as u32 - ROOT_CHUNKS as u32)
         }
+
+        /// The pool index a compressed pointer names (`code >= FIRST_COMPRESSED`).
+        pub const fn pool_index_of_compressed(code: u16) -> u32 {
+            code as u32 - (FIRST_COMPRESSED as u32 - ROOT_CHUNKS as u32)
+        }
+
+        /// The shift of a chunk directly below the root (a /16 region).
+        pub const ROOT_SHIFT: u32 = shift(MIN_REGION);
     }
 }
 
@@ -563,8 +605,19 @@ mod tests {
         assert_eq!(fast::allow(fast::MAX_RULE) + 1, fast::FIRST_CHUNK);
         let last = fast::MAX_CHUNKS as u32 - 1;
         assert_eq!(fast::chunk(fast::descend(last)), Some(last));
+        let v6 = |code| fast::v6::target(code);
+        assert_eq!(v6(fast::v6::direct(7)), Some((7, false)));
+        assert_eq!(v6(fast::v6::compressed(7)), Some((7, true)));
+        assert_eq!(v6(fast::allow(fast::MAX_RULE)), None);
+        let below = (fast::v6::CHUNKS - fast::v6::ROOT_CHUNKS) as u32;
+        assert_eq!(fast::v6::direct(below), fast::v6::compressed(0));
+        assert!(fast::v6::compressed(below - 1) < u16::MAX);
         assert_eq!(
-            fast::v6::pool_index_of(fast::descend(7)),
+            fast::v6::pool_index_of_direct(fast::v6::direct(7)),
+            fast::v6::pool_index(7)
+        );
+        assert_eq!(
+            fast::v6::pool_index_of_compressed(fast::v6::compressed(7)),
             fast::v6::pool_index(7)
         );
         assert_eq!(fast::descend(last), u16::MAX);
@@ -576,7 +629,6 @@ mod tests {
             fast::v4::byte(fast::allow(fast::v4::MAX_BYTE_RULE + 1)),
             fast::DEEPER as u8
         );
-        const { assert!(fast::v6::CHUNKS - fast::v6::ROOT_CHUNKS <= fast::MAX_CHUNKS) };
     }
 
     #[test]

@@ -185,6 +185,9 @@ fn classify(ctx: &XdpContext, denied: &mut Denied) -> Reason {
         }
     }
     match parsed {
+        // Its own arm: LLVM would otherwise carry the fields of the other variants,
+        // undefined here, into `judge`, and the verifier refuses the read.
+        Ok(L4::NotIp) => Reason::NotIp,
         Ok(l4) => judge(l4, denied),
         // No source address could be read: nothing can vouch for the frame.
         Err(None) => Reason::Malformed,
@@ -377,28 +380,45 @@ fn fast_v4(addr: [u8; 4]) -> u16 {
 }
 
 /// The IPv6 fast table's answer for a source: `DENY`, an allowing code, or `DEEPER`.
-/// The root's code for the /16, then while the code points at a chunk: the chunk's
-/// code for the source if the source is in the chunk's region, its default otherwise
-/// (`fast::v6::LEVELS` chunks at most, each header and code in one array element).
 #[inline(always)]
 fn fast_v6(addr: Addr6) -> u16 {
-    let hi = addr.top64();
+    walk_v6(addr.top64())
+}
+
+/// The table's answer for a source whose top 64 bits are `hi`: the root's code for
+/// the /16, then while the code points at a chunk: a direct pointer's chunk's code for
+/// the source (its shift is 8 less than the previous chunk's), a compressed pointer's
+/// chunk's code if the source is in the chunk's region (its header says which, and
+/// its shift), its default otherwise; `fast::v6::LEVELS` chunks at most.
+#[inline(always)]
+fn walk_v6(hi: u64) -> u16 {
     let Some(root) = FAST_V6.get((hi >> 56) as u32) else {
         return fast::DEEPER;
     };
     let mut code = root.codes[((hi >> 48) & 0xFF) as usize];
+    // The shift of a chunk whose region is the slot `code` was read from.
+    let mut shift = fast::v6::ROOT_SHIFT;
     for _ in 0..fast::v6::LEVELS {
         if code < fast::FIRST_CHUNK {
             return code;
         }
-        let Some(chunk) = FAST_V6.get(fast::v6::pool_index_of(code)) else {
-            return fast::DEEPER;
-        };
-        code = if hi & chunk.mask == chunk.net {
-            chunk.codes[(hi.wrapping_shr(chunk.shift) & 0xFF) as usize]
+        if code < fast::v6::FIRST_COMPRESSED {
+            let Some(chunk) = FAST_V6.get(fast::v6::pool_index_of_direct(code)) else {
+                return fast::DEEPER;
+            };
+            code = chunk.codes[(hi.wrapping_shr(shift) & 0xFF) as usize];
         } else {
-            chunk.default
-        };
+            let Some(chunk) = FAST_V6.get(fast::v6::pool_index_of_compressed(code)) else {
+                return fast::DEEPER;
+            };
+            if hi & chunk.mask != chunk.net {
+                code = chunk.default;
+                break;
+            }
+            shift = chunk.shift;
+            code = chunk.codes[(hi.wrapping_shr(shift) & 0xFF) as usize];
+        }
+        shift = shift.wrapping_sub(8);
     }
     // Past the /64 the table holds no chunk; a code that still points at one is not
     // an answer.

@@ -370,7 +370,8 @@ impl<'a> Cells<'a> {
     /// The pool's state as the codes say (see `fast::Cells::scan`). A pointer is
     /// replaced by `DEEPER` when its chunk is outside the pool, already reached, or has
     /// a header that is not a valid region within the pointing slot's region (a slot
-    /// of a /64 holds none); a chunk's default that points at a chunk is `DEEPER` too.
+    /// of a /64 holds none), or not the slot's region itself for a direct pointer; a
+    /// chunk's default that points at a chunk is `DEEPER` too.
     fn scan(&self) -> Result<Pool, DatapathError> {
         let mut used = vec![false; self.chunk_count() as usize];
         let mut stack: Vec<(&AtomicU16, Span)> = Vec::new();
@@ -378,7 +379,7 @@ impl<'a> Cells<'a> {
             stack.push((self.root(e)?, Span::of_root(e)));
         }
         while let Some((cell, slot)) = stack.pop() {
-            let Some(chunk) = fast::chunk(cell.load(Ordering::Relaxed)) else {
+            let Some((chunk, compressed)) = fast::v6::target(cell.load(Ordering::Relaxed)) else {
                 continue;
             };
             let header = match used.get(chunk as usize) {
@@ -388,13 +389,13 @@ impl<'a> Cells<'a> {
             let span = header
                 .as_ref()
                 .and_then(Header::span)
-                .filter(|span| slot.holds(*span));
+                .filter(|span| slot.holds(*span) && (compressed || *span == slot));
             let (Some(header), Some(span)) = (header, span) else {
                 cell.store(fast::DEEPER, Ordering::Release);
                 continue;
             };
             used[chunk as usize] = true;
-            if fast::chunk(header.default.load(Ordering::Relaxed)).is_some() {
+            if fast::v6::target(header.default.load(Ordering::Relaxed)).is_some() {
                 header.default.store(fast::DEEPER, Ordering::Release);
             }
             let codes = self.codes(chunk)?;
@@ -417,29 +418,35 @@ impl<'a> Cells<'a> {
             .root((addr >> 112) as u32)
             .unwrap()
             .load(Ordering::Acquire);
-        for reads in 0..fast::v6::LEVELS {
-            let Some(chunk) = fast::chunk(code) else {
+        let mut shift = fast::v6::ROOT_SHIFT;
+        let mut reads = 0;
+        while reads < fast::v6::LEVELS {
+            let Some((chunk, compressed)) = fast::v6::target(code) else {
                 return (code, reads);
             };
-            let header = self.header(chunk).unwrap();
-            let (net, mask) = (
-                header.net.load(Ordering::Acquire),
-                header.mask.load(Ordering::Acquire),
-            );
-            code = if hi & mask == net {
-                let shift = header.shift.load(Ordering::Acquire);
-                self.codes(chunk).unwrap()[(hi.wrapping_shr(shift) & 0xFF) as usize]
-                    .load(Ordering::Acquire)
-            } else {
-                header.default.load(Ordering::Acquire)
-            };
+            reads += 1;
+            if compressed {
+                let header = self.header(chunk).unwrap();
+                let (net, mask) = (
+                    header.net.load(Ordering::Acquire),
+                    header.mask.load(Ordering::Acquire),
+                );
+                if hi & mask != net {
+                    code = header.default.load(Ordering::Acquire);
+                    break;
+                }
+                shift = header.shift.load(Ordering::Acquire);
+            }
+            code = self.codes(chunk).unwrap()[(hi.wrapping_shr(shift) & 0xFF) as usize]
+                .load(Ordering::Acquire);
+            shift = shift.wrapping_sub(8);
         }
-        let code = if fast::chunk(code).is_some() {
+        let code = if fast::v6::target(code).is_some() {
             fast::DEEPER
         } else {
             code
         };
-        (code, fast::v6::LEVELS)
+        (code, reads)
     }
 }
 
@@ -460,7 +467,7 @@ impl Writer<'_> {
         for &(lo, hi) in &roots.0 {
             subtrees(layers, lo, hi, |entry, node| {
                 let cell = self.cells.root(entry)?;
-                self.write(cell, node, &mut report)
+                self.write(cell, Span::of_root(entry), node, &mut report)
             })?;
         }
         Ok(report)
@@ -476,33 +483,36 @@ impl Writer<'_> {
         Ok(self.pool.in_use())
     }
 
-    /// Makes `cell` (a code in a published chunk, or the root) say `node`.
+    /// Makes `cell` (a code in a published chunk, or the root, for region `slot`) say
+    /// `node`.
     fn write(
         &mut self,
         cell: &AtomicU16,
+        slot: Span,
         node: Node,
         report: &mut FastReport,
     ) -> Result<(), DatapathError> {
         let old = cell.load(Ordering::Relaxed);
         let code = match node {
             Node::Split(split) => {
-                if let Some(chunk) = fast::chunk(old) {
+                let compress = split.span != slot;
+                if let Some((chunk, compressed)) = fast::v6::target(old) {
                     let header = self.cells.header(chunk)?;
-                    if header.span() == Some(split.span) {
+                    if header.span() == Some(split.span) && compressed == compress {
                         // Still pointed at, same region: changed in place, code by code.
                         if header.default.load(Ordering::Relaxed) != split.default {
                             header.default.store(split.default, Ordering::Release);
                             report.codes_written += 1;
                         }
                         let codes = self.cells.codes(chunk)?;
-                        for (cell, entry) in codes.iter().zip(split.entries) {
-                            self.write(cell, entry, report)?;
+                        for (i, (cell, entry)) in codes.iter().zip(split.entries).enumerate() {
+                            self.write(cell, split.span.slot(i), entry, report)?;
                         }
                         return Ok(());
                     }
                 }
                 match self.fill(split, report)? {
-                    Some(chunk) => fast::descend(chunk),
+                    Some(chunk) => pointer(chunk, compress),
                     None => {
                         report.left_to_trie += 1;
                         fast::DEEPER
@@ -515,7 +525,7 @@ impl Writer<'_> {
             cell.store(code, Ordering::Release);
             report.codes_written += 1;
         }
-        if let Some(chunk) = fast::chunk(old)
+        if let Some((chunk, _)) = fast::v6::target(old)
             && old != code
         {
             // Nothing points at the old subtree any more.
@@ -544,16 +554,19 @@ impl Writer<'_> {
             .store(fast::v6::shift(split.span.len), Ordering::Relaxed);
         header.default.store(split.default, Ordering::Relaxed);
         let codes = self.cells.codes(chunk)?;
-        for (cell, entry) in codes.iter().zip(split.entries) {
+        for (i, (cell, entry)) in codes.iter().zip(split.entries).enumerate() {
             let code = match entry {
                 Node::Leaf(code) => code,
-                Node::Split(sub) => match self.fill(sub, report)? {
-                    Some(child) => fast::descend(child),
-                    None => {
-                        report.left_to_trie += 1;
-                        fast::DEEPER
+                Node::Split(sub) => {
+                    let compress = sub.span != split.span.slot(i);
+                    match self.fill(sub, report)? {
+                        Some(child) => pointer(child, compress),
+                        None => {
+                            report.left_to_trie += 1;
+                            fast::DEEPER
+                        }
                     }
-                },
+                }
             };
             cell.store(code, Ordering::Relaxed);
         }
@@ -573,10 +586,20 @@ impl Writer<'_> {
                 self.cells
                     .codes(chunk)?
                     .iter()
-                    .filter_map(|c| fast::chunk(c.load(Ordering::Relaxed))),
+                    .filter_map(|c| fast::v6::target(c.load(Ordering::Relaxed)))
+                    .map(|(chunk, _)| chunk),
             );
         }
         Ok(())
+    }
+}
+
+/// The code pointing at `chunk`, compressed if its region lies deeper than the slot.
+fn pointer(chunk: u32, compressed: bool) -> u16 {
+    if compressed {
+        fast::v6::compressed(chunk)
+    } else {
+        fast::v6::direct(chunk)
     }
 }
 
@@ -676,7 +699,7 @@ mod tests {
             self.with(|cells| {
                 let mut seen = std::collections::BTreeSet::new();
                 let mut stack: Vec<u32> = (0..ROOT_ENTRIES)
-                    .filter_map(|e| fast::chunk(cells.root(e).unwrap().load(Ordering::Relaxed)))
+                    .filter_map(|e| chunk_of(cells.root(e).unwrap().load(Ordering::Relaxed)))
                     .collect();
                 while let Some(chunk) = stack.pop() {
                     assert!(seen.insert(chunk), "chunk {chunk} reached twice");
@@ -685,7 +708,7 @@ mod tests {
                             .codes(chunk)
                             .unwrap()
                             .iter()
-                            .filter_map(|c| fast::chunk(c.load(Ordering::Relaxed))),
+                            .filter_map(|c| chunk_of(c.load(Ordering::Relaxed))),
                     );
                 }
                 seen.len()
@@ -886,50 +909,58 @@ mod tests {
         h.default.store(default, Ordering::Relaxed);
     }
 
+    fn chunk_of(code: u16) -> Option<u32> {
+        fast::v6::target(code).map(|(chunk, _)| chunk)
+    }
+
     #[test]
     fn the_scan_drops_bad_pointers_and_headers() {
-        let table = Table::new(6);
+        use fast::v6::{compressed, direct};
+        let table = Table::new(7);
         table.with(|cells| {
             let root = |e| cells.root(e).unwrap();
             let codes = |n| cells.codes(n).unwrap();
             let load = |c: &AtomicU16| c.load(Ordering::Relaxed);
             // 2001:db8::/32, straight below the root.
             plant(cells, 0, 0x2001_0db8 << 32, 32, fast::DENY);
-            root(0x2001).store(fast::descend(0), Ordering::Relaxed);
+            root(0x2001).store(compressed(0), Ordering::Relaxed);
             // The same chunk from a /16 that does not hold its region.
-            root(0x2002).store(fast::descend(0), Ordering::Relaxed);
+            root(0x2002).store(compressed(0), Ordering::Relaxed);
             // Outside the pool.
-            root(0x2003).store(fast::descend(7), Ordering::Relaxed);
+            root(0x2003).store(direct(7), Ordering::Relaxed);
             // 2001:db8:100::/40 from its slot, kept; from the next slot, dropped.
             plant(cells, 1, 0x2001_0db8_0100 << 16, 40, fast::DENY);
-            codes(0)[1].store(fast::descend(1), Ordering::Relaxed);
-            codes(0)[2].store(fast::descend(1), Ordering::Relaxed);
+            codes(0)[1].store(direct(1), Ordering::Relaxed);
+            codes(0)[2].store(direct(1), Ordering::Relaxed);
             // A mask that does not match the shift.
             plant(cells, 2, 0x2001_0db8_0100 << 16, 48, fast::DENY);
             cells.header(2).unwrap().shift.store(16, Ordering::Relaxed);
-            codes(1)[0].store(fast::descend(2), Ordering::Relaxed);
+            codes(1)[0].store(compressed(2), Ordering::Relaxed);
             // 2004::/16 with a default that points at a chunk.
-            plant(cells, 3, 0x2004 << 48, 16, fast::descend(0));
-            root(0x2004).store(fast::descend(3), Ordering::Relaxed);
+            plant(cells, 3, 0x2004 << 48, 16, compressed(0));
+            root(0x2004).store(direct(3), Ordering::Relaxed);
             // A /56 in 2004:500::/24, whose slots (/64s) can point at no chunk, not
             // even one of a valid region; and a pointer back up.
             plant(cells, 4, 0x2004_0500 << 32, 56, fast::DENY);
             plant(cells, 5, 0x2004_0500 << 32, 56, fast::DENY);
-            codes(3)[5].store(fast::descend(4), Ordering::Relaxed);
-            codes(4)[0].store(fast::descend(5), Ordering::Relaxed);
-            codes(3)[6].store(fast::descend(0), Ordering::Relaxed);
+            codes(3)[5].store(compressed(4), Ordering::Relaxed);
+            codes(4)[0].store(compressed(5), Ordering::Relaxed);
+            codes(3)[6].store(compressed(0), Ordering::Relaxed);
+            // A direct pointer to a region deeper than its slot.
+            plant(cells, 6, 0x2005_0100 << 32, 24, fast::DENY);
+            root(0x2005).store(direct(6), Ordering::Relaxed);
 
             let pool = cells.scan().unwrap();
-            assert_eq!(load(root(0x2001)), fast::descend(0));
-            for e in [0x2002, 0x2003] {
+            assert_eq!(load(root(0x2001)), compressed(0));
+            for e in [0x2002, 0x2003, 0x2005] {
                 assert_eq!(load(root(e)), fast::DEEPER, "{e:x}");
             }
-            assert_eq!(load(&codes(0)[1]), fast::descend(1));
+            assert_eq!(load(&codes(0)[1]), direct(1));
             assert_eq!(load(&codes(0)[2]), fast::DEEPER);
             assert_eq!(load(&codes(1)[0]), fast::DEEPER);
-            assert_eq!(load(root(0x2004)), fast::descend(3));
+            assert_eq!(load(root(0x2004)), direct(3));
             assert_eq!(load(cells.header(3).unwrap().default), fast::DEEPER);
-            assert_eq!(load(&codes(3)[5]), fast::descend(4));
+            assert_eq!(load(&codes(3)[5]), compressed(4));
             assert_eq!(load(&codes(4)[0]), fast::DEEPER);
             assert_eq!(load(&codes(3)[6]), fast::DEEPER);
             // Chunks 0, 1, 3 and 4.
