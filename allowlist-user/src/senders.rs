@@ -72,41 +72,46 @@ impl SenderKind {
     }
 }
 
+/// A provider's, source's, preset's or guard's name, or a snapshot's date, shared by
+/// every listing that carries it: a list in force of 100,000 prefixes holds two
+/// names, not 200,000 strings.
+pub(crate) type Name = std::sync::Arc<str>;
+
 /// One thing known about a source: which list holds it, and how.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "why", rename_all = "snake_case")]
 pub(crate) enum Known {
     InForce {
-        provider: String,
-        source: String,
+        provider: Name,
+        source: Name,
         prefix: IpNet,
     },
     RefusedUpdate {
-        provider: String,
-        source: String,
+        provider: Name,
+        source: Name,
         prefix: IpNet,
         #[serde(with = "rfc3339")]
         at: SystemTime,
         /// The guard that refused it (`shrink`, `empty`, ...).
-        guard: String,
+        guard: Name,
     },
     RemovedRange {
-        provider: String,
-        source: String,
+        provider: Name,
+        source: Name,
         prefix: IpNet,
         #[serde(with = "rfc3339")]
         at: SystemTime,
     },
     SnapshotOnly {
-        preset: String,
+        preset: Name,
         /// The provider that uses the preset.
-        provider: String,
-        as_of: String,
+        provider: Name,
+        as_of: Name,
         prefix: IpNet,
     },
     NotConfigured {
-        preset: String,
-        as_of: String,
+        preset: Name,
+        as_of: Name,
         prefix: IpNet,
     },
 }
@@ -230,13 +235,37 @@ impl fmt::Display for Known {
 /// sender and reason).
 pub(crate) const MATCHES_KEPT: usize = 4;
 
-/// Prefixes of one address family, by length: `length → network → listings`.
+/// Prefixes of one address family, by length: `length → network → listings`. A
+/// network's listings are a chain through `next` (most prefixes have one listing: no
+/// vector each).
 #[derive(Debug, Default)]
 struct Table {
-    by_len: BTreeMap<u8, HashMap<u128, Vec<u32>>>,
+    by_len: BTreeMap<u8, HashMap<u128, u32>>,
     /// IPv6 prefixes longer than /64, by the /64 that holds them: a denied IPv6
     /// source is a /64, which may hold a listed address (a dns source's /128).
-    inside_64: HashMap<u128, Vec<u32>>,
+    inside_64: HashMap<u128, u32>,
+    /// The listing after each listing in its network's chain (by listing id), in
+    /// `by_len` and in `inside_64`.
+    next: HashMap<u32, u32>,
+    next_inside_64: HashMap<u32, u32>,
+}
+
+/// Adds `listing` at the head of `key`'s chain.
+fn chain(heads: &mut HashMap<u128, u32>, next: &mut HashMap<u32, u32>, key: u128, listing: u32) {
+    if let Some(old) = heads.insert(key, listing) {
+        next.insert(listing, old);
+    }
+}
+
+/// The listings of a chain, in the order they were added.
+fn collect(head: u32, next: &HashMap<u32, u32>, out: &mut Vec<u32>) {
+    let start = out.len();
+    let mut at = Some(head);
+    while let Some(listing) = at {
+        out.push(listing);
+        at = next.get(&listing).copied();
+    }
+    out[start..].reverse();
 }
 
 fn bits(addr: IpAddr) -> (u128, u8) {
@@ -260,17 +289,19 @@ impl Table {
         let (value, width) = bits(net.network());
         let len = net.prefix_len();
         let key = masked(value, width, len);
-        self.by_len
-            .entry(len)
-            .or_default()
-            .entry(key)
-            .or_default()
-            .push(listing);
+        chain(
+            self.by_len.entry(len).or_default(),
+            &mut self.next,
+            key,
+            listing,
+        );
         if width == 128 && len > 64 {
-            self.inside_64
-                .entry(masked(value, 128, 64))
-                .or_default()
-                .push(listing);
+            chain(
+                &mut self.inside_64,
+                &mut self.next_inside_64,
+                masked(value, 128, 64),
+                listing,
+            );
         }
     }
 
@@ -279,15 +310,15 @@ impl Table {
         let (value, width) = bits(net.network());
         let len = net.prefix_len();
         for (&l, table) in self.by_len.range(..=len).rev() {
-            if let Some(found) = table.get(&masked(value, width, l)) {
-                out.extend_from_slice(found);
+            if let Some(&head) = table.get(&masked(value, width, l)) {
+                collect(head, &self.next, out);
             }
         }
         if width == 128
             && len == 64
-            && let Some(found) = self.inside_64.get(&masked(value, 128, 64))
+            && let Some(&head) = self.inside_64.get(&masked(value, 128, 64))
         {
-            out.extend_from_slice(found);
+            collect(head, &self.next_inside_64, out);
         }
     }
 }
@@ -340,9 +371,9 @@ impl SenderIndex {
 /// source's latest.
 #[derive(Debug)]
 struct Refused {
-    provider: String,
+    provider: Name,
     at: SystemTime,
-    guard: String,
+    guard: Name,
     prefixes: Vec<IpNet>,
 }
 
@@ -388,22 +419,28 @@ impl IndexBuilder {
             let Some(snapshot) = &preset.snapshot else {
                 continue;
             };
+            let name = Name::from(preset.name);
+            let as_of = Name::from(snapshot.as_of);
+            let provider = builder
+                .configured_presets
+                .get(preset.name)
+                .map(|p| Name::from(p.as_str()));
             for entry in snapshot.entries {
                 // The snapshots are checked by the presets' own tests.
                 let Ok(prefix) = entry.parse::<IpNet>() else {
                     continue;
                 };
                 let prefix = prefix.trunc();
-                let known = match builder.configured_presets.get(preset.name) {
+                let known = match &provider {
                     Some(provider) => Known::SnapshotOnly {
-                        preset: preset.name.to_owned(),
+                        preset: name.clone(),
                         provider: provider.clone(),
-                        as_of: snapshot.as_of.to_owned(),
+                        as_of: as_of.clone(),
                         prefix,
                     },
                     None => Known::NotConfigured {
-                        preset: preset.name.to_owned(),
-                        as_of: snapshot.as_of.to_owned(),
+                        preset: name.clone(),
+                        as_of: as_of.clone(),
                         prefix,
                     },
                 };
@@ -434,10 +471,11 @@ impl IndexBuilder {
         if let Some(at) = fetched_at {
             self.fetched_at.insert(source.to_owned(), at);
         }
+        let (provider, source) = (Name::from(provider), Name::from(source));
         for prefix in prefixes {
             self.index.push(Known::InForce {
-                provider: provider.to_owned(),
-                source: source.to_owned(),
+                provider: provider.clone(),
+                source: source.clone(),
                 prefix: prefix.trunc(),
             });
         }
@@ -473,9 +511,9 @@ impl IndexBuilder {
         self.refused.insert(
             source.to_owned(),
             Refused {
-                provider: provider.to_owned(),
+                provider: Name::from(provider),
                 at,
-                guard: guard.to_owned(),
+                guard: Name::from(guard),
                 prefixes: prefixes.to_vec(),
             },
         );
@@ -490,8 +528,8 @@ impl IndexBuilder {
         at: SystemTime,
     ) {
         self.index.push(Known::RemovedRange {
-            provider: provider.to_owned(),
-            source: source.to_owned(),
+            provider: Name::from(provider),
+            source: Name::from(source),
             prefix: prefix.trunc(),
             at,
         });
@@ -505,6 +543,7 @@ impl IndexBuilder {
             if self.fetched_at.get(&source).is_some_and(|&f| f > update.at) {
                 continue;
             }
+            let source = Name::from(source);
             for prefix in &update.prefixes {
                 self.index.push(Known::RefusedUpdate {
                     provider: update.provider.clone(),
