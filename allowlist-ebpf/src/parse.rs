@@ -24,7 +24,10 @@ const ETH_P_QINQ_9100: u16 = 0x9100;
 
 // IP protocol numbers (IANA): upper-layer protocols, then IPv6 extension headers.
 pub(crate) const IPPROTO_IPIP: u8 = 4;
+const IPPROTO_ICMP: u8 = 1;
 pub(crate) const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
 pub(crate) const IPPROTO_IPV6: u8 = 41;
 pub(crate) const IPPROTO_GRE: u8 = 47;
 pub(crate) const IPPROTO_ESP: u8 = 50;
@@ -319,6 +322,10 @@ pub(crate) fn plain_ipv4(cur: &Cursor) -> Option<PlainIpv4> {
             return None;
         }
         dst_port = tcp.be16::<{ TCP + 2 }>();
+    } else if proto != IPPROTO_UDP && proto != IPPROTO_ICMP {
+        // Tunnels and the rarer protocols go the general way, so that the short way
+        // decides TCP first, with no dispatch on the protocol before it.
+        return None;
     }
     Some(PlainIpv4 {
         src: head.bytes4::<{ IP + 12 }>(),
@@ -361,7 +368,8 @@ pub(crate) fn plain_ipv6(cur: &Cursor) -> Option<PlainIpv6> {
             return None;
         }
         dst_port = tcp.be16::<{ TCP + 2 }>();
-    } else if is_ext_header(proto) {
+    } else if proto != IPPROTO_UDP && proto != IPPROTO_ICMPV6 {
+        // Extension headers, tunnels and the rarer protocols go the general way.
         return None;
     }
     Some(PlainIpv6 {
