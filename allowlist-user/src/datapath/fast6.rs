@@ -1086,12 +1086,17 @@ mod tests {
         assert!(reads[4..].iter().all(|n| *n == 0), "{reads:?}");
     }
 
-    /// What a real list takes: AWS's `ipv6_prefixes`, from a copy of
-    /// https://ip-ranges.amazonaws.com/ip-ranges.json named by `AWS_IP_RANGES`.
+    /// What a real list takes: AWS's `ipv6_prefixes`, from the copy of
+    /// https://ip-ranges.amazonaws.com/ip-ranges.json kept beside the repository
+    /// (`../shared/realdocs`, never copied into it; skipped where it is missing).
     #[test]
-    #[ignore = "needs AWS_IP_RANGES, a copy of AWS's ip-ranges.json"]
     fn a_real_list_fits_with_room_to_spare() {
-        let path = std::env::var("AWS_IP_RANGES").expect("AWS_IP_RANGES names ip-ranges.json");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/realdocs/aws-ip-ranges.json");
+        if !path.exists() {
+            eprintln!("skipped: {} is missing", path.display());
+            return;
+        }
         #[derive(serde::Deserialize)]
         struct Ranges {
             ipv6_prefixes: Vec<Entry>,
