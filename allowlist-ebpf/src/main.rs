@@ -11,8 +11,8 @@
 //! A source is looked up in its family's fast table first (see
 //! `allowlist_common::fast`): for IPv4 one array element for its /24, and one chunk
 //! when longer prefixes split that /24; for IPv6 the root's code for its /16, then
-//! one chunk per further byte down to the /64. Constant time whatever the list size;
-//! the trie is walked only where the table says so.
+//! one chunk per region that branches (path-compressed), down to the /64. Constant
+//! time whatever the list size; the trie is walked only where the table says so.
 #![no_std]
 #![no_main]
 #![cfg_attr(
