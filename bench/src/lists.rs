@@ -350,33 +350,34 @@ pub(crate) fn aws_document(rng: &mut StdRng, bytes: usize) -> Vec<u8> {
 }
 
 /// The IPv6 prefixes of AWS's published `ip-ranges.json` (`ipv6_prefixes[].ipv6_prefix`,
-/// deduplicated), each with a random rule id below [`RULES`], and the same list filled
-/// up to `n` prefixes with random /32–/64 ones (as [`v6_prefixes`] makes them).
+/// read by the agent's own JSON source parser, deduplicated), each with a random rule
+/// id below [`RULES`], and the same list filled up to `n` prefixes with random /32–/64
+/// ones (as [`v6_prefixes`] makes them).
 pub(crate) fn aws_v6_filled(
     rng: &mut StdRng,
     document: &std::path::Path,
     n: usize,
 ) -> anyhow::Result<(BTreeMap<IpNet, u32>, BTreeMap<IpNet, u32>)> {
+    use allowlist_user::source::{self, Format, json};
     use anyhow::Context as _;
 
-    #[derive(serde::Deserialize)]
-    struct Ranges {
-        ipv6_prefixes: Vec<Entry>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        ipv6_prefix: Ipv6Net,
-    }
-
-    let text = std::fs::read_to_string(document)
-        .with_context(|| format!("reading {}", document.display()))?;
-    let ranges: Ranges = serde_json::from_str(&text)
+    let body =
+        std::fs::read(document).with_context(|| format!("reading {}", document.display()))?;
+    let format = Format::Json(json::Selector {
+        items: vec!["ipv6_prefixes".into()],
+        cidr: vec!["ipv6_prefix".into()],
+        filters: Vec::new(),
+        serial: None,
+    });
+    let parsed = source::parse_document(&format, &body, "aws-ip-ranges")
         .with_context(|| format!("{}: not AWS's ip-ranges.json", document.display()))?;
-    let aws: BTreeMap<IpNet, u32> = ranges
-        .ipv6_prefixes
-        .into_iter()
-        .map(|e| (IpNet::V6(e.ipv6_prefix.trunc()), rng.random_range(0..RULES)))
-        .collect();
+    let mut aws = BTreeMap::new();
+    for entry in parsed.entries {
+        let net: Ipv6Net = entry
+            .parse()
+            .with_context(|| format!("{}: {entry:?} is not an IPv6 prefix", document.display()))?;
+        aws.insert(IpNet::V6(net.trunc()), rng.random_range(0..RULES));
+    }
     if aws.is_empty() {
         anyhow::bail!("{}: no ipv6_prefixes", document.display());
     }

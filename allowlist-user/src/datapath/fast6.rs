@@ -1217,20 +1217,19 @@ mod tests {
             eprintln!("skipped: {} is missing", path.display());
             return;
         }
-        #[derive(serde::Deserialize)]
-        struct Ranges {
-            ipv6_prefixes: Vec<Entry>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Entry {
-            ipv6_prefix: Ipv6Net,
-        }
-        let text = std::fs::read_to_string(&path).unwrap();
-        let ranges: Ranges = serde_json::from_str(&text).unwrap();
-        let list: BTreeMap<IpNet, u32> = ranges
-            .ipv6_prefixes
+        // Read as the agent reads a source: its JSON parser, AWS's selector.
+        let format = crate::source::Format::Json(crate::source::json::Selector {
+            items: vec!["ipv6_prefixes".into()],
+            cidr: vec!["ipv6_prefix".into()],
+            filters: Vec::new(),
+            serial: None,
+        });
+        let body = std::fs::read(&path).unwrap();
+        let parsed = crate::source::parse_document(&format, &body, "aws").unwrap();
+        let list: BTreeMap<IpNet, u32> = parsed
+            .entries
             .iter()
-            .map(|e| (IpNet::V6(e.ipv6_prefix.trunc()), 0))
+            .map(|e| (IpNet::V6(e.parse::<Ipv6Net>().unwrap().trunc()), 0))
             .collect();
         let mut table = Table::new(fast::v6::CHUNKS - fast::v6::ROOT_CHUNKS);
         let report = table.sync(&BTreeMap::new(), &list);
