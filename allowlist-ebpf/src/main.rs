@@ -106,7 +106,7 @@ fn allowlist(ctx: XdpContext) -> u32 {
 /// uninitialised payload on the paths that leave it empty, which the verifier refuses.
 #[derive(Clone, Copy)]
 struct Denied {
-    key: watch::KeyWords,
+    key: Addr6,
     port: u16,
     /// Non-zero when the packet was denied for `NotAllowlisted`.
     found: u16,
@@ -114,7 +114,7 @@ struct Denied {
 
 impl Denied {
     const NONE: Denied = Denied {
-        key: [0; 2],
+        key: Addr6::ZERO,
         port: 0,
         found: 0,
     };
@@ -311,7 +311,7 @@ fn judge_l4(src: Source, proto: u8, dst_port: u16, denied: &mut Denied) -> Reaso
             Reason::Allowlisted
         } else {
             *denied = Denied {
-                key: src.watch_key_words(),
+                key: src.watch_key(),
                 port: dst_port,
                 found: 1,
             };
@@ -380,18 +380,14 @@ fn fast_v4(addr: [u8; 4]) -> u16 {
 }
 
 /// The IPv6 fast table's answer for a source: `DENY`, an allowing code, or `DEEPER`.
+/// The root's code for the /16, then while the code points at a chunk: a direct
+/// pointer's chunk's code for the source (its shift is 8 less than the previous
+/// chunk's), a compressed pointer's chunk's code if the source is in the chunk's
+/// region (its header says which, and its shift), its default otherwise;
+/// `fast::v6::LEVELS` chunks at most.
 #[inline(always)]
 fn fast_v6(addr: Addr6) -> u16 {
-    walk_v6(addr.top64())
-}
-
-/// The table's answer for a source whose top 64 bits are `hi`: the root's code for
-/// the /16, then while the code points at a chunk: a direct pointer's chunk's code for
-/// the source (its shift is 8 less than the previous chunk's), a compressed pointer's
-/// chunk's code if the source is in the chunk's region (its header says which, and
-/// its shift), its default otherwise; `fast::v6::LEVELS` chunks at most.
-#[inline(always)]
-fn walk_v6(hi: u64) -> u16 {
+    let hi = addr.top64();
     let Some(root) = FAST_V6.get((hi >> 56) as u32) else {
         return fast::DEEPER;
     };

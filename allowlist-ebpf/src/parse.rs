@@ -79,14 +79,14 @@ impl Source {
         self.addr
     }
 
-    /// The watch's key (`allowlist_common::watch::Key`: a mapped IPv4 address, or an
-    /// IPv6 /64) as two words of its bytes in memory order.
+    /// The watch's key (`allowlist_common::watch::Key`): a mapped IPv4 address, or an
+    /// IPv6 /64.
     #[inline(always)]
-    pub(crate) fn watch_key_words(self) -> [u64; 2] {
+    pub(crate) fn watch_key(self) -> Addr6 {
         if self.v4 {
-            self.addr.0
+            self.addr
         } else {
-            [self.addr.0[0], 0]
+            Addr6([self.addr.0[0], 0])
         }
     }
 }
@@ -98,6 +98,9 @@ impl Source {
 pub(crate) struct Addr6([u64; 2]);
 
 impl Addr6 {
+    /// `::`, every byte defined.
+    pub(crate) const ZERO: Addr6 = Addr6([0; 2]);
+
     #[inline(always)]
     pub(crate) fn from_bytes(bytes: [u8; 16]) -> Self {
         // SAFETY: same size, and every bit pattern is a valid `[u64; 2]`.

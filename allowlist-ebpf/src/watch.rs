@@ -16,6 +16,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 
+use crate::parse::Addr6;
+
 #[btf_map]
 static DENIED_SOURCES: LruPerCpuHashMap<watch::Key, DeniedSource, { watch::CAPACITY }> =
     LruPerCpuHashMap::new();
@@ -30,14 +32,10 @@ static WATCH_STATE: PerCpuArray<WatchState, 1> = PerCpuArray::new();
 #[unsafe(no_mangle)]
 static WATCH: Global<u32> = Global::new(1);
 
-/// The watch's key of a source, as two words of its bytes in memory order: what the
-/// program carries from the decision to the exit (see `Source::watch_key_words`).
-pub(crate) type KeyWords = [u64; 2];
-
-/// Records the source `key` as denied at `port`, if this CPU's budget allows (the
-/// caller has sampled it: `Settings::watch_sample_mask`).
+/// Records the source `key` (`Source::watch_key`) as denied at `port`, if this CPU's
+/// budget allows (the caller has sampled it: `Settings::watch_sample_mask`).
 #[inline(always)]
-pub(crate) fn offer(key: KeyWords, port: u16) {
+pub(crate) fn offer(key: Addr6, port: u16) {
     if WATCH.load() == 0 {
         return;
     }
@@ -58,11 +56,7 @@ pub(crate) fn offer(key: KeyWords, port: u16) {
             return;
         }
     }
-    let [hi, lo] = key;
-    let mut bytes = [0; 16];
-    bytes[..8].copy_from_slice(&hi.to_ne_bytes());
-    bytes[8..].copy_from_slice(&lo.to_ne_bytes());
-    record(state, bytes, port);
+    record(state, key.bytes(), port);
 }
 
 /// Credits the bucket with the time since its last refill, once per tick.
