@@ -394,11 +394,26 @@ struct Harness {
     maps: Maps,
 }
 
+/// The program loaded with fresh maps, TCP/443 protected and `list` in force, filled as
+/// the agent fills them at its first start.
+fn loaded_with(list: &std::collections::BTreeMap<ipnet::IpNet, u32>) -> (Ebpf, Maps) {
+    let (ebpf, mut maps) =
+        datapath::load_unpinned(&LoadOptions::default()).expect("load the XDP program");
+    maps.set_ports(&BTreeSet::from([443])).unwrap();
+    datapath::sync::resync(&mut maps, list).expect("fill the maps");
+    (ebpf, maps)
+}
+
+/// The loaded program, to run frames through.
+fn xdp(ebpf: &Ebpf) -> &Xdp {
+    ebpf.program(allowlist_common::PROGRAM_NAME)
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
 impl Harness {
     fn new() -> Self {
-        let (ebpf, mut maps) =
-            datapath::load_unpinned(&LoadOptions::default()).expect("load the XDP program");
-        maps.set_ports(&BTreeSet::from([443])).unwrap();
         let desired: std::collections::BTreeMap<ipnet::IpNet, u32> = [
             ("192.0.2.0/24", RULE_DOC_NET),
             ("198.51.100.128/25", RULE_HALF),
@@ -418,7 +433,7 @@ impl Harness {
         .into_iter()
         .map(|(net, rule)| (net.parse().unwrap(), rule))
         .collect();
-        datapath::sync::resync(&mut maps, &desired).expect("fill the maps");
+        let (ebpf, maps) = loaded_with(&desired);
         Self { ebpf, maps }
     }
 
@@ -525,9 +540,7 @@ fn assert_no_drops_while_flipping(
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     };
-    let (ebpf, mut maps) = datapath::load_unpinned(&LoadOptions::default()).expect("load");
-    maps.set_ports(&BTreeSet::from([443])).unwrap();
-    datapath::sync::resync(&mut maps, wide).unwrap();
+    let (ebpf, mut maps) = loaded_with(wide);
 
     let stop = Arc::new(AtomicBool::new(false));
     let judged = Arc::new(AtomicU64::new(0));
@@ -541,11 +554,7 @@ fn assert_no_drops_while_flipping(
             })
             .collect();
         std::thread::spawn(move || {
-            let prog: &Xdp = ebpf
-                .program(allowlist_common::PROGRAM_NAME)
-                .unwrap()
-                .try_into()
-                .unwrap();
+            let prog = xdp(&ebpf);
             let mut dropped = vec![0u64; frames.len()];
             while !stop.load(Ordering::Relaxed) {
                 for (i, frame) in frames.iter().enumerate() {
@@ -842,14 +851,8 @@ fn fast_table_agrees_with_the_trie() {
     let first = random_set(&mut rng, 3000);
     let second = changed(&first, random_set(&mut rng, 300));
 
-    let (ebpf, mut maps) = datapath::load_unpinned(&LoadOptions::default()).expect("load");
-    maps.set_ports(&BTreeSet::from([443])).unwrap();
-    let prog: &Xdp = ebpf
-        .program(allowlist_common::PROGRAM_NAME)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    datapath::sync::resync(&mut maps, &first).unwrap();
+    let (ebpf, mut maps) = loaded_with(&first);
+    let prog = xdp(&ebpf);
     let p = probes(&mut rng, &first);
     assert_judged_as_longest_match(prog, &maps, &first, &p, "after the full load");
     datapath::sync::apply(&mut maps, &first, &second).unwrap();
@@ -903,14 +906,8 @@ fn fast_v6_table_answers_without_the_trie() {
         list.insert(IpNet::V6(net), i as u32);
     }
 
-    let (ebpf, mut maps) = datapath::load_unpinned(&LoadOptions::default()).expect("load");
-    maps.set_ports(&BTreeSet::from([443])).unwrap();
-    let prog: &Xdp = ebpf
-        .program(allowlist_common::PROGRAM_NAME)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    datapath::sync::resync(&mut maps, &list).unwrap();
+    let (ebpf, maps) = loaded_with(&list);
+    let prog = xdp(&ebpf);
 
     // This program's trie, emptied.
     let ids = prog.info().unwrap().map_ids().unwrap().expect("map ids");
@@ -990,14 +987,8 @@ fn fast_v6_table_agrees_with_the_trie() {
     let first = random_set(&mut rng, 2000);
     let second = changed(&first, random_set(&mut rng, 300));
 
-    let (ebpf, mut maps) = datapath::load_unpinned(&LoadOptions::default()).expect("load");
-    maps.set_ports(&BTreeSet::from([443])).unwrap();
-    let prog: &Xdp = ebpf
-        .program(allowlist_common::PROGRAM_NAME)
-        .unwrap()
-        .try_into()
-        .unwrap();
-    datapath::sync::resync(&mut maps, &first).unwrap();
+    let (ebpf, mut maps) = loaded_with(&first);
+    let prog = xdp(&ebpf);
     let p = probes(&mut rng, &first);
     assert_judged_as_longest_match(prog, &maps, &first, &p, "after the full load");
     datapath::sync::apply(&mut maps, &first, &second).unwrap();
