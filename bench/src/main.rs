@@ -156,6 +156,14 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// TCP/443 SYN frames from `addrs`, one each.
+fn v6_frames(addrs: Vec<std::net::Ipv6Addr>) -> Vec<Vec<u8>> {
+    addrs
+        .into_iter()
+        .map(|a| decision::frame(IpAddr::V6(a), Shape::TcpSyn(443)))
+        .collect()
+}
+
 /// Loads the programs with each list and measures every decision case.
 fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
     let mut rng = lists::rng(0x5eed_a110);
@@ -243,12 +251,6 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
             let v6_denied = lists::denied_v6(&mut rng, &v6_members, n);
             let v6_allowed = lists::allowed_v6(&mut rng, &v6, n);
             let (v6_short, v6_long) = lists::allowed_v6_by_length(&mut rng, &v6, n, 48);
-            let v6_frames = |addrs: Vec<std::net::Ipv6Addr>| {
-                addrs
-                    .into_iter()
-                    .map(|a| decision::frame(IpAddr::V6(a), Shape::TcpSyn(443)))
-                    .collect::<Vec<_>>()
-            };
             let label6 = format!("{V6_PREFIXES} IPv6 /32–/64");
             cases.push(Case::new(
                 "TCP/443 SYN, denied IPv6 source",
@@ -314,12 +316,6 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
             );
             let instance = instances.len();
             instances.push(Programs::load(&filled)?);
-            let frames = |addrs: Vec<std::net::Ipv6Addr>| {
-                addrs
-                    .into_iter()
-                    .map(|a| decision::frame(IpAddr::V6(a), Shape::TcpSyn(443)))
-                    .collect::<Vec<_>>()
-            };
             let label = format!(
                 "AWS's {} IPv6 + {} random /32–/64",
                 aws.len(),
@@ -329,7 +325,7 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
                 "TCP/443 SYN, denied IPv6 source in a /24 of a listed prefix",
                 &label,
                 instance,
-                frames(lists::denied_v6_near(&mut rng, &members, &aws, args.frames)),
+                v6_frames(lists::denied_v6_near(&mut rng, &members, &aws, args.frames)),
                 [XDP_PASS, XDP_DROP, XDP_DROP],
                 Some(("denied", 2.5)),
             ));
@@ -337,7 +333,7 @@ fn decision_cases(args: &Args, report: &mut Report) -> Result<()> {
                 "TCP/443 SYN, allowed IPv6 source in one of AWS's prefixes",
                 &label,
                 instance,
-                frames(lists::allowed_v6(&mut rng, &aws, args.frames)),
+                v6_frames(lists::allowed_v6(&mut rng, &aws, args.frames)),
                 [XDP_PASS; 3],
                 Some(("allowed", 3.0)),
             ));
