@@ -671,15 +671,8 @@ mod tests {
             current: &BTreeMap<IpNet, u32>,
             desired: &BTreeMap<IpNet, u32>,
         ) -> FastReport {
-            let (upserts, removals) = changes(current, desired);
             self.pool.recycle();
-            let mut report = FastReport::default();
-            self.write(|w| {
-                report += w.refresh(&[desired, current], &Roots::of(&upserts))?;
-                report += w.refresh(&[desired], &Roots::of(&removals))?;
-                Ok(())
-            });
-            report
+            write_sync(&self.codes, &mut self.pool, current, desired)
         }
 
         /// The answer for `a` and the chunks read for it below the root.
@@ -714,6 +707,27 @@ mod tests {
                 seen.len()
             })
         }
+    }
+
+    /// A sync's writes, in `sync::apply`'s order, into `codes` (which another thread
+    /// may be reading), taking chunks from `pool` as it is.
+    fn write_sync(
+        codes: &[AtomicU64],
+        pool: &mut Pool,
+        current: &BTreeMap<IpNet, u32>,
+        desired: &BTreeMap<IpNet, u32>,
+    ) -> FastReport {
+        let (upserts, removals) = changes(current, desired);
+        let region = Region::of_memory_elements(codes, CHUNK_BYTES);
+        let mut writer = Writer {
+            cells: Cells(&region),
+            pool,
+        };
+        let mut report = writer
+            .refresh(&[desired, current], &Roots::of(&upserts))
+            .unwrap();
+        report += writer.refresh(&[desired], &Roots::of(&removals)).unwrap();
+        report
     }
 
     #[test]
@@ -920,7 +934,6 @@ mod tests {
             }
             table.pool.recycle();
 
-            let (upserts, removals) = changes(&current, &desired);
             let Table { codes, pool } = &mut table;
             let codes: &[AtomicU64] = codes;
             let done = AtomicBool::new(false);
@@ -944,15 +957,7 @@ mod tests {
                         }
                     }
                 });
-                let region = Region::of_memory_elements(codes, CHUNK_BYTES);
-                let mut writer = Writer {
-                    cells: Cells(&region),
-                    pool,
-                };
-                writer
-                    .refresh(&[&desired, &current], &Roots::of(&upserts))
-                    .unwrap();
-                writer.refresh(&[&desired], &Roots::of(&removals)).unwrap();
+                write_sync(codes, pool, &current, &desired);
                 done.store(true, Ordering::Release);
                 reader.join().unwrap()
             });
