@@ -1,6 +1,7 @@
 //! The flood comparison: what a SYN flood from random sources costs the receiving
 //! host with no filter, with nftables, with iptables and an ipset, and with the
-//! allowlist, each holding the same lists; and what applying a change to each list
+//! allowlist, each holding the same lists (and an IPv6 flood, for the filters that
+//! hold IPv6 prefixes); and what applying a change to each list
 //! costs. Every figure is read against the no-filter case (or nftables) measured in
 //! the same run. See "How the flood comparison is measured" in method.md.
 //!
@@ -19,20 +20,20 @@ mod sender;
 mod stats;
 
 use std::{
-    collections::BTreeMap,
-    net::Ipv4Addr,
+    collections::{BTreeMap, HashSet},
+    net::{IpAddr, Ipv4Addr},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use allowlist_tests::world::{CLIENT_A, World};
+use allowlist_tests::world::{CLIENT_A, CLIENT_A6, World};
 use anyhow::{Context as _, Result, bail};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::{Rng as _, rngs::StdRng, seq::SliceRandom as _};
 
 use crate::{check_interrupted, lists};
 use filters::{Allowlist, Change, ipt, nft};
-use sender::Sender;
+use sender::{Frames, Sender};
 use stats::Snapshot;
 
 pub(crate) use render::{section, spread};
@@ -77,6 +78,58 @@ pub(crate) enum Size {
     Large,
 }
 
+/// The address family of a flood's sources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
+/// One flood case: a filter holding a list (none for no filter), flooded from
+/// sources of one family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Case {
+    pub filter: Filter,
+    pub size: Option<Size>,
+    pub family: Family,
+}
+
+impl Case {
+    /// Every case, in the order measured and shown: the IPv4 flood on every filter and
+    /// list, then the IPv6 flood on the large list (which holds the IPv6 prefixes) for
+    /// the filters that take IPv6: nftables and the allowlist (the ipset is
+    /// `family inet`).
+    fn all() -> Vec<Case> {
+        let v4 = std::iter::once((Filter::None, None)).chain(
+            [Filter::Nftables, Filter::Iptables, Filter::Allowlist]
+                .into_iter()
+                .flat_map(|f| [(f, Some(Size::Small)), (f, Some(Size::Large))]),
+        );
+        let v6 = [
+            (Filter::None, None),
+            (Filter::Nftables, Some(Size::Large)),
+            (Filter::Allowlist, Some(Size::Large)),
+        ];
+        v4.map(|(filter, size)| (filter, size, Family::V4))
+            .chain(v6.map(|(filter, size)| (filter, size, Family::V6)))
+            .map(|(filter, size, family)| Case {
+                filter,
+                size,
+                family,
+            })
+            .collect()
+    }
+}
+
 /// One flood reading.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Sample {
@@ -116,8 +169,7 @@ impl Sample {
 }
 
 pub(crate) struct CaseResult {
-    pub filter: Filter,
-    pub size: Option<Size>,
+    pub case: Case,
     pub samples: Vec<Sample>,
     /// How long loading the list into the filter took, per round.
     pub loads: Vec<Duration>,
@@ -149,10 +201,8 @@ pub(crate) struct FloodReport {
 }
 
 impl FloodReport {
-    pub(crate) fn case(&self, filter: Filter, size: Option<Size>) -> Option<&CaseResult> {
-        self.cases
-            .iter()
-            .find(|c| c.filter == filter && c.size == size)
+    pub(crate) fn case(&self, case: Case) -> Option<&CaseResult> {
+        self.cases.iter().find(|c| c.case == case)
     }
 }
 
@@ -164,7 +214,8 @@ struct Plan {
     extra: Vec<IpNet>,
     /// IPv4 prefixes of the large list, in random order (the ones a change removes).
     removable: Vec<IpNet>,
-    frames: Arc<Vec<u8>>,
+    frames_v4: Arc<Frames>,
+    frames_v6: Arc<Frames>,
 }
 
 impl Plan {
@@ -182,14 +233,29 @@ impl Plan {
         large.extend(v6_aggregated(&mut rng, LARGE_V6));
         let mut members = all.clone();
         members.extend(small.iter().map(|(k, v)| (*k, *v)));
-        let sources = flood_sources(&mut rng, &lists::Membership::new(&members), FLOOD_SOURCES);
-        let frames = Arc::new(sender::syn_frames(&mut rng, &sources));
+        members.extend(
+            large
+                .iter()
+                .filter(|(k, _)| k.addr().is_ipv6())
+                .map(|(k, v)| (*k, *v)),
+        );
+        let members = lists::Membership::new(&members);
+        let sources_v4 = flood_sources_v4(&mut rng, &members, FLOOD_SOURCES);
+        let sources_v6 = flood_sources_v6(&mut rng, &members, FLOOD_SOURCES);
         Self {
             small,
             large,
             extra,
             removable: nets,
-            frames,
+            frames_v4: Arc::new(Frames::syns(&mut rng, &sources_v4)),
+            frames_v6: Arc::new(Frames::syns(&mut rng, &sources_v6)),
+        }
+    }
+
+    fn frames(&self, family: Family) -> &Arc<Frames> {
+        match family {
+            Family::V4 => &self.frames_v4,
+            Family::V6 => &self.frames_v6,
         }
     }
 
@@ -241,7 +307,7 @@ fn v6_aggregated(rng: &mut StdRng, n: usize) -> BTreeMap<IpNet, u32> {
 /// `n` distinct random IPv4 sources outside every list, and outside what a host's
 /// stack would not take as a source at all (0/8, loopback, multicast and above) and
 /// the namespaces' own documentation /24s. The packets never leave the veth pair.
-fn flood_sources(rng: &mut StdRng, members: &lists::Membership, n: usize) -> Vec<Ipv4Addr> {
+fn flood_sources_v4(rng: &mut StdRng, members: &lists::Membership, n: usize) -> Vec<IpAddr> {
     let special: Vec<Ipv4Net> = [
         "0.0.0.0/8",
         "127.0.0.0/8",
@@ -263,7 +329,23 @@ fn flood_sources(rng: &mut StdRng, members: &lists::Membership, n: usize) -> Vec
         {
             continue;
         }
-        out.push(addr);
+        out.push(addr.into());
+    }
+    out
+}
+
+/// `n` distinct random IPv6 sources in 2000::/3 (global unicast) outside every list
+/// and outside the namespaces' own documentation /32.
+fn flood_sources_v6(rng: &mut StdRng, members: &lists::Membership, n: usize) -> Vec<IpAddr> {
+    let own: Ipv6Net = "2001:db8::/32".parse().expect("a valid prefix");
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        for addr in lists::denied_v6(rng, members, n - out.len()) {
+            if !own.contains(&addr) && seen.insert(addr) {
+                out.push(addr.into());
+            }
+        }
     }
     out
 }
@@ -277,25 +359,17 @@ pub(crate) fn run(rounds: usize, window: Duration) -> Result<FloodReport> {
         bail!("the flood needs two CPUs (one sends, one receives); this process may use {cpus:?}");
     };
     eprintln!(
-        "flood: lists of {SMALL_V4} and {LARGE_V4} IPv4 (+ {LARGE_V6} IPv6) prefixes, {FLOOD_SOURCES} sources"
+        "flood: lists of {SMALL_V4} and {LARGE_V4} IPv4 (+ {LARGE_V6} IPv6) prefixes, {FLOOD_SOURCES} IPv4 and as many IPv6 sources"
     );
     let plan = Plan::new();
     let mut allowlists = Vec::new();
     for size in [Size::Small, Size::Large] {
         allowlists.push(Allowlist::load(plan.list(size))?);
     }
-    let cases: Vec<(Filter, Option<Size>)> = std::iter::once((Filter::None, None))
-        .chain(
-            [Filter::Nftables, Filter::Iptables, Filter::Allowlist]
-                .into_iter()
-                .flat_map(|f| [(f, Some(Size::Small)), (f, Some(Size::Large))]),
-        )
-        .collect();
-    let mut results: Vec<CaseResult> = cases
-        .iter()
-        .map(|&(filter, size)| CaseResult {
-            filter,
-            size,
+    let mut results: Vec<CaseResult> = Case::all()
+        .into_iter()
+        .map(|case| CaseResult {
+            case,
             samples: Vec::new(),
             loads: Vec::new(),
         })
@@ -307,27 +381,27 @@ pub(crate) fn run(rounds: usize, window: Duration) -> Result<FloodReport> {
     for round in 0..rounds {
         for result in &mut results {
             check_interrupted()?;
-            let allowlist = match (result.filter, result.size) {
+            let case = result.case;
+            let allowlist = match (case.filter, case.size) {
                 (Filter::Allowlist, Some(Size::Small)) => Some(&mut allowlists[0]),
                 (Filter::Allowlist, Some(Size::Large)) => Some(&mut allowlists[1]),
                 _ => None,
             };
             let (sample, load) =
-                flood_case(&plan, result.filter, result.size, allowlist, cpu, window)
-                    .with_context(|| {
-                        format!(
-                            "flood case {}{}",
-                            result.filter.label(),
-                            result
-                                .size
-                                .map_or(String::new(), |s| format!(", {s:?} list"))
-                        )
-                    })?;
+                flood_case(&plan, case, allowlist, cpu, window).with_context(|| {
+                    format!(
+                        "flood case {}{}, {} flood",
+                        case.filter.label(),
+                        case.size.map_or(String::new(), |s| format!(", {s:?} list")),
+                        case.family.label()
+                    )
+                })?;
             eprintln!(
-                "  round {} {:<45} {:>5} list: reached {:.2} Mpps, handled {:.2} Mpps, lost {:.1} %, softirq {:.0} ns/packet",
+                "  round {} {:<45} {:>5} list, {} flood: reached {:.2} Mpps, handled {:.2} Mpps, lost {:.1} %, softirq {:.0} ns/packet",
                 round + 1,
-                result.filter.label(),
-                result.size.map_or("-".to_owned(), |s| format!("{s:?}")),
+                case.filter.label(),
+                case.size.map_or("-".to_owned(), |s| format!("{s:?}")),
+                case.family.label(),
                 sample.offered / 1e6,
                 sample.handled() / 1e6,
                 sample.loss_share() * 100.0,
@@ -346,7 +420,7 @@ pub(crate) fn run(rounds: usize, window: Duration) -> Result<FloodReport> {
         sender_cpu,
         receive_cpu,
         max_backlog: stats::max_backlog()?,
-        sources: plan.frames.len() / sender::FRAME_LEN,
+        sources: plan.frames_v4.count(),
         elapsed: started.elapsed(),
     })
 }
@@ -386,6 +460,14 @@ fn world(cpu: usize) -> Result<World> {
     world
         .server
         .ip(&["route", "add", "default", "via", &CLIENT_A.to_string()]);
+    world.server.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &CLIENT_A6.to_string(),
+    ]);
     Ok(world)
 }
 
@@ -402,16 +484,20 @@ fn cpu_mask(cpu: usize) -> String {
         .join(",")
 }
 
-/// One flood reading of `filter` holding `size`'s list; also the time loading the
+/// One flood reading of `case`'s filter holding its list; also the time loading the
 /// list took (nftables and ipset: per world; the allowlist's was measured once).
 fn flood_case(
     plan: &Plan,
-    filter: Filter,
-    size: Option<Size>,
+    case: Case,
     mut allowlist: Option<&mut Allowlist>,
     cpu: Cpus,
     window: Duration,
 ) -> Result<(Sample, Option<Duration>)> {
+    let Case {
+        filter,
+        size,
+        family,
+    } = case;
     let world = world(cpu.receive)?;
     let list = size.map(|s| plan.list(s));
     let load = match (filter, list) {
@@ -431,7 +517,7 @@ fn flood_case(
         Some(program) => program.dropped()?,
         None => 0,
     };
-    let sample = measure(plan, &world, cpu, window, || match filter {
+    let sample = measure(plan.frames(family), &world, cpu, window, || match filter {
         Filter::None => Ok(None),
         Filter::Nftables => nft::dropped(&world).map(Some),
         Filter::Iptables => ipt::dropped(&world).map(Some),
@@ -456,7 +542,7 @@ fn flood_case(
 /// veth delivered since then: every one of them is TCP to :443 from an unlisted
 /// source.
 fn measure(
-    plan: &Plan,
+    frames: &Arc<Frames>,
     world: &World,
     cpu: Cpus,
     window: Duration,
@@ -465,7 +551,7 @@ fn measure(
     let mut sender = Sender::start(
         world.client.path(),
         &world.client_if,
-        plan.frames.clone(),
+        frames.clone(),
         cpu.sender,
     )?;
     wait(&mut sender, WARM_UP)?;

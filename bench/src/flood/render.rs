@@ -2,14 +2,16 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use super::{CaseResult, Filter, FloodReport, Sample, Size};
+use super::{Case, CaseResult, Family, Filter, FloodReport, Sample, Size};
 use crate::{median, median_duration};
 
-fn list_label(size: Option<Size>) -> &'static str {
-    match size {
-        None => "–",
-        Some(Size::Small) => "50 IPv4",
-        Some(Size::Large) => "100,000 IPv4 (+ 10,000 IPv6)",
+/// The list a case's filter holds, the flooded family's prefixes first.
+fn list_label(case: Case) -> &'static str {
+    match (case.size, case.family) {
+        (None, _) => "–",
+        (Some(Size::Small), _) => "50 IPv4",
+        (Some(Size::Large), Family::V4) => "100,000 IPv4 (+ 10,000 IPv6)",
+        (Some(Size::Large), Family::V6) => "10,000 IPv6 (+ 100,000 IPv4)",
     }
 }
 
@@ -49,19 +51,28 @@ fn ms(d: Duration) -> String {
 /// The two tables: the flood, and the time to load and change the lists.
 pub(crate) fn table(report: &FloodReport) -> String {
     let mut t = String::new();
-    let base = report.case(Filter::None, None);
-    let base_handled = base.map(|c| med(c, Sample::handled));
-    let base_softirq = base.map(|c| med(c, |s| s.softirq_ns));
     let _ = writeln!(
         t,
-        "| flood: filter | list | reached the veth | dropped by the filter (no filter: taken by the stack) | ÷ no filter | ÷ nftables | backlog losses (share of what reached the veth) | softirq per packet | ÷ no filter | ÷ nftables | receive CPU in softirq |"
+        "| flood: filter | sources | list | reached the veth | dropped by the filter (no filter: taken by the stack) | ÷ no filter | ÷ nftables | backlog losses (share of what reached the veth) | softirq per packet | ÷ no filter | ÷ nftables | receive CPU in softirq |"
     );
-    let _ = writeln!(t, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(t, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for case in &report.cases {
-        let nft = report.case(Filter::Nftables, case.size);
+        // The baselines: no filter, and nftables holding the same list, both flooded
+        // from the same family.
+        let base = report.case(Case {
+            filter: Filter::None,
+            size: None,
+            family: case.case.family,
+        });
+        let base_handled = base.map(|c| med(c, Sample::handled));
+        let base_softirq = base.map(|c| med(c, |s| s.softirq_ns));
+        let nft = report.case(Case {
+            filter: Filter::Nftables,
+            ..case.case
+        });
         let handled = med(case, Sample::handled);
         let softirq = med(case, |s| s.softirq_ns);
-        let (nft_handled, nft_softirq) = match (case.filter, nft) {
+        let (nft_handled, nft_softirq) = match (case.case.filter, nft) {
             (Filter::None | Filter::Nftables, _) | (_, None) => (None, None),
             (_, Some(n)) => (
                 Some(med(n, Sample::handled)),
@@ -70,12 +81,13 @@ pub(crate) fn table(report: &FloodReport) -> String {
         };
         let _ = writeln!(
             t,
-            "| {} | {} | {:.2} Mpps | {:.2} Mpps | {} | {} | {:.1} % | {:.0} ns | {} | {} | {:.0} % |",
-            case.filter.label(),
-            list_label(case.size),
+            "| {} | {} | {} | {:.2} Mpps | {:.2} Mpps | {} | {} | {:.1} % | {:.0} ns | {} | {} | {:.0} % |",
+            case.case.filter.label(),
+            case.case.family.label(),
+            list_label(case.case),
             med(case, |s| s.offered) / 1e6,
             handled / 1e6,
-            if case.filter == Filter::None {
+            if case.case.filter == Filter::None {
                 "1.00×".to_owned()
             } else {
                 ratio(handled, base_handled)
@@ -83,7 +95,7 @@ pub(crate) fn table(report: &FloodReport) -> String {
             ratio(handled, nft_handled),
             med(case, Sample::loss_share) * 100.0,
             softirq,
-            if case.filter == Filter::None {
+            if case.case.filter == Filter::None {
                 "1.00×".to_owned()
             } else {
                 ratio(softirq, base_softirq)
@@ -130,7 +142,11 @@ pub(crate) fn table(report: &FloodReport) -> String {
     for size in [Size::Small, Size::Large] {
         let load = |filter| {
             report
-                .case(filter, Some(size))
+                .case(Case {
+                    filter,
+                    size: Some(size),
+                    family: Family::V4,
+                })
                 .filter(|c| !c.loads.is_empty())
                 .map(|c| median_duration(&c.loads))
         };
@@ -142,7 +158,11 @@ pub(crate) fn table(report: &FloodReport) -> String {
             let _ = writeln!(
                 t,
                 "| loading the {} list into an empty filter | {} (the table) | | {} (with the rule) | {} | {} | | {} |",
-                list_label(Some(size)),
+                list_label(Case {
+                    filter: Filter::None,
+                    size: Some(size),
+                    family: Family::V4,
+                }),
                 ms(n),
                 ms(i),
                 ms(a),
@@ -181,7 +201,7 @@ pub(crate) fn section(report: &FloodReport) -> String {
     let _ = writeln!(t, "## Flood comparison\n");
     let _ = writeln!(
         t,
-        "Measured in {:.0} s: {} rounds of every case, {:.0} s windows, {} distinct random sources, none of them listed. The sender is one thread pinned to CPU {} and reached {:.2}–{:.2} Mpps (median {:.2}); the receive path is moved to CPU {} by RPS on the server's veth, so that the filters and the stack run on a CPU of their own. On a veth, XDP runs on the receive CPU only in generic (skb) mode: native veth XDP runs in the veth's NAPI on the sending CPU, before RPS. Every filter here therefore runs on the same CPU at the same point of the same path, and the allowlist's figures are those of generic XDP, which pays for an skb (and here a copy of the frame to make XDP headroom) before the program runs; native XDP on a real NIC would run before that. netdev_max_backlog = {}. See \"How the flood comparison is measured\" below.\n",
+        "Measured in {:.0} s: {} rounds of every case, {:.0} s windows, {} distinct random IPv4 sources and as many IPv6 ones, none of them listed. The sender is one thread pinned to CPU {} and reached {:.2}–{:.2} Mpps (median {:.2}); the receive path is moved to CPU {} by RPS on the server's veth, so that the filters and the stack run on a CPU of their own. On a veth, XDP runs on the receive CPU only in generic (skb) mode: native veth XDP runs in the veth's NAPI on the sending CPU, before RPS. Every filter here therefore runs on the same CPU at the same point of the same path, and the allowlist's figures are those of generic XDP, which pays for an skb (and here a copy of the frame to make XDP headroom) before the program runs; native XDP on a real NIC would run before that. netdev_max_backlog = {}. See \"How the flood comparison is measured\" below.\n",
         report.elapsed.as_secs_f64(),
         report.rounds,
         report.window.as_secs_f64(),
@@ -206,8 +226,8 @@ pub(crate) fn spread(report: &FloodReport) -> String {
         "Per round (dropped or taken by the stack, Mpps / softirq ns per packet / backlog losses as softnet_stat counts them for CPU {}, every interface, Mpps):\n",
         report.receive_cpu
     );
-    let _ = writeln!(t, "| filter | list | rounds |");
-    let _ = writeln!(t, "|---|---|---|");
+    let _ = writeln!(t, "| filter | sources | list | rounds |");
+    let _ = writeln!(t, "|---|---|---|---|");
     for case in &report.cases {
         let rounds: Vec<String> = case
             .samples
@@ -223,9 +243,10 @@ pub(crate) fn spread(report: &FloodReport) -> String {
             .collect();
         let _ = writeln!(
             t,
-            "| {} | {} | {} |",
-            case.filter.label(),
-            list_label(case.size),
+            "| {} | {} | {} | {} |",
+            case.case.filter.label(),
+            case.case.family.label(),
+            list_label(case.case),
             rounds.join("; ")
         );
     }

@@ -9,7 +9,7 @@
 //! a veth has no qdisc anyway) and the send buffer is raised well above the backlog.
 
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     path::PathBuf,
     sync::{
         Arc,
@@ -20,34 +20,63 @@ use std::{
 
 use allowlist_tests::{
     netns::enter,
-    world::{CLIENT_MAC, SERVER_MAC, SERVER_V4},
+    world::{CLIENT_MAC, SERVER_MAC, SERVER_V4, SERVER_V6},
 };
 use anyhow::{Context as _, Result, bail};
 use rand::{Rng as _, rngs::StdRng};
 
 /// Frames per `sendmmsg` call.
 const BATCH: usize = 64;
-/// Every flood frame: Ethernet, IPv4 without options, TCP without options.
-pub(crate) const FRAME_LEN: usize = 54;
+/// A flood frame: Ethernet, IPv4 without options or IPv6 without extension headers,
+/// TCP without options.
+const FRAME_LEN_V4: usize = 54;
+const FRAME_LEN_V6: usize = 74;
 /// The send buffer: far above what the backlog can hold (1,000 frames of about
 /// 800 bytes of truesize each), so the sender never waits for the receiver.
 const SEND_BUFFER: libc::c_int = 64 << 20;
 
-/// SYNs to the server's :443 from `sources`, one frame each, with random source ports
-/// and sequence numbers; the pool is rounded down to whole batches.
-pub(crate) fn syn_frames(rng: &mut StdRng, sources: &[Ipv4Addr]) -> Vec<u8> {
-    let whole = sources.len() / BATCH * BATCH;
-    let mut out = Vec::with_capacity(whole * FRAME_LEN);
-    for src in &sources[..whole] {
-        let builder = etherparse::PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
-            .ipv4(src.octets(), SERVER_V4.octets(), 64)
-            .tcp(rng.random_range(1024..=65535), 443, rng.random(), 64240)
-            .syn();
-        let before = out.len();
-        builder.write(&mut out, &[]).expect("build a SYN");
-        debug_assert_eq!(out.len() - before, FRAME_LEN);
+/// The frames a flood sends round and round: whole batches of frames of one length.
+pub(crate) struct Frames {
+    bytes: Vec<u8>,
+    len: usize,
+}
+
+impl Frames {
+    /// SYNs to the server's :443 (its IPv4 address, or its IPv6 one) from `sources`,
+    /// one frame each, with random source ports and sequence numbers; the pool is
+    /// rounded down to whole batches. The sources must be of one family, so that the
+    /// frames are of one length.
+    pub(crate) fn syns(rng: &mut StdRng, sources: &[IpAddr]) -> Self {
+        let whole = sources.len() / BATCH * BATCH;
+        let len = match sources.first() {
+            Some(IpAddr::V6(_)) => FRAME_LEN_V6,
+            _ => FRAME_LEN_V4,
+        };
+        let mut bytes = Vec::with_capacity(whole * len);
+        for src in &sources[..whole] {
+            let eth = etherparse::PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC);
+            let ip = match src {
+                IpAddr::V4(src) => eth.ipv4(src.octets(), SERVER_V4.octets(), 64),
+                IpAddr::V6(src) => eth.ipv6(src.octets(), SERVER_V6.octets(), 64),
+            };
+            let builder = ip
+                .tcp(rng.random_range(1024..=65535), 443, rng.random(), 64240)
+                .syn();
+            let before = bytes.len();
+            builder.write(&mut bytes, &[]).expect("build a SYN");
+            assert_eq!(
+                bytes.len() - before,
+                len,
+                "a flood's sources are of one family"
+            );
+        }
+        Self { bytes, len }
     }
-    out
+
+    /// Frames in the pool.
+    pub(crate) fn count(&self) -> usize {
+        self.bytes.len() / self.len
+    }
 }
 
 /// A running flood; stopped (and its thread joined) by [`Sender::stop`] or on drop.
@@ -57,18 +86,20 @@ pub(crate) struct Sender {
 }
 
 impl Sender {
-    /// Starts sending `frames` (whole [`FRAME_LEN`] frames, a multiple of the batch),
-    /// round and round, out of `interface` in the namespace at `netns`, from a thread
+    /// Starts sending `frames` (a multiple of the batch), round and round, out of `interface` in the namespace at `netns`, from a thread
     /// pinned to `cpu`.
     pub(crate) fn start(
         netns: PathBuf,
         interface: &str,
-        frames: Arc<Vec<u8>>,
+        frames: Arc<Frames>,
         cpu: usize,
     ) -> Result<Self> {
-        let count = frames.len() / FRAME_LEN;
-        if count == 0 || !count.is_multiple_of(BATCH) || !frames.len().is_multiple_of(FRAME_LEN) {
-            bail!("the flood needs whole batches of {BATCH} frames of {FRAME_LEN} bytes");
+        let count = frames.count();
+        if count == 0
+            || !count.is_multiple_of(BATCH)
+            || !frames.bytes.len().is_multiple_of(frames.len)
+        {
+            bail!("the flood needs whole batches of {BATCH} frames of one length");
         }
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
@@ -194,13 +225,14 @@ impl PacketSocket {
 
     /// Sends `frames` round and round until `stop`. A frame the veth refuses (its
     /// peer's backlog is full: counted as a loss there) is sent again.
-    fn flood(&self, frames: &[u8], stop: &AtomicBool) -> Result<()> {
-        let count = frames.len() / FRAME_LEN;
+    fn flood(&self, frames: &Frames, stop: &AtomicBool) -> Result<()> {
+        let count = frames.count();
         let mut iovecs: Vec<libc::iovec> = frames
-            .chunks_exact(FRAME_LEN)
+            .bytes
+            .chunks_exact(frames.len)
             .map(|frame| libc::iovec {
                 iov_base: frame.as_ptr().cast_mut().cast(),
-                iov_len: FRAME_LEN,
+                iov_len: frames.len,
             })
             .collect();
         let mut messages: Vec<libc::mmsghdr> = iovecs
