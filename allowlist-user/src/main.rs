@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     // `systemctl reload` right after the start must be held, not fatal. Blocked here,
     // before any thread exists, it stays pending until `agent::run` unblocks it.
     agent::hold_reload_signal();
+    agent::return_large_blocks_when_freed();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run(_)) {
         agent::release_reload_signal();
