@@ -28,6 +28,7 @@ use std::{
 
 use allowlist_tests::world::{CLIENT_A, CLIENT_A6, World};
 use anyhow::{Context as _, Result, bail};
+use aya::programs::XdpMode;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::{Rng as _, rngs::StdRng, seq::SliceRandom as _};
 
@@ -59,6 +60,9 @@ pub(crate) enum Filter {
     Nftables,
     Iptables,
     Allowlist,
+    /// The allowlist in native mode: on a veth it runs in the veth's NAPI poll, on the
+    /// sending CPU, so it is measured with the receive path on that CPU only.
+    AllowlistNative,
 }
 
 impl Filter {
@@ -68,6 +72,7 @@ impl Filter {
             Filter::Nftables => "nftables (netdev ingress, interval sets)",
             Filter::Iptables => "iptables + ipset hash:net (raw PREROUTING)",
             Filter::Allowlist => "allowlist (XDP, generic mode)",
+            Filter::AllowlistNative => "allowlist (XDP, native mode)",
         }
     }
 }
@@ -94,38 +99,80 @@ impl Family {
     }
 }
 
+/// Which CPU the server's receive path runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Receiver {
+    /// RPS moves every frame to the other CPU's backlog, as a NIC queue steered to
+    /// another CPU would: the filters run on a CPU of their own, and a receive CPU that
+    /// is not saturated is woken by an inter-processor interrupt for a few frames at a
+    /// time.
+    OtherCpu,
+    /// No RPS: the veth delivers each frame on the sending CPU, whose softirq runs the
+    /// receive path between the sender's system calls. No interrupts between CPUs, and
+    /// the sender slows down by what the receive path costs; native XDP runs here too.
+    SenderCpu,
+}
+
+impl Receiver {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Receiver::OtherCpu => "own CPU (RPS)",
+            Receiver::SenderCpu => "sender's CPU",
+        }
+    }
+}
+
 /// One flood case: a filter holding a list (none for no filter), flooded from
-/// sources of one family.
+/// sources of one family, received on one of the CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Case {
     pub filter: Filter,
     pub size: Option<Size>,
     pub family: Family,
+    pub receiver: Receiver,
 }
 
 impl Case {
-    /// Every case, in the order measured and shown: the IPv4 flood on every filter and
-    /// list, then the IPv6 flood on the large list (which holds the IPv6 prefixes) for
-    /// the filters that take IPv6: nftables and the allowlist (the ipset is
-    /// `family inet`).
+    /// Every case, in the order measured and shown. With the receive path on its own
+    /// CPU: the IPv4 flood on every filter and list, then the IPv6 flood on the large
+    /// list (which holds the IPv6 prefixes) for the filters that take IPv6: nftables
+    /// and the allowlist (the ipset is `family inet`). With it on the sender's CPU:
+    /// the large list only, and the allowlist in native mode beside generic.
     fn all() -> Vec<Case> {
-        let v4 = std::iter::once((Filter::None, None)).chain(
-            [Filter::Nftables, Filter::Iptables, Filter::Allowlist]
+        use Filter::{Allowlist, AllowlistNative, Iptables, Nftables};
+        let large = Some(Size::Large);
+        let other_v4 = std::iter::once((Filter::None, None)).chain(
+            [Nftables, Iptables, Allowlist]
                 .into_iter()
-                .flat_map(|f| [(f, Some(Size::Small)), (f, Some(Size::Large))]),
+                .flat_map(|f| [(f, Some(Size::Small)), (f, large)]),
         );
-        let v6 = [
+        let other_v6 = [(Filter::None, None), (Nftables, large), (Allowlist, large)];
+        let same_v4 = [
             (Filter::None, None),
-            (Filter::Nftables, Some(Size::Large)),
-            (Filter::Allowlist, Some(Size::Large)),
+            (Nftables, large),
+            (Iptables, large),
+            (Allowlist, large),
+            (AllowlistNative, large),
         ];
-        v4.map(|(filter, size)| (filter, size, Family::V4))
-            .chain(v6.map(|(filter, size)| (filter, size, Family::V6)))
-            .map(|(filter, size, family)| Case {
+        let same_v6 = [
+            (Filter::None, None),
+            (Nftables, large),
+            (Allowlist, large),
+            (AllowlistNative, large),
+        ];
+        let with = |family, receiver| {
+            move |(filter, size)| Case {
                 filter,
                 size,
                 family,
-            })
+                receiver,
+            }
+        };
+        other_v4
+            .map(with(Family::V4, Receiver::OtherCpu))
+            .chain(other_v6.map(with(Family::V6, Receiver::OtherCpu)))
+            .chain(same_v4.map(with(Family::V4, Receiver::SenderCpu)))
+            .chain(same_v6.map(with(Family::V6, Receiver::SenderCpu)))
             .collect()
     }
 }
@@ -383,25 +430,31 @@ pub(crate) fn run(rounds: usize, window: Duration) -> Result<FloodReport> {
             check_interrupted()?;
             let case = result.case;
             let allowlist = match (case.filter, case.size) {
-                (Filter::Allowlist, Some(Size::Small)) => Some(&mut allowlists[0]),
-                (Filter::Allowlist, Some(Size::Large)) => Some(&mut allowlists[1]),
+                (Filter::Allowlist | Filter::AllowlistNative, Some(Size::Small)) => {
+                    Some(&mut allowlists[0])
+                }
+                (Filter::Allowlist | Filter::AllowlistNative, Some(Size::Large)) => {
+                    Some(&mut allowlists[1])
+                }
                 _ => None,
             };
             let (sample, load) =
                 flood_case(&plan, case, allowlist, cpu, window).with_context(|| {
                     format!(
-                        "flood case {}{}, {} flood",
+                        "flood case {}{}, {} flood, received on the {}",
                         case.filter.label(),
                         case.size.map_or(String::new(), |s| format!(", {s:?} list")),
-                        case.family.label()
+                        case.family.label(),
+                        case.receiver.label()
                     )
                 })?;
             eprintln!(
-                "  round {} {:<45} {:>5} list, {} flood: reached {:.2} Mpps, handled {:.2} Mpps, lost {:.1} %, softirq {:.0} ns/packet",
+                "  round {} {:<40} {:>5} list, {} flood, {:<13}: reached {:.2} Mpps, handled {:.2} Mpps, lost {:.1} %, softirq {:.0} ns/packet",
                 round + 1,
                 case.filter.label(),
                 case.size.map_or("-".to_owned(), |s| format!("{s:?}")),
                 case.family.label(),
+                case.receiver.label(),
                 sample.offered / 1e6,
                 sample.handled() / 1e6,
                 sample.loss_share() * 100.0,
@@ -431,10 +484,44 @@ struct Cpus {
     receive: usize,
 }
 
-/// Fresh namespaces whose server end hands every received frame to `cpu`'s backlog
-/// (RPS), as a NIC with one queue steered to another CPU would.
-fn world(cpu: usize) -> Result<World> {
+impl Cpus {
+    /// The CPU the receive path runs on.
+    fn receiving(self, receiver: Receiver) -> usize {
+        match receiver {
+            Receiver::OtherCpu => self.receive,
+            Receiver::SenderCpu => self.sender,
+        }
+    }
+}
+
+/// Fresh namespaces whose server end hands every received frame to `rps`'s backlog
+/// (RPS), as a NIC with one queue steered to another CPU would; with no `rps`, frames
+/// are received on the CPU that sends them.
+fn world(rps: Option<usize>) -> Result<World> {
     let world = World::new();
+    if let Some(cpu) = rps {
+        steer(&world, cpu)?;
+    }
+    // A route back to every source, as a server has: without one the stack would
+    // give up on each SYN-ACK at the route lookup and the no-filter case would cost
+    // less than a real host pays. The client namespace drops the SYN-ACKs (they are
+    // not its addresses and it does not forward).
+    world
+        .server
+        .ip(&["route", "add", "default", "via", &CLIENT_A.to_string()]);
+    world.server.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &CLIENT_A6.to_string(),
+    ]);
+    Ok(world)
+}
+
+/// Sets the server end's RPS mask to `cpu` alone.
+fn steer(world: &World, cpu: usize) -> Result<()> {
     let mask = cpu_mask(cpu);
     // sysfs shows the namespace's devices only when mounted inside it, as
     // `ip netns exec` does.
@@ -453,22 +540,7 @@ fn world(cpu: usize) -> Result<World> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    // A route back to every source, as a server has: without one the stack would
-    // give up on each SYN-ACK at the route lookup and the no-filter case would cost
-    // less than a real host pays. The client namespace drops the SYN-ACKs (they are
-    // not its addresses and it does not forward).
-    world
-        .server
-        .ip(&["route", "add", "default", "via", &CLIENT_A.to_string()]);
-    world.server.ip(&[
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        &CLIENT_A6.to_string(),
-    ]);
-    Ok(world)
+    Ok(())
 }
 
 /// The sysfs CPU mask holding `cpu` alone: hex, in comma-separated 32-bit groups.
@@ -497,16 +569,25 @@ fn flood_case(
         filter,
         size,
         family,
+        receiver,
     } = case;
-    let world = world(cpu.receive)?;
+    let world = world(match receiver {
+        Receiver::OtherCpu => Some(cpu.receive),
+        Receiver::SenderCpu => None,
+    })?;
     let list = size.map(|s| plan.list(s));
     let load = match (filter, list) {
         (Filter::None, _) => None,
         (Filter::Nftables, Some(list)) => Some(nft::install(&world, list)?),
         (Filter::Iptables, Some(list)) => Some(ipt::install(&world, list)?),
-        (Filter::Allowlist, Some(_)) => {
+        (Filter::Allowlist | Filter::AllowlistNative, Some(_)) => {
             let program = allowlist.as_deref_mut().context("the allowlist instance")?;
-            program.attach(&world)?;
+            let mode = if filter == Filter::AllowlistNative {
+                XdpMode::Driver
+            } else {
+                XdpMode::Skb
+            };
+            program.attach(&world, mode)?;
             Some(program.load_time)
         }
         (_, None) => bail!("{filter:?} needs a list"),
@@ -517,11 +598,12 @@ fn flood_case(
         Some(program) => program.dropped()?,
         None => 0,
     };
-    let sample = measure(plan.frames(family), &world, cpu, window, || match filter {
+    let cpus = (cpu.sender, cpu.receiving(receiver));
+    let sample = measure(plan.frames(family), &world, cpus, window, || match filter {
         Filter::None => Ok(None),
         Filter::Nftables => nft::dropped(&world).map(Some),
         Filter::Iptables => ipt::dropped(&world).map(Some),
-        Filter::Allowlist => Ok(Some(
+        Filter::Allowlist | Filter::AllowlistNative => Ok(Some(
             allowlist
                 .as_deref()
                 .context("the allowlist instance")?
@@ -536,15 +618,15 @@ fn flood_case(
     Ok((sample?, load))
 }
 
-/// Floods `world` for the warm-up and the window and reads the counters around the
-/// window. Once the flood has stopped and the backlog drained, `dropped` (the
+/// Floods `world` from the first CPU of `(sender, receiver)` for the warm-up and the
+/// window and reads the counters around the window, the second's CPU time among them. Once the flood has stopped and the backlog drained, `dropped` (the
 /// filter's own counter since the world was created) must account for the frames the
 /// veth delivered since then: every one of them is TCP to :443 from an unlisted
 /// source.
 fn measure(
     frames: &Arc<Frames>,
     world: &World,
-    cpu: Cpus,
+    (sender_cpu, receive_cpu): (usize, usize),
     window: Duration,
     dropped: impl Fn() -> Result<Option<u64>>,
 ) -> Result<Sample> {
@@ -552,15 +634,15 @@ fn measure(
         world.client.path(),
         &world.client_if,
         frames.clone(),
-        cpu.sender,
+        sender_cpu,
     )?;
     wait(&mut sender, WARM_UP)?;
-    let before = Snapshot::take(&world.server, &world.server_if, cpu.receive)?;
+    let before = Snapshot::take(&world.server, &world.server_if, receive_cpu)?;
     wait(&mut sender, window)?;
-    let after = Snapshot::take(&world.server, &world.server_if, cpu.receive)?;
+    let after = Snapshot::take(&world.server, &world.server_if, receive_cpu)?;
     sender.stop()?;
     std::thread::sleep(DRAIN);
-    let end = Snapshot::take(&world.server, &world.server_if, cpu.receive)?;
+    let end = Snapshot::take(&world.server, &world.server_if, receive_cpu)?;
     let share = match dropped()? {
         Some(filtered) => {
             // A few frames of the namespace's own (IPv6 neighbour discovery) are
@@ -632,7 +714,7 @@ fn change_times(plan: &Plan, allowlist: &mut Allowlist) -> Result<Vec<ChangeResu
         .collect();
     eprintln!("flood: applying changes of {CHANGES:?} prefixes to the {LARGE_V4}-prefix lists");
     {
-        let world = world(0)?;
+        let world = world(None)?;
         nft::install(&world, &plan.large)?;
         for result in &mut results {
             let (forward, back) = plan.change(result.size);
@@ -656,7 +738,7 @@ fn change_times(plan: &Plan, allowlist: &mut Allowlist) -> Result<Vec<ChangeResu
         }
     }
     {
-        let world = world(0)?;
+        let world = world(None)?;
         ipt::install(&world, &plan.large)?;
         for result in &mut results {
             let (forward, back) = plan.change(result.size);

@@ -313,8 +313,8 @@ impl Allowlist {
             .try_into()?)
     }
 
-    /// Attaches the program (generic XDP) to the server's interface of `world`.
-    pub(crate) fn attach(&mut self, world: &World) -> Result<()> {
+    /// Attaches the program in `mode` to the server's interface of `world`.
+    pub(crate) fn attach(&mut self, world: &World, mode: XdpMode) -> Result<()> {
         let path = world.server.path();
         let interface = world.server_if.clone();
         let program = self.program()?;
@@ -323,7 +323,7 @@ impl Allowlist {
                 .spawn(move || -> Result<XdpLinkId> {
                     enter(&path).context("join the server namespace")?;
                     program
-                        .attach(&interface, XdpMode::Skb)
+                        .attach(&interface, mode)
                         .with_context(|| format!("attach the allowlist to {interface}"))
                 })
                 .join()

@@ -2,7 +2,7 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use super::{Case, CaseResult, Family, Filter, FloodReport, Sample, Size};
+use super::{Case, CaseResult, Family, Filter, FloodReport, Receiver, Sample, Size};
 use crate::{median, median_duration};
 
 /// The list a case's filter holds, the flooded family's prefixes first.
@@ -53,16 +53,16 @@ pub(crate) fn table(report: &FloodReport) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| flood: filter | sources | list | reached the veth | dropped by the filter (no filter: taken by the stack) | ÷ no filter | ÷ nftables | backlog losses (share of what reached the veth) | softirq per packet | ÷ no filter | ÷ nftables | receive CPU in softirq |"
+        "| flood: filter | sources | list | receive path on | reached the veth | dropped by the filter (no filter: taken by the stack) | ÷ no filter | ÷ nftables | backlog losses (share of what reached the veth) | softirq per packet | ÷ no filter | ÷ nftables | receive CPU in softirq |"
     );
-    let _ = writeln!(t, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(t, "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for case in &report.cases {
         // The baselines: no filter, and nftables holding the same list, both flooded
-        // from the same family.
+        // from the same family and received on the same CPU.
         let base = report.case(Case {
             filter: Filter::None,
             size: None,
-            family: case.case.family,
+            ..case.case
         });
         let base_handled = base.map(|c| med(c, Sample::handled));
         let base_softirq = base.map(|c| med(c, |s| s.softirq_ns));
@@ -81,10 +81,11 @@ pub(crate) fn table(report: &FloodReport) -> String {
         };
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {:.2} Mpps | {:.2} Mpps | {} | {} | {:.1} % | {:.0} ns | {} | {} | {:.0} % |",
+            "| {} | {} | {} | {} | {:.2} Mpps | {:.2} Mpps | {} | {} | {:.1} % | {:.0} ns | {} | {} | {:.0} % |",
             case.case.filter.label(),
             case.case.family.label(),
             list_label(case.case),
+            case.case.receiver.label(),
             med(case, |s| s.offered) / 1e6,
             handled / 1e6,
             if case.case.filter == Filter::None {
@@ -146,6 +147,7 @@ pub(crate) fn table(report: &FloodReport) -> String {
                     filter,
                     size: Some(size),
                     family: Family::V4,
+                    receiver: Receiver::OtherCpu,
                 })
                 .filter(|c| !c.loads.is_empty())
                 .map(|c| median_duration(&c.loads))
@@ -162,6 +164,7 @@ pub(crate) fn table(report: &FloodReport) -> String {
                     filter: Filter::None,
                     size: Some(size),
                     family: Family::V4,
+                    receiver: Receiver::OtherCpu,
                 }),
                 ms(n),
                 ms(i),
@@ -201,7 +204,7 @@ pub(crate) fn section(report: &FloodReport) -> String {
     let _ = writeln!(t, "## Flood comparison\n");
     let _ = writeln!(
         t,
-        "Measured in {:.0} s: {} rounds of every case, {:.0} s windows, {} distinct random IPv4 sources and as many IPv6 ones, none of them listed. The sender is one thread pinned to CPU {} and reached {:.2}–{:.2} Mpps (median {:.2}); the receive path is moved to CPU {} by RPS on the server's veth, so that the filters and the stack run on a CPU of their own. On a veth, XDP runs on the receive CPU only in generic (skb) mode: native veth XDP runs in the veth's NAPI on the sending CPU, before RPS. Every filter here therefore runs on the same CPU at the same point of the same path, and the allowlist's figures are those of generic XDP, which pays for an skb (and here a copy of the frame to make XDP headroom) before the program runs; native XDP on a real NIC would run before that. netdev_max_backlog = {}. See \"How the flood comparison is measured\" below.\n",
+        "Measured in {:.0} s: {} rounds of every case, {:.0} s windows, {} distinct random IPv4 sources and as many IPv6 ones, none of them listed. The sender is one thread pinned to CPU {} and reached {:.2}–{:.2} Mpps (median {:.2}). The receive path runs in one of two places. On its own CPU: RPS on the server's veth moves it to CPU {}, so that the filters and the stack run on a CPU of their own; there XDP runs only in generic (skb) mode (native veth XDP runs in the veth's NAPI on the sending CPU, before RPS), and every filter runs on the same CPU at the same point of the same path. On the sender's CPU: no RPS, the veth delivers each frame in the sending CPU's own softirq, with no interrupts between CPUs, and the sender slows down by what the receive path costs; the allowlist is measured there in native mode too. Generic XDP pays for an skb (and here a copy of the frame to make XDP headroom) before the program runs; native XDP on a veth still receives the sender's skb, but on a real NIC it would run before any skb exists. netdev_max_backlog = {}. See \"How the flood comparison is measured\" below.\n",
         report.elapsed.as_secs_f64(),
         report.rounds,
         report.window.as_secs_f64(),
@@ -223,11 +226,10 @@ pub(crate) fn spread(report: &FloodReport) -> String {
     let _ = writeln!(t, "## Flood rounds\n");
     let _ = writeln!(
         t,
-        "Per round (dropped or taken by the stack, Mpps / softirq ns per packet / backlog losses as softnet_stat counts them for CPU {}, every interface, Mpps):\n",
-        report.receive_cpu
+        "Per round (dropped or taken by the stack, Mpps / softirq ns per packet / backlog losses as softnet_stat counts them for the receiving CPU, every interface, Mpps):\n"
     );
-    let _ = writeln!(t, "| filter | sources | list | rounds |");
-    let _ = writeln!(t, "|---|---|---|---|");
+    let _ = writeln!(t, "| filter | sources | list | receive path on | rounds |");
+    let _ = writeln!(t, "|---|---|---|---|---|");
     for case in &report.cases {
         let rounds: Vec<String> = case
             .samples
@@ -243,10 +245,11 @@ pub(crate) fn spread(report: &FloodReport) -> String {
             .collect();
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             case.case.filter.label(),
             case.case.family.label(),
             list_label(case.case),
+            case.case.receiver.label(),
             rounds.join("; ")
         );
     }
