@@ -109,7 +109,7 @@ pub fn release_reload_signal() {
 /// refreshes the agent kept them all: 46 MiB resident where 34 MiB were in use
 /// (`cargo xtask bench -- --only agent`). Fixing the threshold at glibc's default
 /// (128 KiB) turns the raising off: large blocks are always mapped and go back to the
-/// system when freed. Call it first thing in `main`, before any thread allocates.
+/// system when freed. Call it in `main` before any thread exists.
 pub fn return_large_blocks_when_freed() {
     #[cfg(target_env = "gnu")]
     {

@@ -66,6 +66,15 @@ pub(crate) enum Filter {
 }
 
 impl Filter {
+    /// The mode the allowlist attaches in; `None` for the other filters.
+    fn xdp_mode(self) -> Option<XdpMode> {
+        match self {
+            Filter::Allowlist => Some(XdpMode::Skb),
+            Filter::AllowlistNative => Some(XdpMode::Driver),
+            Filter::None | Filter::Nftables | Filter::Iptables => None,
+        }
+    }
+
     pub(crate) fn label(self) -> &'static str {
         match self {
             Filter::None => "no filter",
@@ -106,7 +115,7 @@ pub(crate) enum Receiver {
     /// another CPU would: the filters run on a CPU of their own, and a receive CPU that
     /// is not saturated is woken by an inter-processor interrupt for a few frames at a
     /// time.
-    OtherCpu,
+    OwnCpu,
     /// No RPS: the veth delivers each frame on the sending CPU, whose softirq runs the
     /// receive path between the sender's system calls. No interrupts between CPUs, and
     /// the sender slows down by what the receive path costs; native XDP runs here too.
@@ -116,7 +125,7 @@ pub(crate) enum Receiver {
 impl Receiver {
     pub(crate) fn label(self) -> &'static str {
         match self {
-            Receiver::OtherCpu => "own CPU (RPS)",
+            Receiver::OwnCpu => "own CPU (RPS)",
             Receiver::SenderCpu => "sender's CPU",
         }
     }
@@ -169,8 +178,8 @@ impl Case {
             }
         };
         other_v4
-            .map(with(Family::V4, Receiver::OtherCpu))
-            .chain(other_v6.map(with(Family::V6, Receiver::OtherCpu)))
+            .map(with(Family::V4, Receiver::OwnCpu))
+            .chain(other_v6.map(with(Family::V6, Receiver::OwnCpu)))
             .chain(same_v4.map(with(Family::V4, Receiver::SenderCpu)))
             .chain(same_v6.map(with(Family::V6, Receiver::SenderCpu)))
             .collect()
@@ -240,6 +249,8 @@ pub(crate) struct FloodReport {
     pub changes: Vec<ChangeResult>,
     pub rounds: usize,
     pub window: Duration,
+    /// The sender's pace (frames per second), if it was paced.
+    pub rate: Option<u64>,
     pub sender_cpu: usize,
     pub receive_cpu: usize,
     pub max_backlog: u64,
@@ -399,7 +410,7 @@ fn flood_sources_v6(rng: &mut StdRng, members: &lists::Membership, n: usize) -> 
 
 /// Runs every flood case `rounds` times (interleaved, each case in fresh
 /// namespaces), then the change measurements.
-pub(crate) fn run(rounds: usize, window: Duration) -> Result<FloodReport> {
+pub(crate) fn run(rounds: usize, window: Duration, rate: Option<u64>) -> Result<FloodReport> {
     let started = Instant::now();
     let cpus = stats::allowed_cpus()?;
     let [sender_cpu, receive_cpu, ..] = cpus[..] else {
@@ -421,33 +432,32 @@ pub(crate) fn run(rounds: usize, window: Duration) -> Result<FloodReport> {
             loads: Vec::new(),
         })
         .collect();
-    let cpu = Cpus {
-        sender: sender_cpu,
-        receive: receive_cpu,
+    let flood = Flood {
+        cpus: Cpus {
+            sender: sender_cpu,
+            receive: receive_cpu,
+        },
+        window,
+        rate,
     };
     for round in 0..rounds {
         for result in &mut results {
             check_interrupted()?;
             let case = result.case;
-            let allowlist = match (case.filter, case.size) {
-                (Filter::Allowlist | Filter::AllowlistNative, Some(Size::Small)) => {
-                    Some(&mut allowlists[0])
-                }
-                (Filter::Allowlist | Filter::AllowlistNative, Some(Size::Large)) => {
-                    Some(&mut allowlists[1])
-                }
+            let allowlist = match (case.filter.xdp_mode(), case.size) {
+                (Some(_), Some(Size::Small)) => Some(&mut allowlists[0]),
+                (Some(_), Some(Size::Large)) => Some(&mut allowlists[1]),
                 _ => None,
             };
-            let (sample, load) =
-                flood_case(&plan, case, allowlist, cpu, window).with_context(|| {
-                    format!(
-                        "flood case {}{}, {} flood, received on the {}",
-                        case.filter.label(),
-                        case.size.map_or(String::new(), |s| format!(", {s:?} list")),
-                        case.family.label(),
-                        case.receiver.label()
-                    )
-                })?;
+            let (sample, load) = flood_case(&plan, case, allowlist, &flood).with_context(|| {
+                format!(
+                    "flood case {}{}, {} flood, received on the {}",
+                    case.filter.label(),
+                    case.size.map_or(String::new(), |s| format!(", {s:?} list")),
+                    case.family.label(),
+                    case.receiver.label()
+                )
+            })?;
             eprintln!(
                 "  round {} {:<40} {:>5} list, {} flood, {:<13}: reached {:.2} Mpps, handled {:.2} Mpps, lost {:.1} %, softirq {:.0} ns/packet",
                 round + 1,
@@ -470,6 +480,7 @@ pub(crate) fn run(rounds: usize, window: Duration) -> Result<FloodReport> {
         changes,
         rounds,
         window,
+        rate,
         sender_cpu,
         receive_cpu,
         max_backlog: stats::max_backlog()?,
@@ -478,9 +489,19 @@ pub(crate) fn run(rounds: usize, window: Duration) -> Result<FloodReport> {
     })
 }
 
+/// How every case is flooded.
+struct Flood {
+    cpus: Cpus,
+    /// How long a reading lasts.
+    window: Duration,
+    /// Frames per second the sender sends at most.
+    rate: Option<u64>,
+}
+
 #[derive(Clone, Copy)]
 struct Cpus {
     sender: usize,
+    /// The CPU of the receive path when RPS moves it off the sender's.
     receive: usize,
 }
 
@@ -488,8 +509,16 @@ impl Cpus {
     /// The CPU the receive path runs on.
     fn receiving(self, receiver: Receiver) -> usize {
         match receiver {
-            Receiver::OtherCpu => self.receive,
+            Receiver::OwnCpu => self.receive,
             Receiver::SenderCpu => self.sender,
+        }
+    }
+
+    /// The CPU RPS moves the receive path to, if it does.
+    fn rps(self, receiver: Receiver) -> Option<usize> {
+        match receiver {
+            Receiver::OwnCpu => Some(self.receive),
+            Receiver::SenderCpu => None,
         }
     }
 }
@@ -562,8 +591,7 @@ fn flood_case(
     plan: &Plan,
     case: Case,
     mut allowlist: Option<&mut Allowlist>,
-    cpu: Cpus,
-    window: Duration,
+    flood: &Flood,
 ) -> Result<(Sample, Option<Duration>)> {
     let Case {
         filter,
@@ -571,10 +599,7 @@ fn flood_case(
         family,
         receiver,
     } = case;
-    let world = world(match receiver {
-        Receiver::OtherCpu => Some(cpu.receive),
-        Receiver::SenderCpu => None,
-    })?;
+    let world = world(flood.cpus.rps(receiver))?;
     let list = size.map(|s| plan.list(s));
     let load = match (filter, list) {
         (Filter::None, _) => None,
@@ -582,11 +607,7 @@ fn flood_case(
         (Filter::Iptables, Some(list)) => Some(ipt::install(&world, list)?),
         (Filter::Allowlist | Filter::AllowlistNative, Some(_)) => {
             let program = allowlist.as_deref_mut().context("the allowlist instance")?;
-            let mode = if filter == Filter::AllowlistNative {
-                XdpMode::Driver
-            } else {
-                XdpMode::Skb
-            };
+            let mode = filter.xdp_mode().context("the allowlist's XDP mode")?;
             program.attach(&world, mode)?;
             Some(program.load_time)
         }
@@ -598,19 +619,24 @@ fn flood_case(
         Some(program) => program.dropped()?,
         None => 0,
     };
-    let cpus = (cpu.sender, cpu.receiving(receiver));
-    let sample = measure(plan.frames(family), &world, cpus, window, || match filter {
-        Filter::None => Ok(None),
-        Filter::Nftables => nft::dropped(&world).map(Some),
-        Filter::Iptables => ipt::dropped(&world).map(Some),
-        Filter::Allowlist | Filter::AllowlistNative => Ok(Some(
-            allowlist
-                .as_deref()
-                .context("the allowlist instance")?
-                .dropped()?
-                - allowlist_before,
-        )),
-    });
+    let sample = measure(
+        plan.frames(family),
+        &world,
+        flood,
+        receiver,
+        || match filter {
+            Filter::None => Ok(None),
+            Filter::Nftables => nft::dropped(&world).map(Some),
+            Filter::Iptables => ipt::dropped(&world).map(Some),
+            Filter::Allowlist | Filter::AllowlistNative => Ok(Some(
+                allowlist
+                    .as_deref()
+                    .context("the allowlist instance")?
+                    .dropped()?
+                    - allowlist_before,
+            )),
+        },
+    );
     // Detached before its interface goes with the namespaces.
     if let Some(program) = allowlist {
         program.detach()?;
@@ -618,27 +644,29 @@ fn flood_case(
     Ok((sample?, load))
 }
 
-/// Floods `world` from the first CPU of `(sender, receiver)` for the warm-up and the
-/// window and reads the counters around the window, the second's CPU time among them. Once the flood has stopped and the backlog drained, `dropped` (the
-/// filter's own counter since the world was created) must account for the frames the
-/// veth delivered since then: every one of them is TCP to :443 from an unlisted
-/// source.
+/// Floods `world` for the warm-up and the window and reads the counters around the
+/// window, the CPU time of the CPU `receiver` names among them. Once the flood has
+/// stopped and the backlog drained, `dropped` (the filter's own counter since the
+/// world was created) must account for the frames the veth delivered since then:
+/// every one of them is TCP to :443 from an unlisted source.
 fn measure(
     frames: &Arc<Frames>,
     world: &World,
-    (sender_cpu, receive_cpu): (usize, usize),
-    window: Duration,
+    flood: &Flood,
+    receiver: Receiver,
     dropped: impl Fn() -> Result<Option<u64>>,
 ) -> Result<Sample> {
+    let receive_cpu = flood.cpus.receiving(receiver);
     let mut sender = Sender::start(
         world.client.path(),
         &world.client_if,
         frames.clone(),
-        sender_cpu,
+        flood.cpus.sender,
+        flood.rate,
     )?;
     wait(&mut sender, WARM_UP)?;
     let before = Snapshot::take(&world.server, &world.server_if, receive_cpu)?;
-    wait(&mut sender, window)?;
+    wait(&mut sender, flood.window)?;
     let after = Snapshot::take(&world.server, &world.server_if, receive_cpu)?;
     sender.stop()?;
     std::thread::sleep(DRAIN);

@@ -50,6 +50,11 @@ struct Args {
     /// Seconds each flood reading lasts (after a one-second warm-up).
     #[arg(long, default_value_t = 3.0)]
     flood_window: f64,
+    /// Frames per second the flood's sender sends at most (default: as many as it
+    /// can). At a rate every filter keeps up with, their CPU time per packet compares
+    /// at equal load in both receive paths.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    flood_rate: Option<u64>,
     /// AWS's published ip-ranges.json, whose IPv6 prefixes make one more IPv6 list of
     /// the decision part (skipped when the file is missing).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/realdocs/aws-ip-ranges.json"))]
@@ -142,6 +147,7 @@ fn run(args: &Args) -> Result<()> {
         report.flood = Some(flood::run(
             args.flood_rounds,
             Duration::from_secs_f64(args.flood_window),
+            args.flood_rate,
         )?);
     }
 

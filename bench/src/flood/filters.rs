@@ -6,7 +6,8 @@
 //!   interval sets (`flags interval`) of IPv4 and IPv6 prefixes;
 //! - iptables (the distribution's, on its nf_tables backend) with an ipset `hash:net`
 //!   in the raw table's PREROUTING chain;
-//! - the allowlist program, generic XDP, maps filled the way the agent fills them.
+//! - the allowlist program, in generic or native XDP mode, maps filled the way the
+//!   agent fills them.
 //!
 //! Each reports how many packets it dropped (its own counters) and how long applying
 //! a change to its list takes.

@@ -6,8 +6,8 @@ use super::{Case, CaseResult, Family, Filter, FloodReport, Receiver, Sample, Siz
 use crate::{median, median_duration};
 
 /// The list a case's filter holds, the flooded family's prefixes first.
-fn list_label(case: Case) -> &'static str {
-    match (case.size, case.family) {
+fn list_label(size: Option<Size>, family: Family) -> &'static str {
+    match (size, family) {
         (None, _) => "–",
         (Some(Size::Small), _) => "50 IPv4",
         (Some(Size::Large), Family::V4) => "100,000 IPv4 (+ 10,000 IPv6)",
@@ -53,7 +53,7 @@ pub(crate) fn table(report: &FloodReport) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| flood: filter | sources | list | receive path on | reached the veth | dropped by the filter (no filter: taken by the stack) | ÷ no filter | ÷ nftables | backlog losses (share of what reached the veth) | softirq per packet | ÷ no filter | ÷ nftables | receive CPU in softirq |"
+        "| flood: filter | sources | list | receive path on | reached the veth | dropped by the filter (no filter: taken by the stack) | ÷ no filter | ÷ nftables | backlog losses (share of what reached the veth) | softirq per packet | ÷ no filter | ÷ nftables | receiving CPU in softirq |"
     );
     let _ = writeln!(t, "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for case in &report.cases {
@@ -84,7 +84,7 @@ pub(crate) fn table(report: &FloodReport) -> String {
             "| {} | {} | {} | {} | {:.2} Mpps | {:.2} Mpps | {} | {} | {:.1} % | {:.0} ns | {} | {} | {:.0} % |",
             case.case.filter.label(),
             case.case.family.label(),
-            list_label(case.case),
+            list_label(case.case.size, case.case.family),
             case.case.receiver.label(),
             med(case, |s| s.offered) / 1e6,
             handled / 1e6,
@@ -147,7 +147,7 @@ pub(crate) fn table(report: &FloodReport) -> String {
                     filter,
                     size: Some(size),
                     family: Family::V4,
-                    receiver: Receiver::OtherCpu,
+                    receiver: Receiver::OwnCpu,
                 })
                 .filter(|c| !c.loads.is_empty())
                 .map(|c| median_duration(&c.loads))
@@ -160,12 +160,7 @@ pub(crate) fn table(report: &FloodReport) -> String {
             let _ = writeln!(
                 t,
                 "| loading the {} list into an empty filter | {} (the table) | | {} (with the rule) | {} | {} | | {} |",
-                list_label(Case {
-                    filter: Filter::None,
-                    size: Some(size),
-                    family: Family::V4,
-                    receiver: Receiver::OtherCpu,
-                }),
+                list_label(Some(size), Family::V4),
                 ms(n),
                 ms(i),
                 ms(a),
@@ -193,27 +188,44 @@ fn group(n: usize) -> String {
 /// The conditions of this run, then the tables.
 pub(crate) fn section(report: &FloodReport) -> String {
     let mut t = String::new();
-    let sent: Vec<f64> = report
-        .cases
-        .iter()
-        .flat_map(|c| c.samples.iter().map(|s| s.offered))
-        .collect();
-    let (lo, hi) = sent.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &s| {
-        (lo.min(s), hi.max(s))
-    });
+    // The sender's rate means different things in the two receive paths: each gets
+    // its own range.
+    let reached = |receiver: Receiver| {
+        let sent: Vec<f64> = report
+            .cases
+            .iter()
+            .filter(|c| c.case.receiver == receiver)
+            .flat_map(|c| c.samples.iter().map(|s| s.offered))
+            .collect();
+        let (lo, hi) = sent.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &s| {
+            (lo.min(s), hi.max(s))
+        });
+        format!(
+            "{:.2}–{:.2} Mpps (median {:.2})",
+            lo / 1e6,
+            hi / 1e6,
+            median(&sent) / 1e6
+        )
+    };
+    let pace = match report.rate {
+        Some(rate) => format!(
+            ", paced to at most {:.3} Mpps (`--flood-rate {rate}`)",
+            rate as f64 / 1e6
+        ),
+        None => ", as fast as it can".to_owned(),
+    };
     let _ = writeln!(t, "## Flood comparison\n");
     let _ = writeln!(
         t,
-        "Measured in {:.0} s: {} rounds of every case, {:.0} s windows, {} distinct random IPv4 sources and as many IPv6 ones, none of them listed. The sender is one thread pinned to CPU {} and reached {:.2}–{:.2} Mpps (median {:.2}). The receive path runs in one of two places. On its own CPU: RPS on the server's veth moves it to CPU {}, so that the filters and the stack run on a CPU of their own; there XDP runs only in generic (skb) mode (native veth XDP runs in the veth's NAPI on the sending CPU, before RPS), and every filter runs on the same CPU at the same point of the same path. On the sender's CPU: no RPS, the veth delivers each frame in the sending CPU's own softirq, with no interrupts between CPUs, and the sender slows down by what the receive path costs; the allowlist is measured there in native mode too. Generic XDP pays for an skb (and here a copy of the frame to make XDP headroom) before the program runs; native XDP on a veth still receives the sender's skb, but on a real NIC it would run before any skb exists. netdev_max_backlog = {}. See \"How the flood comparison is measured\" below.\n",
+        "Measured in {:.0} s: {} rounds of every case, {:.0} s windows, {} distinct random IPv4 sources and as many IPv6 ones, none of them listed. The sender is one thread pinned to CPU {}{pace}. The receive path runs in one of two places. On its own CPU: RPS on the server's veth moves it to CPU {}, so that the filters and the stack run on a CPU of their own; there XDP runs only in generic (skb) mode (native veth XDP runs in the veth's NAPI on the sending CPU, before RPS), and every filter runs on the same CPU at the same point of the same path; the sender reached {}. On the sender's CPU: no RPS, the veth delivers each frame in the sending CPU's own softirq, with no interrupts between CPUs, and the sender slows down by what the receive path costs; the allowlist is measured there in native mode too; the sender reached {}. Generic XDP pays for an skb (and here a copy of the frame to make XDP headroom) before the program runs; native XDP on a veth still receives the sender's skb, but on a real NIC it would run before any skb exists. netdev_max_backlog = {}. See \"How the flood comparison is measured\" below.\n",
         report.elapsed.as_secs_f64(),
         report.rounds,
         report.window.as_secs_f64(),
         report.sources,
         report.sender_cpu,
-        lo / 1e6,
-        hi / 1e6,
-        median(&sent) / 1e6,
         report.receive_cpu,
+        reached(Receiver::OwnCpu),
+        reached(Receiver::SenderCpu),
         report.max_backlog,
     );
     t.push_str(&table(report));
@@ -248,7 +260,7 @@ pub(crate) fn spread(report: &FloodReport) -> String {
             "| {} | {} | {} | {} | {} |",
             case.case.filter.label(),
             case.case.family.label(),
-            list_label(case.case),
+            list_label(case.case.size, case.case.family),
             case.case.receiver.label(),
             rounds.join("; ")
         );

@@ -16,6 +16,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use allowlist_tests::{
@@ -86,13 +87,15 @@ pub(crate) struct Sender {
 }
 
 impl Sender {
-    /// Starts sending `frames` (a multiple of the batch), round and round, out of `interface` in the namespace at `netns`, from a thread
-    /// pinned to `cpu`.
+    /// Starts sending `frames` (a multiple of the batch), round and round, out of
+    /// `interface` in the namespace at `netns`, from a thread pinned to `cpu`; at most
+    /// `rate` frames per second when given.
     pub(crate) fn start(
         netns: PathBuf,
         interface: &str,
         frames: Arc<Frames>,
         cpu: usize,
+        rate: Option<u64>,
     ) -> Result<Self> {
         let count = frames.count();
         if count == 0
@@ -110,7 +113,7 @@ impl Sender {
                 enter(&netns).context("join the client namespace")?;
                 pin_to(cpu)?;
                 let socket = PacketSocket::open(&interface)?;
-                socket.flood(&frames, &s)
+                socket.flood(&frames, rate, &s)
             })
             .context("start the flood thread")?;
         Ok(Self {
@@ -225,7 +228,12 @@ impl PacketSocket {
 
     /// Sends `frames` round and round until `stop`. A frame the veth refuses (its
     /// peer's backlog is full: counted as a loss there) is sent again.
-    fn flood(&self, frames: &Frames, stop: &AtomicBool) -> Result<()> {
+    ///
+    /// Paced to `rate` frames per second when given: after each call, the thread spins
+    /// until the frames sent so far are due (its CPU is the sender's alone, or in the
+    /// receive-on-the-sender's-CPU cases shared only with the softirq it measures;
+    /// sleeping would overshoot by tens of microseconds, a batch's worth).
+    fn flood(&self, frames: &Frames, rate: Option<u64>, stop: &AtomicBool) -> Result<()> {
         let count = frames.count();
         let mut iovecs: Vec<libc::iovec> = frames
             .bytes
@@ -251,6 +259,8 @@ impl PacketSocket {
             })
             .collect();
         let mut next = 0;
+        let mut started = Instant::now();
+        let mut sent: u64 = 0;
         while !stop.load(Ordering::Relaxed) {
             // SAFETY: BATCH messages from `next` are inside `messages` (count is a
             // multiple of BATCH); each points at a live iovec, frame and address.
@@ -268,6 +278,21 @@ impl PacketSocket {
             next = (next + done) % count;
             // Keep calls on batch boundaries after a partial send.
             next -= next % BATCH;
+            if let Some(rate) = rate {
+                sent += done as u64;
+                let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+                let now = Instant::now();
+                if now > due {
+                    // Behind (held up, or the pace is above what it can send): the
+                    // schedule starts again from here instead of catching up in a
+                    // burst above the pace.
+                    started = now;
+                    sent = 0;
+                }
+                while Instant::now() < due && !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            }
         }
         Ok(())
     }

@@ -11,15 +11,18 @@ use anyhow::{Context as _, Result, bail};
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Snapshot {
     pub at: Instant,
-    /// Softirq time of the receive CPU, nanoseconds.
+    /// Softirq time of the receiving CPU, nanoseconds.
     pub softirq_ns: u64,
-    /// All time of the receive CPU (busy and idle), nanoseconds.
+    /// All time of the receiving CPU (busy and idle), nanoseconds.
     pub total_ns: u64,
-    /// Frames the veth handed to the receive CPU's backlog.
+    /// Frames the veth delivered: to the receiving CPU's backlog, or with native XDP
+    /// to the veth's own queue.
     pub rx_packets: u64,
-    /// Frames the veth could not hand over (the backlog was full).
+    /// Frames the veth could not hand over (the backlog was full). With native XDP a
+    /// frame the veth's queue has no room for counts as the client end's tx_dropped,
+    /// not here.
     pub rx_dropped: u64,
-    /// softnet_stat's dropped column for the receive CPU (every interface).
+    /// softnet_stat's dropped column for the receiving CPU (every interface).
     pub softnet_dropped: u64,
 }
 
