@@ -59,29 +59,35 @@ pub(crate) enum Filter {
     None,
     Nftables,
     Iptables,
-    Allowlist,
-    /// The allowlist in native mode: on a veth it runs in the veth's NAPI poll, on the
-    /// sending CPU, so it is measured with the receive path on that CPU only.
-    AllowlistNative,
+    Allowlist(Attach),
+}
+
+/// The XDP mode the allowlist attaches in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Attach {
+    Generic,
+    /// On a veth, native XDP runs in the veth's NAPI poll, on the sending CPU, so it is
+    /// measured with the receive path on that CPU only.
+    Native,
+}
+
+impl Attach {
+    fn mode(self) -> XdpMode {
+        match self {
+            Attach::Generic => XdpMode::Skb,
+            Attach::Native => XdpMode::Driver,
+        }
+    }
 }
 
 impl Filter {
-    /// The mode the allowlist attaches in; `None` for the other filters.
-    fn xdp_mode(self) -> Option<XdpMode> {
-        match self {
-            Filter::Allowlist => Some(XdpMode::Skb),
-            Filter::AllowlistNative => Some(XdpMode::Driver),
-            Filter::None | Filter::Nftables | Filter::Iptables => None,
-        }
-    }
-
     pub(crate) fn label(self) -> &'static str {
         match self {
             Filter::None => "no filter",
             Filter::Nftables => "nftables (netdev ingress, interval sets)",
             Filter::Iptables => "iptables + ipset hash:net (raw PREROUTING)",
-            Filter::Allowlist => "allowlist (XDP, generic mode)",
-            Filter::AllowlistNative => "allowlist (XDP, native mode)",
+            Filter::Allowlist(Attach::Generic) => "allowlist (XDP, generic mode)",
+            Filter::Allowlist(Attach::Native) => "allowlist (XDP, native mode)",
         }
     }
 }
@@ -125,7 +131,7 @@ pub(crate) enum Receiver {
 impl Receiver {
     pub(crate) fn label(self) -> &'static str {
         match self {
-            Receiver::OwnCpu => "own CPU (RPS)",
+            Receiver::OwnCpu => "its own CPU (RPS)",
             Receiver::SenderCpu => "sender's CPU",
         }
     }
@@ -148,26 +154,28 @@ impl Case {
     /// and the allowlist (the ipset is `family inet`). With it on the sender's CPU:
     /// the large list only, and the allowlist in native mode beside generic.
     fn all() -> Vec<Case> {
-        use Filter::{Allowlist, AllowlistNative, Iptables, Nftables};
+        use Filter::{Iptables, Nftables};
+        let generic = Filter::Allowlist(Attach::Generic);
+        let native = Filter::Allowlist(Attach::Native);
         let large = Some(Size::Large);
-        let other_v4 = std::iter::once((Filter::None, None)).chain(
-            [Nftables, Iptables, Allowlist]
+        let own_cpu_v4 = std::iter::once((Filter::None, None)).chain(
+            [Nftables, Iptables, generic]
                 .into_iter()
                 .flat_map(|f| [(f, Some(Size::Small)), (f, large)]),
         );
-        let other_v6 = [(Filter::None, None), (Nftables, large), (Allowlist, large)];
-        let same_v4 = [
+        let own_cpu_v6 = [(Filter::None, None), (Nftables, large), (generic, large)];
+        let sender_cpu_v4 = [
             (Filter::None, None),
             (Nftables, large),
             (Iptables, large),
-            (Allowlist, large),
-            (AllowlistNative, large),
+            (generic, large),
+            (native, large),
         ];
-        let same_v6 = [
+        let sender_cpu_v6 = [
             (Filter::None, None),
             (Nftables, large),
-            (Allowlist, large),
-            (AllowlistNative, large),
+            (generic, large),
+            (native, large),
         ];
         let with = |family, receiver| {
             move |(filter, size)| Case {
@@ -177,12 +185,24 @@ impl Case {
                 receiver,
             }
         };
-        other_v4
+        own_cpu_v4
             .map(with(Family::V4, Receiver::OwnCpu))
-            .chain(other_v6.map(with(Family::V6, Receiver::OwnCpu)))
-            .chain(same_v4.map(with(Family::V4, Receiver::SenderCpu)))
-            .chain(same_v6.map(with(Family::V6, Receiver::SenderCpu)))
+            .chain(own_cpu_v6.map(with(Family::V6, Receiver::OwnCpu)))
+            .chain(sender_cpu_v4.map(with(Family::V4, Receiver::SenderCpu)))
+            .chain(sender_cpu_v6.map(with(Family::V6, Receiver::SenderCpu)))
             .collect()
+    }
+
+    /// The filter, its list, the flood's family and where it is received, for the
+    /// progress lines and errors.
+    fn describe(self) -> String {
+        format!(
+            "{}, {} list, {} flood, received on the {}",
+            self.filter.label(),
+            self.size.map_or("no".to_owned(), |s| format!("{s:?}")),
+            self.family.label(),
+            self.receiver.label()
+        )
     }
 }
 
@@ -444,27 +464,17 @@ pub(crate) fn run(rounds: usize, window: Duration, rate: Option<u64>) -> Result<
         for result in &mut results {
             check_interrupted()?;
             let case = result.case;
-            let allowlist = match (case.filter.xdp_mode(), case.size) {
-                (Some(_), Some(Size::Small)) => Some(&mut allowlists[0]),
-                (Some(_), Some(Size::Large)) => Some(&mut allowlists[1]),
+            let allowlist = match (case.filter, case.size) {
+                (Filter::Allowlist(_), Some(Size::Small)) => Some(&mut allowlists[0]),
+                (Filter::Allowlist(_), Some(Size::Large)) => Some(&mut allowlists[1]),
                 _ => None,
             };
-            let (sample, load) = flood_case(&plan, case, allowlist, &flood).with_context(|| {
-                format!(
-                    "flood case {}{}, {} flood, received on the {}",
-                    case.filter.label(),
-                    case.size.map_or(String::new(), |s| format!(", {s:?} list")),
-                    case.family.label(),
-                    case.receiver.label()
-                )
-            })?;
+            let (sample, load) = flood_case(&plan, case, allowlist, &flood)
+                .with_context(|| format!("flood case {}", case.describe()))?;
             eprintln!(
-                "  round {} {:<40} {:>5} list, {} flood, {:<13}: reached {:.2} Mpps, handled {:.2} Mpps, lost {:.1} %, softirq {:.0} ns/packet",
+                "  round {} {:<100}: reached {:.2} Mpps, handled {:.2} Mpps, lost {:.1} %, softirq {:.0} ns/packet",
                 round + 1,
-                case.filter.label(),
-                case.size.map_or("-".to_owned(), |s| format!("{s:?}")),
-                case.family.label(),
-                case.receiver.label(),
+                case.describe(),
                 sample.offered / 1e6,
                 sample.handled() / 1e6,
                 sample.loss_share() * 100.0,
@@ -605,10 +615,9 @@ fn flood_case(
         (Filter::None, _) => None,
         (Filter::Nftables, Some(list)) => Some(nft::install(&world, list)?),
         (Filter::Iptables, Some(list)) => Some(ipt::install(&world, list)?),
-        (Filter::Allowlist | Filter::AllowlistNative, Some(_)) => {
+        (Filter::Allowlist(attach), Some(_)) => {
             let program = allowlist.as_deref_mut().context("the allowlist instance")?;
-            let mode = filter.xdp_mode().context("the allowlist's XDP mode")?;
-            program.attach(&world, mode)?;
+            program.attach(&world, attach.mode())?;
             Some(program.load_time)
         }
         (_, None) => bail!("{filter:?} needs a list"),
@@ -628,7 +637,7 @@ fn flood_case(
             Filter::None => Ok(None),
             Filter::Nftables => nft::dropped(&world).map(Some),
             Filter::Iptables => ipt::dropped(&world).map(Some),
-            Filter::Allowlist | Filter::AllowlistNative => Ok(Some(
+            Filter::Allowlist(_) => Ok(Some(
                 allowlist
                     .as_deref()
                     .context("the allowlist instance")?

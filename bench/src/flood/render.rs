@@ -2,7 +2,7 @@
 
 use std::{fmt::Write as _, time::Duration};
 
-use super::{Case, CaseResult, Family, Filter, FloodReport, Receiver, Sample, Size};
+use super::{Attach, Case, CaseResult, Family, Filter, FloodReport, Receiver, Sample, Size};
 use crate::{median, median_duration};
 
 /// The list a case's filter holds, the flooded family's prefixes first.
@@ -155,7 +155,7 @@ pub(crate) fn table(report: &FloodReport) -> String {
         if let (Some(n), Some(i), Some(a)) = (
             load(Filter::Nftables),
             load(Filter::Iptables),
-            load(Filter::Allowlist),
+            load(Filter::Allowlist(Attach::Generic)),
         ) {
             let _ = writeln!(
                 t,

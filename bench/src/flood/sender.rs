@@ -28,10 +28,6 @@ use rand::{Rng as _, rngs::StdRng};
 
 /// Frames per `sendmmsg` call.
 const BATCH: usize = 64;
-/// A flood frame: Ethernet, IPv4 without options or IPv6 without extension headers,
-/// TCP without options.
-const FRAME_LEN_V4: usize = 54;
-const FRAME_LEN_V6: usize = 74;
 /// The send buffer: far above what the backlog can hold (1,000 frames of about
 /// 800 bytes of truesize each), so the sender never waits for the receiver.
 const SEND_BUFFER: libc::c_int = 64 << 20;
@@ -44,16 +40,15 @@ pub(crate) struct Frames {
 
 impl Frames {
     /// SYNs to the server's :443 (its IPv4 address, or its IPv6 one) from `sources`,
-    /// one frame each, with random source ports and sequence numbers; the pool is
-    /// rounded down to whole batches. The sources must be of one family, so that the
-    /// frames are of one length.
+    /// one frame each (Ethernet, IP without options or extension headers, TCP without
+    /// options), with random source ports and sequence numbers; the pool is rounded
+    /// down to whole batches, at least one. The sources must be of one family, so that
+    /// the frames are of one length.
     pub(crate) fn syns(rng: &mut StdRng, sources: &[IpAddr]) -> Self {
         let whole = sources.len() / BATCH * BATCH;
-        let len = match sources.first() {
-            Some(IpAddr::V6(_)) => FRAME_LEN_V6,
-            _ => FRAME_LEN_V4,
-        };
-        let mut bytes = Vec::with_capacity(whole * len);
+        assert!(whole > 0, "a flood needs a batch of {BATCH} sources");
+        let mut bytes = Vec::new();
+        let mut len = 0;
         for src in &sources[..whole] {
             let eth = etherparse::PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC);
             let ip = match src {
@@ -65,11 +60,11 @@ impl Frames {
                 .syn();
             let before = bytes.len();
             builder.write(&mut bytes, &[]).expect("build a SYN");
-            assert_eq!(
-                bytes.len() - before,
-                len,
-                "a flood's sources are of one family"
-            );
+            let written = bytes.len() - before;
+            if len == 0 {
+                len = written;
+            }
+            assert_eq!(written, len, "a flood's sources are of one family");
         }
         Self { bytes, len }
     }
@@ -98,11 +93,8 @@ impl Sender {
         rate: Option<u64>,
     ) -> Result<Self> {
         let count = frames.count();
-        if count == 0
-            || !count.is_multiple_of(BATCH)
-            || !frames.bytes.len().is_multiple_of(frames.len)
-        {
-            bail!("the flood needs whole batches of {BATCH} frames of one length");
+        if count == 0 || !count.is_multiple_of(BATCH) {
+            bail!("the flood needs whole batches of {BATCH} frames");
         }
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
