@@ -32,12 +32,12 @@ use crate::{
     history,
     link_events::LinkEvents,
     metrics::{self, SharedStatus},
+    observe::systemd,
     presets,
     refresh::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
     senders::{IndexBuilder, SenderIndex},
     state,
     status::{AgentStatus, ProviderStatus, SyncStatus},
-    systemd,
 };
 
 /// How soon a failed map sync is retried.

@@ -6,7 +6,9 @@ use std::{
     time::Duration,
 };
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+
+use crate::observe::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,18 +22,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH", default_value = crate::config::DEFAULT_PATH, env = "ALLOWLIST_CONFIG")]
     pub config: PathBuf,
 
-    /// Log format.
+    /// Log format (under systemd, each line also carries its journal priority).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,19 +142,6 @@ fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
 fn parse_since(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|err| format!("{text:?} is not a duration such as 24h, 7d or 30m: {err}"))
-}
-
-/// Logs to stderr, human-readable or JSON; `RUST_LOG` sets the level (info).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 #[cfg(test)]

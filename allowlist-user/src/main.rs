@@ -8,6 +8,7 @@ use allowlist_user::{
     agent,
     cli::{Cli, Command},
     commands,
+    observe::Log,
 };
 use clap::Parser as _;
 
@@ -21,11 +22,11 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Run(_)) {
         agent::release_reload_signal();
     }
-    allowlist_user::cli::init_logging(cli.log_format);
+    let log = Log::init(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("allowlist: {err:#}");
+            log.fatal(&err);
             ExitCode::FAILURE
         }
     }
