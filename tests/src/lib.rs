@@ -38,10 +38,16 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     }) {
         return Some(path);
     }
-    let home = std::env::var_os("CARGO_HOME")
+    Some(cargo_home().join("bin").join(name)).filter(|p| p.is_file())
+}
+
+/// $CARGO_HOME, where `cargo xtask test` keeps the tools and root filesystems it
+/// installs or makes.
+pub fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
-    Some(home.join("bin").join(name)).filter(|p| p.is_file())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
 }
 
 /// The workspace root.

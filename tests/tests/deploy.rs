@@ -1,10 +1,10 @@
 //! The deployment files in deploy/ agree with the agent and with each other: the
-//! example configuration, the systemd unit, the Debian package metadata, the
-//! Kubernetes manifests and the Prometheus alerts. The configurations are checked by
-//! the agent's own parser, the command lines by the agent binary, the unit by
-//! `systemd-analyze verify`, the manifests by the Kubernetes API's schemas
-//! (`kubernetes-validate`) and the alerts by `promtool`. All fast; the package itself
-//! is built and installed in package.rs, the image built and run in image.rs.
+//! example configuration, the Kubernetes manifests and the Prometheus alerts. The
+//! configurations are checked by the agent's own parser, the command lines by the
+//! agent binary, the manifests by the Kubernetes API's schemas
+//! (`kubernetes-validate`) and the alerts by `promtool`. All fast; the Debian package
+//! and its systemd unit are installed and run under a real systemd in systemd.rs, the
+//! image built and run in image.rs.
 #![allow(
     unused_crate_dependencies,
     reason = "an integration test is its own crate and uses only some of the package's dependencies"
@@ -67,12 +67,6 @@ fn read(path: &Path) -> String {
 
 fn parse_config(text: &str, origin: &Path) -> Config {
     config::parse(text, origin).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// The value that follows `flag` in a command line.
@@ -163,209 +157,6 @@ fn example_config_dns_source_is_valid_when_uncommented() {
 }
 
 // ---------------------------------------------------------------------------------
-// The systemd unit.
-
-/// A unit file as (section, key, value) entries, in order.
-struct Unit(Vec<(String, String, String)>);
-
-impl Unit {
-    fn read(path: &Path) -> Unit {
-        let mut section = String::new();
-        let mut entries = Vec::new();
-        for (n, line) in read(path).lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-                continue;
-            }
-            assert!(
-                !line.ends_with('\\'),
-                "{}:{}: keep settings on one line",
-                path.display(),
-                n + 1
-            );
-            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                section = name.to_owned();
-                continue;
-            }
-            let (key, value) = line
-                .split_once('=')
-                .unwrap_or_else(|| panic!("{}:{}: not a setting: {line}", path.display(), n + 1));
-            entries.push((
-                section.clone(),
-                key.trim().to_owned(),
-                value.trim().to_owned(),
-            ));
-        }
-        Unit(entries)
-    }
-
-    fn values(&self, section: &str, key: &str) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter(|(s, k, _)| s == section && k == key)
-            .map(|(_, _, v)| v.as_str())
-            .collect()
-    }
-
-    fn get(&self, section: &str, key: &str) -> &str {
-        self.values(section, key)
-            .last()
-            .copied()
-            .unwrap_or_else(|| panic!("the unit has no [{section}] {key}="))
-    }
-
-    /// Every word of every `key=` line of a list setting.
-    fn words(&self, section: &str, key: &str) -> BTreeSet<&str> {
-        self.values(section, key)
-            .into_iter()
-            .flat_map(str::split_whitespace)
-            .collect()
-    }
-}
-
-fn unit_path() -> PathBuf {
-    deploy("systemd/allowlist.service")
-}
-
-#[test]
-fn systemd_unit_runs_the_agent_with_its_defaults() {
-    let unit = Unit::read(&unit_path());
-    let exec: Vec<&str> = unit
-        .get("Service", "ExecStart")
-        .split_whitespace()
-        .collect();
-    assert_eq!(
-        exec[0], "/usr/bin/allowlist",
-        "the binary the package installs"
-    );
-    assert_eq!(flag_value(&exec, "--config"), Some(config::DEFAULT_PATH));
-    assert!(
-        exec.contains(&"run"),
-        "ExecStart runs `allowlist run`: {exec:?}"
-    );
-    assert!(
-        !exec.contains(&"--detach-on-exit"),
-        "stopping the service leaves the filter enforcing"
-    );
-    assert_eq!(unit.get("Service", "ExecReload"), "/bin/kill -HUP $MAINPID");
-    assert_eq!(unit.get("Service", "KillSignal"), "SIGTERM");
-    assert_eq!(unit.get("Service", "Restart"), "on-failure");
-
-    let state_dir = Path::new("/var/lib").join(unit.get("Service", "StateDirectory"));
-    assert_eq!(state_dir, Path::new(config::DEFAULT_STATE_DIR));
-    let writable = unit.words("Service", "ReadWritePaths");
-    assert!(
-        writable
-            .iter()
-            .any(|p| Path::new(config::DEFAULT_PIN_DIR).starts_with(p)),
-        "pin_dir {} must be under a ReadWritePaths entry: {writable:?}",
-        config::DEFAULT_PIN_DIR
-    );
-
-    let wanted: BTreeSet<String> = CAPABILITIES.iter().map(|c| format!("CAP_{c}")).collect();
-    for key in ["CapabilityBoundingSet", "AmbientCapabilities"] {
-        let have: BTreeSet<String> = unit
-            .words("Service", key)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
-        assert_eq!(have, wanted, "{key}");
-    }
-    let families = unit.words("Service", "RestrictAddressFamilies");
-    for family in ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"] {
-        assert!(
-            families.contains(family),
-            "RestrictAddressFamilies lacks {family}"
-        );
-    }
-    for (key, value) in [
-        ("ProtectSystem", "strict"),
-        ("ProtectHome", "yes"),
-        ("PrivateTmp", "yes"),
-        ("NoNewPrivileges", "yes"),
-        ("ProtectKernelTunables", "yes"),
-        ("ProtectKernelModules", "yes"),
-        ("ProtectControlGroups", "yes"),
-    ] {
-        assert_eq!(unit.get("Service", key), value, "{key}");
-    }
-    // A known descriptor limit, well above what the agent needs with its 64 metrics
-    // connections, rather than the host's default soft limit.
-    let nofile: u64 = unit
-        .get("Service", "LimitNOFILE")
-        .parse()
-        .expect("LimitNOFILE= a number");
-    assert!(
-        nofile >= 4096,
-        "LimitNOFILE={nofile} leaves too little room"
-    );
-    // The allow-list form of SystemCallFilter, with bpf() added to @system-service.
-    let filters = unit.values("Service", "SystemCallFilter");
-    assert!(
-        filters
-            .iter()
-            .any(|f| !f.starts_with('~') && f.split_whitespace().any(|w| w == "bpf")),
-        "SystemCallFilter must allow bpf(): {filters:?}"
-    );
-    for (key, why) in [
-        ("PrivateNetwork", "XDP attaches to the host's interfaces"),
-        (
-            "PrivateUsers",
-            "capabilities in a user namespace do not allow bpf()",
-        ),
-        (
-            "IPAddressDeny",
-            "the agent fetches lists and serves metrics",
-        ),
-        (
-            "ProcSubset",
-            "the loader reads /proc outside the pid subset",
-        ),
-    ] {
-        assert!(unit.values("Service", key).is_empty(), "{key}=: {why}");
-    }
-}
-
-#[test]
-fn systemd_analyze_verifies_the_unit() {
-    let Some(analyze) = on_path("systemd-analyze") else {
-        eprintln!("SKIPPED: systemd-analyze is not installed (Debian package systemd)");
-        return;
-    };
-    // verify needs ExecStart's binary to exist: point it at the built agent.
-    let agent = binary();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let copy = dir.path().join("allowlist.service");
-    let unit = read(&unit_path()).replace(
-        "ExecStart=/usr/bin/allowlist ",
-        &format!("ExecStart={} ", agent.display()),
-    );
-    assert!(
-        unit.contains(&agent.display().to_string()),
-        "ExecStart rewritten"
-    );
-    std::fs::write(&copy, unit).expect("write the unit copy");
-    let out = run(Command::new(analyze)
-        .args(["verify", "--man=no"])
-        .arg(&copy));
-    assert!(
-        out.status.success(),
-        "systemd-analyze verify: {}",
-        describe(&out)
-    );
-    // Unknown or misspelt settings are only warnings: none may mention the unit.
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let warnings: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("allowlist.service"))
-        .collect();
-    assert!(
-        warnings.is_empty(),
-        "systemd-analyze verify warns: {warnings:#?}"
-    );
-}
-
-// ---------------------------------------------------------------------------------
 // The agent's command line, as the unit and the DaemonSet use it.
 
 #[test]
@@ -388,16 +179,11 @@ fn agent_accepts_the_deployed_command_lines() {
         );
     }
 
-    // The exact arguments of ExecStart and of the container, with --help appended:
-    // clap parses them all (flags, values, subcommand) before printing run's help.
-    let unit = Unit::read(&unit_path());
-    let exec = unit.get("Service", "ExecStart").to_owned();
+    // The exact arguments of the container, with --help appended: clap parses them
+    // all (flags, values, subcommand) before printing run's help. (The unit's
+    // ExecStart runs for real in systemd.rs.)
     let container = Kubernetes::load().container();
     for (origin, args) in [
-        (
-            "ExecStart",
-            exec.split_whitespace().skip(1).map(str::to_owned).collect(),
-        ),
         (
             "the DaemonSet (IPv4 pod)",
             expand_args(&container, "192.0.2.1"),
@@ -419,94 +205,6 @@ fn agent_accepts_the_deployed_command_lines() {
             "the arguments of {origin} {args:?} do not select `run`:\n{help}"
         );
     }
-}
-
-// ---------------------------------------------------------------------------------
-// The Debian package metadata (allowlist-user/Cargo.toml) and maintainer scripts.
-
-#[test]
-fn debian_package_installs_the_files_where_the_unit_and_defaults_expect_them() {
-    let crate_dir = repo().join("allowlist-user");
-    let manifest: toml::Table = read(&crate_dir.join("Cargo.toml"))
-        .parse()
-        .expect("allowlist-user/Cargo.toml is TOML");
-    let deb = &manifest["package"]["metadata"]["deb"];
-    assert_eq!(deb["name"].as_str(), Some("allowlist"));
-    let assets: Vec<(String, String)> = deb["assets"]
-        .as_array()
-        .expect("assets")
-        .iter()
-        .map(|a| {
-            let a = a.as_array().expect("[source, dest, mode]");
-            (
-                a[0].as_str().expect("source").to_owned(),
-                a[1].as_str().expect("dest").to_owned(),
-            )
-        })
-        .collect();
-    let installed = |source: &str| -> PathBuf {
-        let (from, to) = assets
-            .iter()
-            .find(|(s, _)| s == source)
-            .unwrap_or_else(|| panic!("the package does not install {source}"));
-        let to = Path::new("/").join(to);
-        if to.to_string_lossy().ends_with('/') {
-            to.join(Path::new(from).file_name().expect("a file"))
-        } else {
-            to
-        }
-    };
-    let unit = Unit::read(&unit_path());
-    let exec = unit.get("Service", "ExecStart");
-    let bin = exec.split_whitespace().next().expect("a binary");
-    assert_eq!(installed("target/release/allowlist"), Path::new(bin));
-    assert_eq!(
-        installed("../deploy/systemd/allowlist.service"),
-        Path::new("/lib/systemd/system/allowlist.service")
-    );
-    assert_eq!(
-        installed("../deploy/allowlist.example.toml"),
-        Path::new(config::DEFAULT_PATH)
-    );
-    for (source, _) in &assets {
-        if !source.starts_with("target/") {
-            assert!(
-                crate_dir.join(source).is_file(),
-                "asset {source} is missing"
-            );
-        }
-    }
-
-    let scripts = crate_dir.join(
-        deb["maintainer-scripts"]
-            .as_str()
-            .expect("maintainer-scripts"),
-    );
-    for name in ["postinst", "prerm", "postrm"] {
-        let script = scripts.join(name);
-        let mode = std::fs::metadata(&script)
-            .unwrap_or_else(|e| panic!("{}: {e}", script.display()))
-            .permissions();
-        assert!(
-            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o111 != 0,
-            "{} must be executable",
-            script.display()
-        );
-        let out = run(Command::new("sh").arg("-n").arg(&script));
-        assert!(
-            out.status.success(),
-            "sh -n {}: {}",
-            script.display(),
-            describe(&out)
-        );
-    }
-    // The scripts name the agent's defaults.
-    assert!(read(&scripts.join("postinst")).contains(config::DEFAULT_STATE_DIR));
-    assert!(read(&scripts.join("postrm")).contains(config::DEFAULT_STATE_DIR));
-    let prerm = read(&scripts.join("prerm"));
-    assert!(prerm.contains(config::DEFAULT_PIN_DIR));
-    assert!(prerm.contains(config::DEFAULT_PATH));
-    assert!(prerm.contains(bin));
 }
 
 // ---------------------------------------------------------------------------------

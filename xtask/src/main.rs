@@ -6,6 +6,7 @@
 
 mod bench;
 mod image;
+mod machines;
 mod package;
 mod setup;
 
@@ -39,7 +40,12 @@ enum Task {
         no_e2e: bool,
     },
     /// Build the Debian package (target/debian/allowlist_<version>_<arch>.deb).
-    Package,
+    Package {
+        /// The package's version instead of the crate's (`0.1.0-2`, say: the systemd
+        /// test upgrades to the same build under a higher version).
+        #[arg(long, value_name = "VERSION")]
+        deb_version: Option<String>,
+    },
     /// Build the OCI image `localhost/allowlist:<version>` with podman, from scratch
     /// and without network, and save it as target/image/allowlist-<version>.oci.tar
     /// (needs root).
@@ -84,7 +90,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Clippy => clippy(),
         Task::Test { no_e2e } => test(no_e2e),
-        Task::Package => package::run().map(|_| ()),
+        Task::Package { deb_version } => package::run(deb_version.as_deref()).map(|_| ()),
         Task::Image => image::run(),
         Task::Bench { args } => bench::run(&args),
         Task::Demo => demo(),

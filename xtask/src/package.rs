@@ -23,16 +23,21 @@ const EXPECTED_FILES: &[&str] = &[
 /// scripts create the state directory and detach the filter on removal.
 const EXPECTED_CONTROL: &[&str] = &["conffiles", "postinst", "prerm", "postrm"];
 
-/// Builds the package and returns its path.
-pub(crate) fn run() -> Result<PathBuf> {
+/// Builds the package (under `deb_version` rather than the crate's version, if given)
+/// and returns its path.
+pub(crate) fn run(deb_version: Option<&str>) -> Result<PathBuf> {
     super::step("release build of the agent (with its XDP program)");
     super::cargo(&["build", "--release", "--package", "allowlist-user"])?;
     ensure_cargo_deb()?;
     super::step("Debian package (cargo-deb)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     // cargo-deb prints the path of the package on stdout, and its progress on stderr.
-    let out = Command::new(&cargo)
-        .args(["deb", "--package", "allowlist-user", "--no-build"])
+    let mut deb = Command::new(&cargo);
+    deb.args(["deb", "--package", "allowlist-user", "--no-build"]);
+    if let Some(version) = deb_version {
+        deb.args(["--deb-version", version]);
+    }
+    let out = deb
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo deb")?;

@@ -48,7 +48,8 @@ pub(crate) fn ensure() -> Result<()> {
 /// What only the tests need, on top of [`ensure`]: `promtool`, extracted from
 /// Debian's package without running its install scripts (so no service is enabled or
 /// started) into $CARGO_HOME/bin; `kubernetes-validate` with the Kubernetes API
-/// schemas, in a virtualenv of its own; and the image test's podman and runc
+/// schemas, in a virtualenv of its own; the systemd test's nspawn and Debian root
+/// filesystems ([`crate::machines::ensure`]); and the image test's podman and runc
 /// ([`crate::image::ensure_tools`]). cargo-deb comes with `cargo xtask package`.
 pub(crate) fn ensure_test_tools() -> Result<()> {
     let promtool = cargo_home().join("bin").join("promtool");
@@ -59,6 +60,7 @@ pub(crate) fn ensure_test_tools() -> Result<()> {
         extract_from_deb(PROMTOOL_PACKAGE, "usr/bin/promtool", &promtool)?;
     }
     kubernetes_validate()?;
+    crate::machines::ensure()?;
     crate::image::ensure_tools()
 }
 
