@@ -46,7 +46,7 @@ const SYNC_RETRY: Duration = Duration::from_secs(2);
 const LINK_CHECK: Duration = Duration::from_secs(2);
 /// How often the status file is rewritten when nothing else changes it, so that
 /// its age tells a live agent from a stopped or stuck one.
-pub const STATUS_HEARTBEAT: Duration = Duration::from_secs(30);
+pub(crate) const STATUS_HEARTBEAT: Duration = Duration::from_secs(30);
 /// How often the datapath's denied sources are read (it counts between reads; its
 /// LRU entries outlive this by far unless a flood churns them at the watch's rate).
 const WATCH_READ: Duration = Duration::from_secs(5);
@@ -57,7 +57,7 @@ const DENIED_SAVE: Duration = Duration::from_secs(10);
 /// when this is called (so call it first), not when it is first polled; it resolves
 /// to the signal's name. `main` passes it to [`run`], which hands it on to every
 /// long task (mini-redis' `server::run(listener, shutdown)`).
-pub fn shutdown_signal() -> Result<impl Future<Output = &'static str>> {
+pub(crate) fn shutdown_signal() -> Result<impl Future<Output = &'static str>> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     Ok(async move {
@@ -93,12 +93,12 @@ fn reload_signal() -> Result<tokio::signal::unix::Signal> {
 
 /// Blocks SIGHUP in the calling thread and every thread it starts later; call it
 /// first thing in `main`. [`run`] unblocks it once its handler is in place.
-pub fn hold_reload_signal() {
+pub(crate) fn hold_reload_signal() {
     set_reload_signal_blocked(true);
 }
 
 /// Undoes [`hold_reload_signal`] for the commands that are not the agent.
-pub fn release_reload_signal() {
+pub(crate) fn release_reload_signal() {
     set_reload_signal_blocked(false);
 }
 
@@ -110,7 +110,7 @@ pub fn release_reload_signal() {
 /// (`cargo xtask bench -- --only agent`). Fixing the threshold at glibc's default
 /// (128 KiB) turns the raising off: large blocks are always mapped and go back to the
 /// system when freed. Call it in `main` before any thread exists.
-pub fn return_large_blocks_when_freed() {
+pub(crate) fn return_large_blocks_when_freed() {
     #[cfg(target_env = "gnu")]
     {
         const THRESHOLD: libc::c_int = 128 * 1024;
@@ -165,7 +165,7 @@ struct Agent {
 }
 
 /// `allowlist run`, until `shutdown` resolves (see [`shutdown_signal`]).
-pub async fn run(
+pub(crate) async fn run(
     config_path: &Path,
     args: &RunArgs,
     shutdown: impl Future<Output = &'static str>,

@@ -131,7 +131,7 @@ fn counters_output(c: &Counters) -> CountersOutput {
     }
 }
 
-pub fn status(config: &Config, json: bool) -> Result<()> {
+pub(crate) fn status(config: &Config, json: bool) -> Result<()> {
     check_readable(config)?;
     let agent = AgentStatus::read(&config.state_dir)?;
     let holder = control::lock_holder(&config.state_dir);
@@ -386,7 +386,7 @@ struct ListEntry {
     rule_id: u32,
 }
 
-pub fn list(config: &Config, provider: Option<&str>, json: bool) -> Result<()> {
+pub(crate) fn list(config: &Config, provider: Option<&str>, json: bool) -> Result<()> {
     if let Some(p) = provider
         && config.provider(p).is_none()
     {
@@ -432,7 +432,7 @@ struct CheckOutput {
     history: CheckHistory,
 }
 
-pub fn check(config: &Config, address: IpAddr, port: u16, json: bool) -> Result<()> {
+pub(crate) fn check(config: &Config, address: IpAddr, port: u16, json: bool) -> Result<()> {
     let maps = open_maps(config)?;
     let protected = maps.protected_ports()?.contains(&port);
     let monitor = maps.settings()?.monitor != 0;
@@ -599,7 +599,7 @@ fn when(t: SystemTime) -> String {
 
 /// `allowlist history`: the recorded updates, oldest first, of the last `since`, of
 /// one source or provider.
-pub fn history(
+pub(crate) fn history(
     config: &Config,
     since: Option<Duration>,
     source: Option<&str>,
@@ -698,7 +698,7 @@ fn side_count(side: &Prefixes) -> String {
     }
 }
 
-pub async fn fetch(config: &Config, force: bool, json: bool) -> Result<()> {
+pub(crate) async fn fetch(config: &Config, force: bool, json: bool) -> Result<()> {
     // The refresher saves what it accepts; a scratch copy of the state directory keeps
     // this a dry run while still starting from the last good lists and validators.
     // Only files the agent would read itself are copied.
@@ -807,7 +807,12 @@ pub async fn fetch(config: &Config, force: bool, json: bool) -> Result<()> {
 
 /// `allowlist denied`: the agent's table of denied sources (it works while the agent
 /// is stopped; the file is what it last wrote).
-pub fn denied(config: &Config, top: usize, since: Option<Duration>, json: bool) -> Result<()> {
+pub(crate) fn denied(
+    config: &Config,
+    top: usize,
+    since: Option<Duration>,
+    json: bool,
+) -> Result<()> {
     check_readable(config)?;
     let Some(file) = DeniedFile::read(&config.state_dir)? else {
         bail!(
@@ -824,7 +829,7 @@ pub fn denied(config: &Config, top: usize, since: Option<Duration>, json: bool) 
     Ok(())
 }
 
-pub fn reload(config: &Config) -> Result<()> {
+pub(crate) fn reload(config: &Config) -> Result<()> {
     let pid = control::signal_agent(&config.state_dir, libc::SIGHUP)?;
     println!(
         "asked the agent (pid {pid}) to reload {}",
@@ -833,7 +838,7 @@ pub fn reload(config: &Config) -> Result<()> {
     Ok(())
 }
 
-pub fn detach(config: &Config) -> Result<()> {
+pub(crate) fn detach(config: &Config) -> Result<()> {
     control::check_privileges().map_err(|e| anyhow!(e))?;
     // The agent goes first: its descriptors keep the links alive, and while it runs it
     // would attach again what the pins' removal detached. It exits leaving its pins.
@@ -868,7 +873,7 @@ pub fn detach(config: &Config) -> Result<()> {
     Ok(())
 }
 
-pub fn presets() {
+pub(crate) fn presets() {
     for preset in presets::all() {
         println!("{preset}");
     }
@@ -876,7 +881,7 @@ pub fn presets() {
 
 /// The configuration, with `pin_dir` where the agent's pins really are (the host's
 /// bpffs seen through `/proc/1/root` under `ip netns exec`).
-pub fn load_config(path: &Path) -> Result<Config> {
+pub(crate) fn load_config(path: &Path) -> Result<Config> {
     let mut config = config::load(path)?;
     if let Some(location) = datapath::locate_pins(&config.pin_dir) {
         config.pin_dir = location.path;

@@ -32,27 +32,27 @@ use crate::{
     },
 };
 
-pub const DEFAULT_PATH: &str = "/etc/allowlist/allowlist.toml";
+pub(crate) const DEFAULT_PATH: &str = "/etc/allowlist/allowlist.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/allowlist";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/allowlist";
-pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
-pub const MIN_REFRESH: Duration = Duration::from_secs(1);
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
-pub const DEFAULT_RETRIES: u32 = 3;
+pub(crate) const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
+pub(crate) const MIN_REFRESH: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_RETRIES: u32 = 3;
 /// Denied packets each CPU's denied-source watch records per second, unless
 /// `[watch] rate_per_cpu` says.
 pub const DEFAULT_WATCH_RATE: u32 = 2000;
 /// The largest `rate_per_cpu`: beyond it a flood would churn the watch's map.
-pub const MAX_WATCH_RATE: u32 = 1_000_000;
+pub(crate) const MAX_WATCH_RATE: u32 = 1_000_000;
 /// How long a `dns` source waits for one answer (per attempt) unless `timeout` says.
-pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a `dns` source keeps an address after the last answer that held it.
-pub const DEFAULT_DNS_KEEP: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_DNS_KEEP: Duration = Duration::from_secs(24 * 3600);
 /// How long the agent keeps a denied source's address after it was last seen.
-pub const DEFAULT_DENIED_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const DEFAULT_DENIED_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The longest `[watch] keep`: addresses of strangers are not kept for longer.
-pub const MAX_DENIED_KEEP: Duration = Duration::from_secs(366 * 24 * 3600);
+pub(crate) const MAX_DENIED_KEEP: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// A configuration error, located in the file.
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +202,7 @@ impl Default for Watch {
 /// The longest Retry-After honoured whatever the refresh interval: a source with no
 /// saved list is fetched before the filter attaches, and a start must not wait on a
 /// provider for long (systemd's TimeoutStartSec is 10 min).
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// How a URL source is fetched.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -284,7 +284,7 @@ impl Serialize for Proxy {
 }
 
 /// A URL with its password, if any, replaced by `***`.
-pub fn redacted(url: &Url) -> String {
+pub(crate) fn redacted(url: &Url) -> String {
     let mut shown = url.clone();
     if shown.password().is_some() {
         let _ = shown.set_password(Some("***"));
@@ -457,7 +457,7 @@ impl Config {
 }
 
 /// Reads and validates a configuration file.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,

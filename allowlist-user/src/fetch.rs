@@ -420,7 +420,7 @@ fn validators(headers: &HeaderMap) -> (Option<String>, Option<String>, Option<St
 }
 
 /// Redirects followed in one attempt.
-pub const MAX_REDIRECTS: usize = 5;
+pub(crate) const MAX_REDIRECTS: usize = 5;
 
 fn client(settings: &FetchSettings) -> Result<reqwest::Client, FetchErrorKind> {
     let insecure = settings.insecure_http;
@@ -570,7 +570,7 @@ fn classify(err: &reqwest::Error, timeout: Duration, proxy: Option<&str>) -> Fet
 }
 
 /// Reads a local list, refusing files larger than `max_bytes`.
-pub async fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
+pub(crate) async fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, FetchError> {
     let fail = |kind| FetchError {
         target: path.display().to_string(),
         attempts: 1,

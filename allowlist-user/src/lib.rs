@@ -24,26 +24,52 @@
     )
 )]
 
-// Public: what the binary (`main.rs`), the verdict and fetch tests, the deployment
-// tests and the benchmarks use. The rest is the agent's own.
-pub mod agent;
-pub mod cli;
-pub mod commands;
-pub mod config;
+mod agent;
+mod cli;
+mod commands;
+mod config;
 mod control;
-pub mod datapath;
+mod datapath;
 mod denied;
 mod dns;
-pub mod fetch;
+mod fetch;
 mod guards;
 mod history;
 mod link_events;
 mod metrics;
-pub mod observe;
+mod observe;
 mod prefixes;
-pub mod presets;
-pub mod refresh;
+mod presets;
+mod refresh;
 mod senders;
-pub mod source;
+mod source;
 mod state;
 mod status;
+
+/// What the integration tests and the benchmarks use; nothing else is public.
+#[doc(inline)]
+pub use crate::{
+    config::{
+        Config, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, DEFAULT_WATCH_RATE, FetchSettings, Location,
+        Proxy, parse as parse_config,
+    },
+    datapath::{
+        Counters, DeniedEntry, LoadOptions, Maps, SyncReport, load_unpinned, program_object,
+        sync::{apply as apply_change, resync},
+    },
+    fetch::{
+        Conditional, FetchError, FetchErrorKind, FetchOptions, FetchOutcome, Fetcher, USER_AGENT,
+    },
+    presets::{PresetSource, all as all_presets, find as find_preset},
+    refresh::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
+    source::{
+        Format,
+        json::{RecordFilter, Selector},
+        parse_document,
+    },
+};
+
+/// The `allowlist` binary: parse the command line and run the verb.
+pub fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -10,9 +10,7 @@ use std::{path::Path, time::Duration};
 
 use allowlist_tests::dns_server::{DnsServer, Reply};
 use allowlist_user::{
-    config::{self, Config},
-    fetch::Fetcher,
-    refresh::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
+    Config, Fetcher, Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin, parse_config,
 };
 
 const ID: &str = "adyen/0";
@@ -49,7 +47,7 @@ retries = 0
             state = self.dir.path().join("state").display(),
             resolver = self.server.addr(),
         );
-        config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"))
+        parse_config(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn refresher(&self, config: &Config) -> Refresher {

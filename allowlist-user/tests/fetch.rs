@@ -12,9 +12,8 @@ use allowlist_tests::{
     world::{DOCUMENT_PATH, provider_toml_with, static_provider_toml},
 };
 use allowlist_user::{
-    config::{self, Config, FetchSettings, Proxy},
-    fetch::{Conditional, FetchErrorKind, FetchOptions, FetchOutcome, Fetcher, USER_AGENT},
-    refresh::{Outcome, Refresher, SetOrigin},
+    Conditional, Config, FetchErrorKind, FetchOptions, FetchOutcome, FetchSettings, Fetcher,
+    Outcome, Proxy, Refresher, SetOrigin, USER_AGENT, parse_config,
 };
 use reqwest::Url;
 
@@ -46,7 +45,7 @@ async fn get(
     server: &ProviderServer,
     path: &str,
     settings: &FetchSettings,
-) -> Result<FetchOutcome, allowlist_user::fetch::FetchError> {
+) -> Result<FetchOutcome, allowlist_user::FetchError> {
     fetcher()
         .fetch(&url(server, path), settings, &Conditional::default())
         .await
@@ -342,7 +341,7 @@ fn refresh_config(server: &ProviderServer, state_dir: &Path) -> Config {
         provider_toml_with("partner", server, "2s", 1),
         static_provider_toml("office", &["203.0.113.0/24"]),
     );
-    config::parse(&text, Path::new("fetch-test.toml")).unwrap_or_else(|e| panic!("{e}"))
+    parse_config(&text, Path::new("fetch-test.toml")).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn intercom_doc(outbound: &[&str]) -> String {
@@ -833,7 +832,7 @@ proxy = "{proxy}"
         proxy = proxy.url(),
     );
     let config =
-        config::parse(&text, Path::new("proxy-test.toml")).unwrap_or_else(|e| panic!("{e}"));
+        parse_config(&text, Path::new("proxy-test.toml")).unwrap_or_else(|e| panic!("{e}"));
     let mut r = Refresher::new(&config, fetcher()).unwrap();
     r.bootstrap();
     let report = r.refresh_all().await;

@@ -16,11 +16,8 @@ use std::{
 
 use allowlist_tests::provider_server::{ProviderServer, Response};
 use allowlist_user::{
-    config::{self, Config, Location},
-    fetch::{FetchOptions, Fetcher},
-    presets::{self, PresetSource},
-    refresh::{Outcome, Refresher},
-    source,
+    Config, FetchOptions, Fetcher, Location, Outcome, PresetSource, Refresher, all_presets,
+    find_preset, parse_config, parse_document,
 };
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -54,7 +51,7 @@ fn config(state_dir: &Path, providers: &str) -> Config {
         "interfaces = [\"eth0\"]\nstate_dir = \"{}\"\n{providers}",
         state_dir.display()
     );
-    config::parse(&text, Path::new("presets-test.toml")).unwrap_or_else(|e| panic!("{e}"))
+    parse_config(&text, Path::new("presets-test.toml")).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The addresses `entries` cover (prefixes or bare addresses), as aggregated prefixes:
@@ -280,7 +277,7 @@ fn shaped_documents() -> Vec<(String, Value, Vec<&'static str>)> {
 async fn every_preset_selects_what_its_provider_documents_through_the_url_override() {
     let cases = shaped_documents();
     let covered: BTreeSet<&str> = cases.iter().map(|(name, ..)| name.as_str()).collect();
-    let with_a_document: BTreeSet<&str> = (presets::all().iter())
+    let with_a_document: BTreeSet<&str> = (all_presets().iter())
         .filter(|p| !matches!(p.source, PresetSource::Static))
         .map(|p| p.name)
         .collect();
@@ -487,7 +484,7 @@ async fn every_preset_admits_what_its_provider_documents(dir: &Path) {
     for (preset, _, documented) in &cases {
         let documented = addresses(documented);
         assert_eq!(admitted(&refresher, preset), documented, "{preset}");
-        let snapshot = presets::find(preset).unwrap().snapshot.as_ref().unwrap();
+        let snapshot = find_preset(preset).unwrap().snapshot.as_ref().unwrap();
         assert_eq!(
             addresses(snapshot.entries),
             documented,
@@ -507,7 +504,7 @@ async fn every_preset_admits_what_its_provider_documents(dir: &Path) {
     // Telegram's webhook subnets (a static preset) are within its published ranges.
     let telegram = String::from_utf8(raw("telegram-cidr.txt")).unwrap();
     let published = addresses(telegram.lines().filter(|l| !l.trim().is_empty()));
-    for entry in presets::find("telegram-bot")
+    for entry in find_preset("telegram-bot")
         .unwrap()
         .snapshot
         .as_ref()
@@ -538,7 +535,7 @@ async fn the_stripe_api_list_is_not_a_webhook_list(dir: &Path) {
     let error = error.to_string();
     assert!(error.contains("`WEBHOOKS`"), "{error}");
     // The snapshot stays in force.
-    let snapshot = presets::find("stripe-webhooks")
+    let snapshot = find_preset("stripe-webhooks")
         .unwrap()
         .snapshot
         .as_ref()
@@ -611,7 +608,7 @@ async fn the_aws_document_parses_and_loads(dir: &Path) {
         unreachable!()
     };
     let start = Instant::now();
-    let parsed = source::parse_document(format, &body, "aws/0").unwrap();
+    let parsed = parse_document(format, &body, "aws/0").unwrap();
     let parse_time = start.elapsed();
     assert_eq!(parsed.entries, listed);
     assert_eq!(parsed.serial.as_deref(), Some("1753388594"));

@@ -12,10 +12,7 @@ use allowlist_tests::{
     connect_proxy::ConnectProxy,
     provider_server::{ProviderServer, Response},
 };
-use allowlist_user::{
-    config::{FetchSettings, Proxy},
-    fetch::{Conditional, FetchErrorKind, FetchOptions, Fetcher},
-};
+use allowlist_user::{Conditional, FetchErrorKind, FetchOptions, FetchSettings, Fetcher, Proxy};
 use reqwest::Url;
 
 #[test]

@@ -24,7 +24,7 @@ use std::{
 };
 
 use allowlist_tests::netns::{Netns, enter, unique_id};
-use allowlist_user::datapath::{self, LoadOptions, Maps};
+use allowlist_user::{LoadOptions, Maps, load_unpinned, resync};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
@@ -90,22 +90,22 @@ impl Programs {
         if BASELINES.is_empty() {
             bail!("this build carries no baseline programs (built with AYA_BUILD_SKIP=1)");
         }
-        let (allowlist, mut maps) = datapath::load_unpinned(&LoadOptions::default())
-            .context("load the allowlist program")?;
+        let (allowlist, mut maps) =
+            load_unpinned(&LoadOptions::default()).context("load the allowlist program")?;
         maps.set_ports(&[443].into())?;
-        let report = datapath::sync::resync(&mut maps, list).context("fill the allowlist maps")?;
+        let report = resync(&mut maps, list).context("fill the allowlist maps")?;
         let (v4_chunks, v6_chunks) = maps.fast_chunks_in_use()?;
         eprintln!(
             "  fast tables: {v4_chunks} IPv4 and {v6_chunks} IPv6 chunks in use, {} left to the trie",
             report.fast.left_to_trie
         );
-        let (unwatched, mut unwatched_maps) = datapath::load_unpinned(&LoadOptions {
+        let (unwatched, mut unwatched_maps) = load_unpinned(&LoadOptions {
             without_watch: true,
             ..LoadOptions::default()
         })
         .context("load the allowlist program without its watch")?;
         unwatched_maps.set_ports(&[443].into())?;
-        datapath::sync::resync(&mut unwatched_maps, list)
+        resync(&mut unwatched_maps, list)
             .context("fill the maps of the allowlist program without its watch")?;
 
         let mut baselines = Ebpf::load(BASELINES).context("load the baseline object")?;

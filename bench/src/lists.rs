@@ -358,18 +358,18 @@ pub(crate) fn aws_v6_filled(
     document: &std::path::Path,
     n: usize,
 ) -> anyhow::Result<(BTreeMap<IpNet, u32>, BTreeMap<IpNet, u32>)> {
-    use allowlist_user::source::{self, Format, json};
+    use allowlist_user::{Format, Selector, parse_document};
     use anyhow::Context as _;
 
     let body =
         std::fs::read(document).with_context(|| format!("reading {}", document.display()))?;
-    let format = Format::Json(json::Selector {
+    let format = Format::Json(Selector {
         items: vec!["ipv6_prefixes".into()],
         cidr: vec!["ipv6_prefix".into()],
         filters: Vec::new(),
         serial: None,
     });
-    let parsed = source::parse_document(&format, &body, "aws-ip-ranges")
+    let parsed = parse_document(&format, &body, "aws-ip-ranges")
         .with_context(|| format!("{}: not AWS's ip-ranges.json", document.display()))?;
     let mut aws = BTreeMap::new();
     for entry in parsed.entries {

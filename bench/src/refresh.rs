@@ -7,8 +7,8 @@ use std::{
 };
 
 use allowlist_user::{
-    datapath::{self, LoadOptions, SyncReport, sync},
-    source::{self, Format, json},
+    Format, LoadOptions, RecordFilter, Selector, SyncReport, apply_change, load_unpinned,
+    parse_document, resync,
 };
 use anyhow::{Context as _, Result};
 use ipnet::IpNet;
@@ -22,14 +22,14 @@ pub(crate) struct FullLoad {
 }
 
 /// Loads the program with fresh maps and fills them with `list` the way the agent
-/// does at its first start (`sync::resync`: read the empty tries, rebuild the fast
+/// does at its first start (`resync`: read the empty tries, rebuild the fast
 /// table from them, apply the set). The median of `rounds` loads.
 pub(crate) fn full_load(list: &BTreeMap<IpNet, u32>, rounds: usize) -> Result<FullLoad> {
     let mut runs = Vec::new();
     for _ in 0..rounds {
-        let (_ebpf, mut maps) = datapath::load_unpinned(&LoadOptions::default())?;
+        let (_ebpf, mut maps) = load_unpinned(&LoadOptions::default())?;
         let start = Instant::now();
-        let report = sync::resync(&mut maps, list)?;
+        let report = resync(&mut maps, list)?;
         runs.push(FullLoad {
             time: start.elapsed(),
             report,
@@ -52,8 +52,8 @@ pub(crate) fn diff_apply(
     changes: usize,
     rounds: usize,
 ) -> Result<DiffApply> {
-    let (_ebpf, mut maps) = datapath::load_unpinned(&LoadOptions::default())?;
-    sync::resync(&mut maps, list)?;
+    let (_ebpf, mut maps) = load_unpinned(&LoadOptions::default())?;
+    resync(&mut maps, list)?;
     let mut next = list.clone();
     let keys: Vec<IpNet> = list.keys().copied().collect();
     let removed = changes / 3;
@@ -74,10 +74,10 @@ pub(crate) fn diff_apply(
     let mut report = SyncReport::default();
     for _ in 0..rounds {
         let start = Instant::now();
-        report = sync::apply(&mut maps, list, &next)?;
+        report = apply_change(&mut maps, list, &next)?;
         times.push(start.elapsed());
         let start = Instant::now();
-        sync::apply(&mut maps, &next, list)?;
+        apply_change(&mut maps, &next, list)?;
         times.push(start.elapsed());
     }
     times.sort();
@@ -94,10 +94,10 @@ pub(crate) struct JsonParse {
 /// parser (selection: both prefix arrays, EC2 records only).
 pub(crate) fn json_parse(rng: &mut StdRng, bytes: usize, rounds: usize) -> Result<JsonParse> {
     let body = lists::aws_document(rng, bytes);
-    let format = Format::Json(json::Selector {
+    let format = Format::Json(Selector {
         items: vec!["prefixes".into(), "ipv6_prefixes".into()],
         cidr: vec!["ip_prefix".into(), "ipv6_prefix".into()],
-        filters: vec![json::RecordFilter {
+        filters: vec![RecordFilter {
             field: "service".into(),
             any_of: vec!["EC2".into()],
         }],
@@ -107,7 +107,7 @@ pub(crate) fn json_parse(rng: &mut StdRng, bytes: usize, rounds: usize) -> Resul
     let mut entries = 0;
     for _ in 0..rounds {
         let start = Instant::now();
-        let parsed = source::parse_document(&format, &body, "bench/0").context("parse")?;
+        let parsed = parse_document(&format, &body, "bench/0").context("parse")?;
         times.push(start.elapsed());
         entries = parsed.entries.len();
     }

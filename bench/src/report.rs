@@ -4,7 +4,7 @@ use std::{fmt::Write as _, time::Duration};
 
 use anyhow::Result;
 
-use allowlist_user::config::DEFAULT_WATCH_RATE;
+use allowlist_user::DEFAULT_WATCH_RATE;
 
 use crate::{
     agent::Memory,

@@ -17,7 +17,7 @@ use std::{
 };
 
 use allowlist_tests::{IMAGE_REPOSITORY, describe, image_tag, repo, run, tool, world::binary};
-use allowlist_user::config::{self, Config, Location, Proxy};
+use allowlist_user::{Config, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, Location, Proxy};
 use serde::Deserialize as _;
 use serde_yaml_ng::Value;
 
@@ -66,7 +66,7 @@ fn read(path: &Path) -> String {
 }
 
 fn parse_config(text: &str, origin: &Path) -> Config {
-    config::parse(text, origin).unwrap_or_else(|e| panic!("{e}"))
+    allowlist_user::parse_config(text, origin).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The value that follows `flag` in a command line.
@@ -83,8 +83,8 @@ fn flag_value<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
 fn example_config_is_valid_and_uses_the_defaults() {
     let path = deploy("allowlist.example.toml");
     let config = parse_config(&read(&path), &path);
-    assert_eq!(config.state_dir, Path::new(config::DEFAULT_STATE_DIR));
-    assert_eq!(config.pin_dir, Path::new(config::DEFAULT_PIN_DIR));
+    assert_eq!(config.state_dir, Path::new(DEFAULT_STATE_DIR));
+    assert_eq!(config.pin_dir, Path::new(DEFAULT_PIN_DIR));
     assert_eq!(config.ports, [443]);
     let metrics = config.metrics.expect("the example serves metrics");
     assert!(

@@ -11,7 +11,7 @@ use std::{net::IpAddr, time::Duration};
 
 use allowlist_common::maps as names;
 use allowlist_tests::{netns::require_root, world::*};
-use allowlist_user::datapath::Maps;
+use allowlist_user::Maps;
 
 /// The pins a build before the denied-source watch leaves: every map but the watch's.
 /// With `ALLOWLIST_PREVIOUS_BIN` (an `allowlist` built from a commit before the
@@ -147,7 +147,7 @@ fn an_agent_upgraded_from_a_build_without_the_watch_creates_its_maps() {
     let maps = Maps::open_pinned(&world.pin_dir).expect("open the pins");
     assert_eq!(
         maps.watch_rate().unwrap(),
-        Some(allowlist_user::config::DEFAULT_WATCH_RATE)
+        Some(allowlist_user::DEFAULT_WATCH_RATE)
     );
     let denied = maps.denied_sources().expect("read the watch");
     let entry = denied

@@ -45,7 +45,7 @@ fn xdp_mode(mode: AttachMode) -> XdpMode {
 /// How one configured interface stands: filtered through a live link of this
 /// filter, or not, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InterfaceState {
+pub(crate) struct InterfaceState {
     /// The name in the configuration.
     pub name: String,
     pub mode: AttachMode,
@@ -81,7 +81,7 @@ impl InterfaceState {
     }
 }
 
-pub struct Filter {
+pub(crate) struct Filter {
     ebpf: Ebpf,
     maps: Maps,
     pin_dir: PathBuf,
@@ -97,7 +97,7 @@ pub struct Filter {
 }
 
 /// Fails unless every interface exists, naming the ones that do.
-pub fn check_interfaces(interfaces: &[Interface]) -> Result<(), DatapathError> {
+pub(crate) fn check_interfaces(interfaces: &[Interface]) -> Result<(), DatapathError> {
     for spec in interfaces {
         let c = CString::new(spec.name.as_str()).map_err(|_| DatapathError::MissingInterface {
             name: spec.name.clone(),
@@ -166,7 +166,7 @@ impl Filter {
     /// Loads the program with its maps pinned under `pin_dir` (made ready by
     /// [`pins::prepare_pin_dir`]), reusing the maps a previous agent pinned there.
     /// Attaches nothing yet.
-    pub fn load(pin_dir: &Path, options: &LoadOptions) -> Result<Self, DatapathError> {
+    pub(crate) fn load(pin_dir: &Path, options: &LoadOptions) -> Result<Self, DatapathError> {
         pins::check_ownership(pin_dir)?;
         pins::check_compatible(pin_dir, &expected_maps()?)?;
         let fresh = !pins::has_pinned_maps(pin_dir);
@@ -213,20 +213,20 @@ impl Filter {
     }
 
     /// Whether this load found a previous agent's maps.
-    pub fn adopted_maps(&self) -> bool {
+    pub(crate) fn adopted_maps(&self) -> bool {
         !self.fresh
     }
 
-    pub fn maps(&self) -> &Maps {
+    pub(crate) fn maps(&self) -> &Maps {
         &self.maps
     }
 
-    pub fn maps_mut(&mut self) -> &mut Maps {
+    pub(crate) fn maps_mut(&mut self) -> &mut Maps {
         &mut self.maps
     }
 
     /// Every configured interface and how it stands, as of the last attach or check.
-    pub fn interfaces(&self) -> &[InterfaceState] {
+    pub(crate) fn interfaces(&self) -> &[InterfaceState] {
         &self.interfaces
     }
 
@@ -235,7 +235,7 @@ impl Filter {
     /// otherwise a new link is created and pinned. If this load created the pins and
     /// an interface cannot be attached, every pin is removed again: a failed start
     /// leaves nothing behind. Links to interfaces no longer listed are unpinned last.
-    pub fn attach(&mut self, interfaces: &[Interface]) -> Result<(), DatapathError> {
+    pub(crate) fn attach(&mut self, interfaces: &[Interface]) -> Result<(), DatapathError> {
         self.reconcile(interfaces);
         if let Some(failed) = self.interfaces.iter().find(|i| !i.attached) {
             let error = DatapathError::Attach {
@@ -261,7 +261,7 @@ impl Filter {
     /// to get there: links of interfaces no longer configured are removed only when
     /// every configured interface is attached. Returns the interfaces whose state
     /// changed, with their previous state.
-    pub fn reconcile(
+    pub(crate) fn reconcile(
         &mut self,
         interfaces: &[Interface],
     ) -> Vec<(Option<InterfaceState>, InterfaceState)> {
@@ -524,7 +524,10 @@ impl Filter {
     /// [`sync::apply`]). The first sync after a load, and the one after a sync that
     /// failed halfway, read the tries and rebuild the whole fast table from them first
     /// ([`sync::resync`]): this runs before the program is attached or swapped in.
-    pub fn sync(&mut self, desired: &BTreeMap<IpNet, u32>) -> Result<SyncReport, DatapathError> {
+    pub(crate) fn sync(
+        &mut self,
+        desired: &BTreeMap<IpNet, u32>,
+    ) -> Result<SyncReport, DatapathError> {
         let report = match self.applied.take() {
             Some(applied) => sync::apply(&mut self.maps, &applied, desired)?,
             None => sync::resync(&mut self.maps, desired)?,
@@ -535,7 +538,7 @@ impl Filter {
 
     /// What the tries hold: as last written, or read back after a sync that failed
     /// halfway.
-    pub fn entries(&self) -> Result<BTreeMap<IpNet, u32>, DatapathError> {
+    pub(crate) fn entries(&self) -> Result<BTreeMap<IpNet, u32>, DatapathError> {
         match &self.applied {
             Some(applied) => Ok(applied.clone()),
             None => self.maps.live_entries(),
@@ -543,7 +546,7 @@ impl Filter {
     }
 
     /// Removes every pin: with the agent gone, the program detaches.
-    pub fn remove_pins(&self) -> Result<Vec<PathBuf>, DatapathError> {
+    pub(crate) fn remove_pins(&self) -> Result<Vec<PathBuf>, DatapathError> {
         pins::remove_all(&self.pin_dir)
     }
 }

@@ -13,7 +13,7 @@ use std::{
 
 /// A pinned XDP link as the kernel sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LinkState {
+pub(crate) struct LinkState {
     pub link_id: u32,
     pub program_id: u32,
     /// The device the link is attached to; `None` once the device was deleted or the
@@ -77,7 +77,7 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
 }
 
 /// Reads the link pinned at `pin`. `Err` when nothing (or no XDP link) is pinned there.
-pub fn read(pin: &Path) -> io::Result<LinkState> {
+pub(crate) fn read(pin: &Path) -> io::Result<LinkState> {
     let path = CString::new(pin.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
     let mut get = ObjGetAttr {
         pathname: path.as_ptr() as u64,

@@ -8,7 +8,7 @@ mod mapping;
 mod maps;
 mod pins;
 mod pool;
-pub mod sync;
+pub(crate) mod sync;
 mod watch;
 
 use std::path::PathBuf;
@@ -22,13 +22,12 @@ use thiserror::Error;
 
 use crate::config::{AttachMode, Interface};
 
-pub use fast::FastReport;
-pub use filter::{Filter, InterfaceState, check_interfaces};
-pub use link::{LinkState, read as read_link};
+pub(crate) use filter::{Filter, InterfaceState, check_interfaces};
+pub(crate) use link::read as read_link;
 pub use maps::{Counters, Maps};
-pub use pins::{
-    PinLocation, has_pinned_maps, link_pin, locate as locate_pins, map_pin, pinned_links,
-    prepare_pin_dir, remove_all as remove_pins,
+pub(crate) use pins::{
+    has_pinned_maps, link_pin, locate as locate_pins, pinned_links, prepare_pin_dir,
+    remove_all as remove_pins,
 };
 pub use sync::SyncReport;
 pub use watch::DeniedEntry;

@@ -23,16 +23,16 @@ use super::DatapathError;
 const BPF_FS_MAGIC: i64 = 0xCAFE_4A11;
 const LINK_PREFIX: &str = "link_";
 
-pub fn map_pin(pin_dir: &Path, map: &str) -> PathBuf {
+pub(crate) fn map_pin(pin_dir: &Path, map: &str) -> PathBuf {
     pin_dir.join(map)
 }
 
-pub fn link_pin(pin_dir: &Path, interface: &str) -> PathBuf {
+pub(crate) fn link_pin(pin_dir: &Path, interface: &str) -> PathBuf {
     pin_dir.join(format!("{LINK_PREFIX}{interface}"))
 }
 
 /// Interfaces that have a pinned link under `pin_dir`.
-pub fn pinned_links(pin_dir: &Path) -> io::Result<Vec<String>> {
+pub(crate) fn pinned_links(pin_dir: &Path) -> io::Result<Vec<String>> {
     let mut out = Vec::new();
     match fs::read_dir(pin_dir) {
         Ok(entries) => {
@@ -51,7 +51,7 @@ pub fn pinned_links(pin_dir: &Path) -> io::Result<Vec<String>> {
 }
 
 /// Whether an agent has left its maps under `pin_dir`.
-pub fn has_pinned_maps(pin_dir: &Path) -> bool {
+pub(crate) fn has_pinned_maps(pin_dir: &Path) -> bool {
     map_pin(pin_dir, names::ALLOW_V4).exists()
 }
 
@@ -139,7 +139,7 @@ fn anchor(dir: &Path) -> Option<PathBuf> {
 
 /// Where the pins of `pin_dir` live, and whether they outlive the agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PinLocation {
+pub(crate) struct PinLocation {
     /// The path to use: `pin_dir` itself, or, when this process runs in a private
     /// mount namespace (`ip netns exec` remounts /sys, hiding the host's bpffs), the
     /// host's bpffs reached through PID 1's (or an ancestor's) root.
@@ -154,7 +154,7 @@ pub struct PinLocation {
 /// one at `pin_dir` in the mount namespace of PID 1 or of the nearest ancestor
 /// process that has one. `None` when none has: the caller mounts one (durable only
 /// outside a private mount namespace) or refuses.
-pub fn locate(pin_dir: &Path) -> Option<PinLocation> {
+pub(crate) fn locate(pin_dir: &Path) -> Option<PinLocation> {
     if on_bpffs(pin_dir) {
         return Some(PinLocation {
             path: pin_dir.to_owned(),
@@ -196,7 +196,7 @@ pub fn locate(pin_dir: &Path) -> Option<PinLocation> {
 /// PID 1's mount namespace. From a private mount namespace with no host bpffs in
 /// sight, a bpffs mounted here would die with the agent: refused unless
 /// `allow_ephemeral`.
-pub fn prepare_pin_dir(
+pub(crate) fn prepare_pin_dir(
     pin_dir: &Path,
     allow_ephemeral: bool,
 ) -> Result<PinLocation, DatapathError> {
@@ -425,7 +425,7 @@ fn remove_pin(path: &Path, what: &str) -> Result<(), DatapathError> {
 
 /// Removes every pin under `pin_dir` and the directory. Unpinning a link detaches
 /// the program from that interface once no process holds the link any more.
-pub fn remove_all(pin_dir: &Path) -> Result<Vec<PathBuf>, DatapathError> {
+pub(crate) fn remove_all(pin_dir: &Path) -> Result<Vec<PathBuf>, DatapathError> {
     let mut removed = Vec::new();
     let entries = match fs::read_dir(pin_dir) {
         Ok(entries) => entries,

@@ -24,20 +24,20 @@ use tracing_subscriber::{
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Human,
     Json,
 }
 
 /// Where the log goes, once [`Log::init`] has set it up.
 #[derive(Clone, Copy, Debug)]
-pub struct Log {
+pub(crate) struct Log {
     journal: bool,
 }
 
 impl Log {
     /// Installs the process's logger on stderr.
-    pub fn init(format: LogFormat) -> Log {
+    pub(crate) fn init(format: LogFormat) -> Log {
         let journal = stderr_is_journal();
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         let builder = tracing_subscriber::fmt()
@@ -59,7 +59,7 @@ impl Log {
     }
 
     /// Prints the error that ends the process, the log's last words.
-    pub fn fatal(self, err: &anyhow::Error) {
+    pub(crate) fn fatal(self, err: &anyhow::Error) {
         let text = format!("allowlist: {err:#}\n");
         if self.journal {
             eprint!("{}", with_priority(&text, priority(&Level::ERROR)));

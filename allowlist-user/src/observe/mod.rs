@@ -5,4 +5,4 @@
 mod log;
 pub(crate) mod systemd;
 
-pub use log::{Log, LogFormat};
+pub(crate) use log::{Log, LogFormat};

@@ -50,7 +50,7 @@ impl RecordFilter {
 }
 
 /// Shows a path the way the configuration spells it (`.` for the document itself).
-pub fn display_path(path: &str) -> &str {
+pub(crate) fn display_path(path: &str) -> &str {
     if path.is_empty() { "." } else { path }
 }
 
@@ -74,7 +74,11 @@ fn lookup<'v>(root: &'v Value, path: &str) -> Result<&'v Value, String> {
 }
 
 /// Reads the selected entries (and the serial) of a JSON document.
-pub fn parse(selector: &Selector, body: &[u8], source_id: &str) -> Result<Parsed, SourceError> {
+pub(crate) fn parse(
+    selector: &Selector,
+    body: &[u8],
+    source_id: &str,
+) -> Result<Parsed, SourceError> {
     let document: Value = serde_json::from_slice(body).map_err(|err| SourceError::InvalidJson {
         source_id: source_id.to_owned(),
         detail: err.to_string(),

@@ -6,8 +6,8 @@
 //! explains a failure: HTML where a list was expected (a captive portal, an error
 //! page) is named as such, with its content type.
 
-pub mod json;
-pub mod text;
+pub(crate) mod json;
+pub(crate) mod text;
 
 use serde::Serialize;
 use thiserror::Error;
@@ -96,7 +96,7 @@ pub fn parse_document(
 
 /// Reads a fetched document like [`parse_document`]; when it fails on what is HTML
 /// (by its Content-Type or its first character), says so instead.
-pub fn parse_fetched(
+pub(crate) fn parse_fetched(
     format: &Format,
     body: &[u8],
     source_id: &str,

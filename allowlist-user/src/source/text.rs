@@ -4,7 +4,7 @@ use super::SourceError;
 
 /// Returns the entries of a text list. `#` starts a comment (whole-line or trailing);
 /// blank lines and surrounding whitespace (including the `\r` of CRLF) are ignored.
-pub fn parse(body: &[u8], source_id: &str) -> Result<Vec<String>, SourceError> {
+pub(crate) fn parse(body: &[u8], source_id: &str) -> Result<Vec<String>, SourceError> {
     let mut entries = Vec::new();
     for (index, line) in body.split(|&b| b == b'\n').enumerate() {
         let line = std::str::from_utf8(line).map_err(|_| SourceError::NotUtf8 {

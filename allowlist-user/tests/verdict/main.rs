@@ -16,7 +16,9 @@ use std::{
 
 use allowlist_common::{MAX_IPV6_EXT_HEADERS, Reason, counter};
 use allowlist_tests::netns::require_root;
-use allowlist_user::datapath::{self, Counters, LoadOptions, Maps};
+use allowlist_user::{
+    Counters, LoadOptions, Maps, apply_change, load_unpinned, program_object, resync,
+};
 use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions, Xdp},
@@ -397,10 +399,9 @@ struct Harness {
 /// The program loaded with fresh maps, TCP/443 protected and `list` in force, filled as
 /// the agent fills them at its first start.
 fn loaded_with(list: &std::collections::BTreeMap<ipnet::IpNet, u32>) -> (Ebpf, Maps) {
-    let (ebpf, mut maps) =
-        datapath::load_unpinned(&LoadOptions::default()).expect("load the XDP program");
+    let (ebpf, mut maps) = load_unpinned(&LoadOptions::default()).expect("load the XDP program");
     maps.set_ports(&BTreeSet::from([443])).unwrap();
-    datapath::sync::resync(&mut maps, list).expect("fill the maps");
+    resync(&mut maps, list).expect("fill the maps");
     (ebpf, maps)
 }
 
@@ -580,7 +581,7 @@ fn assert_no_drops_while_flipping(
     let mut syncs = 0;
     while std::time::Instant::now() < until {
         let next = if syncs % 2 == 0 { narrow } else { wide };
-        datapath::sync::apply(&mut maps, &current, next).unwrap();
+        apply_change(&mut maps, &current, next).unwrap();
         current = next.clone();
         syncs += 1;
     }
@@ -855,13 +856,13 @@ fn fast_table_agrees_with_the_trie() {
     let prog = xdp(&ebpf);
     let p = probes(&mut rng, &first);
     assert_judged_as_longest_match(prog, &maps, &first, &p, "after the full load");
-    datapath::sync::apply(&mut maps, &first, &second).unwrap();
+    apply_change(&mut maps, &first, &second).unwrap();
     let p = probes(&mut rng, &second);
     assert_judged_as_longest_match(prog, &maps, &second, &p, "after a diff");
     // A table that disagrees with the trie (everything denied), repaired by the
     // rebuild a restarted agent's first sync does.
     maps.rebuild_fast(&BTreeMap::new()).unwrap();
-    datapath::sync::resync(&mut maps, &second).unwrap();
+    resync(&mut maps, &second).unwrap();
     let p = probes(&mut rng, &second);
     assert_judged_as_longest_match(prog, &maps, &second, &p, "after a rebuild");
 }
@@ -991,11 +992,11 @@ fn fast_v6_table_agrees_with_the_trie() {
     let prog = xdp(&ebpf);
     let p = probes(&mut rng, &first);
     assert_judged_as_longest_match(prog, &maps, &first, &p, "after the full load");
-    datapath::sync::apply(&mut maps, &first, &second).unwrap();
+    apply_change(&mut maps, &first, &second).unwrap();
     let p = probes(&mut rng, &second);
     assert_judged_as_longest_match(prog, &maps, &second, &p, "after a diff");
     maps.rebuild_fast(&BTreeMap::new()).unwrap();
-    datapath::sync::resync(&mut maps, &second).unwrap();
+    resync(&mut maps, &second).unwrap();
     let p = probes(&mut rng, &second);
     assert_judged_as_longest_match(prog, &maps, &second, &p, "after a rebuild");
 
@@ -1008,7 +1009,7 @@ fn fast_v6_table_agrees_with_the_trie() {
         let net = Ipv6Net::new(Ipv6Addr::from(a), 64).unwrap().trunc();
         full.insert(IpNet::V6(net), (rng.next() % 6) as u32);
     }
-    let report = datapath::sync::apply(&mut maps, &second, &full).unwrap();
+    let report = apply_change(&mut maps, &second, &full).unwrap();
     assert!(
         report.fast.left_to_trie > 0,
         "the pool held {} /64s: {:?}",
@@ -1042,7 +1043,7 @@ fn fast_v6_table_agrees_with_the_trie() {
 fn the_program_judges_a_packet_without_calling_a_function() {
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
 
-    let elf = object::File::parse(datapath::program_object().expect("the embedded program"))
+    let elf = object::File::parse(program_object().expect("the embedded program"))
         .expect("the program is an ELF object");
     let mut entry = None;
     let mut others = Vec::new();

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use allowlist_user::datapath::DeniedEntry;
+use allowlist_user::DeniedEntry;
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use ipnet::IpNet;
 
@@ -266,7 +266,7 @@ fn a_program_loaded_without_the_watch_records_nothing() {
     if !require_root() {
         return;
     }
-    let (ebpf, mut maps) = datapath::load_unpinned(&LoadOptions {
+    let (ebpf, mut maps) = load_unpinned(&LoadOptions {
         without_watch: true,
         ..LoadOptions::default()
     })

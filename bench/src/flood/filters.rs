@@ -22,7 +22,7 @@ use std::{
 
 use allowlist_common::Reason;
 use allowlist_tests::{netns::enter, world::World};
-use allowlist_user::datapath::{self, LoadOptions, Maps, sync};
+use allowlist_user::{LoadOptions, Maps, apply_change, load_unpinned, resync};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
@@ -284,18 +284,18 @@ pub(crate) struct Allowlist {
     maps: Maps,
     list: BTreeMap<IpNet, u32>,
     link: Option<XdpLinkId>,
-    /// How long filling the fresh maps with the list took (`sync::resync`, as the
+    /// How long filling the fresh maps with the list took (`resync`, as the
     /// agent's first start does).
     pub load_time: Duration,
 }
 
 impl Allowlist {
     pub(crate) fn load(list: &BTreeMap<IpNet, u32>) -> Result<Self> {
-        let (ebpf, mut maps) = datapath::load_unpinned(&LoadOptions::default())
-            .context("load the allowlist program")?;
+        let (ebpf, mut maps) =
+            load_unpinned(&LoadOptions::default()).context("load the allowlist program")?;
         maps.set_ports(&[443].into())?;
         let start = Instant::now();
-        sync::resync(&mut maps, list).context("fill the allowlist maps")?;
+        resync(&mut maps, list).context("fill the allowlist maps")?;
         let load_time = start.elapsed();
         Ok(Self {
             ebpf,
@@ -349,7 +349,7 @@ impl Allowlist {
         Ok(self.maps.counters()?.exit(Reason::NotAllowlisted))
     }
 
-    /// Applies `change` to the maps the way a refresh does (`sync::apply`); returns
+    /// Applies `change` to the maps the way a refresh does (`apply_change`); returns
     /// its time.
     pub(crate) fn apply(&mut self, change: &Change<'_>) -> Result<Duration> {
         let mut next = self.list.clone();
@@ -360,7 +360,7 @@ impl Allowlist {
             next.insert(*net, 0);
         }
         let start = Instant::now();
-        sync::apply(&mut self.maps, &self.list, &next).context("apply a change")?;
+        apply_change(&mut self.maps, &self.list, &next).context("apply a change")?;
         let time = start.elapsed();
         self.list = next;
         Ok(time)

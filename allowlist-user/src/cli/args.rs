@@ -1,4 +1,4 @@
-//! Command-line interface.
+//! The arguments, as clap reads them.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -17,7 +17,7 @@ use crate::observe::LogFormat;
     about = "Lets only webhook providers' published IP ranges reach this host's protected TCP ports (XDP)",
     propagate_version = true
 )]
-pub struct Cli {
+pub(super) struct Cli {
     /// The configuration file.
     #[arg(long, global = true, value_name = "PATH", default_value = crate::config::DEFAULT_PATH, env = "ALLOWLIST_CONFIG")]
     pub config: PathBuf,
@@ -31,7 +31,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(super) enum Command {
     /// Run the agent: attach the filter, keep the allowlist fresh, serve metrics.
     Run(RunArgs),
     /// Interfaces, mode, counters, prefixes and hits per provider, and every source's last refresh.
@@ -101,7 +101,7 @@ pub enum Command {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// On exit, detach the filter and remove the pins (by default the filter stays
     /// attached and enforcing after the agent stops).
     #[arg(long)]
