@@ -1855,3 +1855,89 @@ as_of = "2026-11-02"
         assert_eq!(sources[0].in_force, SetOrigin::Fetched);
     }
 }
+
+/// The identity a saved list is kept under. An upgrade that changes it for an
+/// unchanged source throws the source's saved list away and sends it back to its
+/// snapshot (or to nothing), so these bytes are pinned: change them only on purpose.
+#[cfg(test)]
+mod definition_tests {
+    use std::path::Path;
+
+    use super::definition;
+    use crate::config;
+
+    const CONFIG: &str = r#"
+interfaces = ["eth0"]
+[[provider]]
+name = "url"
+[[provider.source]]
+url = "https://203.0.113.5/ranges.json"
+format = "json"
+items = "ip_ranges"
+cidr = "range"
+where = { service = "WEBHOOKS" }
+serial = "syncToken"
+[[provider]]
+name = "file"
+[[provider.source]]
+file = "/etc/allowlist/office.txt"
+[[provider]]
+name = "static"
+[[provider.source]]
+static = ["192.0.2.0/24", "2001:db8::/48"]
+as_of = "2026-11-01"
+reference = "ticket 42"
+[[provider]]
+name = "dns"
+[[provider.source]]
+dns = "hooks.example.net"
+resolver = "198.51.100.53:53"
+dns_keep = "2h"
+[[provider]]
+name = "intercom"
+preset = "intercom-eu"
+"#;
+
+    #[test]
+    fn a_saved_lists_identity_is_byte_identical_across_releases() {
+        let config = config::parse(CONFIG, Path::new("golden.toml")).unwrap();
+        let got: Vec<(String, String, String)> = config
+            .sources()
+            .map(|s| {
+                let text = serde_json::to_string(&s.location).unwrap();
+                (s.id.clone(), text, definition(s))
+            })
+            .collect();
+        let want: &[(&str, &str, &str)] = &[
+            (
+                "url/0",
+                r#"{"url":{"url":"https://203.0.113.5/ranges.json","format":{"format":"json","items":["ip_ranges"],"cidr":["range"],"where":[{"field":"service","any_of":["WEBHOOKS"]}],"serial":"syncToken"}}}"#,
+                "b887d2b33b7f0b539586839bfc1b62e8754309952c28c5ab87d14983f3f97ab2",
+            ),
+            (
+                "file/0",
+                r#"{"file":{"path":"/etc/allowlist/office.txt","format":{"format":"text"}}}"#,
+                "da78b66112ef212cadd8be7c9a54c705ad77edfa3afbea6e009f530ce3534860",
+            ),
+            (
+                "static/0",
+                r#"{"static":{"prefixes":["192.0.2.0/24","2001:db8::/48"],"as_of":"2026-11-01","reference":"ticket 42"}}"#,
+                "d6c2c38f0fa3578ba97b475dc6102a5035153482be9f2fa72520c2de1467aabb",
+            ),
+            (
+                "dns/0",
+                r#"{"dns":{"name":"hooks.example.net","resolver":"198.51.100.53:53","keep":"2h"}}"#,
+                "da7b7c3e8e2a92ae6e692df8166bf4c905bac1b637ce630df04ea252efc999b8",
+            ),
+            (
+                "intercom/intercom-eu",
+                r#"{"url":{"url":"https://static.intercomcdn.com/intercom-ips/eu/intercom-ip-ranges.json","format":{"format":"json","items":["ip_ranges"],"cidr":["range"],"where":[{"field":"service","any_of":["INTERCOM-OUTBOUND"]}],"serial":"date"}}}"#,
+                "3d1884fe0d05356ba20c4f4af1b98cbf20305ab6ad7f7c9102a89ad318f48117",
+            ),
+        ];
+        let got: Vec<(&str, &str, &str)> = (got.iter())
+            .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+            .collect();
+        assert_eq!(got, want);
+    }
+}
