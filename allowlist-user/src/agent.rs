@@ -29,15 +29,14 @@ use crate::{
     datapath::{self, Filter, InterfaceState, LoadOptions},
     denied::{DeniedWatch, Recording},
     fetch::Fetcher,
-    history,
     link_events::LinkEvents,
     metrics::{self, SharedStatus},
     observe::systemd,
     presets,
     refresh::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
     senders::{IndexBuilder, SenderIndex},
-    state,
     status::{AgentStatus, ProviderStatus, SyncStatus},
+    store,
 };
 
 /// How soon a failed map sync is retried.
@@ -177,7 +176,7 @@ pub(crate) async fn run(
     control::check_privileges().map_err(|e| anyhow!(e))?;
     let specs = config.interfaces.clone();
     datapath::check_interfaces(&specs)?;
-    state::prepare_dir(&config.state_dir)?;
+    store::prepare_dir(&config.state_dir)?;
     let configured_pin_dir = config.pin_dir.clone();
     let pins = datapath::prepare_pin_dir(&config.pin_dir, args.ephemeral_filter)?;
     if pins.path != config.pin_dir {
@@ -346,7 +345,7 @@ fn watch_sampling(rate: f64, half_budget: f64) -> u32 {
 fn sender_index(config: &Config, refresher: &Refresher) -> SenderIndex {
     let mut index = IndexBuilder::from_config(config);
     index.lists_in_force(config, refresher);
-    match history::refused_updates(&config.state_dir) {
+    match store::history::refused_updates(&config.state_dir) {
         Ok(updates) => {
             for u in updates {
                 index.refused_update(&u.provider, &u.source, u.at, &u.guard, &u.prefixes);
@@ -356,9 +355,9 @@ fn sender_index(config: &Config, refresher: &Refresher) -> SenderIndex {
             warn!(error = %e, "cannot read the refused updates: denied sources are not matched against them")
         }
     }
-    match history::read(&config.state_dir) {
+    match store::history::read(&config.state_dir) {
         Ok(changes) => {
-            for r in history::removed_ranges(&changes) {
+            for r in store::history::removed_ranges(&changes) {
                 index.removed_range(&r.provider, &r.source, r.net, r.at);
             }
         }

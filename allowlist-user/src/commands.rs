@@ -21,11 +21,11 @@ use crate::{
     datapath::{self, Counters, Maps},
     denied::{DENIED_FILE, DeniedFile, report::Report},
     fetch::Fetcher,
-    history::{self, Change, Prefixes},
     prefixes, presets,
     refresh::{Outcome, RefreshOptions, Refresher, SourceReport},
-    state,
     status::{AgentStatus, SourceStatus},
+    store,
+    store::history::{Change, Prefixes},
 };
 
 /// Fails in one line when this user may not read one of the agent's directories
@@ -501,14 +501,14 @@ struct CheckChange {
     change: &'static str,
     source: String,
     provider: String,
-    #[serde(with = "state::rfc3339")]
+    #[serde(with = "store::rfc3339")]
     at: SystemTime,
     #[serde(skip_serializing_if = "Option::is_none")]
     note: Option<String>,
 }
 
 fn check_history(config: &Config, address: IpAddr) -> CheckHistory {
-    let changes = match history::read(&config.state_dir) {
+    let changes = match store::history::read(&config.state_dir) {
         Ok(changes) => changes,
         Err(err) => {
             return CheckHistory {
@@ -518,7 +518,7 @@ fn check_history(config: &Config, address: IpAddr) -> CheckHistory {
             };
         }
     };
-    let (events, counted_only) = history::about(&changes, address);
+    let (events, counted_only) = store::history::about(&changes, address);
     CheckHistory {
         changes: events
             .into_iter()
@@ -606,8 +606,8 @@ pub(crate) fn history(
     json: bool,
 ) -> Result<()> {
     check_readable(config)?;
-    state::check_dir(&config.state_dir)?;
-    let mut changes = history::read(&config.state_dir)?;
+    store::check_dir(&config.state_dir)?;
+    let mut changes = store::history::read(&config.state_dir)?;
     if let Some(wanted) = source {
         let is = |id: &str, provider: &str| id == wanted || provider == wanted;
         if !config.sources().any(|s| is(&s.id, &s.provider))
@@ -637,7 +637,7 @@ pub(crate) fn history(
     if changes.is_empty() {
         println!(
             "no update recorded in {}",
-            config.state_dir.join(history::FILE).display()
+            config.state_dir.join(store::HISTORY_FILE).display()
         );
         return Ok(());
     }
@@ -663,11 +663,11 @@ fn render_history(changes: &[Change]) -> String {
             .map(|v| format!("; serial {v}"))
             .unwrap_or_default();
         let what = match &c.outcome {
-            history::Outcome::Applied => format!("applied: {counts}, {size}{serial}"),
-            history::Outcome::Refused { guard, reason } => format!(
+            store::history::Outcome::Applied => format!("applied: {counts}, {size}{serial}"),
+            store::history::Outcome::Refused { guard, reason } => format!(
                 "REFUSED by the {guard} guard: would be {counts}, {size} kept{serial}: {reason}"
             ),
-            history::Outcome::Failed { error } => format!("FAILED: {size} kept: {error}"),
+            store::history::Outcome::Failed { error } => format!("FAILED: {size} kept: {error}"),
         };
         let _ = writeln!(s, "{}  {:<width$}  {what}", when(c.at), c.source);
         if let Some(note) = &c.note {
@@ -702,7 +702,7 @@ pub(crate) async fn fetch(config: &Config, force: bool, json: bool) -> Result<()
     // The refresher saves what it accepts; a scratch copy of the state directory keeps
     // this a dry run while still starting from the last good lists and validators.
     // Only files the agent would read itself are copied.
-    state::check_dir(&config.state_dir)?;
+    store::check_dir(&config.state_dir)?;
     let scratch = tempfile::tempdir().context("creating a scratch state directory")?;
     if let Ok(entries) = std::fs::read_dir(&config.state_dir) {
         for entry in entries.flatten() {
@@ -712,7 +712,7 @@ pub(crate) async fn fetch(config: &Config, force: bool, json: bool) -> Result<()
             {
                 continue;
             }
-            match state::read_trusted(&path) {
+            match store::read_trusted(&path) {
                 Ok(Some(bytes)) => {
                     let _ = std::fs::write(scratch.path().join(entry.file_name()), bytes);
                 }

@@ -21,7 +21,7 @@ use std::{
 
 use thiserror::Error;
 
-const PID_FILE: &str = "allowlist.pid";
+use crate::store::PID_FILE;
 
 #[derive(Debug, Error)]
 pub(crate) enum ControlError {

@@ -34,7 +34,7 @@ mod denied;
 mod dns;
 mod fetch;
 mod guards;
-mod history;
+
 mod link_events;
 mod metrics;
 mod observe;
@@ -43,8 +43,8 @@ mod presets;
 mod refresh;
 mod senders;
 mod source;
-mod state;
 mod status;
+mod store;
 
 /// What the integration tests and the benchmarks use; nothing else is public.
 #[doc(inline)]

@@ -27,11 +27,10 @@ use crate::{
     dns::{self, Answer, DnsError},
     fetch::{self, Conditional, FetchError, FetchOutcome, Fetcher},
     guards::{self, Refusal},
-    history,
     prefixes::{self, Allowlist, PrefixError},
     source::{self, SourceError},
-    state::{self, SavedList, StateError, StateStore},
     status::SourceStatus,
+    store::{self, SavedList, StateError, StateStore},
 };
 
 /// Where a source's set in force came from (the status's word for it).
@@ -327,7 +326,7 @@ pub struct Refresher {
     providers: Vec<(String, u32)>,
     store: StateStore,
     /// The change history and the refused updates, in `state_dir`.
-    log: history::Log,
+    log: store::history::Log,
     fetcher: Fetcher,
     slots: Vec<Slot>,
 }
@@ -335,7 +334,7 @@ pub struct Refresher {
 /// The digest of what defines a source's list (location, format, selection).
 fn definition(source: &Source) -> String {
     let text = serde_json::to_vec(&source.location).expect("locations serialise");
-    state::content_hash(&text)
+    store::content_hash(&text)
 }
 
 impl Refresher {
@@ -358,7 +357,7 @@ impl Refresher {
                 .iter()
                 .map(|p| (p.name.clone(), p.rule_id))
                 .collect(),
-            log: history::Log::new(&config.state_dir),
+            log: store::history::Log::new(&config.state_dir),
             store,
             fetcher,
             slots,
@@ -440,8 +439,8 @@ impl Refresher {
     /// nothing of that source (a history lost, rotated away, or older than the saved
     /// list), dated when the list was fetched: `allowlist check` can then say since
     /// when a prefix is in force.
-    fn record_restored(&self, restored: &[usize]) -> Result<(), history::HistoryError> {
-        let known: HashSet<String> = history::read(self.log.dir())?
+    fn record_restored(&self, restored: &[usize]) -> Result<(), store::history::HistoryError> {
+        let known: HashSet<String> = store::history::read(self.log.dir())?
             .into_iter()
             .map(|change| change.source)
             .collect();
@@ -452,16 +451,16 @@ impl Refresher {
             if known.contains(&slot.source.id) {
                 continue;
             }
-            self.log.append(&history::Change {
+            self.log.append(&store::history::Change {
                 at: list.fetched_at,
                 source: slot.source.id.clone(),
                 provider: slot.source.provider.clone(),
-                outcome: history::Outcome::Applied,
+                outcome: store::history::Outcome::Applied,
                 serial: list.serial.clone(),
                 etag: list.etag.clone(),
                 last_modified: list.last_modified.clone(),
-                added: history::Prefixes::new(list.prefixes.clone()),
-                removed: history::Prefixes::default(),
+                added: store::history::Prefixes::new(list.prefixes.clone()),
+                removed: store::history::Prefixes::default(),
                 size_after: Some(list.prefixes.len()),
                 note: Some(
                     "the saved list the agent started from; the history of this source begins here"
@@ -702,7 +701,7 @@ fn apply(
     result: Result<Retrieved, Failure>,
     context: &Context<'_>,
     store: &StateStore,
-    log: &history::Log,
+    log: &store::history::Log,
 ) -> SourceReport {
     let now = context.now;
     let id = slot.source.id.clone();
@@ -712,7 +711,7 @@ fn apply(
     // A source's first list is recorded even when it is the snapshot it replaces.
     let first_load = slot.in_force.last_good().is_none();
     let record =
-        |outcome, update: Option<&SavedList>, added, removed, size_after| history::Change {
+        |outcome, update: Option<&SavedList>, added, removed, size_after| store::history::Change {
             at: now,
             source: slot.source.id.clone(),
             provider: slot.source.provider.clone(),
@@ -720,8 +719,8 @@ fn apply(
             serial: update.and_then(|list| list.serial.clone()),
             etag: update.and_then(|list| list.etag.clone()),
             last_modified: update.and_then(|list| list.last_modified.clone()),
-            added: history::Prefixes::new(added),
-            removed: history::Prefixes::new(removed),
+            added: store::history::Prefixes::new(added),
+            removed: store::history::Prefixes::new(removed),
             size_after: Some(size_after),
             note: None,
         };
@@ -752,7 +751,7 @@ fn apply(
             let entry = (changed || first_load).then(|| {
                 let (added, removed) = (added.clone(), removed.clone());
                 let mut entry = record(
-                    history::Outcome::Applied,
+                    store::history::Outcome::Applied,
                     Some(&list),
                     added,
                     removed,
@@ -787,7 +786,7 @@ fn apply(
         Err(Rejected::Failed(error)) => {
             warn!(source = %id, %error, "refresh failed; keeping the list in force");
             let entry = record(
-                history::Outcome::Failed {
+                store::history::Outcome::Failed {
                     error: error.to_string(),
                 },
                 None,
@@ -805,7 +804,7 @@ fn apply(
                 .map(|list| differences(current, &list.prefixes))
                 .unwrap_or_default();
             let mut entry = record(
-                history::Outcome::Refused {
+                store::history::Outcome::Refused {
                     guard: reason.guard().to_owned(),
                     reason: reason.to_string(),
                 },
@@ -815,7 +814,7 @@ fn apply(
                 current.len(),
             );
             if let Some(update) = update {
-                let refused = history::RefusedUpdate {
+                let refused = store::history::RefusedUpdate {
                     source: id.clone(),
                     provider: slot.source.provider.clone(),
                     at: now,
@@ -928,14 +927,14 @@ fn evaluate(
         .map_err(Rejected::failed)?;
     warnings.extend(validated.warnings);
     let list = Box::new(SavedList {
-        version: state::STATE_VERSION,
+        version: store::STATE_VERSION,
         source_id: source.id.clone(),
         definition: slot.definition.clone(),
         prefixes: validated.prefixes,
         fetched_at: context.now,
         etag,
         last_modified,
-        content_hash: state::content_hash(&bytes),
+        content_hash: store::content_hash(&bytes),
         serial: parsed.serial,
         seen: BTreeMap::new(),
     });
@@ -999,14 +998,14 @@ fn evaluate_answer(
         .map_err(Rejected::failed)?
         .prefixes;
     let list = Box::new(SavedList {
-        version: state::STATE_VERSION,
+        version: store::STATE_VERSION,
         source_id: source.id.clone(),
         definition: slot.definition.clone(),
         prefixes: new,
         fetched_at: now,
         etag: None,
         last_modified: None,
-        content_hash: state::content_hash(entries.join("\n").as_bytes()),
+        content_hash: store::content_hash(entries.join("\n").as_bytes()),
         serial: None,
         seen,
     });
@@ -1549,18 +1548,20 @@ as_of = "2026-11-02"
 
     /// The change history of the test's state directory.
     fn recorded(env: &Env) -> Vec<Entry> {
-        let side = |p: &history::Prefixes| match p {
-            history::Prefixes::Listed(nets) => nets.iter().map(ToString::to_string).collect(),
-            history::Prefixes::Counted(n) => vec![format!("{n} counted")],
+        let side = |p: &store::history::Prefixes| match p {
+            store::history::Prefixes::Listed(nets) => {
+                nets.iter().map(ToString::to_string).collect()
+            }
+            store::history::Prefixes::Counted(n) => vec![format!("{n} counted")],
         };
-        history::read(&env.path("state"))
+        store::history::read(&env.path("state"))
             .unwrap()
             .iter()
             .map(|c| {
                 let (word, guard) = match &c.outcome {
-                    history::Outcome::Applied => ("applied", String::new()),
-                    history::Outcome::Refused { guard, .. } => ("refused", guard.clone()),
-                    history::Outcome::Failed { .. } => ("failed", String::new()),
+                    store::history::Outcome::Applied => ("applied", String::new()),
+                    store::history::Outcome::Refused { guard, .. } => ("refused", guard.clone()),
+                    store::history::Outcome::Failed { .. } => ("failed", String::new()),
                 };
                 (
                     c.source.clone(),
@@ -1613,7 +1614,7 @@ as_of = "2026-11-02"
         let mut got = recorded(&env);
         got.sort_by(|a, b| b.0.cmp(&a.0));
         assert_eq!(got, first);
-        let changes = history::read(&env.path("state")).unwrap();
+        let changes = store::history::read(&env.path("state")).unwrap();
         let j = changes.iter().find(|c| c.source == "j/0").unwrap();
         assert_eq!((j.provider.as_str(), j.serial.as_deref()), ("j", Some("1")));
 
@@ -1668,14 +1669,14 @@ as_of = "2026-11-02"
                 entry("p/0", "failed", "", &[], &[], 3),
             ]
         );
-        let changes = history::read(&env.path("state")).unwrap();
+        let changes = store::history::read(&env.path("state")).unwrap();
         let failed = changes.last().unwrap();
-        let history::Outcome::Failed { error } = &failed.outcome else {
+        let store::history::Outcome::Failed { error } = &failed.outcome else {
             panic!("{failed:?}")
         };
         assert!(error.contains("not-an-address"), "{error}");
         let refused = &changes[changes.len() - 2];
-        let history::Outcome::Refused { reason, .. } = &refused.outcome else {
+        let store::history::Outcome::Refused { reason, .. } = &refused.outcome else {
             panic!("{refused:?}")
         };
         assert!(reason.contains("max_shrink"), "{reason}");
@@ -1695,11 +1696,11 @@ as_of = "2026-11-02"
         let mut r = env.refresher(&config);
         let report = r.refresh_all().await;
         assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Unchanged);
-        let changes = history::read(&env.path("state")).unwrap();
+        let changes = store::history::read(&env.path("state")).unwrap();
         let p = changes.iter().find(|c| c.source == "p/0").unwrap();
         assert_eq!(
             (&p.outcome, p.added.len(), p.removed.len(), p.size_after),
-            (&history::Outcome::Applied, 0, 0, Some(1))
+            (&store::history::Outcome::Applied, 0, 0, Some(1))
         );
         assert_eq!(
             p.note.as_deref(),
@@ -1707,7 +1708,7 @@ as_of = "2026-11-02"
         );
         // Fetched again, the same: nothing more.
         r.refresh_all().await;
-        assert_eq!(history::read(&env.path("state")).unwrap(), changes);
+        assert_eq!(store::history::read(&env.path("state")).unwrap(), changes);
     }
 
     #[tokio::test]
@@ -1719,7 +1720,7 @@ as_of = "2026-11-02"
         let state = env.path("state");
         env.write("list.txt", "192.0.2.0/24\n");
         r.refresh_all().await;
-        let kept = history::refused_updates(&state).unwrap();
+        let kept = store::history::refused_updates(&state).unwrap();
         assert_eq!(kept.len(), 1, "{kept:?}");
         let first = kept[0].clone();
         assert_eq!(
@@ -1736,20 +1737,23 @@ as_of = "2026-11-02"
         // Refused again: the update kept is the first one; the record only counts.
         r.refresh_all().await;
         assert_eq!(
-            history::refused_updates(&state).unwrap(),
+            store::history::refused_updates(&state).unwrap(),
             std::slice::from_ref(&first)
         );
-        let last = history::read(&state).unwrap().pop().unwrap();
+        let last = store::history::read(&state).unwrap().pop().unwrap();
         assert_eq!(
             (last.added, last.removed),
-            (history::Prefixes::Counted(0), history::Prefixes::Counted(2))
+            (
+                store::history::Prefixes::Counted(0),
+                store::history::Prefixes::Counted(2)
+            )
         );
         assert!(last.note.unwrap().contains("the same update as refused at"));
 
         // Another refused update replaces it.
         env.write("list.txt", "198.51.100.0/24\n");
         r.refresh_all().await;
-        let kept = history::refused_updates(&state).unwrap();
+        let kept = store::history::refused_updates(&state).unwrap();
         assert_eq!(kept[0].prefixes, nets(&["198.51.100.0/24"]));
 
         // An accepted update clears it, even one that changes nothing.
@@ -1759,7 +1763,7 @@ as_of = "2026-11-02"
         );
         let report = r.refresh_all().await;
         assert_eq!(report.get("p/0").unwrap().outcome, Outcome::Unchanged);
-        assert!(history::refused_updates(&state).unwrap().is_empty());
+        assert!(store::history::refused_updates(&state).unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -1775,9 +1779,9 @@ as_of = "2026-11-02"
             .fetched_at;
         // The history is lost (or predates this agent); a restart starts from the
         // saved lists and records them, dated when they were fetched.
-        fs::remove_file(env.path("state").join(history::FILE)).unwrap();
+        fs::remove_file(env.path("state").join(store::HISTORY_FILE)).unwrap();
         env.refresher(&config);
-        let changes = history::read(&env.path("state")).unwrap();
+        let changes = store::history::read(&env.path("state")).unwrap();
         assert_eq!(changes.len(), 2, "{changes:?}");
         let p = changes.iter().find(|c| c.source == "p/0").unwrap();
         assert_eq!(
@@ -1786,7 +1790,7 @@ as_of = "2026-11-02"
         );
         // Once: a second restart finds them in the history.
         env.refresher(&config);
-        assert_eq!(history::read(&env.path("state")).unwrap(), changes);
+        assert_eq!(store::history::read(&env.path("state")).unwrap(), changes);
     }
 
     #[tokio::test]
@@ -1797,7 +1801,7 @@ as_of = "2026-11-02"
         let config = env.config("");
         let mut r = env.refresher(&config);
         // Something that is not a file in its place.
-        fs::create_dir(env.path("state").join(history::FILE)).unwrap();
+        fs::create_dir(env.path("state").join(store::HISTORY_FILE)).unwrap();
         let report = r.refresh_all().await;
         let p = report.get("p/0").unwrap();
         assert!(matches!(p.outcome, Outcome::Updated { .. }), "{p:?}");

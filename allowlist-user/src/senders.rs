@@ -21,7 +21,7 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Config, presets::Preset, refresh::Refresher, state::rfc3339};
+use crate::{config::Config, presets::Preset, refresh::Refresher, store::rfc3339};
 
 /// Why a known sender's source is denied, most relevant first (the order of the
 /// variants ranks the matches of one source).

@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::{InterfaceState, SyncReport},
-    state::{self, StateError, rfc3339},
+    store::{self, StateError, rfc3339},
 };
 
-pub(crate) const STATUS_FILE: &str = "status.json";
+pub(crate) use crate::store::STATUS_FILE;
 
 /// Where the set in force of a source came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,14 +148,14 @@ impl AgentStatus {
     }
 
     pub(crate) fn write(&self, state_dir: &Path) -> Result<(), StateError> {
-        state::write_json_atomic(&Self::path(state_dir), self)
+        store::write_json_atomic(&Self::path(state_dir), self)
     }
 
     /// The agent's status, if it has written one; an error if `state_dir` is not safe
-    /// (see [`state::check_dir`]) or the file is not the agent's.
+    /// (see [`store::check_dir`]) or the file is not the agent's.
     pub(crate) fn read(state_dir: &Path) -> Result<Option<Self>, StateError> {
-        state::check_dir(state_dir)?;
-        state::read_json(&Self::path(state_dir))
+        store::check_dir(state_dir)?;
+        store::read_json(&Self::path(state_dir))
     }
 
     /// Provider name by rule id.

@@ -32,10 +32,10 @@ use tracing::warn;
 
 use crate::{
     senders::{Known, SenderIndex, SenderKind, Why},
-    state::{self, StateError, rfc3339},
+    store::{self, StateError, rfc3339},
 };
 
-pub(crate) const DENIED_FILE: &str = "denied.json";
+pub(crate) use crate::store::DENIED_FILE;
 /// Bumped when the file's layout changes incompatibly.
 const FILE_VERSION: u32 = 1;
 /// Strangers kept: the table's share for sources nothing is known about.
@@ -132,11 +132,11 @@ impl DeniedFile {
     }
 
     /// The file, if the agent has written one; an error if `state_dir` is not safe
-    /// (see [`state::check_dir`]), the file is not the agent's, or of another version.
+    /// (see [`store::check_dir`]), the file is not the agent's, or of another version.
     pub(crate) fn read(state_dir: &Path) -> Result<Option<Self>, StateError> {
-        state::check_dir(state_dir)?;
+        store::check_dir(state_dir)?;
         let path = Self::path(state_dir);
-        let file: Option<Self> = state::read_json(&path)?;
+        let file: Option<Self> = store::read_json(&path)?;
         match file {
             Some(f) if f.version != FILE_VERSION => Err(StateError::Untrusted {
                 path,
@@ -150,7 +150,7 @@ impl DeniedFile {
     }
 
     fn write(&self, state_dir: &Path) -> Result<(), StateError> {
-        state::write_json_atomic(&Self::path(state_dir), self)
+        store::write_json_atomic(&Self::path(state_dir), self)
     }
 }
 
@@ -817,7 +817,7 @@ mod tests {
     fn the_file_round_trips_and_a_restart_does_not_count_twice() {
         let dir = tempfile::tempdir().unwrap();
         let state_dir = dir.path().join("state");
-        state::prepare_dir(&state_dir).unwrap();
+        store::prepare_dir(&state_dir).unwrap();
         let mut watch = DeniedWatch::new(DEFAULT_KEEP, index());
         watch.observe(
             &[obs(GITHUB, 4, 0, 1), obs("192.0.2.1/32", 9, 0, 2)],

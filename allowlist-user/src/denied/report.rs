@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{DeniedFile, Record};
 use crate::{
     senders::{Known, Why, minutes},
-    state::rfc3339,
+    store::rfc3339,
 };
 
 /// An IPv4 source as its address, an IPv6 source as its /64.

@@ -1,11 +1,46 @@
-//! The last good set of every source, kept in `state_dir` as one JSON file per source,
-//! written atomically. A corrupt file is moved aside and treated as absent.
+//! `state_dir`: what the agent keeps between runs, and the trust it asks of every
+//! file there.
+//!
+//! The files, all written by the agent (0600 in a 0700 directory) and replaced
+//! atomically unless said otherwise:
+//! - `source-<id>.json`: a source's last good list ([`SavedList`], [`StateStore`]);
+//! - `history.jsonl` (appended, rotated to `history.jsonl.1` at 1 MiB) and
+//!   `refused-<id>.json`: every applied, refused or failed update ([`history`]);
+//! - `status.json`: the running agent's status (`observe`);
+//! - `denied.json`: the denied sources seen lately (`denied`);
+//! - `agent.pid`: the running agent's pid, locked while it runs (`agent`);
+//! - `*.corrupt`: a file that could not be read, moved aside.
+//!
+//! The last good set of every source is kept as one JSON file per source. A corrupt
+//! file is moved aside and treated as absent.
 //!
 //! Whoever can write to `state_dir` chooses what the agent allows, so, as sshd's
 //! `StrictModes`, the directory must be the agent's own and private, every directory
 //! above it root's (or the agent's) and not writable by others (unless sticky, like
 //! /tmp), and a state file is read only if it is a regular file of the agent's own,
 //! opened without following a symlink.
+
+pub(crate) mod history;
+pub(crate) mod rfc3339;
+
+// Every file in `state_dir`, by name. Each is the agent's own, mode 0600 (written
+// by `write_atomic`, `open_append` or the pid file's own open), in a 0700 directory.
+/// A source's last good list: `source-<id>.json` ([`StateStore::path_for`]).
+const SOURCE_PREFIX: &str = "source-";
+/// Every applied, refused or failed update, one JSON object a line.
+pub(crate) const HISTORY_FILE: &str = "history.jsonl";
+/// The previous history file: one is kept.
+pub(crate) const HISTORY_ROTATED: &str = "history.jsonl.1";
+/// The latest refused update of a source: `refused-<id>.json`.
+pub(crate) const REFUSED_PREFIX: &str = "refused-";
+/// The running agent's status, rewritten after every change.
+pub(crate) const STATUS_FILE: &str = "status.json";
+/// The denied sources seen lately, merged and bounded.
+pub(crate) const DENIED_FILE: &str = "denied.json";
+/// The running agent's pid, locked while it runs.
+pub(crate) const PID_FILE: &str = "allowlist.pid";
+/// What a corrupt file is renamed to, beside itself: `<name>.corrupt`.
+const CORRUPT_SUFFIX: &str = ".corrupt";
 
 use std::{
     collections::BTreeMap,
@@ -96,7 +131,7 @@ impl StateStore {
     /// The file holding a source's state.
     pub(crate) fn path_for(&self, source_id: &str) -> PathBuf {
         self.dir
-            .join(format!("source-{}.json", sanitize(source_id)))
+            .join(format!("{SOURCE_PREFIX}{}.json", sanitize(source_id)))
     }
 
     /// Loads a source's state. `Ok(None)` when there is none; a corrupt file is moved
@@ -139,7 +174,7 @@ pub(crate) fn sanitize(id: &str) -> String {
 
 fn move_aside(path: &Path, detail: String) -> StateError {
     let mut moved_to = path.as_os_str().to_owned();
-    moved_to.push(".corrupt");
+    moved_to.push(CORRUPT_SUFFIX);
     let moved_to = PathBuf::from(moved_to);
     if let Err(err) = fs::rename(path, &moved_to) {
         return StateError::Corrupt {
@@ -543,77 +578,6 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> 
 pub(crate) fn content_hash(bytes: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Serialises a `SystemTime` as an RFC 3339 string (UTC, seconds).
-pub(crate) mod rfc3339 {
-    use std::time::SystemTime;
-
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    pub(crate) fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_seconds(*time))
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)
-    }
-
-    /// The same for the values of a map (`{"192.0.2.1": "2026-11-02T08:00:00Z"}`).
-    pub(crate) mod map {
-        use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
-
-        use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-        pub(crate) fn serialize<S: Serializer>(
-            map: &BTreeMap<IpAddr, SystemTime>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            s.collect_map(
-                map.iter()
-                    .map(|(k, t)| (k, humantime::format_rfc3339_seconds(*t).to_string())),
-            )
-        }
-
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<BTreeMap<IpAddr, SystemTime>, D::Error> {
-            BTreeMap::<IpAddr, String>::deserialize(d)?
-                .into_iter()
-                .map(|(k, text)| {
-                    humantime::parse_rfc3339_weak(&text)
-                        .map(|t| (k, t))
-                        .map_err(D::Error::custom)
-                })
-                .collect()
-        }
-    }
-
-    /// The same for `Option<SystemTime>` (`null` when absent).
-    pub(crate) mod option {
-        use std::time::SystemTime;
-
-        use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-        pub(crate) fn serialize<S: Serializer>(
-            time: &Option<SystemTime>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            match time {
-                Some(t) => s.collect_str(&humantime::format_rfc3339_seconds(*t)),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<SystemTime>, D::Error> {
-            Option::<String>::deserialize(d)?
-                .map(|text| humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom))
-                .transpose()
-        }
-    }
 }
 
 #[cfg(test)]

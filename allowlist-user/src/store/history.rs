@@ -24,18 +24,13 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::warn;
 
-use crate::state::{self, StateError, rfc3339};
+use super::{self as store, StateError, rfc3339};
 
-/// The history file, in `state_dir`.
-pub(crate) const FILE: &str = "history.jsonl";
-/// The previous history file: one is kept.
-pub(crate) const ROTATED: &str = "history.jsonl.1";
+use super::{HISTORY_FILE as FILE, HISTORY_ROTATED as ROTATED, REFUSED_PREFIX};
 /// The size at which the history file is rotated.
 pub(crate) const MAX_BYTES: u64 = 1 << 20;
 /// Above this many prefixes, a side of a change (added, removed) is only counted.
 pub(crate) const MAX_LISTED: usize = 1000;
-
-const REFUSED_PREFIX: &str = "refused-";
 
 #[derive(Debug, Error)]
 pub(crate) enum HistoryError {
@@ -179,7 +174,7 @@ pub(crate) struct Removed {
 }
 
 /// The writer of the history and of the refused updates, in `state_dir` (which
-/// [`crate::state::StateStore::open`] prepared and checked).
+/// [`crate::store::StateStore::open`] prepared and checked).
 #[derive(Debug, Clone)]
 pub(crate) struct Log {
     dir: PathBuf,
@@ -208,14 +203,14 @@ impl Log {
             path: path.clone(),
             error,
         };
-        let mut file = state::open_append(&path)?;
+        let mut file = store::open_append(&path)?;
         let mut size = file.metadata().map_err(write_err)?.len();
         if size > 0 && size + line.len() as u64 > self.max_bytes {
             fs::rename(&path, self.dir.join(ROTATED)).map_err(write_err)?;
             File::open(&self.dir)
                 .and_then(|d| d.sync_all())
                 .map_err(write_err)?;
-            file = state::open_append(&path)?;
+            file = store::open_append(&path)?;
             size = file.metadata().map_err(write_err)?.len();
         }
         // A line cut short (a full disk before this check existed, a copy) must not
@@ -286,7 +281,7 @@ impl Log {
 
     /// Keeps `update` as its source's latest refused update, replacing any other.
     fn keep_refused(&self, update: &RefusedUpdate) -> Result<(), HistoryError> {
-        Ok(state::write_json_atomic(
+        Ok(store::write_json_atomic(
             &self.refused_path(&update.source),
             update,
         )?)
@@ -305,13 +300,13 @@ impl Log {
 }
 
 fn refused_path(state_dir: &Path, source: &str) -> PathBuf {
-    state_dir.join(format!("{REFUSED_PREFIX}{}.json", state::sanitize(source)))
+    state_dir.join(format!("{REFUSED_PREFIX}{}.json", store::sanitize(source)))
 }
 
 /// A kept refused update, read as the agent's other files are (see
-/// [`state::open_trusted`]); `Ok(None)` when there is none.
+/// [`store::open_trusted`]); `Ok(None)` when there is none.
 fn read_refused(path: &Path) -> Result<Option<RefusedUpdate>, HistoryError> {
-    let Some(bytes) = state::read_trusted(path)? else {
+    let Some(bytes) = store::read_trusted(path)? else {
         return Ok(None);
     };
     serde_json::from_slice(&bytes).map(Some).map_err(|err| {
@@ -329,7 +324,7 @@ pub(crate) fn read(state_dir: &Path) -> Result<Vec<Change>, HistoryError> {
     let mut changes = Vec::new();
     for name in [ROTATED, FILE] {
         let path = state_dir.join(name);
-        let Some(bytes) = state::read_trusted(&path)? else {
+        let Some(bytes) = store::read_trusted(&path)? else {
             continue;
         };
         for (index, line) in bytes.split(|b| *b == b'\n').enumerate() {
@@ -492,7 +487,7 @@ mod tests {
     }
 
     fn log(dir: &Path) -> Log {
-        state::prepare_dir(dir).unwrap();
+        store::prepare_dir(dir).unwrap();
         Log::new(dir)
     }
 
@@ -609,7 +604,7 @@ mod tests {
         let second = applied(60, "p/0", &["198.51.100.0/24"], &["192.0.2.0/24"]);
         log.append(&first).unwrap();
         // A crash (or a full disk) in the middle of a record, then garbage.
-        let mut file = state::open_append(&tmp.path().join(FILE)).unwrap();
+        let mut file = store::open_append(&tmp.path().join(FILE)).unwrap();
         file.write_all(b"not json\n{\"at\": \"2026-11-30T00:5")
             .unwrap();
         drop(file);
