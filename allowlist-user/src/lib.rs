@@ -31,18 +31,15 @@ mod config;
 mod control;
 mod datapath;
 mod denied;
-mod dns;
-mod fetch;
 mod guards;
 
 mod link_events;
 mod metrics;
 mod observe;
 mod prefixes;
-mod presets;
 mod refresh;
 mod senders;
-mod source;
+mod sources;
 mod status;
 mod store;
 
@@ -50,23 +47,24 @@ mod store;
 #[doc(inline)]
 pub use crate::{
     config::{
-        Config, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, DEFAULT_WATCH_RATE, FetchSettings, Location,
-        Proxy, parse as parse_config,
+        Config, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR, DEFAULT_WATCH_RATE, Location,
+        parse as parse_config,
     },
     datapath::{
         Counters, DeniedEntry, LoadOptions, Maps, SyncReport, load_unpinned, program_object,
         sync::{apply as apply_change, resync},
     },
-    fetch::{
-        Conditional, FetchError, FetchErrorKind, FetchOptions, FetchOutcome, Fetcher, USER_AGENT,
-    },
-    presets::{PresetSource, all as all_presets, find as find_preset},
     refresh::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
-    source::{
+    sources::format::{
         Format,
         json::{RecordFilter, Selector},
         parse_document,
     },
+    sources::http::{
+        Conditional, FetchError, FetchErrorKind, FetchOptions, FetchOutcome, FetchSettings,
+        Fetcher, Proxy, USER_AGENT,
+    },
+    sources::presets::{PresetSource, all as all_presets, find as find_preset},
 };
 
 /// The `allowlist` binary: parse the command line and run the verb.

@@ -24,11 +24,13 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     config::{Config, Guards, Location, Source, StaticList},
-    dns::{self, Answer, DnsError},
-    fetch::{self, Conditional, FetchError, FetchOutcome, Fetcher},
     guards::{self, Refusal},
     prefixes::{self, Allowlist, PrefixError},
-    source::{self, SourceError},
+    sources::{
+        dns::{self, Answer, DnsError},
+        format::{self, SourceError},
+        http::{self, Conditional, FetchError, FetchOutcome, Fetcher},
+    },
     status::SourceStatus,
     store::{self, SavedList, StateError, StateStore},
 };
@@ -652,7 +654,7 @@ async fn retrieve(
             fetcher.fetch(url, &source.fetch, conditional).await?,
         )),
         Location::File { path, .. } => {
-            let bytes = fetch::read_file(path, source.fetch.max_bytes).await?;
+            let bytes = http::read_file(path, source.fetch.max_bytes).await?;
             Ok(Retrieved::Document(FetchOutcome::Body {
                 bytes,
                 etag: None,
@@ -916,7 +918,7 @@ fn evaluate(
         Location::Url { format, .. } | Location::File { format, .. } => format,
         Location::Static(_) | Location::Dns { .. } => unreachable!("not a document"),
     };
-    let parsed = source::parse_fetched(format, &bytes, &source.id, content_type.as_deref())
+    let parsed = format::parse_fetched(format, &bytes, &source.id, content_type.as_deref())
         .map_err(|error| {
             Rejected::failed(Failure::Parse {
                 error,

@@ -21,7 +21,7 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Config, presets::Preset, refresh::Refresher, store::rfc3339};
+use crate::{config::Config, refresh::Refresher, sources::presets::Preset, store::rfc3339};
 
 /// Why a known sender's source is denied, most relevant first (the order of the
 /// variants ranks the matches of one source).
@@ -401,7 +401,7 @@ impl IndexBuilder {
             .iter()
             .filter_map(|p| Some((p.preset.as_deref()?, p.name.as_str())))
             .collect();
-        let mut builder = Self::with_presets(crate::presets::all(), &configured);
+        let mut builder = Self::with_presets(crate::sources::presets::all(), &configured);
         builder.configured_sources = Some(config.sources().map(|s| s.id.clone()).collect());
         builder
     }
@@ -760,7 +760,8 @@ mod tests {
             dir.path().join("state").display()
         );
         let config = crate::config::parse(&text, Path::new("test.toml")).unwrap();
-        let mut refresher = Refresher::new(&config, crate::fetch::Fetcher::default()).unwrap();
+        let mut refresher =
+            Refresher::new(&config, crate::sources::http::Fetcher::default()).unwrap();
         refresher.bootstrap();
         let mut builder = IndexBuilder::from_config(&config);
         builder.lists_in_force(&config, &refresher);

@@ -1223,14 +1223,14 @@ mod tests {
             return;
         }
         // Read as the agent reads a source: its JSON parser, AWS's selector.
-        let format = crate::source::Format::Json(crate::source::json::Selector {
+        let format = crate::sources::format::Format::Json(crate::sources::format::json::Selector {
             items: vec!["ipv6_prefixes".into()],
             cidr: vec!["ipv6_prefix".into()],
             filters: Vec::new(),
             serial: None,
         });
         let body = std::fs::read(&path).unwrap();
-        let parsed = crate::source::parse_document(&format, &body, "aws").unwrap();
+        let parsed = crate::sources::format::parse_document(&format, &body, "aws").unwrap();
         let list: BTreeMap<IpNet, u32> = parsed
             .entries
             .iter()

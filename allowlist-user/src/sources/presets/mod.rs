@@ -11,7 +11,7 @@ use reqwest::Url;
 
 use crate::{
     prefixes::{self, Floors, PrefixError, Trust},
-    source::{
+    sources::format::{
         Format,
         json::{RecordFilter, Selector, display_path},
     },
@@ -950,7 +950,7 @@ mod tests {
     /// selection, and its snapshot's date and size.
     #[test]
     fn the_readme_table_lists_every_preset() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../../README.md");
         for preset in all() {
             let row = (readme.lines())
                 .find(|l| l.starts_with(&format!("| `{}` |", preset.name)))

@@ -20,7 +20,13 @@ use thiserror::Error;
 use tokio::io::AsyncReadExt;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::config::{self, FetchSettings};
+mod settings;
+
+pub(crate) use settings::MAX_RETRY_AFTER;
+use settings::redacted;
+#[cfg(test)]
+pub(crate) use settings::{DEFAULT_RETRIES, DEFAULT_TIMEOUT};
+pub use settings::{FetchSettings, Proxy};
 
 /// The User-Agent of every request.
 pub const USER_AGENT: &str = concat!(
@@ -449,15 +455,11 @@ fn client(settings: &FetchSettings) -> Result<reqwest::Client, FetchErrorKind> {
         .redirect(redirects);
     builder = match &settings.proxy {
         // reqwest reads HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY itself.
-        config::Proxy::Environment => builder,
-        config::Proxy::Direct => builder.no_proxy(),
-        config::Proxy::Url(proxy) => {
+        Proxy::Environment => builder,
+        Proxy::Direct => builder.no_proxy(),
+        Proxy::Url(proxy) => {
             let proxy = reqwest::Proxy::all(proxy.clone()).map_err(|e| {
-                FetchErrorKind::Client(format!(
-                    "proxy {}: {}",
-                    config::redacted(proxy),
-                    error_chain(&e)
-                ))
+                FetchErrorKind::Client(format!("proxy {}: {}", redacted(proxy), error_chain(&e)))
             })?;
             builder.proxy(proxy)
         }
@@ -517,11 +519,11 @@ fn tls_error(err: &(dyn StdError + 'static)) -> Option<String> {
 /// The proxy the requests to `url` go through, for messages: the configured one (its
 /// password masked), or the environment's as reqwest applies it (HTTPS_PROXY, ...,
 /// minus NO_PROXY).
-fn proxy_for(url: &Url, setting: &config::Proxy) -> Option<String> {
+fn proxy_for(url: &Url, setting: &Proxy) -> Option<String> {
     match setting {
-        config::Proxy::Direct => None,
-        config::Proxy::Url(proxy) => Some(config::redacted(proxy)),
-        config::Proxy::Environment => {
+        Proxy::Direct => None,
+        Proxy::Url(proxy) => Some(redacted(proxy)),
+        Proxy::Environment => {
             let uri: hyper::Uri = url.as_str().parse().ok()?;
             let intercept =
                 hyper_util::client::proxy::matcher::Matcher::from_system().intercept(&uri)?;
