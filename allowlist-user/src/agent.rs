@@ -31,7 +31,7 @@ use crate::{
     link_events::LinkEvents,
     metrics::{self, SharedStatus},
     observe::systemd,
-    refresh::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
+    policy::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
     senders::{IndexBuilder, SenderIndex},
     sources::{http::Fetcher, presets},
     status::{AgentStatus, ProviderStatus, SyncStatus},

@@ -20,10 +20,10 @@ use crate::{
     control::{self, LockHolder},
     datapath::{self, Counters, Maps},
     denied::{DENIED_FILE, DeniedFile, report::Report},
+    policy::{Outcome, RefreshOptions, Refresher, SourceReport, SourceStatus},
     prefixes,
-    refresh::{Outcome, RefreshOptions, Refresher, SourceReport},
     sources::{http::Fetcher, presets},
-    status::{AgentStatus, SourceStatus},
+    status::AgentStatus,
     store,
     store::history::{Change, Prefixes},
 };
@@ -752,7 +752,7 @@ pub(crate) async fn fetch(config: &Config, force: bool, json: bool) -> Result<()
     if json {
         #[derive(Serialize)]
         struct FetchOutput<'a> {
-            report: &'a crate::refresh::RefreshReport,
+            report: &'a crate::policy::RefreshReport,
             allowlist: &'a prefixes::Allowlist,
             diff_against_live: Option<DiffOutput>,
         }

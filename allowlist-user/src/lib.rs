@@ -31,13 +31,12 @@ mod config;
 mod control;
 mod datapath;
 mod denied;
-mod guards;
 
 mod link_events;
 mod metrics;
 mod observe;
+mod policy;
 mod prefixes;
-mod refresh;
 mod senders;
 mod sources;
 mod status;
@@ -54,7 +53,9 @@ pub use crate::{
         Counters, DeniedEntry, LoadOptions, Maps, SyncReport, load_unpinned, program_object,
         sync::{apply as apply_change, resync},
     },
-    refresh::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
+    policy::{
+        Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin, SourceReport, SourceStatus,
+    },
     sources::format::{
         Format,
         json::{RecordFilter, Selector},

@@ -21,7 +21,7 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Config, refresh::Refresher, sources::presets::Preset, store::rfc3339};
+use crate::{config::Config, policy::Refresher, sources::presets::Preset, store::rfc3339};
 
 /// Why a known sender's source is denied, most relevant first (the order of the
 /// variants ranks the matches of one source).

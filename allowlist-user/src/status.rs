@@ -11,26 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::{InterfaceState, SyncReport},
+    policy::SourceStatus,
     store::{self, StateError, rfc3339},
 };
 
 pub(crate) use crate::store::STATUS_FILE;
-
-/// Where the set in force of a source came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SetOrigin {
-    /// Nothing yet (a URL source without snapshot, before its first fetch).
-    None,
-    /// The static list of the configuration or of a static preset.
-    Static,
-    /// A preset's embedded, dated snapshot.
-    Snapshot,
-    /// The last good set saved by an earlier run.
-    State,
-    /// A fetch accepted during this run.
-    Fetched,
-}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct AgentStatus {
@@ -58,45 +43,6 @@ pub(crate) struct AgentStatus {
     /// failed since start-up.
     #[serde(default)]
     pub state_write_failures: u64,
-}
-
-/// What the operator sees of one source, derived from its set in force and the
-/// history of its refreshes (see [`crate::refresh`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SourceStatus {
-    pub id: String,
-    pub provider: String,
-    /// `url`, `file` or `static`.
-    pub kind: String,
-    /// The URL or path (`static` for inline lists).
-    pub location: String,
-    pub in_force: SetOrigin,
-    /// The date of the snapshot or static list in force, if that is what is in force.
-    pub as_of: Option<String>,
-    /// When the set in force was fetched (state or fetch).
-    #[serde(with = "rfc3339::option")]
-    pub fetched_at: Option<SystemTime>,
-    #[serde(with = "rfc3339::option")]
-    pub last_attempt: Option<SystemTime>,
-    #[serde(with = "rfc3339::option")]
-    pub last_success: Option<SystemTime>,
-    /// When a fetch last changed the set in force.
-    #[serde(with = "rfc3339::option")]
-    pub last_change: Option<SystemTime>,
-    /// The error of the last attempt (fetch, parse, validation or guard), if it failed,
-    /// or why the list it accepted could not be saved.
-    pub last_error: Option<String>,
-    /// Attempts in a row that did not succeed (failures and refusals).
-    pub consecutive_failures: u32,
-    /// Whether the last attempt was refused by a guard.
-    pub refused: bool,
-    /// Updates refused by a guard since start-up.
-    pub refusals: u64,
-    /// Attempts that failed (fetch, parse, validation) since start-up.
-    pub failures: u64,
-    pub prefixes_v4: usize,
-    pub prefixes_v6: usize,
-    pub serial: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

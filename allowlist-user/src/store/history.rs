@@ -4,7 +4,7 @@
 //! accepted.
 //!
 //! A line is appended in one `write` (O_APPEND, never through a symlink, 0600, under
-//! the directory checks of [`crate::state`]); the file is rotated to
+//! the directory checks of [`crate::store`]); the file is rotated to
 //! `history.jsonl.1` when it would grow beyond [`MAX_BYTES`], so at most about twice
 //! that is kept. A reader skips, with a warning, a line it cannot parse. Writing never
 //! fails a refresh: the refresher reports a failed write and the agent counts it.

@@ -1,5 +1,5 @@
 //! The fail-safe guards: whether a list that parsed and validated may replace a
-//! source's set in force. Pure decisions over sets and counts; [`crate::refresh`]
+//! source's set in force. Pure decisions over sets and counts; [`super::Refresher`]
 //! gathers what they need and acts on the answer.
 
 use std::collections::HashSet;

@@ -1,0 +1,441 @@
+//! How a retrieved list is judged: read, validated, checked by the guards, and
+//! put in force or refused.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use ipnet::IpNet;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use super::{
+    guards::{self, Refusal},
+    report::{Failure, Outcome, RefreshOptions, SourceReport},
+    slot::{InForce, LastError, Slot},
+};
+use crate::{
+    config::{Guards, Location, Source},
+    prefixes::{self},
+    sources::{
+        dns::{self, Answer},
+        format::{self},
+        http::{self, Conditional, FetchOutcome, Fetcher},
+    },
+    store::{self, SavedList, StateStore},
+};
+
+/// A last good list, saved or kept across a reload, checked by the current guards
+/// (prefix lengths, capacity) before it is put in force again.
+pub(super) fn admit(
+    mut list: SavedList,
+    source: &Source,
+    guards: &Guards,
+) -> Result<SavedList, Rejected> {
+    let entries: Vec<String> = list.prefixes.iter().map(ToString::to_string).collect();
+    let valid = prefixes::validate(&entries, &source.id, source.trust(), guards)
+        .map_err(Rejected::failed)?;
+    guards::capacity(&source.id, &valid.prefixes, &HashSet::new()).map_err(|reason| {
+        Rejected::Refused {
+            reason,
+            update: None,
+        }
+    })?;
+    list.prefixes = valid.prefixes;
+    Ok(list)
+}
+
+/// What a source's retrieval brought.
+pub(super) enum Retrieved {
+    /// A url or file source's document.
+    Document(FetchOutcome),
+    /// A dns source's answer.
+    Answer(Answer),
+}
+
+/// Fetches a url source, reads a file source or resolves a dns source.
+pub(super) async fn retrieve(
+    fetcher: &Fetcher,
+    source: &Source,
+    conditional: &Conditional,
+) -> Result<Retrieved, Failure> {
+    match &source.location {
+        Location::Url { url, .. } => Ok(Retrieved::Document(
+            fetcher.fetch(url, &source.fetch, conditional).await?,
+        )),
+        Location::File { path, .. } => {
+            let bytes = http::read_file(path, source.fetch.max_bytes).await?;
+            Ok(Retrieved::Document(FetchOutcome::Body {
+                bytes,
+                etag: None,
+                last_modified: None,
+                content_type: None,
+                final_url: None,
+            }))
+        }
+        Location::Dns { name, resolver, .. } => {
+            let query = dns::Query {
+                name,
+                resolver: *resolver,
+                timeout: source.fetch.timeout,
+                retries: source.fetch.retries,
+            };
+            Ok(Retrieved::Answer(dns::resolve(&query).await?))
+        }
+        Location::Static(_) => unreachable!("static sources are not fetched"),
+    }
+}
+
+/// What judging one source's update needs besides the source.
+pub(super) struct Context<'a> {
+    pub(super) guards: &'a Guards,
+    /// The prefixes the other sources have in force: the maps hold them too.
+    pub(super) others: &'a HashSet<IpNet>,
+    pub(super) options: RefreshOptions,
+    pub(super) now: SystemTime,
+}
+
+/// Every prefix in force from the sources other than `except`.
+pub(super) fn others_in_force(slots: &[Slot], except: usize) -> HashSet<IpNet> {
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != except)
+        .flat_map(|(_, s)| s.in_force.prefixes().iter().copied())
+        .collect()
+}
+
+/// Judges one source's fetch, puts an accepted list in force (and saves it), records
+/// the attempt in the source's history (in memory, and in the change history when it
+/// changed something, was refused or failed) and logs it: the one place that does.
+pub(super) fn apply(
+    slot: &mut Slot,
+    result: Result<Retrieved, Failure>,
+    context: &Context<'_>,
+    store: &StateStore,
+    log: &store::history::Log,
+) -> SourceReport {
+    let now = context.now;
+    let id = slot.source.id.clone();
+    let mut warnings = Vec::new();
+    let mut not_saved = None;
+    let mut history_errors = Vec::new();
+    // A source's first list is recorded even when it is the snapshot it replaces.
+    let first_load = slot.in_force.last_good().is_none();
+    let record =
+        |outcome, update: Option<&SavedList>, added, removed, size_after| store::history::Change {
+            at: now,
+            source: slot.source.id.clone(),
+            provider: slot.source.provider.clone(),
+            outcome,
+            serial: update.and_then(|list| list.serial.clone()),
+            etag: update.and_then(|list| list.etag.clone()),
+            last_modified: update.and_then(|list| list.last_modified.clone()),
+            added: store::history::Prefixes::new(added),
+            removed: store::history::Prefixes::new(removed),
+            size_after: Some(size_after),
+            note: None,
+        };
+    let (outcome, entry) = match evaluate(slot, result, context, &mut warnings) {
+        Ok(Accepted::NotModified) => {
+            if let Some(list) = slot.in_force.last_good_mut() {
+                list.fetched_at = now;
+            }
+            history_errors.extend(log.clear_refused(&id).err());
+            (Outcome::NotModified, None)
+        }
+        Ok(Accepted::Set(list)) => {
+            let same_on_disk = slot.in_force.last_good().is_some_and(|old| {
+                old.prefixes == list.prefixes
+                    && old.etag == list.etag
+                    && old.last_modified == list.last_modified
+                    && old.serial == list.serial
+                    && old.seen == list.seen
+            });
+            if !same_on_disk && let Err(err) = store.save(&list) {
+                let err = LastError::NotSaved(err);
+                warnings.push(err.to_string());
+                not_saved = Some(err);
+            }
+            let current = slot.in_force.prefixes();
+            let (added, removed) = differences(current, &list.prefixes);
+            let changed = list.prefixes != current;
+            let entry = (changed || first_load).then(|| {
+                let (added, removed) = (added.clone(), removed.clone());
+                let mut entry = record(
+                    store::history::Outcome::Applied,
+                    Some(&list),
+                    added,
+                    removed,
+                    list.prefixes.len(),
+                );
+                // What the first list replaced, when it was not nothing.
+                entry.note = match &slot.in_force {
+                    InForce::Snapshot(snapshot) => Some(format!(
+                        "the first list fetched; it replaced the preset's snapshot{}",
+                        snapshot
+                            .as_of
+                            .as_deref()
+                            .map(|d| format!(" of {d}"))
+                            .unwrap_or_default()
+                    )),
+                    _ => None,
+                };
+                entry
+            });
+            history_errors.extend(log.clear_refused(&id).err());
+            slot.in_force = InForce::Fetched(*list);
+            let (added, removed) = (added.len(), removed.len());
+            let outcome = if changed {
+                slot.history.last_change = Some(now);
+                info!(source = %id, added, removed, "list updated");
+                Outcome::Updated { added, removed }
+            } else {
+                Outcome::Unchanged
+            };
+            (outcome, entry)
+        }
+        Err(Rejected::Failed(error)) => {
+            warn!(source = %id, %error, "refresh failed; keeping the list in force");
+            let entry = record(
+                store::history::Outcome::Failed {
+                    error: error.to_string(),
+                },
+                None,
+                Vec::new(),
+                Vec::new(),
+                slot.in_force.prefixes().len(),
+            );
+            (Outcome::Failed { error }, Some(entry))
+        }
+        Err(Rejected::Refused { reason, update }) => {
+            warn!(source = %id, %reason, "update refused; keeping the list in force");
+            let current = slot.in_force.prefixes();
+            let (added, removed) = update
+                .as_ref()
+                .map(|list| differences(current, &list.prefixes))
+                .unwrap_or_default();
+            let mut entry = record(
+                store::history::Outcome::Refused {
+                    guard: reason.guard().to_owned(),
+                    reason: reason.to_string(),
+                },
+                update.as_deref(),
+                added,
+                removed,
+                current.len(),
+            );
+            if let Some(update) = update {
+                let refused = store::history::RefusedUpdate {
+                    source: id.clone(),
+                    provider: slot.source.provider.clone(),
+                    at: now,
+                    guard: reason.guard().to_owned(),
+                    reason: reason.to_string(),
+                    prefixes: update.prefixes,
+                };
+                history_errors.extend(log.record_refusal(refused, &mut entry).err());
+            }
+            (Outcome::Refused { reason }, Some(entry))
+        }
+    };
+    if let Some(entry) = &entry {
+        history_errors.extend(log.append(entry).err());
+    }
+    let history_failed = !history_errors.is_empty();
+    for err in history_errors {
+        warnings.push(format!("the change history could not be written: {err}"));
+    }
+    let save_failed = not_saved.is_some();
+    slot.history.record(now, &outcome, not_saved);
+    for warning in &warnings {
+        warn!(source = %id, "{warning}");
+    }
+    SourceReport {
+        id,
+        outcome,
+        warnings,
+        save_failed,
+        history_failed,
+    }
+}
+
+/// The prefixes of `new` not in `old`, and those of `old` not in `new`.
+pub(super) fn differences(old: &[IpNet], new: &[IpNet]) -> (Vec<IpNet>, Vec<IpNet>) {
+    let old_set: HashSet<&IpNet> = old.iter().collect();
+    let new_set: HashSet<&IpNet> = new.iter().collect();
+    (
+        new.iter()
+            .filter(|n| !old_set.contains(n))
+            .copied()
+            .collect(),
+        old.iter()
+            .filter(|n| !new_set.contains(n))
+            .copied()
+            .collect(),
+    )
+}
+
+pub(super) enum Accepted {
+    NotModified,
+    Set(Box<SavedList>),
+}
+
+#[derive(Debug, Error)]
+pub(super) enum Rejected {
+    #[error(transparent)]
+    Failed(Arc<Failure>),
+    #[error("{reason}")]
+    Refused {
+        reason: Refusal,
+        /// The refused list, when there was an update (not a saved list re-admitted).
+        update: Option<Box<SavedList>>,
+    },
+}
+
+impl Rejected {
+    pub(super) fn failed(failure: impl Into<Failure>) -> Self {
+        Rejected::Failed(Arc::new(failure.into()))
+    }
+}
+
+pub(super) fn evaluate(
+    slot: &Slot,
+    result: Result<Retrieved, Failure>,
+    context: &Context<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Accepted, Rejected> {
+    let source = &slot.source;
+    let last_good = slot.in_force.last_good();
+    let document = match result.map_err(Rejected::failed)? {
+        Retrieved::Document(document) => document,
+        Retrieved::Answer(answer) => return evaluate_answer(slot, answer, context, warnings),
+    };
+    let (bytes, etag, last_modified, content_type, final_url) = match document {
+        FetchOutcome::NotModified if last_good.is_some() => return Ok(Accepted::NotModified),
+        FetchOutcome::NotModified => {
+            return Err(Rejected::failed(Failure::NotModifiedWithoutDocument));
+        }
+        FetchOutcome::Body {
+            bytes,
+            etag,
+            last_modified,
+            content_type,
+            final_url,
+        } => (bytes, etag, last_modified, content_type, final_url),
+    };
+    let format = match &source.location {
+        Location::Url { format, .. } | Location::File { format, .. } => format,
+        Location::Static(_) | Location::Dns { .. } => unreachable!("not a document"),
+    };
+    let parsed = format::parse_fetched(format, &bytes, &source.id, content_type.as_deref())
+        .map_err(|error| {
+            Rejected::failed(Failure::Parse {
+                error,
+                redirected_to: final_url,
+            })
+        })?;
+    let validated = prefixes::validate(&parsed.entries, &source.id, source.trust(), context.guards)
+        .map_err(Rejected::failed)?;
+    warnings.extend(validated.warnings);
+    let list = Box::new(SavedList {
+        version: store::STATE_VERSION,
+        source_id: source.id.clone(),
+        definition: slot.definition.clone(),
+        prefixes: validated.prefixes,
+        fetched_at: context.now,
+        etag,
+        last_modified,
+        content_hash: store::content_hash(&bytes),
+        serial: parsed.serial,
+        seen: BTreeMap::new(),
+    });
+    let update = guards::Update {
+        source_id: &source.id,
+        new: &list.prefixes,
+        entries: parsed.entries.len(),
+        new_serial: list.serial.as_deref(),
+        last_good: last_good.map(|list| list.prefixes.as_slice()),
+        last_serial: last_good.and_then(|list| list.serial.as_deref()),
+        others: context.others,
+        forced: context.options.force || source.force,
+    };
+    judge(guards::check(context.guards, &update), list)
+}
+
+/// The list accepted, or refused with it, as the guards judged it.
+pub(super) fn judge(
+    verdict: Result<(), Refusal>,
+    list: Box<SavedList>,
+) -> Result<Accepted, Rejected> {
+    match verdict {
+        Ok(()) => Ok(Accepted::Set(list)),
+        Err(reason) => Err(Rejected::Refused {
+            reason,
+            update: Some(list),
+        }),
+    }
+}
+
+/// Judges a dns source's answer. Its addresses (bogons dropped) join those the
+/// answers of the last `dns_keep` held: the set is their union, so a round-robin
+/// name's rotating answers do not churn it. An empty answer is an empty list: the
+/// empty guard judges it alone, and, accepted, it empties the set.
+pub(super) fn evaluate_answer(
+    slot: &Slot,
+    answer: Answer,
+    context: &Context<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Accepted, Rejected> {
+    let source = &slot.source;
+    let Location::Dns { keep, .. } = &source.location else {
+        unreachable!("only dns sources answer")
+    };
+    let last_good = slot.in_force.last_good();
+    let now = context.now;
+    let entries: Vec<String> = answer.addrs.iter().map(ToString::to_string).collect();
+    let validated = prefixes::validate(&entries, &source.id, source.trust(), context.guards)
+        .map_err(Rejected::failed)?;
+    warnings.extend(validated.warnings);
+    let mut seen = BTreeMap::new();
+    if !answer.addrs.is_empty() {
+        let within = |at: &SystemTime| now.duration_since(*at).unwrap_or(Duration::ZERO) < *keep;
+        seen.extend(
+            (last_good.iter().flat_map(|list| &list.seen))
+                .filter(|(_, at)| within(at))
+                .map(|(addr, at)| (*addr, *at)),
+        );
+        let kept = |addr: &IpAddr| validated.prefixes.iter().any(|net| net.contains(addr));
+        seen.extend(answer.addrs.iter().filter(|a| kept(a)).map(|a| (*a, now)));
+    }
+    let union: Vec<String> = seen.keys().map(ToString::to_string).collect();
+    let new = prefixes::validate(&union, &source.id, source.trust(), context.guards)
+        .map_err(Rejected::failed)?
+        .prefixes;
+    let list = Box::new(SavedList {
+        version: store::STATE_VERSION,
+        source_id: source.id.clone(),
+        definition: slot.definition.clone(),
+        prefixes: new,
+        fetched_at: now,
+        etag: None,
+        last_modified: None,
+        content_hash: store::content_hash(entries.join("\n").as_bytes()),
+        serial: None,
+        seen,
+    });
+    let update = guards::Update {
+        source_id: &source.id,
+        new: &list.prefixes,
+        entries: entries.len(),
+        new_serial: None,
+        last_good: last_good.map(|list| list.prefixes.as_slice()),
+        last_serial: None,
+        others: context.others,
+        forced: context.options.force || source.force,
+    };
+    judge(guards::check(context.guards, &update), list)
+}
