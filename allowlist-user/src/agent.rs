@@ -20,19 +20,18 @@ use tokio::{
     sync::watch,
     time::{Instant, sleep_until},
 };
-use tracing::{debug, error, info, info_span, warn};
+use tracing::{error, info, info_span, warn};
 
 use crate::{
     cli::RunArgs,
     config::{self, Config, Mode},
     control,
     datapath::{self, Filter, InterfaceState, LoadOptions},
-    denied::{DeniedWatch, Recording},
+    denied::{DeniedWatch, Recording, Sampling, senders::SenderIndex},
     link_events::LinkEvents,
     metrics::{self, SharedStatus},
     observe::systemd,
     policy::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
-    senders::{IndexBuilder, SenderIndex},
     sources::{http::Fetcher, presets},
     status::{AgentStatus, ProviderStatus, SyncStatus},
     store,
@@ -154,10 +153,8 @@ struct Agent {
     configured_pin_dir: std::path::PathBuf,
     /// The denied sources, and who they are.
     denied: DeniedWatch,
-    /// The denied packets counted at the last read of the watch, and when.
-    last_denied: Option<(u64, Instant)>,
-    /// One denied packet in this many is offered to the watch's budget.
-    watch_sampling: u32,
+    /// How much of a flood the watch is offered.
+    watch_sampling: Sampling,
     /// The last read of the watch failed (and was logged).
     watch_read_failing: bool,
 }
@@ -243,7 +240,7 @@ pub(crate) async fn run(
     let denied = DeniedWatch::load(
         &config.state_dir,
         config.watch.keep,
-        sender_index(&config, &refresher),
+        SenderIndex::gather(&config, &refresher),
     );
     let mut agent = Agent {
         config,
@@ -258,15 +255,14 @@ pub(crate) async fn run(
         state_write_failures: 0,
         configured_pin_dir,
         denied,
-        last_denied: None,
-        watch_sampling: 0,
+        watch_sampling: Sampling::default(),
         watch_read_failing: false,
     };
     if let Some(report) = &initial_refresh {
         agent.record(report);
         agent
             .denied
-            .set_index(sender_index(&agent.config, &agent.refresher));
+            .set_index(SenderIndex::gather(&agent.config, &agent.refresher));
     }
     let desired = agent.desired();
     let report = agent
@@ -325,51 +321,6 @@ pub(crate) async fn run(
         );
     }
     result
-}
-
-/// One denied packet in how many to offer the watch's budget so that `rate` packets a
-/// second come under `half_budget`: 1, or a power of two (at most 2^20).
-fn watch_sampling(rate: f64, half_budget: f64) -> u32 {
-    if rate <= half_budget || half_budget <= 0.0 {
-        return 1;
-    }
-    let needed = (rate / half_budget).ceil().min(f64::from(1u32 << 20)) as u32;
-    needed.next_power_of_two()
-}
-
-/// What the agent knows of webhook senders: every preset's snapshot, the lists in
-/// force, each source's latest refused update and the ranges sources removed. A
-/// history that cannot be read leaves those out (logged): the index only names
-/// denied sources, it never decides what passes.
-fn sender_index(config: &Config, refresher: &Refresher) -> SenderIndex {
-    let mut index = IndexBuilder::from_config(config);
-    index.lists_in_force(config, refresher);
-    match store::history::refused_updates(&config.state_dir) {
-        Ok(updates) => {
-            for u in updates {
-                index.refused_update(&u.provider, &u.source, u.at, &u.guard, &u.prefixes);
-            }
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot read the refused updates: denied sources are not matched against them")
-        }
-    }
-    match store::history::read(&config.state_dir) {
-        Ok(changes) => {
-            for r in store::history::removed_ranges(&changes) {
-                index.removed_range(&r.provider, &r.source, r.net, r.at);
-            }
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot read the history: denied sources are not matched against removed ranges")
-        }
-    }
-    let index = index.build();
-    debug!(
-        prefixes = index.len(),
-        "denied sources are matched against the known senders' prefixes"
-    );
-    index
 }
 
 /// The link check: re-attaches where it can, reports what changed, and updates the
@@ -531,7 +482,7 @@ impl Agent {
                         };
                         self.record(&report);
                         self.sync();
-                        self.denied.set_index(sender_index(&self.config, &self.refresher));
+                        self.denied.set_index(SenderIndex::gather(&self.config, &self.refresher));
                         force = false;
                         next_refresh = Instant::now() + self.config.refresh;
                     } else {
@@ -698,7 +649,7 @@ impl Agent {
         self.config = new;
         self.sync();
         self.denied
-            .set_index(sender_index(&self.config, &self.refresher));
+            .set_index(SenderIndex::gather(&self.config, &self.refresher));
     }
 
     /// Merges the datapath's denied sources into the table (and its metrics). A read
@@ -733,33 +684,22 @@ impl Agent {
         }
     }
 
-    /// Under a flood, offers the watch's budget only a sample of the denied packets,
-    /// so that most of them cost the drop path a mask test and no more (see
-    /// `allowlist_common::Settings::watch_sample_mask`): one in the power of two that
-    /// brings the denied rate since the last read under half the budget of all CPUs.
-    /// The budget bounds what is recorded either way.
+    /// Under a flood, offers the watch's budget only a sample of the denied packets
+    /// (see [`Sampling`]).
     fn adjust_watch_sampling(&mut self, denied: u64) {
-        let now = Instant::now();
-        let last = self.last_denied.replace((denied, now));
-        let Some((before, then)) = last else { return };
-        let seconds = now.duration_since(then).as_secs_f64();
-        if seconds <= 0.0 || denied < before {
+        let cpus = aya::util::nr_cpus().map_or(1, |n| n as u32);
+        let rate_per_cpu = self.config.watch.rate_per_cpu;
+        let Some(change) = self.watch_sampling.observe(denied, rate_per_cpu, cpus) else {
             return;
-        }
-        let rate = (denied - before) as f64 / seconds;
-        let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as f64;
-        let half_budget = f64::from(self.config.watch.rate_per_cpu) * cpus / 2.0;
-        let one_in = watch_sampling(rate, half_budget);
-        if one_in == self.watch_sampling {
-            return;
-        }
+        };
+        let one_in = change.one_in;
         match self.filter.maps_mut().set_watch_sampling(one_in) {
             Ok(()) => {
                 info!(
-                    denied_per_second = rate.round(),
+                    denied_per_second = change.denied_per_second.round(),
                     one_in, "the denied-source watch is offered one denied packet in {one_in}"
                 );
-                self.watch_sampling = one_in;
+                self.watch_sampling.set(one_in);
             }
             Err(e) => {
                 warn!(error = %format!("{:#}", anyhow::Error::from(e)), "cannot set the watch's sampling")
@@ -855,16 +795,6 @@ mod tests {
             sources: Vec::new(),
             state_write_failures: 0,
         }
-    }
-
-    #[test]
-    fn the_watch_is_offered_a_sample_only_above_half_its_budget() {
-        assert_eq!(watch_sampling(0.0, 2000.0), 1);
-        assert_eq!(watch_sampling(2000.0, 2000.0), 1);
-        assert_eq!(watch_sampling(2001.0, 2000.0), 2);
-        assert_eq!(watch_sampling(1_400_000.0, 2000.0), 1024);
-        assert_eq!(watch_sampling(1e12, 2000.0), 1 << 20);
-        assert_eq!(watch_sampling(5000.0, 0.0), 1);
     }
 
     /// A counter never goes down: the heartbeat's failed writes and the full

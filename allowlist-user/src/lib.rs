@@ -37,7 +37,6 @@ mod metrics;
 mod observe;
 mod policy;
 mod prefixes;
-mod senders;
 mod sources;
 mod status;
 mod store;

@@ -557,7 +557,7 @@ mod tests {
 
     #[test]
     fn denied_sources_are_exported_by_sender_kind_and_why_never_by_address() {
-        use crate::senders::{SenderKind, Why};
+        use crate::denied::senders::{SenderKind, Why};
         let denied = DeniedMetrics {
             known_packets: [
                 (

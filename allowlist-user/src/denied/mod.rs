@@ -1,6 +1,6 @@
 //! The denied sources, as the agent keeps them: successive reads of the datapath's
 //! table of denied sources merged into one bounded table, each source told apart by
-//! what is known of it (see [`crate::senders`]), kept in `state_dir` (`denied.json`)
+//! what is known of it (see [`senders`]), kept in `state_dir` (`denied.json`)
 //! for [`report`] (`allowlist denied`) to read.
 //!
 //! - The datapath's entries are cumulative and live in an LRU map: an entry can be
@@ -18,6 +18,8 @@
 //!   memory and in `state_dir` only.
 
 pub(crate) mod report;
+mod sampling;
+pub(crate) mod senders;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -31,11 +33,12 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::{
-    senders::{Known, SenderIndex, SenderKind, Why},
+    denied::senders::{Known, SenderIndex, SenderKind, Why},
     store::{self, StateError, rfc3339},
 };
 
 pub(crate) use crate::store::DENIED_FILE;
+pub(crate) use sampling::Sampling;
 /// Bumped when the file's layout changes incompatibly.
 const FILE_VERSION: u32 = 1;
 /// Strangers kept: the table's share for sources nothing is known about.
@@ -570,7 +573,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{config::DEFAULT_DENIED_KEEP as DEFAULT_KEEP, senders::IndexBuilder};
+    use crate::{config::DEFAULT_DENIED_KEEP as DEFAULT_KEEP, denied::senders::IndexBuilder};
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{DeniedFile, Record};
 use crate::{
-    senders::{Known, Why, minutes},
+    denied::senders::{Known, Why, minutes},
     store::rfc3339,
 };
 
@@ -255,8 +255,8 @@ mod tests {
     use super::*;
     use crate::{
         config::DEFAULT_DENIED_KEEP as DEFAULT_KEEP,
+        denied::senders::IndexBuilder,
         denied::{DeniedWatch, Observation, Recording},
-        senders::IndexBuilder,
     };
 
     fn t(secs: u64) -> SystemTime {
