@@ -29,11 +29,11 @@ use crate::{
     datapath::{self, Filter, InterfaceState, LoadOptions},
     denied::{DeniedWatch, Recording, Sampling, senders::SenderIndex},
     link_events::LinkEvents,
-    metrics::{self, SharedStatus},
+    observe::metrics::{self, SharedStatus},
+    observe::status::{AgentStatus, ProviderStatus, STATUS_HEARTBEAT, SyncStatus},
     observe::systemd,
     policy::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
     sources::{http::Fetcher, presets},
-    status::{AgentStatus, ProviderStatus, SyncStatus},
     store,
 };
 
@@ -41,9 +41,6 @@ use crate::{
 const SYNC_RETRY: Duration = Duration::from_secs(2);
 /// How often the links are checked even when no rtnetlink notification came.
 const LINK_CHECK: Duration = Duration::from_secs(2);
-/// How often the status file is rewritten when nothing else changes it, so that
-/// its age tells a live agent from a stopped or stuck one.
-pub(crate) const STATUS_HEARTBEAT: Duration = Duration::from_secs(30);
 /// How often the datapath's denied sources are read (it counts between reads; its
 /// LRU entries outlive this by far unless a flood churns them at the watch's rate).
 const WATCH_READ: Duration = Duration::from_secs(5);

@@ -20,10 +20,10 @@ use crate::{
     control::{self, LockHolder},
     datapath::{self, Counters, Maps},
     denied::{DENIED_FILE, DeniedFile, report::Report},
+    observe::status::{AgentStatus, STATUS_HEARTBEAT},
     policy::{Outcome, RefreshOptions, Refresher, SourceReport, SourceStatus},
     prefixes,
     sources::{http::Fetcher, presets},
-    status::AgentStatus,
     store,
     store::history::{Change, Prefixes},
 };
@@ -195,14 +195,11 @@ fn render_status(out: &StatusOutput) -> String {
                 age(Some(a.started_at)),
                 age(Some(a.written_at))
             );
-            let written = SystemTime::now()
-                .duration_since(a.written_at)
-                .unwrap_or_default();
-            if written > 3 * crate::agent::STATUS_HEARTBEAT {
+            if a.is_stale(SystemTime::now()) {
                 let _ = writeln!(
                     s,
                     "            STALE: the agent rewrites its status every {}s; it is stopped (SIGSTOP), stuck, or cannot write to state_dir (see allowlist_state_write_failures_total)",
-                    crate::agent::STATUS_HEARTBEAT.as_secs()
+                    STATUS_HEARTBEAT.as_secs()
                 );
             }
         }

@@ -33,12 +33,10 @@ mod datapath;
 mod denied;
 
 mod link_events;
-mod metrics;
 mod observe;
 mod policy;
 mod prefixes;
 mod sources;
-mod status;
 mod store;
 
 /// What the integration tests and the benchmarks use; nothing else is public.

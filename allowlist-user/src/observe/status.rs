@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
@@ -88,7 +88,17 @@ impl SyncStatus {
     }
 }
 
+/// How often the running agent rewrites its status when nothing else changes it, so
+/// that its age tells a live agent from a stopped or stuck one.
+pub(crate) const STATUS_HEARTBEAT: Duration = Duration::from_secs(30);
+
 impl AgentStatus {
+    /// Whether the status is older than three heartbeats at `now`: its agent is
+    /// stopped (SIGSTOP), stuck, or cannot write to `state_dir`.
+    pub(crate) fn is_stale(&self, now: SystemTime) -> bool {
+        now.duration_since(self.written_at).unwrap_or_default() > 3 * STATUS_HEARTBEAT
+    }
+
     pub(crate) fn path(state_dir: &Path) -> PathBuf {
         state_dir.join(STATUS_FILE)
     }
@@ -147,5 +157,37 @@ impl AgentStatus {
             None => problems.push("the maps were never synced".to_owned()),
         }
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_is_stale_after_three_heartbeats_and_not_before() {
+        let written_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let status = AgentStatus {
+            version: "0".to_owned(),
+            pid: 1,
+            config: PathBuf::from("/etc/allowlist/allowlist.toml"),
+            started_at: written_at,
+            written_at,
+            mode: "enforce".to_owned(),
+            ports: vec![443],
+            interfaces: Vec::new(),
+            refresh_interval_secs: 3600,
+            providers: Vec::new(),
+            map_entries_v4: 0,
+            map_entries_v6: 0,
+            last_sync: None,
+            refresh_results: BTreeMap::new(),
+            sources: Vec::new(),
+            state_write_failures: 0,
+        };
+        assert!(!status.is_stale(written_at + 3 * STATUS_HEARTBEAT));
+        assert!(status.is_stale(written_at + 3 * STATUS_HEARTBEAT + Duration::from_secs(1)));
+        // A clock stepped back reads as fresh, not as an error.
+        assert!(!status.is_stale(written_at - Duration::from_secs(60)));
     }
 }
