@@ -16,8 +16,8 @@ use serde::Serialize;
 use tracing::warn;
 
 use crate::{
+    agent::{self, LockHolder},
     config::{self, Config},
-    control::{self, LockHolder},
     datapath::{self, Counters, Maps},
     denied::{DENIED_FILE, DeniedFile, report::Report},
     observe::status::{AgentStatus, STATUS_HEARTBEAT},
@@ -60,7 +60,7 @@ fn open_maps(config: &Config) -> Result<Maps> {
             config.pin_dir.display()
         );
     }
-    if !control::can_use_bpf() {
+    if !agent::can_use_bpf() {
         bail!(
             "reading the filter's pinned maps under {} needs CAP_BPF (or root), which this process lacks: run this command as root (sudo)",
             config.pin_dir.display()
@@ -134,7 +134,7 @@ fn counters_output(c: &Counters) -> CountersOutput {
 pub(crate) fn status(config: &Config, json: bool) -> Result<()> {
     check_readable(config)?;
     let agent = AgentStatus::read(&config.state_dir)?;
-    let holder = control::lock_holder(&config.state_dir);
+    let holder = agent::lock_holder(&config.state_dir);
     let pid = match holder {
         LockHolder::Agent(pid) => Some(pid),
         LockHolder::Nobody | LockHolder::Elsewhere { .. } => None,
@@ -827,7 +827,7 @@ pub(crate) fn denied(
 }
 
 pub(crate) fn reload(config: &Config) -> Result<()> {
-    let pid = control::signal_agent(&config.state_dir, libc::SIGHUP)?;
+    let pid = agent::signal_agent(&config.state_dir, libc::SIGHUP)?;
     println!(
         "asked the agent (pid {pid}) to reload {}",
         config.path.display()
@@ -836,14 +836,14 @@ pub(crate) fn reload(config: &Config) -> Result<()> {
 }
 
 pub(crate) fn detach(config: &Config) -> Result<()> {
-    control::check_privileges().map_err(|e| anyhow!(e))?;
+    agent::check_privileges().map_err(|e| anyhow!(e))?;
     // The agent goes first: its descriptors keep the links alive, and while it runs it
     // would attach again what the pins' removal detached. It exits leaving its pins.
-    match control::lock_holder(&config.state_dir) {
+    match agent::lock_holder(&config.state_dir) {
         LockHolder::Nobody => {}
         LockHolder::Agent(pid) => {
-            control::signal(pid, libc::SIGTERM)?;
-            if !control::wait_for_exit(&config.state_dir, Duration::from_secs(10)) {
+            agent::signal(pid, libc::SIGTERM)?;
+            if !agent::wait_for_exit(&config.state_dir, Duration::from_secs(10)) {
                 bail!(
                     "the agent (pid {pid}) did not exit within 10 s after SIGTERM; nothing was detached"
                 );
@@ -851,7 +851,7 @@ pub(crate) fn detach(config: &Config) -> Result<()> {
             println!("stopped the agent (pid {pid})");
         }
         LockHolder::Elsewhere { pid_file_says } => {
-            return Err(control::ControlError::RunningElsewhere {
+            return Err(agent::ControlError::RunningElsewhere {
                 state_dir: config.state_dir.clone(),
                 pid_file_says,
             })

@@ -28,11 +28,9 @@ mod agent;
 mod cli;
 mod commands;
 mod config;
-mod control;
 mod datapath;
 mod denied;
 
-mod link_events;
 mod observe;
 mod policy;
 mod prefixes;

@@ -1,14 +1,10 @@
 //! The arguments, as clap reads them.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::PathBuf,
-    time::Duration,
-};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::observe::LogFormat;
+use crate::{agent::RunArgs, observe::LogFormat};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -100,44 +96,6 @@ pub(super) enum Command {
     Presets,
 }
 
-#[derive(Debug, clap::Args)]
-pub(crate) struct RunArgs {
-    /// On exit, detach the filter and remove the pins (by default the filter stays
-    /// attached and enforcing after the agent stops).
-    #[arg(long)]
-    pub detach_on_exit: bool,
-    /// Serve /metrics and /healthz at ADDR:PORT, whatever the configuration's
-    /// `metrics` says (the Kubernetes DaemonSet passes the pod's IP). `[ADDR]:PORT`
-    /// is accepted for IPv4 too, so `[$(POD_IP)]:9975` suits either family.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen_addr)]
-    pub metrics: Option<SocketAddr>,
-    /// Bypass the empty and shrink guards on the first refresh.
-    #[arg(long)]
-    pub force: bool,
-    /// Emit an aya-log event for every dropped packet (debugging; costs per drop).
-    #[arg(long)]
-    pub debug_events: bool,
-    /// Accept pins on a bpffs private to this process's mount namespace, where no
-    /// host bpffs can be found (e.g. under `ip netns exec` without /proc/1/root):
-    /// the filter then detaches when the agent exits, for whatever reason.
-    #[arg(long)]
-    pub ephemeral_filter: bool,
-}
-
-/// A socket address to listen on: `ADDR:PORT`, `[IPv6]:PORT`, or `[IPv4]:PORT`.
-fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse() {
-        return Ok(addr);
-    }
-    text.strip_prefix('[')
-        .and_then(|rest| rest.split_once("]:"))
-        .and_then(|(ip, port)| Some((ip.parse::<Ipv4Addr>().ok()?, port.parse::<u16>().ok()?)))
-        .map(SocketAddr::from)
-        .ok_or_else(|| {
-            format!("{text:?} is not ADDR:PORT (e.g. 127.0.0.1:9975, [2001:db8::1]:9975)")
-        })
-}
-
 /// A duration back from now: `24h`, `7d`, `1h 30m`.
 fn parse_since(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
@@ -147,30 +105,6 @@ fn parse_since(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metrics_flag_takes_either_family_with_or_without_brackets() {
-        for (text, want) in [
-            ("127.0.0.1:9975", "127.0.0.1:9975"),
-            ("[192.0.2.1]:9975", "192.0.2.1:9975"),
-            ("[2001:db8::1]:9975", "[2001:db8::1]:9975"),
-            ("0.0.0.0:0", "0.0.0.0:0"),
-        ] {
-            assert_eq!(parse_listen_addr(text), Ok(want.parse().unwrap()), "{text}");
-        }
-        for bad in [
-            "",
-            "localhost:9975",
-            "192.0.2.1",
-            "[192.0.2.1]",
-            "[192.0.2.1]:port",
-            "2001:db8::1:9975",
-            "[]:9975",
-            "$(POD_IP):9975",
-        ] {
-            assert!(parse_listen_addr(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 
     #[test]
     fn history_takes_a_duration_and_a_source() {

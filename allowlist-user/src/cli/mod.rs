@@ -8,7 +8,6 @@ use clap::Parser as _;
 
 use crate::{agent, commands, observe::Log};
 
-pub(crate) use args::RunArgs;
 use args::{Cli, Command};
 
 /// The binary's whole life: parse the arguments, set up logging, run the verb.

@@ -26,7 +26,7 @@ pub(crate) use filter::{Filter, InterfaceState, check_interfaces};
 pub(crate) use link::read as read_link;
 pub use maps::{Counters, Maps};
 pub(crate) use pins::{
-    has_pinned_maps, link_pin, locate as locate_pins, pinned_links, prepare_pin_dir,
+    PinLocation, has_pinned_maps, link_pin, locate as locate_pins, pinned_links, prepare_pin_dir,
     remove_all as remove_pins,
 };
 pub use sync::SyncReport;

@@ -1,4 +1,6 @@
-//! Wakes the agent when an interface appears, goes away, is renamed or changes state:
+//! The agent's links: the check that re-attaches and reports, and what wakes it.
+//!
+//! [`LinkEvents`] wakes the agent when an interface appears, goes away, is renamed or changes state:
 //! an rtnetlink socket subscribed to link notifications (`RTMGRP_LINK`), in the
 //! network namespace the agent runs in.
 //!
@@ -12,6 +14,14 @@ use std::{
 };
 
 use tokio::io::{Interest, unix::AsyncFd};
+use tracing::{error, info, warn};
+
+use super::running::republish;
+use crate::{
+    config::Config,
+    datapath::{Filter, InterfaceState},
+    observe::metrics::SharedStatus,
+};
 
 pub(crate) struct LinkEvents {
     socket: AsyncFd<OwnedFd>,
@@ -86,6 +96,49 @@ impl LinkEvents {
                 _ if err.raw_os_error() == Some(libc::ENOBUFS) => {}
                 _ => return Err(err),
             }
+        }
+    }
+}
+
+/// The link check: re-attaches where it can, reports what changed, and updates the
+/// interfaces in the published status. A free function over the fields it needs, so
+/// that it also runs while a refresh holds the refresher.
+pub(super) fn check_links_only(
+    filter: &mut Filter,
+    config: &Config,
+    shared: &SharedStatus,
+    write_failures: &mut u64,
+) {
+    let changes = filter.reconcile(&config.interfaces);
+    if changes.is_empty() {
+        return;
+    }
+    report_interface_changes(&changes);
+    republish(
+        shared,
+        &config.state_dir,
+        Some(filter.interfaces().to_vec()),
+        write_failures,
+    );
+}
+
+/// Logs how the interfaces' states changed: an interface that stops being filtered is
+/// an error, one filtered again an info.
+pub(super) fn report_interface_changes(changes: &[(Option<InterfaceState>, InterfaceState)]) {
+    for (before, after) in changes {
+        let was_attached = before.as_ref().is_some_and(|b| b.attached);
+        match (was_attached, after.attached) {
+            (_, false) => {
+                error!(interface = %after.name, error = after.error.as_deref().unwrap_or_default(), "the interface is NOT filtered")
+            }
+            (false, true) => info!(interface = %after.name, "the interface is filtered"),
+            (true, true) => {}
+        }
+        let was_named = before.as_ref().and_then(|b| b.now_named.as_ref());
+        if after.now_named.as_ref() != was_named
+            && let Some(now) = &after.now_named
+        {
+            warn!(interface = %after.name, now_named = %now, "the interface was renamed; the filter follows the device");
         }
     }
 }

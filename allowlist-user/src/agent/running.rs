@@ -1,40 +1,29 @@
-//! `allowlist run`: the long-running agent.
-//!
-//! Start-up order matters for failing safe: everything that can be refused (config,
-//! privileges, interfaces, another agent) is checked before anything is attached; the
-//! maps are filled from the last good lists on disk (or the presets' snapshots)
-//! before the program is attached, so the filter never starts empty; a previous
-//! agent's link is taken over atomically.
+//! The agent once started: its loop (refreshes, syncs, reloads, the watch, the link
+//! checks) and the status it publishes.
 
 use std::{
     collections::BTreeMap,
     path::Path,
-    sync::{Arc, RwLock},
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 use ipnet::IpNet;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::watch,
-    time::{Instant, sleep_until},
-};
+use tokio::time::{Instant, sleep_until};
 use tracing::{error, info, info_span, warn};
 
+use super::{
+    apply_settings,
+    links::{LinkEvents, check_links_only, report_interface_changes},
+};
 use crate::{
-    cli::RunArgs,
     config::{self, Config, Mode},
-    control,
-    datapath::{self, Filter, InterfaceState, LoadOptions},
+    datapath::{Filter, InterfaceState},
     denied::{DeniedWatch, Recording, Sampling, senders::SenderIndex},
-    link_events::LinkEvents,
-    observe::metrics::{self, SharedStatus},
+    observe::metrics::SharedStatus,
     observe::status::{AgentStatus, ProviderStatus, STATUS_HEARTBEAT, SyncStatus},
     observe::systemd,
     policy::{Outcome, RefreshOptions, RefreshReport, Refresher, SetOrigin},
-    sources::{http::Fetcher, presets},
-    store,
 };
 
 /// How soon a failed map sync is retried.
@@ -47,94 +36,9 @@ const WATCH_READ: Duration = Duration::from_secs(5);
 /// How often the table of denied sources is saved to `state_dir` (and on exit).
 const DENIED_SAVE: Duration = Duration::from_secs(10);
 
-/// The future that ends the agent: SIGTERM or SIGINT. Its handlers are installed
-/// when this is called (so call it first), not when it is first polled; it resolves
-/// to the signal's name. `main` passes it to [`run`], which hands it on to every
-/// long task (mini-redis' `server::run(listener, shutdown)`).
-pub(crate) fn shutdown_signal() -> Result<impl Future<Output = &'static str>> {
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        }
-    })
-}
-
-/// Says which presets have no embedded snapshot: until their first fetch succeeds
-/// they admit nothing (a host that boots without network drops their senders).
-fn warn_presets_without_snapshot(config: &Config) {
-    for provider in &config.providers {
-        let Some(name) = &provider.preset else {
-            continue;
-        };
-        if presets::find(name).is_some_and(|p| p.snapshot.is_none()) {
-            warn!(provider = %provider.name, preset = %name, "the preset has no embedded snapshot: its senders are dropped until its first fetch succeeds");
-        }
-    }
-}
-
-/// The reload signal's stream, installed before anything else so that no SIGHUP sent
-/// during start-up (during the first fetch, say) is lost: the stream keeps one
-/// pending notification until the loop reads it.
-fn reload_signal() -> Result<tokio::signal::unix::Signal> {
-    let hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    // A SIGHUP held since the process started is delivered to the handler now.
-    set_reload_signal_blocked(false);
-    Ok(hup)
-}
-
-/// Blocks SIGHUP in the calling thread and every thread it starts later; call it
-/// first thing in `main`. [`run`] unblocks it once its handler is in place.
-pub(crate) fn hold_reload_signal() {
-    set_reload_signal_blocked(true);
-}
-
-/// Undoes [`hold_reload_signal`] for the commands that are not the agent.
-pub(crate) fn release_reload_signal() {
-    set_reload_signal_blocked(false);
-}
-
-/// glibc's allocator has no fixed size above which it maps a block of its own: each
-/// time a mapped block is freed, it raises the threshold to that block's size, and
-/// blocks below the threshold come from the heap, which keeps what is freed. A load
-/// of 100,000 prefixes builds lists of megabytes and frees them, so after the first
-/// refreshes the agent kept them all: 46 MiB resident where 34 MiB were in use
-/// (`cargo xtask bench -- --only agent`). Fixing the threshold at glibc's default
-/// (128 KiB) turns the raising off: large blocks are always mapped and go back to the
-/// system when freed. Call it in `main` before any thread exists.
-pub(crate) fn return_large_blocks_when_freed() {
-    #[cfg(target_env = "gnu")]
-    {
-        const THRESHOLD: libc::c_int = 128 * 1024;
-        // SAFETY: mallopt only sets an allocator parameter; no other thread exists yet.
-        if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) } != 1 {
-            // Not fatal: the agent works the same, holding more memory.
-            eprintln!("allowlist: could not fix the allocator's mmap threshold");
-        }
-    }
-}
-
-fn set_reload_signal_blocked(blocked: bool) {
-    // SAFETY: the set is initialised by sigemptyset before use; pthread_sigmask only
-    // changes this thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        let how = if blocked {
-            libc::SIG_BLOCK
-        } else {
-            libc::SIG_UNBLOCK
-        };
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
-    }
-}
-
-struct Agent {
-    config: Config,
-    filter: Filter,
+pub(super) struct Agent {
+    pub(super) config: Config,
+    pub(super) filter: Filter,
     refresher: Refresher,
     shared: SharedStatus,
     started_at: SystemTime,
@@ -149,202 +53,16 @@ struct Agent {
     /// pins really are, see [`datapath::PinLocation`]).
     configured_pin_dir: std::path::PathBuf,
     /// The denied sources, and who they are.
-    denied: DeniedWatch,
+    pub(super) denied: DeniedWatch,
     /// How much of a flood the watch is offered.
     watch_sampling: Sampling,
     /// The last read of the watch failed (and was logged).
     watch_read_failing: bool,
 }
 
-/// `allowlist run`, until `shutdown` resolves (see [`shutdown_signal`]).
-pub(crate) async fn run(
-    config_path: &Path,
-    args: &RunArgs,
-    shutdown: impl Future<Output = &'static str>,
-) -> Result<()> {
-    let mut hup = reload_signal()?;
-    tokio::pin!(shutdown);
-    let config = config::load(config_path)?;
-    warn_presets_without_snapshot(&config);
-    control::check_privileges().map_err(|e| anyhow!(e))?;
-    let specs = config.interfaces.clone();
-    datapath::check_interfaces(&specs)?;
-    store::prepare_dir(&config.state_dir)?;
-    let configured_pin_dir = config.pin_dir.clone();
-    let pins = datapath::prepare_pin_dir(&config.pin_dir, args.ephemeral_filter)?;
-    if pins.path != config.pin_dir {
-        info!(pin_dir = %pins.path.display(), "this process runs in a private mount namespace (`ip netns exec`?): pinning on the host's bpffs through PID 1's root");
-    }
-    if pins.ephemeral {
-        warn!(pin_dir = %pins.path.display(), "--ephemeral-filter: the pins are on a bpffs private to this mount namespace; the filter detaches when the agent exits");
-    }
-    let mut config = config;
-    config.pin_dir = pins.path.clone();
-    let _lock = control::acquire(&config.state_dir, &config.pin_dir)?;
-
-    let mut refresher = Refresher::new(&config, Fetcher::default())?;
-    refresher.bootstrap();
-    // A source with neither a saved list nor a snapshot is fetched before the filter
-    // is attached, rather than attaching a filter that drops its sender until the
-    // first refresh.
-    let initial_refresh = if refresher
-        .status()
-        .iter()
-        .any(|s| s.in_force == SetOrigin::None)
-    {
-        info!("some sources have no saved list: fetching them before attaching");
-        tokio::select! {
-            report = refresher.refresh_with(RefreshOptions { force: args.force }) => Some(report),
-            signal = &mut shutdown => {
-                info!("{signal} during the first fetch; exiting, nothing was attached");
-                return Ok(());
-            }
-        }
-    } else {
-        None
-    };
-    let mut filter = Filter::load(
-        &config.pin_dir,
-        &LoadOptions {
-            debug_events: args.debug_events,
-            without_watch: false,
-        },
-    )?;
-    if filter.adopted_maps() {
-        info!(pin_dir = %config.pin_dir.display(), "found a previous agent's maps; taking them over");
-    }
-    apply_settings(&mut filter, &config)?;
-    // A previous agent's entries stay in force for as long as some source has no list
-    // of its own yet (its saved state is gone or refused): a missing list must not
-    // shrink what is allowed.
-    let carry_over = if filter.adopted_maps()
-        && refresher
-            .status()
-            .iter()
-            .any(|s| s.in_force == SetOrigin::None)
-    {
-        let live = filter.maps().live_entries()?;
-        warn!(
-            entries = live.len(),
-            "some sources have no saved list: the previous agent's entries stay in force until they are fetched"
-        );
-        Some(live)
-    } else {
-        None
-    };
-
-    let shared: SharedStatus = Arc::new(RwLock::new(None));
-    let denied = DeniedWatch::load(
-        &config.state_dir,
-        config.watch.keep,
-        SenderIndex::gather(&config, &refresher),
-    );
-    let mut agent = Agent {
-        config,
-        filter,
-        refresher,
-        shared: shared.clone(),
-        started_at: SystemTime::now(),
-        refresh_results: BTreeMap::new(),
-        last_sync: None,
-        sync_pending: false,
-        carry_over,
-        state_write_failures: 0,
-        configured_pin_dir,
-        denied,
-        watch_sampling: Sampling::default(),
-        watch_read_failing: false,
-    };
-    if let Some(report) = &initial_refresh {
-        agent.record(report);
-        agent
-            .denied
-            .set_index(SenderIndex::gather(&agent.config, &agent.refresher));
-    }
-    let desired = agent.desired();
-    let report = agent
-        .filter
-        .sync(&desired)
-        .context("filling the allowlist maps")?;
-    info!(
-        prefixes = desired.len(),
-        added = report.added,
-        removed = report.removed,
-        "allowlist loaded from the last good lists"
-    );
-    agent.last_sync = Some(SyncStatus::ok(&report));
-    agent.filter.attach(&specs)?;
-    agent.publish();
-    systemd::ready(&agent.summary());
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // `run --metrics` wins over the configuration's `metrics`.
-    let metrics_task = args.metrics.or(agent.config.metrics).map(|addr| {
-        let pin_dir = agent.config.pin_dir.clone();
-        let denied = agent.denied.shared_metrics();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let stopped = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = metrics::serve(addr, shared, Some(denied), pin_dir, stopped).await {
-                error!(%addr, error = %e, "the metrics endpoint failed");
-            }
-        })
-    });
-
-    let refreshed = initial_refresh.is_some();
-    let result = agent
-        .main_loop(&mut hup, shutdown, args.force && !refreshed, refreshed)
-        .await;
-    systemd::stopping();
-    let _ = stop_tx.send(true);
-    if let Some(task) = metrics_task {
-        let _ = task.await;
-    }
-    agent.read_watch();
-    agent.save_denied();
-    if args.detach_on_exit {
-        let removed = agent.filter.remove_pins()?;
-        info!(pins = removed.len(), "detached on exit (--detach-on-exit)");
-    } else if pins.ephemeral {
-        warn!(
-            "exiting; the filter detaches now: its pins were on a bpffs private to this process (--ephemeral-filter)"
-        );
-    } else {
-        info!(
-            "exiting; the filter stays attached and enforcing (pinned under {})",
-            agent.config.pin_dir.display()
-        );
-    }
-    result
-}
-
-/// The link check: re-attaches where it can, reports what changed, and updates the
-/// interfaces in the published status. A free function over the fields it needs, so
-/// that it also runs while a refresh holds the refresher.
-fn check_links_only(
-    filter: &mut Filter,
-    config: &Config,
-    shared: &SharedStatus,
-    write_failures: &mut u64,
-) {
-    let changes = filter.reconcile(&config.interfaces);
-    if changes.is_empty() {
-        return;
-    }
-    report_interface_changes(&changes);
-    republish(
-        shared,
-        &config.state_dir,
-        Some(filter.interfaces().to_vec()),
-        write_failures,
-    );
-}
-
 /// Rewrites the last published status with the time (the heartbeat), and new
 /// interface states if given.
-fn republish(
+pub(super) fn republish(
     shared: &SharedStatus,
     state_dir: &Path,
     interfaces: Option<Vec<InterfaceState>>,
@@ -371,35 +89,6 @@ fn write_status(status: &mut AgentStatus, state_dir: &Path, write_failures: &mut
     status.state_write_failures = *write_failures;
 }
 
-/// Logs how the interfaces' states changed: an interface that stops being filtered is
-/// an error, one filtered again an info.
-fn report_interface_changes(changes: &[(Option<InterfaceState>, InterfaceState)]) {
-    for (before, after) in changes {
-        let was_attached = before.as_ref().is_some_and(|b| b.attached);
-        match (was_attached, after.attached) {
-            (_, false) => {
-                error!(interface = %after.name, error = after.error.as_deref().unwrap_or_default(), "the interface is NOT filtered")
-            }
-            (false, true) => info!(interface = %after.name, "the interface is filtered"),
-            (true, true) => {}
-        }
-        let was_named = before.as_ref().and_then(|b| b.now_named.as_ref());
-        if after.now_named.as_ref() != was_named
-            && let Some(now) = &after.now_named
-        {
-            warn!(interface = %after.name, now_named = %now, "the interface was renamed; the filter follows the device");
-        }
-    }
-}
-
-fn apply_settings(filter: &mut Filter, config: &Config) -> Result<()> {
-    let maps = filter.maps_mut();
-    maps.set_ports(&config.ports.iter().copied().collect())?;
-    maps.set_monitor(config.mode == Mode::Monitor)?;
-    maps.set_watch(config.watch.datapath_rate())?;
-    Ok(())
-}
-
 fn result_label(outcome: &Outcome) -> Option<&'static str> {
     match outcome {
         Outcome::Static => None,
@@ -411,8 +100,65 @@ fn result_label(outcome: &Outcome) -> Option<&'static str> {
 }
 
 impl Agent {
+    pub(super) fn new(
+        config: Config,
+        filter: Filter,
+        refresher: Refresher,
+        shared: SharedStatus,
+        carry_over: Option<BTreeMap<IpNet, u32>>,
+        configured_pin_dir: std::path::PathBuf,
+    ) -> Self {
+        let denied = DeniedWatch::load(
+            &config.state_dir,
+            config.watch.keep,
+            SenderIndex::gather(&config, &refresher),
+        );
+        Agent {
+            config,
+            filter,
+            refresher,
+            shared,
+            started_at: SystemTime::now(),
+            refresh_results: BTreeMap::new(),
+            last_sync: None,
+            sync_pending: false,
+            carry_over,
+            state_write_failures: 0,
+            configured_pin_dir,
+            denied,
+            watch_sampling: Sampling::default(),
+            watch_read_failing: false,
+        }
+    }
+
+    /// Fills the maps with the lists in force (after recording the first fetch, if
+    /// there was one), attaches, publishes the status and tells systemd.
+    pub(super) fn start(&mut self, initial_refresh: Option<&RefreshReport>) -> Result<()> {
+        if let Some(report) = initial_refresh {
+            self.record(report);
+            self.denied
+                .set_index(SenderIndex::gather(&self.config, &self.refresher));
+        }
+        let desired = self.desired();
+        let report = self
+            .filter
+            .sync(&desired)
+            .context("filling the allowlist maps")?;
+        info!(
+            prefixes = desired.len(),
+            added = report.added,
+            removed = report.removed,
+            "allowlist loaded from the last good lists"
+        );
+        self.last_sync = Some(SyncStatus::ok(&report));
+        self.filter.attach(&self.config.interfaces)?;
+        self.publish();
+        systemd::ready(&self.summary());
+        Ok(())
+    }
+
     /// `refreshed`: the lists were just fetched, so the first refresh waits an interval.
-    async fn main_loop(
+    pub(super) async fn main_loop(
         &mut self,
         hup: &mut tokio::signal::unix::Signal,
         mut shutdown: std::pin::Pin<&mut impl Future<Output = &'static str>>,
@@ -651,7 +397,7 @@ impl Agent {
 
     /// Merges the datapath's denied sources into the table (and its metrics). A read
     /// that fails is logged; the datapath keeps counting until the next one.
-    fn read_watch(&mut self) {
+    pub(super) fn read_watch(&mut self) {
         if !self.config.watch.enabled {
             return;
         }
@@ -706,7 +452,7 @@ impl Agent {
 
     /// Saves the table of denied sources; a failure is logged and counted like the
     /// other state writes.
-    fn save_denied(&mut self) {
+    pub(super) fn save_denied(&mut self) {
         if let Err(e) = self.denied.save(&self.config.state_dir, SystemTime::now()) {
             warn!(error = %e, "cannot save the denied sources");
             self.state_write_failures += 1;
@@ -771,6 +517,8 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, RwLock};
+
     use super::*;
 
     fn status() -> AgentStatus {
