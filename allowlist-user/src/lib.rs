@@ -26,7 +26,6 @@
 
 mod agent;
 mod cli;
-mod commands;
 mod config;
 mod datapath;
 mod denied;

@@ -1,12 +1,21 @@
 //! `allowlist`'s command line: the arguments, and one function per verb.
 
 mod args;
+mod check;
+mod common;
+mod control;
+mod denied;
+mod fetch;
+mod history;
+mod list;
+mod presets;
+mod status;
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use crate::{agent, commands, observe::Log};
+use crate::{agent, observe::Log};
 
 use args::{Cli, Command};
 
@@ -33,7 +42,7 @@ pub(crate) fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Presets = cli.command {
-        commands::presets();
+        presets::presets();
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -46,26 +55,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             agent::run(&cli.config, args, shutdown).await
         });
     }
-    let config = commands::load_config(&cli.config)?;
+    let config = common::load_config(&cli.config)?;
     match cli.command {
-        Command::Status { json } => commands::status(&config, json),
-        Command::List { provider, json } => commands::list(&config, provider.as_deref(), json),
+        Command::Status { json } => status::status(&config, json),
+        Command::List { provider, json } => list::list(&config, provider.as_deref(), json),
         Command::Check {
             address,
             port,
             json,
-        } => commands::check(&config, address, port, json),
-        Command::Fetch { force, json } => runtime.block_on(commands::fetch(&config, force, json)),
+        } => check::check(&config, address, port, json),
+        Command::Fetch { force, json } => runtime.block_on(fetch::fetch(&config, force, json)),
         Command::History {
             since,
             source,
             json,
-        } => commands::history(&config, since, source.as_deref(), json),
-        Command::Denied { top, since, json } => {
-            commands::denied(&config, top as usize, since, json)
-        }
-        Command::Reload => commands::reload(&config),
-        Command::Detach => commands::detach(&config),
+        } => history::history(&config, since, source.as_deref(), json),
+        Command::Denied { top, since, json } => denied::denied(&config, top as usize, since, json),
+        Command::Reload => control::reload(&config),
+        Command::Detach => control::detach(&config),
         Command::Run(_) | Command::Presets => unreachable!("handled above"),
     }
 }
