@@ -149,7 +149,7 @@ fn example_config_dns_source_is_valid_when_uncommented() {
     let [source] = adyen.sources.as_slice() else {
         panic!("one source")
     };
-    assert_eq!(source.kind(), "dns");
+    assert_eq!(source.kind().as_str(), "dns");
     assert!(matches!(
         &source.location,
         Location::Dns { name, resolver: Some(_), keep } if name == "out.adyen.com" && keep.as_secs() == 24 * 3600

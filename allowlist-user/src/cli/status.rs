@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::{
     agent::{self, LockHolder},
-    config::Config,
+    config::{Config, SourceKind},
     datapath::{self, Counters, Maps},
     observe::status::{AgentStatus, STATUS_HEARTBEAT},
     policy::SourceStatus,
@@ -269,7 +269,7 @@ fn render_source(s: &mut String, src: &SourceStatus) {
         src.prefixes_v4,
         src.prefixes_v6
     );
-    if src.kind != "static" {
+    if src.kind != SourceKind::Static {
         let _ = writeln!(
             s,
             "  {:<24} last success {}, last attempt {}, failures in a row {}, refusals {}",

@@ -237,20 +237,91 @@ pub struct Source {
     pub snapshot: Option<StaticList>,
 }
 
+/// The kinds of source, by the key that makes one (`url = `, `file = `, `static = `,
+/// `dns = `), which is also how the status names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Url,
+    File,
+    Static,
+    Dns,
+}
+
+impl SourceKind {
+    /// The key, as the configuration and the status write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Url => "url",
+            SourceKind::File => "file",
+            SourceKind::Static => "static",
+            SourceKind::Dns => "dns",
+        }
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a refresh asks for: a source's list wherever it is not a static list. Only
+/// [`Source::fetched`] makes one, so a static list cannot reach the fetch path.
+#[derive(Debug, Clone)]
+pub(crate) enum Fetched {
+    Url {
+        url: Url,
+        format: Format,
+    },
+    File {
+        path: PathBuf,
+        format: Format,
+    },
+    Dns {
+        name: String,
+        resolver: Option<SocketAddr>,
+        keep: Duration,
+    },
+}
+
 impl Source {
-    /// `url`, `file`, `static` or `dns`.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> SourceKind {
         match self.location {
-            Location::Url { .. } => "url",
-            Location::File { .. } => "file",
-            Location::Static(_) => "static",
-            Location::Dns { .. } => "dns",
+            Location::Url { .. } => SourceKind::Url,
+            Location::File { .. } => SourceKind::File,
+            Location::Static(_) => SourceKind::Static,
+            Location::Dns { .. } => SourceKind::Dns,
         }
     }
 
     /// Whether refreshes fetch this source (url, file and dns sources).
     pub fn is_fetched(&self) -> bool {
         !matches!(self.location, Location::Static(_))
+    }
+
+    /// What a refresh asks for; `None` for a static list, which is never fetched.
+    pub(crate) fn fetched(&self) -> Option<Fetched> {
+        Some(match &self.location {
+            Location::Url { url, format } => Fetched::Url {
+                url: url.clone(),
+                format: format.clone(),
+            },
+            Location::File { path, format } => Fetched::File {
+                path: path.clone(),
+                format: format.clone(),
+            },
+            Location::Dns {
+                name,
+                resolver,
+                keep,
+            } => Fetched::Dns {
+                name: name.clone(),
+                resolver: *resolver,
+                keep: *keep,
+            },
+            Location::Static(_) => return None,
+        })
     }
 
     /// Whether the bogon filter applies (lists fetched from a provider).

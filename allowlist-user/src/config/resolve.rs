@@ -229,20 +229,27 @@ pub(super) fn resolve_source(
 ) -> Result<Source, Problem> {
     let span = raw.span();
     let raw = raw.into_inner();
-    let kind = match (&raw.url, &raw.file, &raw.inline, &raw.dns) {
-        (Some(_), None, None, None) => "url",
-        (None, Some(_), None, None) => "file",
-        (None, None, Some(_), None) => "static",
-        (None, None, None, Some(_)) => "dns",
+    use SourceKind::{Dns, File, Static, Url};
+    let given = match (&raw.url, &raw.file, &raw.inline, &raw.dns) {
+        (Some(SourceUrl(url)), None, None, None) => Given::Url(url),
+        (None, Some(path), None, None) => Given::File(path),
+        (None, None, Some(list), None) => Given::Static(list),
+        (None, None, None, Some(DnsName(name))) => Given::Dns(name),
         _ => {
             let message = "a source needs exactly one of `url`, `file`, `static` or `dns`";
             return Err(Problem::at(span, message));
         }
     };
+    let kind = match given {
+        Given::Url(_) => Url,
+        Given::File(_) => File,
+        Given::Static(_) => Static,
+        Given::Dns(_) => Dns,
+    };
     // Which keys apply to which kinds of source.
-    let (url, fetched, listed): (&[&str], &[&str], &[&str]) =
-        (&["url"], &["url", "file"], &["static"]);
-    let (asked, dns): (&[&str], &[&str]) = (&["url", "dns"], &["dns"]);
+    let (url, fetched, listed): (&[SourceKind], &[SourceKind], &[SourceKind]) =
+        (&[Url], &[Url, File], &[Static]);
+    let (asked, dns): (&[SourceKind], &[SourceKind]) = (&[Url, Dns], &[Dns]);
     let keys = [
         ("timeout", raw.timeout.is_some(), asked),
         ("insecure_http", raw.insecure_http.is_some(), url),
@@ -266,7 +273,7 @@ pub(super) fn resolve_source(
     {
         let message = match kinds {
             [only] => format!("only applies to `{only}` sources"),
-            _ if kind == "static" && kinds == fetched => {
+            _ if kind == Static && kinds == fetched => {
                 "does not apply to a `static` list".to_owned()
             }
             [first, second] => format!("only applies to `{first}` and `{second}` sources"),
@@ -274,8 +281,8 @@ pub(super) fn resolve_source(
         };
         return Err(Problem::key(Some(span), key, message));
     }
-    let location = match (&raw.url, &raw.file, &raw.inline, &raw.dns) {
-        (_, _, _, Some(DnsName(name))) => Location::Dns {
+    let location = match given {
+        Given::Dns(name) => Location::Dns {
             name: name.clone(),
             resolver: raw.resolver.as_ref().map(|Nameserver(addr)| *addr),
             keep: raw
@@ -283,7 +290,7 @@ pub(super) fn resolve_source(
                 .as_ref()
                 .map_or(DEFAULT_DNS_KEEP, |DnsKeep(d)| *d),
         },
-        (Some(SourceUrl(url)), _, _, _) => {
+        Given::Url(url) => {
             if url.scheme() == "http" && raw.insecure_http != Some(true) {
                 let message = "plain http is refused: no list is signed, so integrity rests on TLS; use https, or set insecure_http = true to accept the risk";
                 return Err(Problem::key(Some(span), "url", message));
@@ -294,14 +301,14 @@ pub(super) fn resolve_source(
                 format,
             }
         }
-        (_, Some(path), _, _) => {
+        Given::File(path) => {
             let format = raw.format(&path.to_string_lossy(), &span)?;
             Location::File {
                 path: path.clone(),
                 format,
             }
         }
-        (_, _, Some(list), _) => {
+        Given::Static(list) => {
             let entries: Vec<String> = list.get_ref().iter().map(|e| e.get_ref().clone()).collect();
             let validated = prefixes::validate(&entries, &id, Trust::Operator, defaults.guards)
                 .map_err(|err| {
@@ -319,12 +326,11 @@ pub(super) fn resolve_source(
                 reference: raw.reference.clone(),
             })
         }
-        (None, None, None, None) => unreachable!("one kind is set"),
     };
     let fetch = &defaults.fetch;
     let timeout = match kind {
-        "dns" => DEFAULT_DNS_TIMEOUT,
-        _ => fetch.timeout,
+        Dns => DEFAULT_DNS_TIMEOUT,
+        Url | File | Static => fetch.timeout,
     };
     Ok(Source {
         id,
@@ -343,4 +349,13 @@ pub(super) fn resolve_source(
         force: raw.force,
         snapshot: None,
     })
+}
+
+/// The one key that makes a source what it is, with its value.
+#[derive(Clone, Copy)]
+enum Given<'a> {
+    Url(&'a Url),
+    File(&'a PathBuf),
+    Static(&'a Spanned<Vec<Spanned<String>>>),
+    Dns(&'a String),
 }

@@ -584,7 +584,7 @@ resolver = "2001:db8::53"
             keep: DEFAULT_DNS_KEEP,
         }
     );
-    assert_eq!((first.kind(), first.is_fetched()), ("dns", true));
+    assert_eq!((first.kind(), first.is_fetched()), (SourceKind::Dns, true));
     assert_eq!(first.trust(), Trust::Remote);
     assert_eq!(
         (first.fetch.timeout, first.fetch.retries),

@@ -18,12 +18,12 @@ use super::{
     slot::{InForce, LastError, Slot},
 };
 use crate::{
-    config::{Guards, Location, Source},
-    prefixes::{self},
+    config::{Fetched, Guards, Source},
+    prefixes,
     sources::{
         dns::{self, Answer},
-        format::{self},
-        http::{self, Conditional, FetchOutcome, Fetcher},
+        format::{self, Format},
+        http::{self, Conditional, FetchOutcome, FetchSettings, Fetcher},
     },
     store::{self, SavedList, StateStore},
 };
@@ -50,42 +50,48 @@ pub(super) fn admit(
 
 /// What a source's retrieval brought.
 pub(super) enum Retrieved {
-    /// A url or file source's document.
-    Document(FetchOutcome),
-    /// A dns source's answer.
-    Answer(Answer),
+    /// A url or file source's document, and how it is read.
+    Document(FetchOutcome, Box<Format>),
+    /// A dns source's answer, and how long its addresses are kept.
+    Answer(Answer, Duration),
 }
 
 /// Fetches a url source, reads a file source or resolves a dns source.
 pub(super) async fn retrieve(
     fetcher: &Fetcher,
-    source: &Source,
+    fetched: Fetched,
+    settings: &FetchSettings,
     conditional: &Conditional,
 ) -> Result<Retrieved, Failure> {
-    match &source.location {
-        Location::Url { url, .. } => Ok(Retrieved::Document(
-            fetcher.fetch(url, &source.fetch, conditional).await?,
+    match fetched {
+        Fetched::Url { url, format } => Ok(Retrieved::Document(
+            fetcher.fetch(&url, settings, conditional).await?,
+            Box::new(format),
         )),
-        Location::File { path, .. } => {
-            let bytes = http::read_file(path, source.fetch.max_bytes).await?;
-            Ok(Retrieved::Document(FetchOutcome::Body {
+        Fetched::File { path, format } => {
+            let bytes = http::read_file(&path, settings.max_bytes).await?;
+            let body = FetchOutcome::Body {
                 bytes,
                 etag: None,
                 last_modified: None,
                 content_type: None,
                 final_url: None,
-            }))
-        }
-        Location::Dns { name, resolver, .. } => {
-            let query = dns::Query {
-                name,
-                resolver: *resolver,
-                timeout: source.fetch.timeout,
-                retries: source.fetch.retries,
             };
-            Ok(Retrieved::Answer(dns::resolve(&query).await?))
+            Ok(Retrieved::Document(body, Box::new(format)))
         }
-        Location::Static(_) => unreachable!("static sources are not fetched"),
+        Fetched::Dns {
+            name,
+            resolver,
+            keep,
+        } => {
+            let query = dns::Query {
+                name: &name,
+                resolver,
+                timeout: settings.timeout,
+                retries: settings.retries,
+            };
+            Ok(Retrieved::Answer(dns::resolve(&query).await?, keep))
+        }
     }
 }
 
@@ -310,9 +316,11 @@ pub(super) fn evaluate(
 ) -> Result<Accepted, Rejected> {
     let source = &slot.source;
     let last_good = slot.in_force.last_good();
-    let document = match result.map_err(Rejected::failed)? {
-        Retrieved::Document(document) => document,
-        Retrieved::Answer(answer) => return evaluate_answer(slot, answer, context, warnings),
+    let (document, format) = match result.map_err(Rejected::failed)? {
+        Retrieved::Document(document, format) => (document, format),
+        Retrieved::Answer(answer, keep) => {
+            return evaluate_answer(slot, answer, keep, context, warnings);
+        }
     };
     let (bytes, etag, last_modified, content_type, final_url) = match document {
         FetchOutcome::NotModified if last_good.is_some() => return Ok(Accepted::NotModified),
@@ -327,11 +335,7 @@ pub(super) fn evaluate(
             final_url,
         } => (bytes, etag, last_modified, content_type, final_url),
     };
-    let format = match &source.location {
-        Location::Url { format, .. } | Location::File { format, .. } => format,
-        Location::Static(_) | Location::Dns { .. } => unreachable!("not a document"),
-    };
-    let parsed = format::parse_fetched(format, &bytes, &source.id, content_type.as_deref())
+    let parsed = format::parse_fetched(&format, &bytes, &source.id, content_type.as_deref())
         .map_err(|error| {
             Rejected::failed(Failure::Parse {
                 error,
@@ -387,13 +391,11 @@ pub(super) fn judge(
 pub(super) fn evaluate_answer(
     slot: &Slot,
     answer: Answer,
+    keep: Duration,
     context: &Context<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<Accepted, Rejected> {
     let source = &slot.source;
-    let Location::Dns { keep, .. } = &source.location else {
-        unreachable!("only dns sources answer")
-    };
     let last_good = slot.in_force.last_good();
     let now = context.now;
     let entries: Vec<String> = answer.addrs.iter().map(ToString::to_string).collect();
@@ -402,7 +404,7 @@ pub(super) fn evaluate_answer(
     warnings.extend(validated.warnings);
     let mut seen = BTreeMap::new();
     if !answer.addrs.is_empty() {
-        let within = |at: &SystemTime| now.duration_since(*at).unwrap_or(Duration::ZERO) < *keep;
+        let within = |at: &SystemTime| now.duration_since(*at).unwrap_or(Duration::ZERO) < keep;
         seen.extend(
             (last_good.iter().flat_map(|list| &list.seen))
                 .filter(|(_, at)| within(at))

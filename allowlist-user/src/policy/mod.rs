@@ -229,14 +229,16 @@ impl Refresher {
             };
             let mut tasks = JoinSet::new();
             for (index, slot) in self.slots.iter().enumerate() {
-                if !slot.source.is_fetched() || fresh(slot) {
+                let Some(fetched) = slot.source.fetched().filter(|_| !fresh(slot)) else {
                     continue;
-                }
+                };
                 let fetcher = self.fetcher.clone();
-                let source = slot.source.clone();
+                let settings = slot.source.fetch.clone();
                 let conditional = slot.conditional();
-                tasks
-                    .spawn(async move { (index, retrieve(&fetcher, &source, &conditional).await) });
+                tasks.spawn(async move {
+                    let retrieved = retrieve(&fetcher, fetched, &settings, &conditional).await;
+                    (index, retrieved)
+                });
             }
             let mut results: Vec<Option<Result<Retrieved, Failure>>> =
                 std::iter::repeat_with(|| None)
@@ -273,7 +275,7 @@ impl Refresher {
                 } else {
                     let result = result.unwrap_or(Err(Failure::TaskLost));
                     let ttl = match &result {
-                        Ok(Retrieved::Answer(answer)) => Some(answer.ttl),
+                        Ok(Retrieved::Answer(answer, _)) => Some(answer.ttl),
                         _ => None,
                     };
                     let context = Context {

@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use super::guards::Refusal;
 use crate::{
+    config::SourceKind,
     prefixes::PrefixError,
     sources::{dns::DnsError, format::SourceError, http::FetchError},
     store::rfc3339,
@@ -160,8 +161,7 @@ pub enum SetOrigin {
 pub struct SourceStatus {
     pub id: String,
     pub provider: String,
-    /// `url`, `file`, `static` or `dns`.
-    pub kind: String,
+    pub kind: SourceKind,
     /// The URL or path (`static` for inline lists).
     pub location: String,
     pub in_force: SetOrigin,

@@ -163,7 +163,7 @@ impl Slot {
         SourceStatus {
             id: self.source.id.clone(),
             provider: self.source.provider.clone(),
-            kind: self.source.kind().to_owned(),
+            kind: self.source.kind(),
             location: self.source.origin(),
             in_force: self.in_force.origin(),
             as_of: self.in_force.as_of().map(str::to_owned),
