@@ -77,6 +77,30 @@ pub fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
+/// Runs `cargo xtask ARGS` in the repository, as the README's commands do; panics
+/// with its output if it fails, and prints how long it took. Its stderr is what the
+/// task printed (its results' paths last).
+pub fn xtask(args: &[&str]) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let started = std::time::Instant::now();
+    let out = run(Command::new(cargo)
+        .arg("xtask")
+        .args(args)
+        .current_dir(repo()));
+    assert!(
+        out.status.success(),
+        "cargo xtask {}: {}",
+        args.join(" "),
+        describe(&out)
+    );
+    eprintln!(
+        "cargo xtask {}: {:.1} s",
+        args.join(" "),
+        started.elapsed().as_secs_f64()
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A process's exit status and output, for assertion messages.
 pub fn describe(out: &Output) -> String {
     format!(

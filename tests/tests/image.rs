@@ -33,6 +33,7 @@ use allowlist_tests::{
         CLIENT_A, CLIENT_B, CLIENT_C, DOCUMENT_PATH, SERVER_V4, World, intercom_document,
         provider_toml,
     },
+    xtask,
 };
 use serde::Deserialize as _;
 use serde_yaml_ng::Value;
@@ -50,28 +51,14 @@ struct Image {
 fn image() -> &'static Image {
     static IMAGE: OnceLock<Image> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let started = Instant::now();
-        let out = run(Command::new(cargo)
-            .args(["xtask", "image"])
-            .current_dir(repo()));
-        assert!(
-            out.status.success(),
-            "cargo xtask image: {}",
-            describe(&out)
-        );
-        eprintln!(
-            "cargo xtask image: {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
+        let stderr = xtask(&["image"]);
         // xtask prints the tag, then the archive's path, last.
-        let stderr = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = stderr.lines().map(str::trim).collect();
         let [.., tag, archive] = lines[..] else {
-            panic!("cargo xtask image printed too little: {}", describe(&out));
+            panic!("cargo xtask image printed too little:\n{stderr}");
         };
         assert_eq!(tag, image_tag(), "the tag names this version");
-        assert!(archive.ends_with(".oci.tar"), "{}", describe(&out));
+        assert!(archive.ends_with(".oci.tar"), "{stderr}");
         Image {
             tag: tag.to_owned(),
             id: podman_ok(&["image", "inspect", "--format", "{{.Id}}", tag]),

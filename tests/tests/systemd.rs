@@ -36,6 +36,7 @@ use allowlist_tests::{
         CLIENT_A, CLIENT_A6, CLIENT_B, CLIENT_B6, DOCUMENT_PATH, World, intercom_document,
         provider_toml, wait_until,
     },
+    xtask,
 };
 
 const UNIT: &str = "allowlist.service";
@@ -82,27 +83,12 @@ fn packages() -> &'static Packages {
 
 /// `cargo xtask package <args>`: the package it made (its path is printed last).
 fn package(args: &[&str]) -> Vec<u8> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let started = Instant::now();
-    let out = run(Command::new(cargo)
-        .args(["xtask", "package"])
-        .args(args)
-        .current_dir(repo()));
-    assert!(
-        out.status.success(),
-        "cargo xtask package {args:?}: {}",
-        describe(&out)
-    );
-    eprintln!(
-        "cargo xtask package {args:?}: {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = xtask(&[&["package"], args].concat());
     let deb = stderr
         .lines()
         .map(str::trim)
         .rfind(|l| l.ends_with(".deb"))
-        .unwrap_or_else(|| panic!("cargo xtask package named no .deb: {}", describe(&out)));
+        .unwrap_or_else(|| panic!("cargo xtask package named no .deb:\n{stderr}"));
     std::fs::read(deb).unwrap_or_else(|e| panic!("{deb}: {e}"))
 }
 
@@ -123,6 +109,8 @@ struct Machine {
     nspawn: Child,
     /// The machine's init, as the host sees it.
     leader: i32,
+    /// The cgroups the machine runs in, one per hierarchy systemd uses.
+    cgroups: Vec<PathBuf>,
 }
 
 impl Machine {
@@ -164,7 +152,19 @@ impl Machine {
         let out = run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpf));
         assert!(out.status.success(), "mount bpffs: {}", describe(&out));
         let console = std::fs::File::create(dir.path().join("console.log")).expect("console log");
-        let nspawn = Command::new("systemd-nspawn")
+        // With no systemd on the host, nspawn's machine lives in the cgroup nspawn was
+        // started in. Two machines in one cgroup manage one tree: one's
+        // `systemctl stop` kills the other's allowlist.service (which then fails to
+        // start, 219/CGROUP). So each machine gets cgroups of its own, joined by the
+        // shell that then becomes systemd-nspawn.
+        let cgroups = own_cgroups(&format!("allowlist-test-{}-{}", release.name, world.id));
+        let join: String = (cgroups.iter())
+            .map(|cg| format!("echo $$ > {}/cgroup.procs && ", cg.display()))
+            .collect();
+        let nspawn = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{join}exec systemd-nspawn \"$@\""))
+            .arg("sh")
             .args(["--quiet", "--keep-unit", "--register=no", "--boot"])
             .arg(format!("--machine={}-{}", release.name, world.id))
             .arg("--directory")
@@ -187,6 +187,7 @@ impl Machine {
             dir,
             nspawn,
             leader: 0,
+            cgroups,
         };
         machine.leader = machine.find_leader();
         // Until systemd listens on its socket, systemctl cannot ask; then `--wait`
@@ -381,6 +382,63 @@ impl Drop for Machine {
         if !out.status.success() {
             eprintln!("umount {}: {}", bpf.display(), describe(&out));
         }
+        for cgroup in &self.cgroups {
+            remove_cgroup(cgroup);
+        }
+    }
+}
+
+/// A new cgroup named `name` in each hierarchy systemd uses here: the unified one,
+/// and on a hybrid host also the named `systemd` one.
+fn own_cgroups(name: &str) -> Vec<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup");
+    let hierarchies = if base.join("cgroup.procs").exists() {
+        vec![base.to_owned()]
+    } else {
+        ["systemd", "unified"]
+            .iter()
+            .map(|h| base.join(h))
+            .filter(|h| h.join("cgroup.procs").exists())
+            .collect()
+    };
+    assert!(
+        !hierarchies.is_empty(),
+        "no cgroup hierarchy under {}",
+        base.display()
+    );
+    hierarchies
+        .into_iter()
+        .map(|h| {
+            let cgroup = h.join(name);
+            std::fs::create_dir(&cgroup).unwrap_or_else(|e| panic!("{}: {e}", cgroup.display()));
+            cgroup
+        })
+        .collect()
+}
+
+/// Removes a cgroup and what the machine's systemd made under it, deepest first
+/// (a cgroup empties a moment after its last process is reaped).
+fn remove_cgroup(cgroup: &Path) {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut pending = vec![cgroup.to_owned()];
+    while let Some(dir) = pending.pop() {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            pending.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        dirs.push(dir);
+    }
+    for dir in dirs.iter().rev() {
+        let removed = wait_until(Duration::from_secs(10), || {
+            std::fs::remove_dir(dir).is_ok() || !dir.exists()
+        });
+        if !removed {
+            eprintln!("cannot remove the cgroup {}", dir.display());
+        }
     }
 }
 
@@ -509,14 +567,15 @@ fn assert_sandbox(machine: &Machine, pid: u32) {
     let pid_text = pid.to_string();
     // `test -w` from inside the agent's mount namespace: writable where it writes,
     // read-only elsewhere (the bpffs is the one exception under /sys).
-    let writable = |path: &str| {
+    let test = |flag: &str, path: &str| {
         machine
             .exec(&[
-                "nsenter", "--target", &pid_text, "--mount", "--", "test", "-w", path,
+                "nsenter", "--target", &pid_text, "--mount", "--", "test", flag, path,
             ])
             .status
             .success()
     };
+    let writable = |path: &str| test("-w", path);
     for path in [PIN_DIR, STATE_DIR] {
         assert!(writable(path), "{name}: the agent cannot write {path}");
     }
@@ -529,14 +588,7 @@ fn assert_sandbox(machine: &Machine, pid: u32) {
     ] {
         assert!(!writable(path), "{name}: the agent may write {path}");
     }
-    let readable = |path: &str| {
-        machine
-            .exec(&[
-                "nsenter", "--target", &pid_text, "--mount", "--", "test", "-r", path,
-            ])
-            .status
-            .success()
-    };
+    let readable = |path: &str| test("-r", path);
     assert!(
         readable("/sys/kernel/btf/vmlinux"),
         "{name}: BTF is hidden from the agent"

@@ -522,24 +522,7 @@ mod tests {
     use super::*;
 
     fn status() -> AgentStatus {
-        AgentStatus {
-            version: "0".to_owned(),
-            pid: 1,
-            config: std::path::PathBuf::from("/etc/allowlist/allowlist.toml"),
-            started_at: SystemTime::now(),
-            written_at: SystemTime::now(),
-            mode: "enforce".to_owned(),
-            ports: vec![443],
-            interfaces: Vec::new(),
-            refresh_interval_secs: 3600,
-            providers: Vec::new(),
-            map_entries_v4: 0,
-            map_entries_v6: 0,
-            last_sync: None,
-            refresh_results: BTreeMap::new(),
-            sources: Vec::new(),
-            state_write_failures: 0,
-        }
+        AgentStatus::example(SystemTime::now())
     }
 
     /// A counter never goes down: the heartbeat's failed writes and the full

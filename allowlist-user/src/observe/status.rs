@@ -93,6 +93,29 @@ impl SyncStatus {
 pub(crate) const STATUS_HEARTBEAT: Duration = Duration::from_secs(30);
 
 impl AgentStatus {
+    /// A status as an agent with one port and nothing else would write it at `at`.
+    #[cfg(test)]
+    pub(crate) fn example(at: SystemTime) -> Self {
+        AgentStatus {
+            version: "0".to_owned(),
+            pid: 1,
+            config: PathBuf::from("/etc/allowlist/allowlist.toml"),
+            started_at: at,
+            written_at: at,
+            mode: "enforce".to_owned(),
+            ports: vec![443],
+            interfaces: Vec::new(),
+            refresh_interval_secs: 3600,
+            providers: Vec::new(),
+            map_entries_v4: 0,
+            map_entries_v6: 0,
+            last_sync: None,
+            refresh_results: BTreeMap::new(),
+            sources: Vec::new(),
+            state_write_failures: 0,
+        }
+    }
+
     /// Whether the status is older than three heartbeats at `now`: its agent is
     /// stopped (SIGSTOP), stuck, or cannot write to `state_dir`.
     pub(crate) fn is_stale(&self, now: SystemTime) -> bool {
@@ -167,24 +190,7 @@ mod tests {
     #[test]
     fn a_status_is_stale_after_three_heartbeats_and_not_before() {
         let written_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let status = AgentStatus {
-            version: "0".to_owned(),
-            pid: 1,
-            config: PathBuf::from("/etc/allowlist/allowlist.toml"),
-            started_at: written_at,
-            written_at,
-            mode: "enforce".to_owned(),
-            ports: vec![443],
-            interfaces: Vec::new(),
-            refresh_interval_secs: 3600,
-            providers: Vec::new(),
-            map_entries_v4: 0,
-            map_entries_v6: 0,
-            last_sync: None,
-            refresh_results: BTreeMap::new(),
-            sources: Vec::new(),
-            state_write_failures: 0,
-        };
+        let status = AgentStatus::example(written_at);
         assert!(!status.is_stale(written_at + 3 * STATUS_HEARTBEAT));
         assert!(status.is_stale(written_at + 3 * STATUS_HEARTBEAT + Duration::from_secs(1)));
         // A clock stepped back reads as fresh, not as an error.
