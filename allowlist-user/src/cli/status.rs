@@ -118,6 +118,38 @@ pub(super) fn status(config: &Config, json: bool) -> Result<()> {
 
 fn render_status(out: &StatusOutput) -> String {
     let mut s = String::new();
+    render_agent(&mut s, out);
+    if let Some(a) = &out.agent {
+        render_settings(&mut s, a);
+    }
+    if let Some(c) = &out.counters {
+        render_counters(&mut s, c);
+    }
+    if !out.providers.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nproviders            {:>6} {:>8} {:>8} {:>12}",
+            "rule", "ipv4", "ipv6", "hits"
+        );
+        for p in &out.providers {
+            let _ = writeln!(
+                s,
+                "  {:<18} {:>6} {:>8} {:>8} {:>12}",
+                p.name, p.rule_id, p.prefixes_v4, p.prefixes_v6, p.hits
+            );
+        }
+    }
+    if let Some(a) = &out.agent {
+        let _ = writeln!(s, "\nsources");
+        for src in &a.sources {
+            render_source(&mut s, src);
+        }
+    }
+    s
+}
+
+/// Whether the agent runs, and where the filter is attached.
+fn render_agent(s: &mut String, out: &StatusOutput) {
     match (out.agent_pid, &out.agent) {
         (Some(pid), Some(a)) => {
             let _ = writeln!(
@@ -164,95 +196,78 @@ fn render_status(out: &StatusOutput) -> String {
             out.defunct.join(", ")
         );
     }
-    if let Some(a) = &out.agent {
-        let ports: Vec<String> = a.ports.iter().map(ToString::to_string).collect();
-        let ifaces: Vec<String> = a
-            .interfaces
-            .iter()
-            .map(|i| {
-                let mut notes = vec![i.mode.to_string()];
-                if i.adopted {
-                    notes.push("adopted".to_owned());
-                }
-                if let Some(now) = &i.now_named {
-                    notes.push(format!("now named {now}"));
-                }
-                if !i.attached {
-                    notes.push(format!(
-                        "NOT FILTERED: {}",
-                        i.error.as_deref().unwrap_or("not attached")
-                    ));
-                }
-                format!("{} ({})", i.name, notes.join(", "))
-            })
-            .collect();
+}
+
+/// The running agent's mode, ports, interfaces, last sync and table sizes.
+fn render_settings(s: &mut String, a: &AgentStatus) {
+    let ports: Vec<String> = a.ports.iter().map(ToString::to_string).collect();
+    let ifaces: Vec<String> = a
+        .interfaces
+        .iter()
+        .map(|i| {
+            let mut notes = vec![i.mode.to_string()];
+            if i.adopted {
+                notes.push("adopted".to_owned());
+            }
+            if let Some(now) = &i.now_named {
+                notes.push(format!("now named {now}"));
+            }
+            if !i.attached {
+                notes.push(format!(
+                    "NOT FILTERED: {}",
+                    i.error.as_deref().unwrap_or("not attached")
+                ));
+            }
+            format!("{} ({})", i.name, notes.join(", "))
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "mode:       {}; protected ports {}",
+        a.mode,
+        ports.join(", ")
+    );
+    let _ = writeln!(s, "interfaces: {}", ifaces.join(", "));
+    if let Some(sync) = &a.last_sync {
         let _ = writeln!(
             s,
-            "mode:       {}; protected ports {}",
-            a.mode,
-            ports.join(", ")
+            "last sync:  {} ({}), +{} ~{} -{} ={}",
+            age(Some(sync.at)),
+            sync.error.as_deref().unwrap_or("ok"),
+            sync.added,
+            sync.changed,
+            sync.removed,
+            sync.unchanged
         );
-        let _ = writeln!(s, "interfaces: {}", ifaces.join(", "));
-        if let Some(sync) = &a.last_sync {
-            let _ = writeln!(
-                s,
-                "last sync:  {} ({}), +{} ~{} -{} ={}",
-                age(Some(sync.at)),
-                sync.error.as_deref().unwrap_or("ok"),
-                sync.added,
-                sync.changed,
-                sync.removed,
-                sync.unchanged
-            );
-        }
+    }
+    let _ = writeln!(
+        s,
+        "map:        {} IPv4 and {} IPv6 prefixes",
+        a.map_entries_v4, a.map_entries_v6
+    );
+}
+
+/// The XDP program's counters: each reason by action, and notable shapes.
+fn render_counters(s: &mut String, c: &CountersOutput) {
+    let _ = writeln!(
+        s,
+        "\npackets              {:>12} {:>12} {:>12}",
+        "pass", "drop", "would-drop"
+    );
+    for r in Reason::ALL {
+        let row = &c.packets[r.name()];
+        let cell = |k: &str| row.get(k).map_or_else(String::new, ToString::to_string);
         let _ = writeln!(
             s,
-            "map:        {} IPv4 and {} IPv6 prefixes",
-            a.map_entries_v4, a.map_entries_v6
+            "  {:<18} {:>12} {:>12} {:>12}",
+            r.name(),
+            cell("pass"),
+            cell("drop"),
+            cell("would_drop")
         );
     }
-    if let Some(c) = &out.counters {
-        let _ = writeln!(
-            s,
-            "\npackets              {:>12} {:>12} {:>12}",
-            "pass", "drop", "would-drop"
-        );
-        for r in Reason::ALL {
-            let row = &c.packets[r.name()];
-            let cell = |k: &str| row.get(k).map_or_else(String::new, ToString::to_string);
-            let _ = writeln!(
-                s,
-                "  {:<18} {:>12} {:>12} {:>12}",
-                r.name(),
-                cell("pass"),
-                cell("drop"),
-                cell("would_drop")
-            );
-        }
-        let observed: Vec<String> = c.observed.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        let _ = writeln!(s, "  observed: {}", observed.join(", "));
-    }
-    if !out.providers.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nproviders            {:>6} {:>8} {:>8} {:>12}",
-            "rule", "ipv4", "ipv6", "hits"
-        );
-        for p in &out.providers {
-            let _ = writeln!(
-                s,
-                "  {:<18} {:>6} {:>8} {:>8} {:>12}",
-                p.name, p.rule_id, p.prefixes_v4, p.prefixes_v6, p.hits
-            );
-        }
-    }
-    if let Some(a) = &out.agent {
-        let _ = writeln!(s, "\nsources");
-        for src in &a.sources {
-            render_source(&mut s, src);
-        }
-    }
-    s
+    let observed: Vec<String> = c.observed.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(s, "  observed: {}", observed.join(", "));
 }
 
 fn render_source(s: &mut String, src: &SourceStatus) {

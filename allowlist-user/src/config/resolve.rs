@@ -1,7 +1,12 @@
 //! The resolve pass: the rules that tie keys together, from the raw form to a
 //! [`Config`].
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    net::SocketAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use reqwest::Url;
 use toml::Spanned;
@@ -9,7 +14,7 @@ use toml::Spanned;
 use crate::{
     prefixes::{self, PrefixError, Trust},
     sources::{
-        http::{FetchSettings, MAX_RETRY_AFTER},
+        http::{FetchSettings, MAX_RETRY_AFTER, Proxy},
         presets::Preset,
     },
 };
@@ -136,25 +141,21 @@ pub(super) fn resolve_provider(
         }
         _ => {}
     }
-    if let Some(SourceUrl(url)) = &raw.url
-        && url.scheme() == "http"
-        && raw.insecure_http != Some(true)
-    {
-        return Err(Problem::key(Some(span), "url", PLAIN_HTTP));
+    if let Some(SourceUrl(url)) = &raw.url {
+        refuse_plain_http(url, raw.insecure_http, &span)?;
     }
     let ProviderName(name) = raw.name;
     let mut sources = Vec::new();
     if let Some(preset) = preset {
-        let fetch = &defaults.fetch;
-        let fetch = FetchSettings {
-            timeout: raw.timeout.map_or(fetch.timeout, Duration::from),
-            max_bytes: raw.max_bytes.map_or(fetch.max_bytes, u64::from),
-            insecure_http: raw.insecure_http.unwrap_or(false),
+        let fetch = FetchKeys {
+            timeout: raw.timeout,
+            max_bytes: raw.max_bytes,
+            insecure_http: raw.insecure_http,
             ca_file: raw.ca_file,
-            retries: raw.retries.map_or(fetch.retries, u32::from),
-            retry_after_limit: fetch.retry_after_limit,
-            proxy: raw.proxy.unwrap_or_else(|| fetch.proxy.clone()),
+            retries: raw.retries,
+            proxy: raw.proxy,
         };
+        let fetch = fetch.over(&defaults.fetch, defaults.fetch.timeout);
         let url = raw.url.map(Url::from);
         let source = preset_source(&name, rule_id, preset, url, fetch, defaults)
             .map_err(|message| Problem::key(Some(span.clone()), "preset", message))?;
@@ -229,24 +230,36 @@ pub(super) fn resolve_source(
 ) -> Result<Source, Problem> {
     let span = raw.span();
     let raw = raw.into_inner();
+    let given = Given::of(&raw, &span)?;
+    let kind = given.kind();
+    check_applies(&raw, kind, &span)?;
+    let location = locate(given, &raw, &id, defaults, &span)?;
+    let timeout = match kind {
+        SourceKind::Dns => DEFAULT_DNS_TIMEOUT,
+        SourceKind::Url | SourceKind::File | SourceKind::Static => defaults.fetch.timeout,
+    };
+    let fetch = FetchKeys {
+        timeout: raw.timeout,
+        max_bytes: raw.max_bytes,
+        insecure_http: raw.insecure_http,
+        ca_file: raw.ca_file,
+        retries: raw.retries,
+        proxy: raw.proxy,
+    };
+    Ok(Source {
+        id,
+        provider: provider.to_owned(),
+        rule_id,
+        location,
+        fetch: fetch.over(&defaults.fetch, timeout),
+        force: raw.force,
+        snapshot: None,
+    })
+}
+
+/// Refuses a key set on a kind of source it does not apply to.
+fn check_applies(raw: &RawSource, kind: SourceKind, span: &Range<usize>) -> Result<(), Problem> {
     use SourceKind::{Dns, File, Static, Url};
-    let given = match (&raw.url, &raw.file, &raw.inline, &raw.dns) {
-        (Some(SourceUrl(url)), None, None, None) => Given::Url(url),
-        (None, Some(path), None, None) => Given::File(path),
-        (None, None, Some(list), None) => Given::Static(list),
-        (None, None, None, Some(DnsName(name))) => Given::Dns(name),
-        _ => {
-            let message = "a source needs exactly one of `url`, `file`, `static` or `dns`";
-            return Err(Problem::at(span, message));
-        }
-    };
-    let kind = match given {
-        Given::Url(_) => Url,
-        Given::File(_) => File,
-        Given::Static(_) => Static,
-        Given::Dns(_) => Dns,
-    };
-    // Which keys apply to which kinds of source.
     let (url, fetched, listed): (&[SourceKind], &[SourceKind], &[SourceKind]) =
         (&[Url], &[Url, File], &[Static]);
     let (asked, dns): (&[SourceKind], &[SourceKind]) = (&[Url, Dns], &[Dns]);
@@ -267,42 +280,45 @@ pub(super) fn resolve_source(
         ("as_of", raw.as_of.is_some(), listed),
         ("reference", raw.reference.is_some(), listed),
     ];
-    if let Some(&(key, _, kinds)) = keys
-        .iter()
-        .find(|(_, set, kinds)| *set && !kinds.contains(&kind))
-    {
-        let message = match kinds {
-            [only] => format!("only applies to `{only}` sources"),
-            _ if kind == Static && kinds == fetched => {
-                "does not apply to a `static` list".to_owned()
-            }
-            [first, second] => format!("only applies to `{first}` and `{second}` sources"),
-            _ => format!("does not apply to a `{kind}` source"),
-        };
-        return Err(Problem::key(Some(span), key, message));
-    }
-    let location = match given {
+    let Some(&(key, _, kinds)) =
+        (keys.iter()).find(|(_, set, kinds)| *set && !kinds.contains(&kind))
+    else {
+        return Ok(());
+    };
+    let message = match kinds {
+        [only] => format!("only applies to `{only}` sources"),
+        _ if kind == Static && kinds == fetched => "does not apply to a `static` list".to_owned(),
+        [first, second] => format!("only applies to `{first}` and `{second}` sources"),
+        _ => format!("does not apply to a `{kind}` source"),
+    };
+    Err(Problem::key(Some(span.clone()), key, message))
+}
+
+/// Where a source's list comes from, checked: a url's scheme, a static list's
+/// prefixes, a document's format.
+fn locate(
+    given: Given<'_>,
+    raw: &RawSource,
+    id: &str,
+    defaults: &Defaults<'_>,
+    span: &Range<usize>,
+) -> Result<Location, Problem> {
+    Ok(match given {
         Given::Dns(name) => Location::Dns {
             name: name.clone(),
             resolver: raw.resolver.as_ref().map(|Nameserver(addr)| *addr),
-            keep: raw
-                .dns_keep
-                .as_ref()
-                .map_or(DEFAULT_DNS_KEEP, |DnsKeep(d)| *d),
+            keep: (raw.dns_keep.as_ref()).map_or(DEFAULT_DNS_KEEP, |DnsKeep(d)| *d),
         },
         Given::Url(url) => {
-            if url.scheme() == "http" && raw.insecure_http != Some(true) {
-                let message = "plain http is refused: no list is signed, so integrity rests on TLS; use https, or set insecure_http = true to accept the risk";
-                return Err(Problem::key(Some(span), "url", message));
-            }
-            let format = raw.format(url.path(), &span)?;
+            refuse_plain_http(url, raw.insecure_http, span)?;
+            let format = raw.format(url.path(), span)?;
             Location::Url {
                 url: url.clone(),
                 format,
             }
         }
         Given::File(path) => {
-            let format = raw.format(&path.to_string_lossy(), &span)?;
+            let format = raw.format(&path.to_string_lossy(), span)?;
             Location::File {
                 path: path.clone(),
                 format,
@@ -310,14 +326,11 @@ pub(super) fn resolve_source(
         }
         Given::Static(list) => {
             let entries: Vec<String> = list.get_ref().iter().map(|e| e.get_ref().clone()).collect();
-            let validated = prefixes::validate(&entries, &id, Trust::Operator, defaults.guards)
+            let validated = prefixes::validate(&entries, id, Trust::Operator, defaults.guards)
                 .map_err(|err| {
                     let (PrefixError::Unparseable { entry, .. }
                     | PrefixError::TooBroad { entry, .. }) = &err;
-                    let bad = list
-                        .get_ref()
-                        .iter()
-                        .find(|e| e.get_ref().trim() == entry.trim());
+                    let bad = (list.get_ref().iter()).find(|e| e.get_ref().trim() == entry.trim());
                     Problem::at(bad.map_or(list.span(), Spanned::span), err.to_string())
                 })?;
             Location::Static(StaticList {
@@ -326,29 +339,46 @@ pub(super) fn resolve_source(
                 reference: raw.reference.clone(),
             })
         }
-    };
-    let fetch = &defaults.fetch;
-    let timeout = match kind {
-        Dns => DEFAULT_DNS_TIMEOUT,
-        Url | File | Static => fetch.timeout,
-    };
-    Ok(Source {
-        id,
-        provider: provider.to_owned(),
-        rule_id,
-        location,
-        fetch: FetchSettings {
-            timeout: raw.timeout.map_or(timeout, Duration::from),
-            max_bytes: raw.max_bytes.map_or(fetch.max_bytes, u64::from),
-            insecure_http: raw.insecure_http.unwrap_or(false),
-            ca_file: raw.ca_file,
-            retries: raw.retries.map_or(fetch.retries, u32::from),
-            retry_after_limit: fetch.retry_after_limit,
-            proxy: raw.proxy.unwrap_or_else(|| fetch.proxy.clone()),
-        },
-        force: raw.force,
-        snapshot: None,
     })
+}
+
+/// A url with plain http, unless the operator accepted the risk.
+fn refuse_plain_http(
+    url: &Url,
+    insecure_http: Option<bool>,
+    span: &Range<usize>,
+) -> Result<(), Problem> {
+    if url.scheme() == "http" && insecure_http != Some(true) {
+        return Err(Problem::key(Some(span.clone()), "url", PLAIN_HTTP));
+    }
+    Ok(())
+}
+
+/// The keys of a provider (for its preset's document) or of a source that change
+/// how a document is fetched.
+struct FetchKeys {
+    timeout: Option<Timeout>,
+    max_bytes: Option<MaxBytes>,
+    insecure_http: Option<bool>,
+    ca_file: Option<PathBuf>,
+    retries: Option<Retries>,
+    proxy: Option<Proxy>,
+}
+
+impl FetchKeys {
+    /// The top level's settings with these keys over them; `timeout` is the
+    /// default for the kind of source.
+    fn over(self, defaults: &FetchSettings, timeout: Duration) -> FetchSettings {
+        FetchSettings {
+            timeout: self.timeout.map_or(timeout, Duration::from),
+            max_bytes: self.max_bytes.map_or(defaults.max_bytes, u64::from),
+            insecure_http: self.insecure_http.unwrap_or(false),
+            ca_file: self.ca_file,
+            retries: self.retries.map_or(defaults.retries, u32::from),
+            retry_after_limit: defaults.retry_after_limit,
+            proxy: self.proxy.unwrap_or_else(|| defaults.proxy.clone()),
+        }
+    }
 }
 
 /// The one key that makes a source what it is, with its value.
@@ -358,4 +388,28 @@ enum Given<'a> {
     File(&'a PathBuf),
     Static(&'a Spanned<Vec<Spanned<String>>>),
     Dns(&'a String),
+}
+
+impl<'a> Given<'a> {
+    fn of(raw: &'a RawSource, span: &Range<usize>) -> Result<Self, Problem> {
+        match (&raw.url, &raw.file, &raw.inline, &raw.dns) {
+            (Some(SourceUrl(url)), None, None, None) => Ok(Given::Url(url)),
+            (None, Some(path), None, None) => Ok(Given::File(path)),
+            (None, None, Some(list), None) => Ok(Given::Static(list)),
+            (None, None, None, Some(DnsName(name))) => Ok(Given::Dns(name)),
+            _ => {
+                let message = "a source needs exactly one of `url`, `file`, `static` or `dns`";
+                Err(Problem::at(span.clone(), message))
+            }
+        }
+    }
+
+    fn kind(self) -> SourceKind {
+        match self {
+            Given::Url(_) => SourceKind::Url,
+            Given::File(_) => SourceKind::File,
+            Given::Static(_) => SourceKind::Static,
+            Given::Dns(_) => SourceKind::Dns,
+        }
+    }
 }

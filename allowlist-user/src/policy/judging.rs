@@ -125,148 +125,198 @@ pub(super) fn apply(
     log: &store::history::Log,
 ) -> SourceReport {
     let now = context.now;
-    let id = slot.source.id.clone();
-    let mut warnings = Vec::new();
-    let mut not_saved = None;
-    let mut history_errors = Vec::new();
-    // A source's first list is recorded even when it is the snapshot it replaces.
-    let first_load = slot.in_force.last_good().is_none();
-    let record =
-        |outcome, update: Option<&SavedList>, added, removed, size_after| store::history::Change {
-            at: now,
-            source: slot.source.id.clone(),
-            provider: slot.source.provider.clone(),
-            outcome,
-            serial: update.and_then(|list| list.serial.clone()),
-            etag: update.and_then(|list| list.etag.clone()),
-            last_modified: update.and_then(|list| list.last_modified.clone()),
-            added: store::history::Prefixes::new(added),
-            removed: store::history::Prefixes::new(removed),
-            size_after: Some(size_after),
-            note: None,
-        };
-    let (outcome, entry) = match evaluate(slot, result, context, &mut warnings) {
+    let mut notes = Notes::default();
+    let (outcome, entry) = match evaluate(slot, result, context, &mut notes.warnings) {
         Ok(Accepted::NotModified) => {
             if let Some(list) = slot.in_force.last_good_mut() {
                 list.fetched_at = now;
             }
-            history_errors.extend(log.clear_refused(&id).err());
+            notes.history(log.clear_refused(&slot.source.id));
             (Outcome::NotModified, None)
         }
-        Ok(Accepted::Set(list)) => {
-            let same_on_disk = slot.in_force.last_good().is_some_and(|old| {
-                old.prefixes == list.prefixes
-                    && old.etag == list.etag
-                    && old.last_modified == list.last_modified
-                    && old.serial == list.serial
-                    && old.seen == list.seen
-            });
-            if !same_on_disk && let Err(err) = store.save(&list) {
-                let err = LastError::NotSaved(err);
-                warnings.push(err.to_string());
-                not_saved = Some(err);
-            }
-            let current = slot.in_force.prefixes();
-            let (added, removed) = differences(current, &list.prefixes);
-            let changed = list.prefixes != current;
-            let entry = (changed || first_load).then(|| {
-                let (added, removed) = (added.clone(), removed.clone());
-                let mut entry = record(
-                    store::history::Outcome::Applied,
-                    Some(&list),
-                    added,
-                    removed,
-                    list.prefixes.len(),
-                );
-                // What the first list replaced, when it was not nothing.
-                entry.note = match &slot.in_force {
-                    InForce::Snapshot(snapshot) => Some(format!(
-                        "the first list fetched; it replaced the preset's snapshot{}",
-                        snapshot
-                            .as_of
-                            .as_deref()
-                            .map(|d| format!(" of {d}"))
-                            .unwrap_or_default()
-                    )),
-                    _ => None,
-                };
-                entry
-            });
-            history_errors.extend(log.clear_refused(&id).err());
-            slot.in_force = InForce::Fetched(*list);
-            let (added, removed) = (added.len(), removed.len());
-            let outcome = if changed {
-                slot.history.last_change = Some(now);
-                info!(source = %id, added, removed, "list updated");
-                Outcome::Updated { added, removed }
-            } else {
-                Outcome::Unchanged
-            };
-            (outcome, entry)
-        }
+        Ok(Accepted::Set(list)) => put_in_force(slot, *list, now, store, log, &mut notes),
         Err(Rejected::Failed(error)) => {
-            warn!(source = %id, %error, "refresh failed; keeping the list in force");
-            let entry = record(
+            warn!(source = %slot.source.id, %error, "refresh failed; keeping the list in force");
+            let entry = change(
+                slot,
+                now,
                 store::history::Outcome::Failed {
                     error: error.to_string(),
                 },
                 None,
-                Vec::new(),
-                Vec::new(),
+                (Vec::new(), Vec::new()),
                 slot.in_force.prefixes().len(),
             );
             (Outcome::Failed { error }, Some(entry))
         }
         Err(Rejected::Refused { reason, update }) => {
-            warn!(source = %id, %reason, "update refused; keeping the list in force");
-            let current = slot.in_force.prefixes();
-            let (added, removed) = update
-                .as_ref()
-                .map(|list| differences(current, &list.prefixes))
-                .unwrap_or_default();
-            let mut entry = record(
-                store::history::Outcome::Refused {
-                    guard: reason.guard().to_owned(),
-                    reason: reason.to_string(),
-                },
-                update.as_deref(),
-                added,
-                removed,
-                current.len(),
-            );
-            if let Some(update) = update {
-                let refused = store::history::RefusedUpdate {
-                    source: id.clone(),
-                    provider: slot.source.provider.clone(),
-                    at: now,
-                    guard: reason.guard().to_owned(),
-                    reason: reason.to_string(),
-                    prefixes: update.prefixes,
-                };
-                history_errors.extend(log.record_refusal(refused, &mut entry).err());
-            }
-            (Outcome::Refused { reason }, Some(entry))
+            refuse(slot, reason, update, now, log, &mut notes)
         }
     };
     if let Some(entry) = &entry {
-        history_errors.extend(log.append(entry).err());
+        notes.history(log.append(entry));
     }
-    let history_failed = !history_errors.is_empty();
-    for err in history_errors {
-        warnings.push(format!("the change history could not be written: {err}"));
+    notes.report(slot, now, outcome)
+}
+
+/// What judging a retrieval has to say beside its outcome: warnings, and whether
+/// the list or the history could not be written.
+#[derive(Default)]
+struct Notes {
+    warnings: Vec<String>,
+    not_saved: Option<LastError>,
+    history_errors: Vec<store::history::HistoryError>,
+}
+
+impl Notes {
+    fn history(&mut self, written: Result<(), store::history::HistoryError>) {
+        self.history_errors.extend(written.err());
     }
-    let save_failed = not_saved.is_some();
-    slot.history.record(now, &outcome, not_saved);
-    for warning in &warnings {
-        warn!(source = %id, "{warning}");
+
+    fn report(mut self, slot: &mut Slot, now: SystemTime, outcome: Outcome) -> SourceReport {
+        let history_failed = !self.history_errors.is_empty();
+        for err in &self.history_errors {
+            (self.warnings).push(format!("the change history could not be written: {err}"));
+        }
+        let save_failed = self.not_saved.is_some();
+        slot.history.record(now, &outcome, self.not_saved);
+        for warning in &self.warnings {
+            warn!(source = %slot.source.id, "{warning}");
+        }
+        SourceReport {
+            id: slot.source.id.clone(),
+            outcome,
+            warnings: self.warnings,
+            save_failed,
+            history_failed,
+        }
     }
-    SourceReport {
-        id,
+}
+
+/// A history entry about `slot`'s source.
+fn change(
+    slot: &Slot,
+    now: SystemTime,
+    outcome: store::history::Outcome,
+    update: Option<&SavedList>,
+    (added, removed): (Vec<IpNet>, Vec<IpNet>),
+    size_after: usize,
+) -> store::history::Change {
+    store::history::Change {
+        at: now,
+        source: slot.source.id.clone(),
+        provider: slot.source.provider.clone(),
         outcome,
-        warnings,
-        save_failed,
-        history_failed,
+        serial: update.and_then(|list| list.serial.clone()),
+        etag: update.and_then(|list| list.etag.clone()),
+        last_modified: update.and_then(|list| list.last_modified.clone()),
+        added: store::history::Prefixes::new(added),
+        removed: store::history::Prefixes::new(removed),
+        size_after: Some(size_after),
+        note: None,
     }
+}
+
+/// An accepted list: saved (unless the same list is on disk already), put in
+/// force, and recorded when it changed the set or is the source's first.
+fn put_in_force(
+    slot: &mut Slot,
+    list: SavedList,
+    now: SystemTime,
+    store: &StateStore,
+    log: &store::history::Log,
+    notes: &mut Notes,
+) -> (Outcome, Option<store::history::Change>) {
+    // A source's first list is recorded even when it is the snapshot it replaces.
+    let first_load = slot.in_force.last_good().is_none();
+    let same_on_disk = slot.in_force.last_good().is_some_and(|old| {
+        old.prefixes == list.prefixes
+            && old.etag == list.etag
+            && old.last_modified == list.last_modified
+            && old.serial == list.serial
+            && old.seen == list.seen
+    });
+    if !same_on_disk && let Err(err) = store.save(&list) {
+        let err = LastError::NotSaved(err);
+        notes.warnings.push(err.to_string());
+        notes.not_saved = Some(err);
+    }
+    let current = slot.in_force.prefixes();
+    let (added, removed) = differences(current, &list.prefixes);
+    let changed = list.prefixes != current;
+    let (n_added, n_removed) = (added.len(), removed.len());
+    let entry = (changed || first_load).then(|| {
+        let mut entry = change(
+            slot,
+            now,
+            store::history::Outcome::Applied,
+            Some(&list),
+            (added, removed),
+            list.prefixes.len(),
+        );
+        // What the first list replaced, when it was not nothing.
+        if let InForce::Snapshot(snapshot) = &slot.in_force {
+            entry.note = Some(format!(
+                "the first list fetched; it replaced the preset's snapshot{}",
+                (snapshot.as_of.as_deref())
+                    .map(|d| format!(" of {d}"))
+                    .unwrap_or_default()
+            ));
+        }
+        entry
+    });
+    notes.history(log.clear_refused(&slot.source.id));
+    slot.in_force = InForce::Fetched(list);
+    let outcome = if changed {
+        slot.history.last_change = Some(now);
+        info!(source = %slot.source.id, added = n_added, removed = n_removed, "list updated");
+        Outcome::Updated {
+            added: n_added,
+            removed: n_removed,
+        }
+    } else {
+        Outcome::Unchanged
+    };
+    (outcome, entry)
+}
+
+/// An update a guard refused: recorded, with the refused list kept for review.
+fn refuse(
+    slot: &Slot,
+    reason: Refusal,
+    update: Option<Box<SavedList>>,
+    now: SystemTime,
+    log: &store::history::Log,
+    notes: &mut Notes,
+) -> (Outcome, Option<store::history::Change>) {
+    warn!(source = %slot.source.id, %reason, "update refused; keeping the list in force");
+    let current = slot.in_force.prefixes();
+    let differences = (update.as_ref())
+        .map(|list| differences(current, &list.prefixes))
+        .unwrap_or_default();
+    let mut entry = change(
+        slot,
+        now,
+        store::history::Outcome::Refused {
+            guard: reason.guard().to_owned(),
+            reason: reason.to_string(),
+        },
+        update.as_deref(),
+        differences,
+        current.len(),
+    );
+    if let Some(update) = update {
+        let refused = store::history::RefusedUpdate {
+            source: slot.source.id.clone(),
+            provider: slot.source.provider.clone(),
+            at: now,
+            guard: reason.guard().to_owned(),
+            reason: reason.to_string(),
+            prefixes: update.prefixes,
+        };
+        notes.history(log.record_refusal(refused, &mut entry));
+    }
+    (Outcome::Refused { reason }, Some(entry))
 }
 
 /// The prefixes of `new` not in `old`, and those of `old` not in `new`.
