@@ -176,14 +176,7 @@ impl Agent {
                 warn!(error = %e, "cannot subscribe to rtnetlink link notifications; the links are checked every {}s only", LINK_CHECK.as_secs());
             })
             .ok();
-        let mut link_check = tokio::time::interval(LINK_CHECK);
-        link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut heartbeat = tokio::time::interval(STATUS_HEARTBEAT);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut watch_read = tokio::time::interval(WATCH_READ);
-        watch_read.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut denied_save = tokio::time::interval(DENIED_SAVE);
-        denied_save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut timers = Timers::new();
         let mut force = force_first;
         loop {
             let next_sync = if self.sync_pending {
@@ -200,28 +193,9 @@ impl Agent {
             tokio::select! {
                 () = sleep_until(next_refresh.min(next_sync)) => {
                     if Instant::now() >= next_refresh {
-                        // A refresh may take minutes (timeouts, retries, Retry-After): a
-                        // stop signal abandons it (the lists already accepted were
-                        // saved), the links are still checked and the status rewritten,
-                        // and a SIGHUP stays pending and is acted on right after.
-                        let report = {
-                            let refresh = self.refresher.refresh_with(RefreshOptions { force });
-                            tokio::pin!(refresh);
-                            loop {
-                                let link_event = async {
-                                    match &events {
-                                        Some(events) => events.changed().await,
-                                        None => std::future::pending().await,
-                                    }
-                                };
-                                tokio::select! {
-                                    report = &mut refresh => break report,
-                                    signal = &mut shutdown => { info!("{signal} during a refresh"); return Ok(()); }
-                                    _ = link_event => check_links_only(&mut self.filter, &self.config, &self.shared, &mut self.state_write_failures),
-                                    _ = link_check.tick() => check_links_only(&mut self.filter, &self.config, &self.shared, &mut self.state_write_failures),
-                                    _ = heartbeat.tick() => republish(&self.shared, &self.config.state_dir, None, &mut self.state_write_failures),
-                                }
-                            }
+                        let options = RefreshOptions { force };
+                        let Some(report) = self.refresh(options, events.as_ref(), &mut timers, shutdown.as_mut()).await else {
+                            return Ok(());
                         };
                         self.record(&report);
                         self.sync();
@@ -244,11 +218,44 @@ impl Agent {
                     }
                     self.check_links();
                 }
-                _ = link_check.tick() => self.check_links(),
-                _ = heartbeat.tick() => republish(&self.shared, &self.config.state_dir, None, &mut self.state_write_failures),
-                _ = watch_read.tick() => self.read_watch(),
-                _ = denied_save.tick() => self.save_denied(),
+                _ = timers.link_check.tick() => self.check_links(),
+                _ = timers.heartbeat.tick() => republish(&self.shared, &self.config.state_dir, None, &mut self.state_write_failures),
+                _ = timers.watch_read.tick() => self.read_watch(),
+                _ = timers.denied_save.tick() => self.save_denied(),
                 signal = &mut shutdown => { info!("{signal}"); return Ok(()); }
+            }
+        }
+    }
+
+    /// One refresh. It may take minutes (timeouts, retries, Retry-After): a stop
+    /// signal abandons it (`None`; the lists already accepted were saved), the links
+    /// are still checked and the status rewritten, and a SIGHUP stays pending and is
+    /// acted on right after.
+    async fn refresh(
+        &mut self,
+        options: RefreshOptions,
+        events: Option<&LinkEvents>,
+        timers: &mut Timers,
+        mut shutdown: std::pin::Pin<&mut impl Future<Output = &'static str>>,
+    ) -> Option<RefreshReport> {
+        let refresh = self.refresher.refresh_with(options);
+        tokio::pin!(refresh);
+        loop {
+            let link_event = async {
+                match events {
+                    Some(events) => events.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                report = &mut refresh => return Some(report),
+                signal = &mut shutdown => {
+                    info!("{signal} during a refresh");
+                    return None;
+                }
+                _ = link_event => check_links_only(&mut self.filter, &self.config, &self.shared, &mut self.state_write_failures),
+                _ = timers.link_check.tick() => check_links_only(&mut self.filter, &self.config, &self.shared, &mut self.state_write_failures),
+                _ = timers.heartbeat.tick() => republish(&self.shared, &self.config.state_dir, None, &mut self.state_write_failures),
             }
         }
     }
@@ -512,6 +519,31 @@ impl Agent {
             &mut self.state_write_failures,
         );
         *self.shared.write().expect("status lock") = Some(status);
+    }
+}
+
+/// What the loop does at its own pace, besides refreshing: a late tick is taken
+/// late, not made up for.
+struct Timers {
+    link_check: tokio::time::Interval,
+    heartbeat: tokio::time::Interval,
+    watch_read: tokio::time::Interval,
+    denied_save: tokio::time::Interval,
+}
+
+impl Timers {
+    fn new() -> Self {
+        let every = |period| {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        };
+        Timers {
+            link_check: every(LINK_CHECK),
+            heartbeat: every(STATUS_HEARTBEAT),
+            watch_read: every(WATCH_READ),
+            denied_save: every(DENIED_SAVE),
+        }
     }
 }
 

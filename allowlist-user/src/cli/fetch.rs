@@ -7,7 +7,7 @@ use tracing::warn;
 use crate::{
     config::Config,
     datapath::{self},
-    policy::{Outcome, RefreshOptions, Refresher, SourceReport},
+    policy::{Outcome, RefreshOptions, RefreshReport, Refresher, SourceReport},
     prefixes,
     sources::http::Fetcher,
     store,
@@ -21,22 +21,8 @@ pub(super) async fn fetch(config: &Config, force: bool, json: bool) -> Result<()
     // Only files the agent would read itself are copied.
     store::check_dir(&config.state_dir)?;
     let scratch = tempfile::tempdir().context("creating a scratch state directory")?;
-    if let Ok(entries) = std::fs::read_dir(&config.state_dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_none_or(|e| e != "json")
-                || entry.file_type().is_ok_and(|t| t.is_dir())
-            {
-                continue;
-            }
-            match store::read_trusted(&path) {
-                Ok(Some(bytes)) => {
-                    let _ = std::fs::write(scratch.path().join(entry.file_name()), bytes);
-                }
-                Ok(None) => {}
-                Err(err) => warn!("{err}"),
-            }
-        }
+    for err in store::copy_json_files(&config.state_dir, scratch.path()) {
+        warn!("{err}");
     }
     let mut scratch_config = config.clone();
     scratch_config.state_dir = scratch.path().to_owned();
@@ -67,27 +53,46 @@ pub(super) async fn fetch(config: &Config, force: bool, json: bool) -> Result<()
         Ok(())
     };
     if json {
-        #[derive(Serialize)]
-        struct FetchOutput<'a> {
-            report: &'a crate::policy::RefreshReport,
-            allowlist: &'a prefixes::Allowlist,
-            diff_against_live: Option<DiffOutput>,
-        }
-        #[derive(Serialize)]
-        struct DiffOutput {
-            add: Vec<String>,
-            remove: Vec<String>,
-        }
-        print_json(&FetchOutput {
-            report: &report,
-            allowlist: &allowlist,
-            diff_against_live: diff.map(|d| DiffOutput {
-                add: d.upserts.iter().map(|(n, _)| n.to_string()).collect(),
-                remove: d.removals.iter().map(ToString::to_string).collect(),
-            }),
-        })?;
-        return verdict();
+        print_fetch_json(&report, &allowlist, diff)?;
+    } else {
+        print_fetch_text(config, &report, &allowlist, diff)?;
     }
+    verdict()
+}
+
+fn print_fetch_json(
+    report: &RefreshReport,
+    allowlist: &prefixes::Allowlist,
+    diff: Option<prefixes::Diff>,
+) -> Result<()> {
+    #[derive(Serialize)]
+    struct FetchOutput<'a> {
+        report: &'a RefreshReport,
+        allowlist: &'a prefixes::Allowlist,
+        diff_against_live: Option<DiffOutput>,
+    }
+    #[derive(Serialize)]
+    struct DiffOutput {
+        add: Vec<String>,
+        remove: Vec<String>,
+    }
+    print_json(&FetchOutput {
+        report,
+        allowlist,
+        diff_against_live: diff.map(|d| DiffOutput {
+            add: d.upserts.iter().map(|(n, _)| n.to_string()).collect(),
+            remove: d.removals.iter().map(ToString::to_string).collect(),
+        }),
+    })?;
+    Ok(())
+}
+
+fn print_fetch_text(
+    config: &Config,
+    report: &RefreshReport,
+    allowlist: &prefixes::Allowlist,
+    diff: Option<prefixes::Diff>,
+) -> Result<()> {
     println!("sources:");
     for s in &report.sources {
         println!("  {:<28} {}", s.id, serde_json::to_string(&s.outcome)?);
@@ -119,5 +124,5 @@ pub(super) async fn fetch(config: &Config, force: bool, json: bool) -> Result<()
         ),
     }
     println!("(dry run: nothing was changed)");
-    verdict()
+    Ok(())
 }

@@ -21,14 +21,9 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use tracing::{debug, warn};
+use tracing::debug;
 
-use crate::{
-    config::Config,
-    policy::Refresher,
-    sources::presets::Preset,
-    store::{self, rfc3339},
-};
+use crate::{config::Config, policy::Refresher, sources::presets::Preset, store::rfc3339};
 
 /// Why a known sender's source is denied, most relevant first (the order of the
 /// variants ranks the matches of one source).
@@ -340,31 +335,19 @@ pub(crate) struct SenderIndex {
 
 impl SenderIndex {
     /// What the agent knows of webhook senders: every preset's snapshot, the lists in
-    /// force, each source's latest refused update and the ranges sources removed. A
-    /// history that cannot be read leaves those out (logged): the index only names
-    /// denied sources, it never decides what passes.
+    /// force, each source's latest refused update and the ranges sources removed, as
+    /// the refresher holds them (a history it could not read leaves those out,
+    /// logged when it was opened: the index only names denied sources, it never
+    /// decides what passes).
     pub(crate) fn gather(config: &Config, refresher: &Refresher) -> SenderIndex {
         let mut index = IndexBuilder::from_config(config);
         index.lists_in_force(config, refresher);
-        match store::history::refused_updates(&config.state_dir) {
-            Ok(updates) => {
-                for u in updates {
-                    index.refused_update(&u.provider, &u.source, u.at, &u.guard, &u.prefixes);
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot read the refused updates: denied sources are not matched against them")
-            }
+        let history = refresher.history();
+        for u in history.refused_updates() {
+            index.refused_update(&u.provider, &u.source, u.at, &u.guard, &u.prefixes);
         }
-        match store::history::read(&config.state_dir) {
-            Ok(changes) => {
-                for r in store::history::removed_ranges(&changes) {
-                    index.removed_range(&r.provider, &r.source, r.net, r.at);
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot read the history: denied sources are not matched against removed ranges")
-            }
+        for r in history.removed_ranges() {
+            index.removed_range(&r.provider, &r.source, r.net, r.at);
         }
         let index = index.build();
         debug!(

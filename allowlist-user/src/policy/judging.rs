@@ -122,7 +122,7 @@ pub(super) fn apply(
     result: Result<Retrieved, Failure>,
     context: &Context<'_>,
     store: &StateStore,
-    log: &store::history::Log,
+    log: &mut store::history::Log,
 ) -> SourceReport {
     let now = context.now;
     let mut notes = Notes::default();
@@ -224,7 +224,7 @@ fn put_in_force(
     list: SavedList,
     now: SystemTime,
     store: &StateStore,
-    log: &store::history::Log,
+    log: &mut store::history::Log,
     notes: &mut Notes,
 ) -> (Outcome, Option<store::history::Change>) {
     // A source's first list is recorded even when it is the snapshot it replaces.
@@ -286,7 +286,7 @@ fn refuse(
     reason: Refusal,
     update: Option<Box<SavedList>>,
     now: SystemTime,
-    log: &store::history::Log,
+    log: &mut store::history::Log,
     notes: &mut Notes,
 ) -> (Outcome, Option<store::history::Change>) {
     warn!(source = %slot.source.id, %reason, "update refused; keeping the list in force");

@@ -17,10 +17,7 @@ mod tests;
 
 pub use report::{Outcome, RefreshOptions, RefreshReport, SetOrigin, SourceReport, SourceStatus};
 
-use std::{
-    collections::{HashMap, HashSet},
-    time::SystemTime,
-};
+use std::{collections::HashMap, time::SystemTime};
 
 use ipnet::IpNet;
 use tokio::task::JoinSet;
@@ -75,7 +72,7 @@ impl Refresher {
                 .iter()
                 .map(|p| (p.name.clone(), p.rule_id))
                 .collect(),
-            log: store::history::Log::new(&config.state_dir),
+            log: store::history::Log::open(&config.state_dir),
             store,
             fetcher,
             slots,
@@ -157,16 +154,12 @@ impl Refresher {
     /// nothing of that source (a history lost, rotated away, or older than the saved
     /// list), dated when the list was fetched: `allowlist check` can then say since
     /// when a prefix is in force.
-    fn record_restored(&self, restored: &[usize]) -> Result<(), store::history::HistoryError> {
-        let known: HashSet<String> = store::history::read(self.log.dir())?
-            .into_iter()
-            .map(|change| change.source)
-            .collect();
+    fn record_restored(&mut self, restored: &[usize]) -> Result<(), store::history::HistoryError> {
         for slot in restored.iter().map(|&i| &self.slots[i]) {
             let Some(list) = slot.in_force.last_good() else {
                 continue;
             };
-            if known.contains(&slot.source.id) {
+            if self.log.knows(&slot.source.id) {
                 continue;
             }
             self.log.append(&store::history::Change {
@@ -284,7 +277,7 @@ impl Refresher {
                         options,
                         now,
                     };
-                    let source_report = apply(slot, result, &context, &self.store, &self.log);
+                    let source_report = apply(slot, result, &context, &self.store, &mut self.log);
                     // Only an accepted answer holds the name back: after a failure or
                     // a refusal, the next refresh asks again.
                     slot.history.answer_fresh_until = match source_report.outcome {
@@ -299,6 +292,11 @@ impl Refresher {
         }
         .instrument(span)
         .await
+    }
+
+    /// The change history and the refused updates, as written.
+    pub(crate) fn history(&self) -> &store::history::Log {
+        &self.log
     }
 
     /// The merged allowlist in force.

@@ -10,7 +10,7 @@
 //! fails a refresh: the refresher reports a failed write and the agent counts it.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
     fs::{self, File},
     io::{self, Write as _},
     net::IpAddr,
@@ -175,27 +175,94 @@ pub(crate) struct Removed {
 
 /// The writer of the history and of the refused updates, in `state_dir` (which
 /// [`crate::store::StateStore::open`] prepared and checked).
+///
+/// What the files say is also kept in memory as it is written (read once, when the
+/// log is opened), so that the agent asks the history who sent what without reading
+/// the files back after every refresh.
 #[derive(Debug, Clone)]
 pub(crate) struct Log {
     dir: PathBuf,
     max_bytes: u64,
+    /// The history file's records, and the rotated file's.
+    current: Written,
+    rotated: Written,
+    /// Each source's kept refused update, as in its `refused-<id>.json`.
+    refused: BTreeMap<String, RefusedUpdate>,
+}
+
+/// What one history file holds that the agent asks about.
+#[derive(Debug, Clone, Default)]
+struct Written {
+    /// The applied changes (the removed ranges are computed from them).
+    applied: Vec<Change>,
+    /// Every source a record is about.
+    sources: HashSet<String>,
+}
+
+impl Written {
+    fn read(path: &Path) -> Result<Self, HistoryError> {
+        let mut written = Written::default();
+        for change in read_file(path)? {
+            written.push(change);
+        }
+        Ok(written)
+    }
+
+    fn push(&mut self, change: Change) {
+        self.sources.insert(change.source.clone());
+        if change.outcome == Outcome::Applied {
+            self.applied.push(change);
+        }
+    }
 }
 
 impl Log {
-    pub(crate) fn new(state_dir: &Path) -> Self {
+    /// The log of `state_dir`, with what its files hold. A file that cannot be read
+    /// is reported and counts as empty: the history names senders, it never decides
+    /// what passes.
+    pub(crate) fn open(state_dir: &Path) -> Self {
+        let read = |name| {
+            Written::read(&state_dir.join(name)).unwrap_or_else(|e| {
+                warn!(error = %e, "cannot read the history: denied sources are not matched against removed ranges");
+                Written::default()
+            })
+        };
+        let refused = refused_updates(state_dir).unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the refused updates: denied sources are not matched against them");
+            Vec::new()
+        });
         Log {
             dir: state_dir.to_owned(),
             max_bytes: MAX_BYTES,
+            rotated: read(ROTATED),
+            current: read(FILE),
+            refused: (refused.into_iter())
+                .map(|u| (u.source.clone(), u))
+                .collect(),
         }
     }
 
-    /// The state directory.
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
+    /// Every source's kept refused update, by source id.
+    pub(crate) fn refused_updates(&self) -> impl Iterator<Item = &RefusedUpdate> {
+        self.refused.values()
+    }
+
+    /// What [`removed_ranges`] finds in the files.
+    pub(crate) fn removed_ranges(&self) -> Vec<Removed> {
+        let mut applied: Vec<&Change> = (self.rotated.applied.iter())
+            .chain(&self.current.applied)
+            .collect();
+        applied.sort_by_key(|change| change.at);
+        removed_ranges(applied)
+    }
+
+    /// Whether a record in the files is about `source`.
+    pub(crate) fn knows(&self, source: &str) -> bool {
+        self.current.sources.contains(source) || self.rotated.sources.contains(source)
     }
 
     /// Appends one record, rotating the file first if it would grow beyond its bound.
-    pub(crate) fn append(&self, change: &Change) -> Result<(), HistoryError> {
+    pub(crate) fn append(&mut self, change: &Change) -> Result<(), HistoryError> {
         let mut line = serde_json::to_vec(change).expect("a change serialises");
         line.push(b'\n');
         let path = self.dir.join(FILE);
@@ -207,6 +274,7 @@ impl Log {
         let mut size = file.metadata().map_err(write_err)?.len();
         if size > 0 && size + line.len() as u64 > self.max_bytes {
             fs::rename(&path, self.dir.join(ROTATED)).map_err(write_err)?;
+            self.rotated = std::mem::take(&mut self.current);
             File::open(&self.dir)
                 .and_then(|d| d.sync_all())
                 .map_err(write_err)?;
@@ -233,6 +301,7 @@ impl Log {
             ))
             .into());
         }
+        self.current.push(change.clone());
         file.sync_data().map_err(write_err)?;
         Ok(())
     }
@@ -241,29 +310,16 @@ impl Log {
         refused_path(&self.dir, source)
     }
 
-    /// The kept refused update of `source`, if any (an unreadable one is reported and
-    /// treated as absent).
-    fn refused(&self, source: &str) -> Option<RefusedUpdate> {
-        match read_refused(&self.refused_path(source)) {
-            Ok(update) => update,
-            Err(err) => {
-                warn!(%err, "ignoring a kept refused update");
-                None
-            }
-        }
-    }
-
     /// Keeps `update` as its source's latest refused update, unless it is the one
     /// kept already: refused again, its `change` then only counts its prefixes (the
     /// kept update and the first record say what they are), so that a source refused
     /// at every refresh does not rotate the rest of the history away.
     pub(crate) fn record_refusal(
-        &self,
+        &mut self,
         update: RefusedUpdate,
         change: &mut Change,
     ) -> Result<(), HistoryError> {
-        let kept = self
-            .refused(&update.source)
+        let kept = (self.refused.get(&update.source))
             .filter(|kept| kept.guard == update.guard && kept.prefixes == update.prefixes);
         match kept {
             Some(kept) => {
@@ -275,26 +331,28 @@ impl Log {
                 ));
                 Ok(())
             }
-            None => self.keep_refused(&update),
+            None => self.keep_refused(update),
         }
     }
 
     /// Keeps `update` as its source's latest refused update, replacing any other.
-    fn keep_refused(&self, update: &RefusedUpdate) -> Result<(), HistoryError> {
-        Ok(store::write_json_atomic(
-            &self.refused_path(&update.source),
-            update,
-        )?)
+    fn keep_refused(&mut self, update: RefusedUpdate) -> Result<(), HistoryError> {
+        store::write_json_atomic(&self.refused_path(&update.source), &update)?;
+        self.refused.insert(update.source.clone(), update);
+        Ok(())
     }
 
     /// Forgets the refused update of `source`: a later update was accepted.
-    pub(crate) fn clear_refused(&self, source: &str) -> Result<(), HistoryError> {
+    pub(crate) fn clear_refused(&mut self, source: &str) -> Result<(), HistoryError> {
         let path = self.refused_path(source);
         match fs::remove_file(&path) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => {
                 Err(StateError::Write { path, error: err }.into())
             }
-            _ => Ok(()),
+            _ => {
+                self.refused.remove(source);
+                Ok(())
+            }
         }
     }
 }
@@ -321,30 +379,34 @@ fn read_refused(path: &Path) -> Result<Option<RefusedUpdate>, HistoryError> {
 /// Every recorded change, oldest first, the rotated file's included. A line that
 /// cannot be parsed is skipped with a warning. Nothing recorded is not an error.
 pub(crate) fn read(state_dir: &Path) -> Result<Vec<Change>, HistoryError> {
-    let mut changes = Vec::new();
-    for name in [ROTATED, FILE] {
-        let path = state_dir.join(name);
-        let Some(bytes) = store::read_trusted(&path)? else {
-            continue;
-        };
-        for (index, line) in bytes.split(|b| *b == b'\n').enumerate() {
-            if line.trim_ascii().is_empty() {
-                continue;
-            }
-            match serde_json::from_slice::<Change>(line) {
-                Ok(change) => changes.push(change),
-                Err(err) => warn!(
-                    file = %path.display(),
-                    line = index + 1,
-                    error = %err,
-                    "skipping a history line that cannot be read"
-                ),
-            }
-        }
-    }
+    let mut changes = read_file(&state_dir.join(ROTATED))?;
+    changes.extend(read_file(&state_dir.join(FILE))?);
     // Records are appended as they happen; a record restored from a saved list is
     // dated when that list was fetched.
     changes.sort_by_key(|change| change.at);
+    Ok(changes)
+}
+
+/// The records of one history file, in the order written.
+fn read_file(path: &Path) -> Result<Vec<Change>, HistoryError> {
+    let mut changes = Vec::new();
+    let Some(bytes) = store::read_trusted(path)? else {
+        return Ok(changes);
+    };
+    for (index, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Change>(line) {
+            Ok(change) => changes.push(change),
+            Err(err) => warn!(
+                file = %path.display(),
+                line = index + 1,
+                error = %err,
+                "skipping a history line that cannot be read"
+            ),
+        }
+    }
     Ok(changes)
 }
 
@@ -383,7 +445,7 @@ pub(crate) fn refused_updates(state_dir: &Path) -> Result<Vec<RefusedUpdate>, Hi
 /// same source added back (the same prefix or one covering it), latest removal
 /// first. A change that only counted what it added cannot say what it added back:
 /// the removals before it stay.
-pub(crate) fn removed_ranges(changes: &[Change]) -> Vec<Removed> {
+pub(crate) fn removed_ranges<'a>(changes: impl IntoIterator<Item = &'a Change>) -> Vec<Removed> {
     let mut removed: HashMap<(String, IpNet), Removed> = HashMap::new();
     for change in changes {
         if change.outcome != Outcome::Applied {
@@ -488,13 +550,13 @@ mod tests {
 
     fn log(dir: &Path) -> Log {
         store::prepare_dir(dir).unwrap();
-        Log::new(dir)
+        Log::open(dir)
     }
 
     #[test]
     fn records_read_back_oldest_first_and_in_the_documented_form() {
         let tmp = tempfile::tempdir().unwrap();
-        let log = log(tmp.path());
+        let mut log = log(tmp.path());
         let first = applied(0, "p/0", &["192.0.2.0/24"], &[]);
         let mut refused = applied(60, "p/0", &[], &["192.0.2.0/24"]);
         refused.outcome = Outcome::Refused {
@@ -596,10 +658,70 @@ mod tests {
         }
     }
 
+    /// What the log holds in memory is what the files say: after appends, refusals
+    /// kept and cleared, and rotations that push records out, and in a log opened
+    /// again from the files.
+    #[test]
+    fn what_the_log_remembers_is_what_its_files_say() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = log(tmp.path());
+        log.max_bytes = 2048;
+        let agrees = |log: &Log| {
+            let on_disk = read(tmp.path()).unwrap();
+            assert_eq!(log.removed_ranges(), removed_ranges(&on_disk));
+            let kept: Vec<&RefusedUpdate> = log.refused_updates().collect();
+            assert_eq!(
+                kept,
+                refused_updates(tmp.path())
+                    .unwrap()
+                    .iter()
+                    .collect::<Vec<_>>()
+            );
+            for source in ["p/0", "q/0", "r/0"] {
+                let known = on_disk.iter().any(|c| c.source == source);
+                assert_eq!(log.knows(source), known, "{source}");
+            }
+        };
+        let refusal = |at: u64, source: &str| RefusedUpdate {
+            source: source.to_owned(),
+            provider: "q".to_owned(),
+            at: t(at),
+            guard: "shrink".to_owned(),
+            reason: "too small".to_owned(),
+            prefixes: nets(&["203.0.113.0/25"]),
+        };
+        for i in 0..60 {
+            let (added, removed) = if i % 2 == 0 {
+                (&["192.0.2.0/24"][..], &["198.51.100.0/24"][..])
+            } else {
+                (&["198.51.100.0/24"][..], &["192.0.2.0/24"][..])
+            };
+            log.append(&applied(i * 10, "p/0", added, removed)).unwrap();
+            if i == 5 {
+                let mut change = applied(i * 10 + 1, "q/0", &[], &["203.0.113.0/24"]);
+                change.outcome = Outcome::Refused {
+                    guard: "shrink".into(),
+                    reason: String::new(),
+                };
+                log.record_refusal(refusal(i * 10 + 1, "q/0"), &mut change)
+                    .unwrap();
+                log.append(&change).unwrap();
+                log.append(&applied(i * 10 + 2, "r/0", &["203.0.113.0/24"], &[]))
+                    .unwrap();
+            }
+            if i == 40 {
+                log.clear_refused("q/0").unwrap();
+            }
+            agrees(&log);
+        }
+        assert!(!log.knows("r/0"), "r's only record was rotated away");
+        agrees(&Log::open(tmp.path()));
+    }
+
     #[test]
     fn unreadable_lines_are_skipped_and_a_cut_line_does_not_swallow_the_next() {
         let tmp = tempfile::tempdir().unwrap();
-        let log = log(tmp.path());
+        let mut log = log(tmp.path());
         let first = applied(0, "p/0", &["192.0.2.0/24"], &[]);
         let second = applied(60, "p/0", &["198.51.100.0/24"], &["192.0.2.0/24"]);
         log.append(&first).unwrap();
@@ -625,7 +747,7 @@ mod tests {
         let elsewhere = tmp.path().join("elsewhere");
         fs::write(&elsewhere, b"").unwrap();
         let dir = tmp.path().join("state");
-        let log = log(&dir);
+        let mut log = log(&dir);
         std::os::unix::fs::symlink(&elsewhere, dir.join(FILE)).unwrap();
         let err = log.append(&applied(0, "p/0", &[], &[])).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
@@ -715,7 +837,7 @@ mod tests {
     #[test]
     fn a_refused_update_is_kept_replaced_and_cleared() {
         let tmp = tempfile::tempdir().unwrap();
-        let log = log(tmp.path());
+        let mut log = log(tmp.path());
         let update = |source: &str, at| RefusedUpdate {
             source: source.to_owned(),
             provider: "intercom".to_owned(),
@@ -724,11 +846,12 @@ mod tests {
             reason: "the update would remove 66.7%".to_owned(),
             prefixes: nets(&["192.0.2.0/24"]),
         };
-        assert_eq!(log.refused("intercom/0"), None);
-        log.keep_refused(&update("intercom/0", 0)).unwrap();
-        log.keep_refused(&update("intercom/1", 5)).unwrap();
-        log.keep_refused(&update("intercom/0", 10)).unwrap();
-        assert_eq!(log.refused("intercom/0"), Some(update("intercom/0", 10)));
+        let kept = |source| read_refused(&refused_path(tmp.path(), source)).unwrap();
+        assert_eq!(kept("intercom/0"), None);
+        log.keep_refused(update("intercom/0", 0)).unwrap();
+        log.keep_refused(update("intercom/1", 5)).unwrap();
+        log.keep_refused(update("intercom/0", 10)).unwrap();
+        assert_eq!(kept("intercom/0"), Some(update("intercom/0", 10)));
         assert_eq!(
             refused_updates(tmp.path()).unwrap(),
             [update("intercom/0", 10), update("intercom/1", 5)]

@@ -522,6 +522,35 @@ fn verify_dir(dir: &Path, own: bool) -> Result<(), StateError> {
     Ok(())
 }
 
+/// Copies the state files the agent reads as lists or records (every trusted
+/// `*.json` file in `from`) into `to`: a dry run's scratch state. What could not
+/// be read is left out and returned.
+pub(crate) fn copy_json_files(from: &Path, to: &Path) -> Vec<StateError> {
+    let mut skipped = Vec::new();
+    let Ok(entries) = fs::read_dir(from) else {
+        return skipped;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json")
+            || entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        match read_trusted(&path) {
+            Ok(Some(bytes)) => {
+                let copy = to.join(entry.file_name());
+                if let Err(error) = fs::write(&copy, bytes) {
+                    skipped.push(StateError::Write { path: copy, error });
+                }
+            }
+            Ok(None) => {}
+            Err(err) => skipped.push(err),
+        }
+    }
+    skipped
+}
+
 /// Writes `value` as JSON to `path` atomically: a temporary file in the same
 /// directory (mode 0600), written, fsynced, renamed over `path`, then the directory
 /// fsynced.

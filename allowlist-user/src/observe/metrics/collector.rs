@@ -196,6 +196,14 @@ fn encode_sources(
         &rows,
     )?;
 
+    encode_source_health(encoder, status)
+}
+
+/// Each source's last success, failures in a row and refusals.
+fn encode_source_health(
+    encoder: &mut DescriptorEncoder,
+    status: &AgentStatus,
+) -> Result<(), std::fmt::Error> {
     let epoch = |t: std::time::SystemTime| {
         t.duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
