@@ -99,48 +99,8 @@ pub(super) fn resolve_provider(
         let message = "has neither a `preset` nor any [[provider.source]]";
         return Err(Problem::at(span, message));
     }
-    // Which keys of a provider apply with a preset, and which a preset decides.
-    let fetch_keys = [
-        ("url", raw.url.is_some()),
-        ("ca_file", raw.ca_file.is_some()),
-        ("timeout", raw.timeout.is_some()),
-        ("retries", raw.retries.is_some()),
-        ("max_bytes", raw.max_bytes.is_some()),
-        ("insecure_http", raw.insecure_http.is_some()),
-        ("proxy", raw.proxy.is_some()),
-    ];
-    let decided = [
-        ("items", raw.items.is_some()),
-        ("cidr", raw.cidr.is_some()),
-        ("where", raw.filter.is_some()),
-        ("format", raw.format.is_some()),
-        ("serial", raw.serial.is_some()),
-        ("static", raw.inline.is_some()),
-        ("file", raw.file.is_some()),
-    ];
-    let first_set = |keys: &[(&'static str, bool)]| keys.iter().find(|(_, set)| *set).map(|k| k.0);
-    let preset = raw.preset.map(|PresetRef(p)| p);
-    if let Some(key) = first_set(&decided) {
-        let message = match preset {
-            Some(p) => format!(
-                "does not apply with a `preset`: {} decides how its document is read; only where it is fetched from (url, ca_file, timeout, retries, max_bytes, insecure_http, proxy) may change. For a list of your own, add a [[provider.source]]",
-                p.name
-            ),
-            None => "belongs in a [[provider.source]]".to_owned(),
-        };
-        return Err(Problem::key(Some(span), key, message));
-    }
-    match (preset, first_set(&fetch_keys)) {
-        (None, Some(key)) => {
-            let message = "applies to a `preset`'s document only: a list of your own goes in a [[provider.source]]";
-            return Err(Problem::key(Some(span), key, message));
-        }
-        (Some(p), Some(key)) if p.location().is_none() => {
-            let message = format!("{} is a static list: there is no document to fetch", p.name);
-            return Err(Problem::key(Some(span), key, message));
-        }
-        _ => {}
-    }
+    let preset = raw.preset.as_ref().map(|&PresetRef(p)| p);
+    check_preset_keys(&raw, preset, &span)?;
     if let Some(SourceUrl(url)) = &raw.url {
         refuse_plain_http(url, raw.insecure_http, &span)?;
     }
@@ -255,6 +215,57 @@ pub(super) fn resolve_source(
         force: raw.force,
         snapshot: None,
     })
+}
+
+/// Refuses a provider's key that belongs in a [[provider.source]], or that its
+/// preset decides.
+fn check_preset_keys(
+    raw: &RawProvider,
+    preset: Option<&'static Preset>,
+    span: &Range<usize>,
+) -> Result<(), Problem> {
+    // Which keys of a provider apply with a preset, and which a preset decides.
+    let fetch_keys = [
+        ("url", raw.url.is_some()),
+        ("ca_file", raw.ca_file.is_some()),
+        ("timeout", raw.timeout.is_some()),
+        ("retries", raw.retries.is_some()),
+        ("max_bytes", raw.max_bytes.is_some()),
+        ("insecure_http", raw.insecure_http.is_some()),
+        ("proxy", raw.proxy.is_some()),
+    ];
+    let decided = [
+        ("items", raw.items.is_some()),
+        ("cidr", raw.cidr.is_some()),
+        ("where", raw.filter.is_some()),
+        ("format", raw.format.is_some()),
+        ("serial", raw.serial.is_some()),
+        ("static", raw.inline.is_some()),
+        ("file", raw.file.is_some()),
+    ];
+    let first_set = |keys: &[(&'static str, bool)]| keys.iter().find(|(_, set)| *set).map(|k| k.0);
+    if let Some(key) = first_set(&decided) {
+        let message = match preset {
+            Some(p) => format!(
+                "does not apply with a `preset`: {} decides how its document is read; only where it is fetched from (url, ca_file, timeout, retries, max_bytes, insecure_http, proxy) may change. For a list of your own, add a [[provider.source]]",
+                p.name
+            ),
+            None => "belongs in a [[provider.source]]".to_owned(),
+        };
+        return Err(Problem::key(Some(span.clone()), key, message));
+    }
+    match (preset, first_set(&fetch_keys)) {
+        (None, Some(key)) => {
+            let message = "applies to a `preset`'s document only: a list of your own goes in a [[provider.source]]";
+            return Err(Problem::key(Some(span.clone()), key, message));
+        }
+        (Some(p), Some(key)) if p.location().is_none() => {
+            let message = format!("{} is a static list: there is no document to fetch", p.name);
+            return Err(Problem::key(Some(span.clone()), key, message));
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Refuses a key set on a kind of source it does not apply to.

@@ -488,8 +488,20 @@ fn verify_dir(dir: &Path, own: bool) -> Result<(), StateError> {
             mode(&meta)
         )));
     }
-    // Every directory above: as written (a symlink on the way is judged by its owner,
-    // since whoever owns it can point it elsewhere), and as resolved.
+    check_ancestors(dir)
+}
+
+/// Every directory above `dir`: as written (a symlink on the way is judged by its
+/// owner, since whoever owns it can point it elsewhere), and as resolved.
+fn check_ancestors(dir: &Path) -> Result<(), StateError> {
+    let insecure = |problem: String| StateError::Insecure {
+        state_dir: dir.to_owned(),
+        problem,
+    };
+    let read_err = |path: &Path| {
+        let path = path.to_owned();
+        move |error| StateError::Read { path, error }
+    };
     let real = fs::canonicalize(dir).map_err(read_err(dir))?;
     let written = dir
         .ancestors()

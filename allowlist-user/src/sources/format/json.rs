@@ -97,59 +97,12 @@ pub(crate) fn parse(
             found: json_kind(items),
         })?;
         for (index, item) in items.iter().enumerate() {
-            let bad_item = |found, expected| SourceError::BadItem {
-                source_id: source_id.to_owned(),
-                path: shown.clone(),
+            let at = Item {
+                source_id,
+                path: &shown,
                 index,
-                found,
-                expected,
             };
-            if selector.cidr.is_empty() {
-                if !selector.filters.is_empty() && !selector.filters.iter().all(|f| f.matches(item))
-                {
-                    continue;
-                }
-                let entry = item
-                    .as_str()
-                    .ok_or_else(|| bad_item(json_kind(item), "a string"))?;
-                entries.push(entry.to_owned());
-                continue;
-            }
-            if !item.is_object() {
-                return Err(bad_item(json_kind(item), "an object"));
-            }
-            if !selector.filters.iter().all(|f| f.matches(item)) {
-                continue;
-            }
-            let field = selector
-                .cidr
-                .iter()
-                .find_map(|name| item.get(name).filter(|v| !v.is_null()))
-                .ok_or_else(|| SourceError::MissingField {
-                    source_id: source_id.to_owned(),
-                    path: shown.clone(),
-                    index,
-                    fields: selector
-                        .cidr
-                        .iter()
-                        .map(|n| format!("`{n}`"))
-                        .collect::<Vec<_>>()
-                        .join(" or "),
-                })?;
-            // A prefix, or an array of them (Salesforce's `ip_prefix: ["a/b", ...]`).
-            let prefixes = match field {
-                Value::Array(values) => values.as_slice(),
-                one => std::slice::from_ref(one),
-            };
-            for prefix in prefixes {
-                let entry = prefix.as_str().ok_or_else(|| {
-                    bad_item(
-                        json_kind(prefix),
-                        "a string prefix field or an array of them",
-                    )
-                })?;
-                entries.push(entry.to_owned());
-            }
+            item_entries(selector, item, &at, &mut entries)?;
         }
     }
     let serial = selector
@@ -162,6 +115,76 @@ pub(crate) fn parse(
             _ => None,
         });
     Ok(Parsed { entries, serial })
+}
+
+/// Where an item is, for errors about it.
+struct Item<'a> {
+    source_id: &'a str,
+    path: &'a str,
+    index: usize,
+}
+
+/// The entries one item gives: itself (a string), or its prefix field(s); none
+/// when the filters do not select it.
+fn item_entries(
+    selector: &Selector,
+    item: &Value,
+    at: &Item<'_>,
+    entries: &mut Vec<String>,
+) -> Result<(), SourceError> {
+    let bad_item = |found, expected| SourceError::BadItem {
+        source_id: at.source_id.to_owned(),
+        path: at.path.to_owned(),
+        index: at.index,
+        found,
+        expected,
+    };
+    if selector.cidr.is_empty() {
+        if !selector.filters.is_empty() && !selector.filters.iter().all(|f| f.matches(item)) {
+            return Ok(());
+        }
+        let entry = item
+            .as_str()
+            .ok_or_else(|| bad_item(json_kind(item), "a string"))?;
+        entries.push(entry.to_owned());
+        return Ok(());
+    }
+    if !item.is_object() {
+        return Err(bad_item(json_kind(item), "an object"));
+    }
+    if !selector.filters.iter().all(|f| f.matches(item)) {
+        return Ok(());
+    }
+    let field = selector
+        .cidr
+        .iter()
+        .find_map(|name| item.get(name).filter(|v| !v.is_null()))
+        .ok_or_else(|| SourceError::MissingField {
+            source_id: at.source_id.to_owned(),
+            path: at.path.to_owned(),
+            index: at.index,
+            fields: selector
+                .cidr
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(" or "),
+        })?;
+    // A prefix, or an array of them (Salesforce's `ip_prefix: ["a/b", ...]`).
+    let prefixes = match field {
+        Value::Array(values) => values.as_slice(),
+        one => std::slice::from_ref(one),
+    };
+    for prefix in prefixes {
+        let entry = prefix.as_str().ok_or_else(|| {
+            bad_item(
+                json_kind(prefix),
+                "a string prefix field or an array of them",
+            )
+        })?;
+        entries.push(entry.to_owned());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
