@@ -220,29 +220,7 @@ impl Refresher {
             let fresh = |slot: &Slot| {
                 (slot.history.answer_fresh_until).is_some_and(|until| started < until)
             };
-            let mut tasks = JoinSet::new();
-            for (index, slot) in self.slots.iter().enumerate() {
-                let Some(fetched) = slot.source.fetched().filter(|_| !fresh(slot)) else {
-                    continue;
-                };
-                let fetcher = self.fetcher.clone();
-                let settings = slot.source.fetch.clone();
-                let conditional = slot.conditional();
-                tasks.spawn(async move {
-                    let retrieved = retrieve(&fetcher, fetched, &settings, &conditional).await;
-                    (index, retrieved)
-                });
-            }
-            let mut results: Vec<Option<Result<Retrieved, Failure>>> =
-                std::iter::repeat_with(|| None)
-                    .take(self.slots.len())
-                    .collect();
-            while let Some(joined) = tasks.join_next().await {
-                match joined {
-                    Ok((index, result)) => results[index] = Some(result),
-                    Err(err) => warn!(error = %err, "a fetch task failed"),
-                }
-            }
+            let results = self.retrieve_all(fresh).await;
             let now = SystemTime::now();
             let mut report = RefreshReport::default();
             for (index, result) in results.into_iter().enumerate() {
@@ -292,6 +270,37 @@ impl Refresher {
         }
         .instrument(span)
         .await
+    }
+
+    /// Retrieves every fetched source that is not `fresh`, all at once: each
+    /// slot's result, `None` for those not asked (or whose task was lost).
+    async fn retrieve_all(
+        &self,
+        fresh: impl Fn(&Slot) -> bool,
+    ) -> Vec<Option<Result<Retrieved, Failure>>> {
+        let mut tasks = JoinSet::new();
+        for (index, slot) in self.slots.iter().enumerate() {
+            let Some(fetched) = slot.source.fetched().filter(|_| !fresh(slot)) else {
+                continue;
+            };
+            let fetcher = self.fetcher.clone();
+            let settings = slot.source.fetch.clone();
+            let conditional = slot.conditional();
+            tasks.spawn(async move {
+                let retrieved = retrieve(&fetcher, fetched, &settings, &conditional).await;
+                (index, retrieved)
+            });
+        }
+        let mut results: Vec<Option<Result<Retrieved, Failure>>> = std::iter::repeat_with(|| None)
+            .take(self.slots.len())
+            .collect();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((index, result)) => results[index] = Some(result),
+                Err(err) => warn!(error = %err, "a fetch task failed"),
+            }
+        }
+        results
     }
 
     /// The change history and the refused updates, as written.

@@ -353,17 +353,11 @@ impl Fetcher {
                 return Err(failed(FetchErrorKind::TooLarge { limit }));
             }
             let (etag, last_modified, content_type) = validators(response.headers());
-            let mut bytes = Vec::new();
-            while let Some(chunk) = response
-                .chunk()
-                .await
-                .map_err(|e| failed(classify(&e, settings.timeout, proxy)))?
-            {
-                if (bytes.len() + chunk.len()) as u64 > limit {
-                    return Err(failed(FetchErrorKind::TooLarge { limit }));
-                }
-                bytes.extend_from_slice(&chunk);
-            }
+            let bytes = read_body(&mut response, limit, |e| match e {
+                Some(e) => failed(classify(&e, settings.timeout, proxy)),
+                None => failed(FetchErrorKind::TooLarge { limit }),
+            })
+            .await?;
             Ok(FetchOutcome::Body {
                 bytes,
                 etag,
@@ -377,6 +371,23 @@ impl Fetcher {
             .await
             .unwrap_or_else(|_| Err(FetchErrorKind::Timeout(settings.timeout).into()))
     }
+}
+
+/// A response's body, refused (`failed(None)`) once it grows beyond `limit`;
+/// `failed(Some(e))` when reading it fails.
+async fn read_body(
+    response: &mut reqwest::Response,
+    limit: u64,
+    failed: impl Fn(Option<reqwest::Error>) -> Failure,
+) -> Result<Vec<u8>, Failure> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| failed(Some(e)))? {
+        if (bytes.len() + chunk.len()) as u64 > limit {
+            return Err(failed(None));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// One failed attempt.
