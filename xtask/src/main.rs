@@ -6,6 +6,8 @@
 
 mod bench;
 mod image;
+#[cfg(test)]
+mod layout;
 mod machines;
 mod package;
 mod setup;
