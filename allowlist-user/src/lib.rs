@@ -29,6 +29,8 @@ mod cli;
 mod config;
 mod datapath;
 mod denied;
+#[cfg(test)]
+mod file_formats;
 
 mod observe;
 mod policy;
