@@ -21,7 +21,7 @@ use std::{
 
 use thiserror::Error;
 
-use crate::store::PID_FILE;
+use crate::store::{PID_FILE, euid};
 
 #[derive(Debug, Error)]
 pub(crate) enum ControlError {
@@ -66,11 +66,6 @@ pub(crate) struct AgentLock {
 
 fn describe_pid(pid: Option<i32>) -> String {
     pid.map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"))
-}
-
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
 }
 
 /// Opens (creating, 0600) the pid file without following a symlink, and checks what
@@ -364,8 +359,7 @@ mod tests {
 
     #[test]
     fn a_pid_file_owned_by_another_user_is_refused() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if euid() != 0 {
             eprintln!("SKIPPED: giving a file to another user needs root");
             return;
         }

@@ -256,8 +256,7 @@ fn create_private_dir(dir: &Path) -> Result<(), DatapathError> {
 /// unpin the links, and the filter detaches.
 pub(super) fn check_ownership(dir: &Path) -> Result<(), DatapathError> {
     use std::os::unix::fs::MetadataExt as _;
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = crate::store::euid();
     for path in dir.ancestors() {
         if !is_bpffs(path).unwrap_or(false) {
             break;

@@ -322,7 +322,8 @@ pub(crate) fn check_opened(path: &Path, file: &File) -> Result<(), StateError> {
     Ok(())
 }
 
-fn euid() -> u32 {
+/// This process's effective user: the one owner, with root, that the agent trusts.
+pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
 }
